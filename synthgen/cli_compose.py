@@ -1,0 +1,5 @@
+"""CLI registration (filled in by its stage)."""
+
+
+def register(app, user_errors) -> None:
+    return None
