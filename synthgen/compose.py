@@ -1,0 +1,247 @@
+"""The composition function C: one scene from (seed, sample index, inputs).
+
+``(t_p, I_p) = C(I_b, r, a_max, s_min, s_max, o_max)``: pick a background and 1..a_max objects,
+lay them out on the grid (:mod:`synthgen.layout`), hard-paste them in order, name each one
+(:mod:`synthgen.referral`) and build the training text for a target object. A scene depends only
+on ``(seed, index)`` and the inputs, never on which worker makes it.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+from PIL import Image
+
+from synthgen import SCENE_SCHEMA
+from synthgen.backgrounds import display_name, read_background
+from synthgen.bank import CutOut, ObjectBank
+from synthgen.boxes import format_box, query_prompt
+from synthgen.errors import UserError
+from synthgen.images import Skip, decode, encode_jpeg, encode_png, fit_square
+from synthgen.layout import LayoutParams, cells_to_pixels, draw_count, place_objects
+from synthgen.referral import make_referral
+
+MAX_INPUT_DRAWS = 200
+MAX_SCENE_ATTEMPTS = 20
+
+
+@dataclass(frozen=True)
+class ComposeParams:
+    """Everything that decides the content of the scenes (recorded in the manifest)."""
+
+    layout: LayoutParams = field(default_factory=LayoutParams)
+    size: int = 224
+    same_category_p: float = 0.7
+    absolute_referral_p: float = 0.0
+    depth_overlap: float = 0.75
+    background_fit: str = "squash"
+    min_background_side: int = 32
+    masks: bool = False
+    jpeg_quality: int = 95
+    seed: int = 0
+
+    @property
+    def cell(self) -> int:
+        return self.size // self.layout.grid
+
+    def problems(self) -> list[str]:
+        out = self.layout.problems()
+        if self.size < 1:
+            out.append(f"--size must be >= 1 (got {self.size})")
+        elif self.layout.grid >= 1 and self.size % self.layout.grid:
+            out.append(f"--size {self.size} is not divisible by --grid {self.layout.grid}: "
+                       "boxes must lie on whole grid cells")
+        if not (0.0 <= self.same_category_p <= 1.0):
+            out.append(f"--same-category-p must lie in [0, 1] (got {self.same_category_p})")
+        if not (0.0 <= self.absolute_referral_p <= 1.0):
+            out.append(f"--absolute-referral-p must lie in [0, 1] (got {self.absolute_referral_p})")
+        if self.background_fit not in ("squash", "crop"):
+            out.append(f"--background-fit must be squash or crop (got {self.background_fit!r})")
+        if not (1 <= self.jpeg_quality <= 100):
+            out.append(f"--jpeg-quality must lie in 1..100 (got {self.jpeg_quality})")
+        if self.layout.a_max > 254 and self.masks:
+            out.append("--masks supports at most 254 objects per scene")
+        return out
+
+    def validate(self) -> None:
+        probs = self.problems()
+        if probs:
+            raise UserError("; ".join(probs))
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> "ComposeParams":
+        d = dict(d)
+        lay = dict(d.pop("layout"))
+        lay["s_min"] = tuple(lay["s_min"])
+        lay["s_max"] = tuple(lay["s_max"])
+        return cls(layout=LayoutParams(**lay), **d)
+
+
+@dataclass
+class SceneStats:
+    """Per-shard counters of what was dropped or skipped, and why."""
+
+    dropped_objects: dict[str, int] = field(default_factory=dict)
+    skipped_backgrounds: dict[str, dict[str, str]] = field(default_factory=dict)  # reason -> {name: detail}
+    skipped_objects: dict[str, dict[str, str]] = field(default_factory=dict)
+    scene_resamples: dict[str, int] = field(default_factory=dict)
+
+    def drop(self, reason: str, n: int = 1) -> None:
+        self.dropped_objects[reason] = self.dropped_objects.get(reason, 0) + n
+
+    def resample(self, reason: str) -> None:
+        self.scene_resamples[reason] = self.scene_resamples.get(reason, 0) + 1
+
+    def skip(self, kind: str, name: str, skip: Skip) -> None:
+        table = self.skipped_backgrounds if kind == "background" else self.skipped_objects
+        table.setdefault(skip.reason, {})[name] = skip.detail
+
+
+@dataclass
+class Scene:
+    key: str
+    image: np.ndarray            # (size, size, 3) uint8
+    mask: np.ndarray | None      # (size, size) uint8: 0 background, i+1 visible pixels of object i
+    record: dict[str, Any]
+
+    def encode(self, jpeg_quality: int) -> dict[str, bytes]:
+        import json
+
+        out = {"jpg": encode_jpeg(self.image, jpeg_quality),
+               "json": json.dumps(self.record, sort_keys=False, separators=(",", ":")).encode()}
+        if self.mask is not None:
+            out["mask.png"] = encode_png(self.mask)
+        return out
+
+
+def sample_seed(seed: int, index: int) -> int:
+    """The 63-bit seed of sample ``index``: a pure function of the run seed and the index."""
+    state = np.random.SeedSequence([int(seed), int(index)]).generate_state(2, dtype=np.uint32)
+    return int((int(state[0]) << 32 | int(state[1])) & ((1 << 63) - 1))
+
+
+class Composer:
+    """Makes scenes from an object bank and a background listing (one instance per worker)."""
+
+    def __init__(self, params: ComposeParams, bank: ObjectBank, backgrounds: list[str]):
+        params.validate()
+        self.p = params
+        self.bank = bank
+        self.backgrounds = backgrounds
+        self._bad_backgrounds: dict[int, Skip] = {}
+
+    # -- inputs ----------------------------------------------------------------------------
+    def _background(self, rng: np.random.Generator, stats: SceneStats) -> tuple[np.ndarray, str]:
+        for _ in range(MAX_INPUT_DRAWS):
+            i = int(rng.integers(len(self.backgrounds)))
+            item = self.backgrounds[i]
+            bad = self._bad_backgrounds.get(i)
+            if bad is None:
+                img = decode(read_background(item), draft_to=self.p.size,
+                             min_side=self.p.min_background_side)
+                if isinstance(img, Skip):
+                    self._bad_backgrounds[i] = bad = img
+                else:
+                    crop_rng = np.random.default_rng(rng.integers(1 << 62))
+                    arr = np.asarray(fit_square(img, self.p.size, self.p.background_fit, crop_rng))
+                    return arr.copy(), display_name(item)
+            stats.skip("background", display_name(item), bad)
+        raise UserError(f"no usable background after {MAX_INPUT_DRAWS} draws "
+                        f"({len(self._bad_backgrounds)} of {len(self.backgrounds)} are unusable)")
+
+    def _object(self, rng: np.random.Generator, cat: int, stats: SceneStats) -> tuple[int, CutOut]:
+        members = self.bank.by_category[cat]
+        for _ in range(MAX_INPUT_DRAWS):
+            i = members[int(rng.integers(len(members)))]
+            item = self.bank.load(i)
+            if isinstance(item, CutOut):
+                return i, item
+            stats.skip("object", self.bank.entries[i].id, item)
+            if all(isinstance(self.bank.load(j), Skip) for j in members):
+                break
+        return -1, None  # type: ignore[return-value]
+
+    def _pick_objects(self, rng: np.random.Generator, n: int, stats: SceneStats) -> list[tuple[int, CutOut]]:
+        chosen: list[tuple[int, CutOut]] = []
+        cats: list[int] = []
+        ncat = len(self.bank.categories)
+        for _attempt in range(MAX_INPUT_DRAWS):
+            if len(chosen) == n:
+                break
+            same = rng.random() < self.p.same_category_p
+            if cats and same:
+                cat = cats[int(rng.integers(len(cats)))]
+            else:
+                cat = int(rng.integers(ncat))
+            idx, cut = self._object(rng, cat, stats)
+            if idx < 0:
+                continue
+            chosen.append((idx, cut))
+            cats.append(cat)
+        if not chosen:
+            raise UserError(f"object bank {self.bank.source}: no usable cut-out found after "
+                            f"{MAX_INPUT_DRAWS} draws (see skipped objects in the shard stats)")
+        return chosen
+
+    # -- one scene ---------------------------------------------------------------------------
+    def scene(self, index: int, stats: SceneStats | None = None) -> Scene:
+        stats = stats if stats is not None else SceneStats()
+        p, cell = self.p, self.p.cell
+        seed = sample_seed(p.seed, index)
+        rng = np.random.default_rng(seed)
+        bg, bg_name = self._background(rng, stats)
+
+        for attempt in range(MAX_SCENE_ATTEMPTS):
+            n = draw_count(rng, p.layout)
+            picks = self._pick_objects(rng, n, stats)
+            if attempt == MAX_SCENE_ATTEMPTS - 1:
+                picks = picks[:1]  # a single object always has a unique referral
+            layout = place_objects(rng, [c.aspect for _, c in picks], p.layout)
+            boxes = [cells_to_pixels(b, cell) for b in layout.boxes]
+            objs = [picks[i] for i in layout.placed]
+            names = [self.bank.entries[i].category for i, _ in objs]
+            refs = [make_referral(rng, t, names, boxes, width=p.size, height=p.size, margin=cell,
+                                  absolute_p=p.absolute_referral_p, depth_overlap=p.depth_overlap)
+                    for t in range(len(objs))]
+            if all(r is not None for r in refs):
+                break
+            stats.resample("ambiguous_referral")
+        for _, reason in layout.dropped:
+            stats.drop(reason)
+
+        canvas = bg.copy()
+        owner = np.zeros((p.size, p.size), dtype=np.uint8)
+        opaque_counts = []
+        for k, ((_, cut), box) in enumerate(zip(objs, boxes)):
+            w, h = box[2] - box[0], box[3] - box[1]
+            rgba = np.asarray(Image.fromarray(cut.rgba).resize((w, h), Image.Resampling.BILINEAR))
+            opaque = rgba[:, :, 3] >= 128
+            region = canvas[box[1]:box[3], box[0]:box[2]]
+            region[opaque] = rgba[:, :, :3][opaque]
+            owner[box[1]:box[3], box[0]:box[2]][opaque] = k + 1
+            opaque_counts.append(int(opaque.sum()))
+        visible_counts = np.bincount(owner.ravel(), minlength=len(objs) + 1)[1:]
+
+        objects = []
+        for k, ((bi, _), box, cbox, ref) in enumerate(zip(objs, boxes, layout.boxes, refs)):
+            e = self.bank.entries[bi]
+            vis = float(visible_counts[k]) / opaque_counts[k] if opaque_counts[k] else 0.0
+            objects.append({"category": e.category, "category_id": e.category_id, "object_id": e.id,
+                            "box": box, "cells": list(cbox), "visible": round(vis, 4),
+                            "referral": ref.text})
+        target = int(rng.integers(len(objects)))
+        key = f"{index:09d}"
+        record = {
+            "schema": SCENE_SCHEMA, "key": key, "seed": seed, "width": p.size, "height": p.size,
+            "grid": p.layout.grid, "background": {"source": bg_name, "fit": p.background_fit},
+            "objects": objects, "target": target,
+            "prompt": query_prompt(objects[target]["referral"]),
+            "answer": format_box(objects[target]["box"]),
+        }
+        return Scene(key, canvas, owner if p.masks else None, record)
