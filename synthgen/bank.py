@@ -156,9 +156,9 @@ def _read_index(index: Path) -> list[BankEntry]:
                 raise UserError(f"{index}:{ln}: not valid JSON ({exc.msg})") from None
             if not isinstance(rec, dict):
                 raise UserError(f"{index}:{ln}: expected a JSON object")
-            if rec.get("kept", True) is False or rec.get("path") is None:
+            if rec.get("kept", True) is False:
                 continue
-            missing = [k for k in ("id", "category", "path") if k not in rec]
+            missing = [k for k in ("id", "category", "path") if rec.get(k) is None]
             if missing:
                 raise UserError(f"{index}:{ln}: missing field(s) {', '.join(missing)}")
             cid = rec.get("category_id")
