@@ -106,7 +106,7 @@ def prepare_out(job: ComposeJob) -> list[int]:
         raise UserError(f"--out {out} exists and is not a folder")
     out.mkdir(parents=True, exist_ok=True)
     run_file = out / "run.json"
-    ident = job.identity()
+    ident = json.loads(json.dumps(job.identity()))  # tuples -> lists, as stored
     if run_file.exists():
         try:
             old = json.loads(run_file.read_text())

@@ -61,11 +61,16 @@ class ShardWriter:
         self.count += 1
 
     def close(self) -> None:
-        self._tar.close()
-        self._f.flush()
-        os.fsync(self._f.fileno())
-        self._f.close()
-        os.replace(self.tmp, self.path)
+        try:
+            self._tar.close()
+            self._f.flush()
+            os.fsync(self._f.fileno())
+            self._f.close()
+            os.replace(self.tmp, self.path)
+        except BaseException:
+            self._f.close()
+            self.tmp.unlink(missing_ok=True)
+            raise
 
     def abort(self) -> None:
         try:
