@@ -24,10 +24,12 @@ def register(app: typer.Typer, user_errors) -> None:
     @app.command("compose", no_args_is_help=True)
     @user_errors
     def compose(
+        ctx: typer.Context,
         objects: Path = typer.Option(..., "--objects", help="Object bank: a folder with index.jsonl (from `synthgen render`), a <category>/*.png tree, or X-Paste's LVIS_instance_pools.json."),
         backgrounds: str = typer.Option(..., "--backgrounds", help="Backgrounds: a folder of images (searched recursively; jpg/png/webp/...), a WebDataset .tar, a folder of tars, or a brace pattern like 'bg-{000..009}.tar'. BG-20k in the paper."),
         out: Path = typer.Option(..., "--out", "-o", help="Output folder for scenes-NNNNNN.tar shards, their *_stats.json and manifest.json. Re-running resumes."),
-        num_samples: int = typer.Option(..., "--num-samples", "-n", help="Number of scenes to write."),
+        num_samples: Optional[int] = typer.Option(None, "--num-samples", "-n", help="Number of scenes to write (required unless the recipe sets it)."),
+        recipe: Optional[Path] = typer.Option(None, "--recipe", help="YAML recipe whose `compose:` section sets defaults for these options (e.g. recipes/pin-paper.yaml); options given on the command line win."),
         a_max: int = typer.Option(3, "--a-max", help="Maximum number of objects per scene (paper: 3)."),
         fixed_count: bool = typer.Option(False, "--fixed-count", help="Always paste a_max objects instead of a uniform 1..a_max."),
         s_min: str = typer.Option("0.3,0.2,0.1", "--s-min", help="Per scene size n, minimum longer side as a fraction of the grid (paper: 0.3,0.2,0.1)."),
@@ -54,7 +56,21 @@ def register(app: typer.Typer, user_errors) -> None:
 
         from synthgen.compose import ComposeParams
         from synthgen.compose_run import ComposeJob, run_compose
+        from synthgen.errors import UserError
         from synthgen.layout import LayoutParams
+
+        if recipe is not None:
+            from synthgen.recipes import apply_recipe
+
+            vals = apply_recipe(ctx, recipe, "compose", locals())
+            (num_samples, a_max, fixed_count, s_min, s_max, o_max, min_visible, max_aspect_error, size,
+             grid, same_category_p, absolute_referral_p, background_fit, masks, samples_per_shard,
+             jpeg_quality, seed) = (vals[k] for k in (
+                "num_samples", "a_max", "fixed_count", "s_min", "s_max", "o_max", "min_visible",
+                "max_aspect_error", "size", "grid", "same_category_p", "absolute_referral_p",
+                "background_fit", "masks", "samples_per_shard", "jpeg_quality", "seed"))
+        if num_samples is None:
+            raise UserError("--num-samples is required (or set compose.num_samples in --recipe)")
 
         layout = LayoutParams(grid=grid, a_max=a_max, fixed_count=fixed_count,
                               s_min=_floats(s_min, "--s-min"), s_max=_floats(s_max, "--s-max"),

@@ -59,7 +59,7 @@ def _open_bank(path: str, max_side: int):
 def compose_shard(job: ComposeJob, shard: int, backgrounds: list[str]) -> dict[str, Any]:
     """Write shard ``shard`` and its stats; runs in a worker. Returns the stats."""
     t0 = time.time()
-    bank = _open_bank(job.objects, 2 * job.params.size)
+    bank = _open_bank(job.objects, job.params.size)
     composer = Composer(job.params, bank, backgrounds)
     out = Path(job.out)
     stats = SceneStats()
@@ -92,7 +92,7 @@ def check_inputs(job: ComposeJob) -> list[str]:
         raise UserError(f"--num-samples must be >= 1 (got {job.num_samples})")
     if job.samples_per_shard < 1:
         raise UserError(f"--samples-per-shard must be >= 1 (got {job.samples_per_shard})")
-    bank = _open_bank(job.objects, 2 * job.params.size)
+    bank = _open_bank(job.objects, job.params.size)
     if bank.first_usable(limit=min(len(bank), 2000)) is None:
         raise UserError(f"object bank {job.objects}: none of the first {min(len(bank), 2000)} "
                         "cut-outs is usable (RGBA PNGs with some opaque pixels are needed)")

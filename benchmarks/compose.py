@@ -1,0 +1,135 @@
+"""Benchmark of ``synthgen compose`` against a floor baseline measured in the same run.
+
+Floor: per sample, decode a multi-megapixel JPEG background, fit it to the canvas, encode the
+canvas JPEG — nothing else. Compose: the full composition function C (objects, layout, paste,
+referrals, json, mask) plus the same decode/encode. Reported as samples/s and ratios:
+
+* compose / floor with one worker (target >= 0.8);
+* compose with two Ray workers / one Ray worker (target >= 1.8; needs two idle cores).
+
+Usage: python benchmarks/compose.py [--samples 400] [--megapixels 12] [--workdir /tmp/sgbench]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import shutil
+import time
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+
+
+def make_inputs(root: Path, n_bg: int, megapixels: float, n_obj: int) -> tuple[Path, Path]:
+    rng = np.random.default_rng(0)
+    bg = root / "bg"
+    bank = root / "bank"
+    if not bg.exists():
+        bg.mkdir(parents=True)
+        w = int((megapixels * 1e6 * 4 / 3) ** 0.5)
+        h = int(w * 3 / 4)
+        for i in range(n_bg):
+            # smooth colour field + noise: compresses like a photo, not like a flat colour
+            small = rng.integers(0, 255, (h // 64 + 1, w // 64 + 1, 3)).astype(np.uint8)
+            img = Image.fromarray(small).resize((w, h), Image.Resampling.BICUBIC)
+            arr = np.asarray(img).astype(np.int16) + rng.integers(-12, 12, (h, w, 1), dtype=np.int16)
+            Image.fromarray(np.clip(arr, 0, 255).astype(np.uint8)).save(
+                bg / f"bg_{i:03d}.jpg", quality=90, progressive=bool(i % 2))
+    if not bank.exists():
+        bank.mkdir(parents=True)
+        lines = []
+        for i in range(n_obj):
+            cat = f"category_{i % 20:02d}"
+            (bank / cat).mkdir(exist_ok=True)
+            yy, xx = np.mgrid[0:512, 0:512]
+            ry, rx = rng.integers(80, 250, 2)
+            alpha = (((yy - 256) / ry) ** 2 + ((xx - 256) / rx) ** 2 <= 1).astype(np.uint8) * 255
+            # smooth colours with mild noise, like a rendered object (not worst-case noise)
+            small = rng.integers(0, 255, (9, 9, 3)).astype(np.uint8)
+            rgb = np.asarray(Image.fromarray(small).resize((512, 512), Image.Resampling.BICUBIC))
+            rgb = np.clip(rgb.astype(np.int16) + rng.integers(-6, 6, (512, 512, 1), dtype=np.int16), 0, 255).astype(np.uint8)
+            Image.fromarray(np.dstack([rgb, alpha]), "RGBA").save(bank / cat / f"{i:05d}.png")
+            lines.append(json.dumps({"id": f"{cat}/{i:05d}", "category": cat, "category_id": None,
+                                     "path": f"{cat}/{i:05d}.png", "width": 512, "height": 512}))
+        (bank / "index.jsonl").write_text("\n".join(lines) + "\n")
+    return bank, bg
+
+
+def floor(backgrounds: list[str], n: int, size: int) -> float:
+    from synthgen.backgrounds import read_background
+    from synthgen.images import decode, encode_jpeg, fit_square
+
+    rng = np.random.default_rng(0)
+    t0 = time.perf_counter()
+    for k in range(n):
+        item = backgrounds[int(rng.integers(len(backgrounds)))]
+        img = decode(read_background(item), draft_to=size, min_side=32)
+        arr = np.asarray(fit_square(img, size, "squash", rng))
+        encode_jpeg(arr, 95)
+    return n / (time.perf_counter() - t0)
+
+
+def compose_one_process(bank: Path, backgrounds: list[str], n: int) -> float:
+    from synthgen.bank import ObjectBank
+    from synthgen.compose import ComposeParams, Composer
+
+    comp = Composer(ComposeParams(), ObjectBank.open(bank, max_side=224), backgrounds)
+    for k in range(20):  # a few scenes first, like a worker in the middle of a shard
+        comp.scene(10_000_000 + k)
+    t0 = time.perf_counter()
+    for k in range(n):
+        comp.scene(k).encode(95)
+    return n / (time.perf_counter() - t0)
+
+
+def compose_ray(bank: Path, bg: Path, out: Path, n: int, workers: int) -> float:
+    import ray
+
+    from synthgen.compose_run import ComposeJob, run_compose
+
+    ray.init(num_cpus=workers, object_store_memory=200 << 20, include_dashboard=False,
+             logging_level="ERROR")
+    try:
+        ray.get([ray.remote(lambda: 0).remote() for _ in range(workers)])  # workers up
+        shutil.rmtree(out, ignore_errors=True)
+        job = ComposeJob(objects=str(bank), backgrounds=str(bg), out=str(out), num_samples=n,
+                         samples_per_shard=max(1, n // (4 * workers)))
+        t0 = time.perf_counter()
+        run_compose(job, workers=workers, progress=False)
+        return n / (time.perf_counter() - t0)
+    finally:
+        ray.shutdown()
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--samples", type=int, default=400)
+    ap.add_argument("--megapixels", type=float, default=12.0)
+    ap.add_argument("--backgrounds", type=int, default=24)
+    ap.add_argument("--objects", type=int, default=120)
+    ap.add_argument("--workdir", type=Path, default=Path("/tmp/synthgen-bench-compose"))
+    ap.add_argument("--skip-ray", action="store_true")
+    args = ap.parse_args()
+
+    from synthgen.backgrounds import list_backgrounds
+
+    bank, bg = make_inputs(args.workdir, args.backgrounds, args.megapixels, args.objects)
+    backgrounds = list_backgrounds(str(bg))
+    res = {}
+    res["floor_1proc"] = floor(backgrounds, args.samples, 224)
+    res["compose_1proc"] = compose_one_process(bank, backgrounds, args.samples)
+    if not args.skip_ray:
+        res["compose_ray_1w"] = compose_ray(bank, bg, args.workdir / "out1", args.samples, 1)
+        res["compose_ray_2w"] = compose_ray(bank, bg, args.workdir / "out2", args.samples, 2)
+    for k, v in res.items():
+        print(f"{k:18s} {v:8.1f} samples/s")
+    print(f"compose/floor (1 worker):     {res['compose_1proc'] / res['floor_1proc']:.2f}x  (target >= 0.8)")
+    if not args.skip_ray:
+        print(f"ray 1 worker / 1 process:     {res['compose_ray_1w'] / res['compose_1proc']:.2f}x")
+        print(f"ray 2 workers / 1 worker:     {res['compose_ray_2w'] / res['compose_ray_1w']:.2f}x  (target >= 1.8)")
+
+
+if __name__ == "__main__":
+    main()
