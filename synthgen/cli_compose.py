@@ -42,11 +42,11 @@ def register(app: typer.Typer, user_errors) -> None:
         same_category_p: float = typer.Option(0.7, "--same-category-p", help="Probability that the next object repeats a category already in the scene (paper: 0.7, for positional referrals)."),
         absolute_referral_p: float = typer.Option(0.0, "--absolute-referral-p", help="Probability that an object whose category is unique gets an absolute position (e.g. 'apple at the left')."),
         background_fit: str = typer.Option("squash", "--background-fit", help="squash: resize to the square canvas ignoring aspect (paper); crop: random square crop first."),
-        masks: bool = typer.Option(False, "--masks", help="Also write {key}.mask.png: 0 background, i+1 = visible pixels of objects[i]."),
+        masks: bool = typer.Option(False, "--masks", help="Also write {key}.mask.png: 0 background, i+1 = visible pixels of objects\\[i]."),
         samples_per_shard: int = typer.Option(1000, "--samples-per-shard", help="Scenes per .tar shard."),
         jpeg_quality: int = typer.Option(95, "--jpeg-quality", help="JPEG quality of the scene images."),
         seed: int = typer.Option(0, "--seed", help="Run seed: scene k depends only on (seed, k, inputs)."),
-        workers: int = typer.Option(1, "--workers", "-w", help="CPUs of the local Ray started for this run (ignored with --ray-address)."),
+        workers: Optional[int] = typer.Option(None, "--workers", "-w", help="CPUs of the local Ray started for this run (default: all CPUs of this machine; ignored with --ray-address)."),
         ray_address: Optional[str] = typer.Option(None, "--ray-address", help="Address of an existing Ray cluster (e.g. ray://head:10001 or auto); paths must be visible to every node."),
         executor: str = typer.Option("ray", "--executor", help="ray (default) or serial (in this process; for debugging)."),
     ) -> None:
@@ -80,7 +80,9 @@ def register(app: typer.Typer, user_errors) -> None:
                                masks=masks, jpeg_quality=jpeg_quality, seed=seed)
         job = ComposeJob(objects=str(objects), backgrounds=backgrounds, out=str(out),
                          num_samples=num_samples, samples_per_shard=samples_per_shard, params=params)
-        manifest = run_compose(job, workers=workers, ray_address=ray_address, executor=executor)
+        import os
+
+        manifest = run_compose(job, workers=workers or os.cpu_count() or 1, ray_address=ray_address, executor=executor)
         t = manifest["totals"]
         con = Console(stderr=True)
         con.print(f"[green]done[/]: {t['samples']} scenes, {t['objects']} objects in "
