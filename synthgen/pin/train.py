@@ -134,8 +134,12 @@ def load_state(out: Path) -> dict:
 
 # --- the loop ------------------------------------------------------------------------------
 
-def train(cfg: TrainConfig, echo: Callable[[str], None] = print) -> dict:
-    """Train PIN; return a summary ``{"step", "loss", "out", ...}``."""
+def train(cfg: TrainConfig, echo: Callable[[str], None] = print, adapter=None) -> dict:
+    """Train PIN; return a summary ``{"step", "loss", "out", ...}``.
+
+    ``adapter``: an already loaded :class:`~synthgen.pin.adapters.VLMAdapter` to train on
+    (default: load ``cfg.vlm``/``cfg.model``); its VLM weights are left untouched.
+    """
     from safetensors.torch import load_file
 
     from synthgen.pin.adapters import load_adapter
@@ -188,7 +192,12 @@ def train(cfg: TrainConfig, echo: Callable[[str], None] = print) -> dict:
                             "--vlm/--model")
         model_id = prev["model"]
 
-    adapter = load_adapter(cfg.vlm, model_id, device=device, dtype=_DTYPES[precision])
+    if adapter is None:
+        adapter = load_adapter(cfg.vlm, model_id, device=device, dtype=_DTYPES[precision])
+    elif adapter.name != cfg.vlm:
+        raise UserError(f"adapter is {adapter.name} but the config says --vlm {cfg.vlm}")
+    else:
+        device = adapter.device
     model_desc = f"{cfg.vlm} ({adapter.model_id})"
     check_canvas(header, str(cfg.shards), adapter.input_size, model_desc)
     if val_shards:
