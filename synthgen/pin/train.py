@@ -337,8 +337,8 @@ def train(cfg: TrainConfig, echo: Callable[[str], None] = print, adapter=None) -
                                            f"{val_metrics['unparseable']} unparseable)")
             if main and (step % cfg.save_every == 0 or step == cfg.steps):
                 save_checkpoint(out, pin, optimizer, scaler, step, meta)
-            if ddp:
-                torch.distributed.barrier() if step % cfg.save_every == 0 else None
+            if ddp and step % cfg.save_every == 0:
+                torch.distributed.barrier()
     del it, loader
     adapter.assert_frozen()
     if ddp:
