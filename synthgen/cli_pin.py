@@ -96,7 +96,7 @@ def register(app, user_errors) -> None:
             progress=progress,
         )
         res = train(cfg, echo=typer.echo)
-        if res.get("loss") is not None:
+        if res.get("loss") is not None and res.get("main", True):
             typer.echo(f"step {res['step']}: loss {res['loss']:.4f}")
 
     @app.command("eval-pin")

@@ -163,8 +163,10 @@ def train(cfg: TrainConfig, echo: Callable[[str], None] = print, adapter=None) -
     if device.type == "cuda":
         torch.cuda.set_device(device)
     ddp = world > 1
+    own_group = False
     if ddp and not torch.distributed.is_initialized():
         torch.distributed.init_process_group("nccl" if device.type == "cuda" else "gloo")
+        own_group = True
     main = rank == 0
     say = echo if main else (lambda *_: None)
 
@@ -219,8 +221,13 @@ def train(cfg: TrainConfig, echo: Callable[[str], None] = print, adapter=None) -
     pin_fn = pin
     if ddp:
         from torch.nn.parallel import DistributedDataParallel as DDP
-        pin_fn = DDP(pin, device_ids=[device.index] if device.type == "cuda" else None,
-                     broadcast_buffers=False)
+        import inspect
+        # PIN's only buffer is the fixed sinusoid table, equal on every rank: never sync it in
+        # forward (validation calls PIN on rank 0 alone)
+        sync = ({"forward_sync_buffers": False}
+                if "forward_sync_buffers" in inspect.signature(DDP.__init__).parameters
+                else {"broadcast_buffers": False})
+        pin_fn = DDP(pin, device_ids=[device.index] if device.type == "cuda" else None, **sync)
     adapter.attach_pin(pin_fn)
     adapter.assert_frozen()
 
@@ -275,7 +282,7 @@ def train(cfg: TrainConfig, echo: Callable[[str], None] = print, adapter=None) -
 
     if step >= cfg.steps:
         say(f"{out} is already at step {step} >= --steps {cfg.steps}")
-        return {"step": step, "out": str(out), "loss": None}
+        return {"step": step, "out": str(out), "loss": None, "main": main}
 
     stream = StreamConfig(shards=shards, batch_size=cfg.batch_size, seed=cfg.seed, rank=rank,
                           world_size=world, shuffle_buffer=cfg.shuffle_buffer,
@@ -322,6 +329,10 @@ def train(cfg: TrainConfig, echo: Callable[[str], None] = print, adapter=None) -
                 dt = time.perf_counter() - t_log
                 sps = n_since / dt if dt > 0 else float("nan")
                 mean = sum(losses) / len(losses)
+                if ddp:  # log the mean over all ranks
+                    t = torch.tensor([mean], device=device)
+                    torch.distributed.all_reduce(t)
+                    mean = float(t) / world
                 log({"step": step, "loss": mean, "samples_per_s": round(sps, 2), "lr": cfg.lr,
                      "time": time.time()})
                 progress.update(task, loss=f"{mean:.4f}", sps=f"{sps:.1f}")
@@ -343,6 +354,8 @@ def train(cfg: TrainConfig, echo: Callable[[str], None] = print, adapter=None) -
     adapter.assert_frozen()
     if ddp:
         torch.distributed.barrier()
+        if own_group:
+            torch.distributed.destroy_process_group()
     say(f"saved {out / 'pin.safetensors'} at step {step}")
     return {"step": step, "loss": last_loss, "out": str(out), "val": val_metrics,
-            "pin_parameters": pin.num_parameters()}
+            "pin_parameters": pin.num_parameters(), "main": main}
