@@ -101,6 +101,18 @@ def _fit_language_model(lm, tokenizer, steps: int, seed: int) -> None:
     rng = np.random.default_rng(seed)
     lm.train()
     opt = torch.optim.Adam(lm.parameters(), lr=3e-3)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # tiny matrices: one thread is fastest, and much faster on busy machines
+    try:
+        _fit_steps(lm, tokenizer, opt, rng, steps)
+    finally:
+        torch.set_num_threads(threads)
+    lm.eval()
+
+
+def _fit_steps(lm, tokenizer, opt, rng, steps: int) -> None:
+    import torch
+
     for _ in range(steps):
         texts = [_lm_corpus(rng) for _ in range(32)]
         enc = tokenizer(texts, padding=True, return_tensors="pt")
@@ -115,7 +127,6 @@ def _fit_language_model(lm, tokenizer, steps: int, seed: int) -> None:
         opt.zero_grad()
         loss.backward()
         opt.step()
-    lm.eval()
 
 
 def build_tiny_blip2(
