@@ -250,3 +250,32 @@ def test_list_shards_errors(tmp_path):
         list_shards(tmp_path)
     with pytest.raises(UserError, match="no shards match"):
         list_shards(str(tmp_path / "x-*.tar"))
+
+
+def test_refcoco_p_at_03_with_random_baseline(tmp_path):
+    from PIL import Image
+
+    d = tmp_path / "refcoco"
+    (d / "img").mkdir(parents=True)
+    Image.new("RGB", (448, 448)).save(d / "img" / "COCO_train2014_000000000001.jpg")
+    refs = [{"ref_id": 1, "ann_id": 7, "image_id": 1, "split": "testA", "category_id": 1,
+             "file_name": "COCO_train2014_000000000001_7.jpg",
+             "sentences": [{"sent": "left man"}, {"sent": "man on left"}]},
+            {"ref_id": 2, "ann_id": 7, "image_id": 1, "split": "val", "category_id": 1,
+             "sentences": [{"sent": "ignored"}]}]
+    (d / "refs(unc).p").write_bytes(pickle.dumps(refs, protocol=2))
+    (d / "instances.json").write_text(json.dumps({
+        "images": [{"id": 1, "file_name": "COCO_train2014_000000000001.jpg", "width": 448, "height": 448}],
+        "annotations": [{"id": 7, "image_id": 1, "category_id": 1, "bbox": [0, 0, 448, 448]}]}))
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "pin.json").write_text(json.dumps({"canvas": 224, "grid": 16, "vlm": "blip2"}))
+    m = ev.evaluate_refcoco(run, d, d / "img", split="testA", baseline="random")
+    recs = [json.loads(x) for x in Path(m["preds_file"]).read_text().splitlines()]
+    assert [r["query"] for r in recs] == ["left man", "man on left"]
+    assert all(r["gt_box"] == [0, 0, 224, 224] for r in recs)
+    # against the whole canvas, IoU = the predicted box's share of the canvas
+    for r in recs:
+        b = r["pred_box"]
+        assert r["iou"] == pytest.approx((b[2] - b[0]) * (b[3] - b[1]) / 224 ** 2, abs=1e-3)
+    assert m["p@0.3"] == pytest.approx(sum(r["iou"] >= 0.3 for r in recs) / 2)
