@@ -1,0 +1,289 @@
+"""Streaming scene shards (schema ``synthgen.scene/1``) for PIN training.
+
+The stream is a deterministic function of ``(seed, rank, worker, position)``:
+
+- Shards are split over the ``world_size * num_workers`` data splits (by shard when there are
+  enough shards, else by sample within every shard), fixed for the run.
+- Every epoch a split reads its shards in a fresh random order (shard shuffle) through a seeded
+  shuffle buffer (sample shuffle), both seeded by ``(seed, epoch, split)``; the stream is
+  endless, so every DDP rank always has data and training runs by steps.
+- Each time a scene is read one of its objects is drawn as the target (seeded by
+  ``(seed, epoch, split, position)``), so one scene teaches every object over epochs.
+- Workers batch internally and the DataLoader returns worker batches round-robin; resuming at
+  step ``s`` rotates the worker roles and skips the raw (undecoded) samples already used, so the
+  batches after a resume are exactly those the uninterrupted run would have seen.
+
+Workers yield uint8 images (normalisation happens on the device) plus token ids and labels.
+"""
+
+from __future__ import annotations
+
+import glob
+import io
+import json
+import os
+import tarfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Iterator, Sequence
+
+import numpy as np
+import torch
+from torch.utils.data import DataLoader, IterableDataset, get_worker_info
+
+from synthgen import SCENE_SCHEMA
+from synthgen.boxes import format_box
+from synthgen.errors import UserError
+
+
+# --- shard lists ---------------------------------------------------------------------------
+
+def list_shards(spec: str | os.PathLike | Sequence[str]) -> list[str]:
+    """Shard URLs from a directory (its ``*.tar``), a glob, a brace pattern, a file or a list."""
+    if isinstance(spec, (list, tuple)):
+        out: list[str] = []
+        for s in spec:
+            out += list_shards(s)
+        return out
+    s = str(spec)
+    if "://" in s or s.startswith("pipe:"):
+        import braceexpand
+        return list(braceexpand.braceexpand(s))
+    p = Path(s)
+    if p.is_dir():
+        shards = sorted(str(x) for x in p.glob("*.tar"))
+        if not shards:
+            raise UserError(f"no .tar shards in {s}")
+        return shards
+    if p.is_file():
+        return [s]
+    import braceexpand
+    shards = sorted({x for pat in braceexpand.braceexpand(s) for x in glob.glob(pat)})
+    if not shards:
+        raise UserError(f"no shards match {s}")
+    return shards
+
+
+def _open(url: str):
+    if os.path.exists(url):
+        return open(url, "rb")
+    from webdataset.gopen import gopen
+    return gopen(url, "rb")
+
+
+def iter_tar(url: str) -> Iterator[dict]:
+    """Raw samples ``{"__key__", ext: bytes}`` of one WebDataset tar, in file order."""
+    current: dict | None = None
+    with _open(url) as f, tarfile.open(fileobj=f, mode="r|*") as tar:
+        for m in tar:
+            if not m.isfile():
+                continue
+            d, base = os.path.split(m.name)
+            if base.startswith("."):
+                continue
+            key, _, ext = base.partition(".")
+            key = f"{d}/{key}" if d else key
+            data = tar.extractfile(m).read()
+            if current is None or current["__key__"] != key:
+                if current is not None:
+                    yield current
+                current = {"__key__": key, "__url__": url}
+            current[ext] = data
+    if current is not None:
+        yield current
+
+
+def read_header(shards: Sequence[str]) -> dict:
+    """The json of the first scene of the first shard (canvas size, grid, schema)."""
+    for sample in iter_tar(shards[0]):
+        if "json" in sample:
+            meta = json.loads(sample["json"])
+            if meta.get("schema") != SCENE_SCHEMA:
+                raise UserError(f"{shards[0]}: schema {meta.get('schema')!r}, expected {SCENE_SCHEMA!r}")
+            return meta
+    raise UserError(f"{shards[0]}: no scene json found")
+
+
+def check_canvas(header: dict, shards_desc: str, input_size: int, model_desc: str) -> None:
+    w, h = int(header["width"]), int(header["height"])
+    if (w, h) != (input_size, input_size):
+        raise UserError(f"shards {shards_desc} have a {w}x{h} canvas but {model_desc} takes "
+                        f"{input_size}x{input_size} images; compose scenes with canvas {input_size}")
+
+
+# --- decoding ------------------------------------------------------------------------------
+
+def decode_image(data: bytes, size: int | None = None) -> torch.Tensor:
+    """JPEG/PNG bytes -> uint8 ``[3,H,W]`` RGB."""
+    from PIL import Image
+
+    with Image.open(io.BytesIO(data)) as im:
+        im = im.convert("RGB")
+        if size is not None and im.size != (size, size):
+            raise UserError(f"scene image is {im.size[0]}x{im.size[1]}, expected {size}x{size}")
+        arr = np.asarray(im)
+    return torch.from_numpy(arr.copy()).permute(2, 0, 1).contiguous()
+
+
+def _image_bytes(sample: dict) -> bytes:
+    for ext in ("jpg", "jpeg", "png", "webp"):
+        if ext in sample:
+            return sample[ext]
+    raise UserError(f"{sample.get('__url__')}: sample {sample['__key__']} has no image")
+
+
+def scene_query(meta: dict, index: int) -> tuple[str, list[float], str]:
+    """``(referral, box, answer)`` for object ``index`` of a scene json."""
+    obj = meta["objects"][index]
+    referral = obj.get("referral") or obj["category"]
+    return referral, [float(v) for v in obj["box"]], format_box(obj["box"])
+
+
+# --- training stream -----------------------------------------------------------------------
+
+@dataclass
+class StreamConfig:
+    shards: list[str]
+    batch_size: int
+    seed: int = 0
+    rank: int = 0
+    world_size: int = 1
+    shuffle_buffer: int = 1000
+    image_size: int | None = None
+    name_loss: bool = False
+
+
+def _rng(*words: int) -> np.random.Generator:
+    return np.random.default_rng(np.random.SeedSequence([int(w) & 0xFFFFFFFF for w in words]))
+
+
+class SceneStream(IterableDataset):
+    """Endless batches of ``{"pixels" uint8 [B,3,H,W], "input_ids", "attention_mask", "labels",
+    "boxes" [B,4], "keys"}`` for one DDP rank; see the module docstring for the order."""
+
+    def __init__(self, cfg: StreamConfig, codec, start_batch: int = 0) -> None:
+        super().__init__()
+        self.cfg = cfg
+        self.codec = codec
+        self.start_batch = int(start_batch)
+
+    # which samples a split reads
+    def _split_plan(self, split: int, n_splits: int) -> tuple[list[str], int | None]:
+        shards = list(self.cfg.shards)
+        if len(shards) >= n_splits:
+            return shards[split::n_splits], None
+        return shards, split  # every shard, samples with (position + shard index) % n == split
+
+    def raw_epoch(self, split: int, n_splits: int, epoch: int) -> Iterator[dict]:
+        """One epoch of this split's raw samples, shard-shuffled and buffer-shuffled."""
+        shards, sample_split = self._split_plan(split, n_splits)
+        rng = _rng(self.cfg.seed, epoch, split, 1)
+        order = rng.permutation(len(shards))
+        buf: list[dict] = []
+        size = max(1, self.cfg.shuffle_buffer)
+
+        def source():
+            for si in order:
+                url = shards[si]
+                shard_index = self.cfg.shards.index(url)
+                for pos, sample in enumerate(iter_tar(url)):
+                    if sample_split is not None and (pos + shard_index) % n_splits != sample_split:
+                        continue
+                    yield sample
+
+        for sample in source():
+            if len(buf) < size:
+                buf.append(sample)
+                continue
+            i = int(rng.integers(len(buf)))
+            buf[i], sample = sample, buf[i]
+            yield sample
+        while buf:
+            i = int(rng.integers(len(buf)))
+            buf[i], buf[-1] = buf[-1], buf[i]
+            yield buf.pop()
+
+    def samples(self, split: int, n_splits: int, skip: int = 0) -> Iterator[dict]:
+        """Endless decoded training samples of one split, after skipping ``skip`` raw samples."""
+        epoch = 0
+        epoch_len: int | None = None
+        while True:
+            if epoch_len and skip >= epoch_len:  # skip whole epochs without reading them
+                epoch += skip // epoch_len
+                skip %= epoch_len
+            count = 0
+            for pos, raw in enumerate(self.raw_epoch(split, n_splits, epoch)):
+                count += 1
+                if skip > 0:
+                    skip -= 1
+                    continue
+                yield self._decode(raw, split, epoch, pos)
+            if count == 0:
+                raise UserError(f"data split {split} of {n_splits} has no samples; use fewer "
+                                "workers/GPUs or more shards")
+            epoch_len = count
+            epoch += 1
+
+    def _decode(self, raw: dict, split: int, epoch: int, pos: int) -> dict:
+        meta = json.loads(raw["json"])
+        objects = meta.get("objects") or []
+        if not objects:
+            raise UserError(f"{raw.get('__url__')}: scene {raw['__key__']} has no objects")
+        target = int(_rng(self.cfg.seed, epoch, split, pos, 2).integers(len(objects)))
+        referral, box, answer = scene_query(meta, target)
+        ids, labels = self.codec.encode(referral, answer, name_loss=self.cfg.name_loss)
+        return {"pixels": decode_image(_image_bytes(raw), self.cfg.image_size),
+                "ids": ids, "labels": labels, "box": box, "key": raw["__key__"]}
+
+    def batches(self, split: int, n_splits: int, skip_batches: int = 0) -> Iterator[dict]:
+        bs = self.cfg.batch_size
+        chunk: list[dict] = []
+        for s in self.samples(split, n_splits, skip=skip_batches * bs):
+            chunk.append(s)
+            if len(chunk) == bs:
+                yield self.collate(chunk)
+                chunk = []
+
+    def collate(self, chunk: list[dict]) -> dict:
+        out = self.codec.collate([(s["ids"], s["labels"]) for s in chunk])
+        out["pixels"] = torch.stack([s["pixels"] for s in chunk])
+        out["boxes"] = torch.tensor([s["box"] for s in chunk], dtype=torch.float32)
+        out["keys"] = [s["key"] for s in chunk]
+        return out
+
+    def __iter__(self) -> Iterator[dict]:
+        info = get_worker_info()
+        n_workers = info.num_workers if info is not None else 1
+        physical = info.id if info is not None else 0
+        # after s batches the DataLoader starts again at worker 0: rotate roles so that the
+        # batch order is the one of the uninterrupted run
+        logical = (physical + self.start_batch) % n_workers
+        done = max(0, -(-(self.start_batch - logical) // n_workers))  # batches b<s with b%W==l
+        split = self.cfg.rank * n_workers + logical
+        n_splits = self.cfg.world_size * n_workers
+        yield from self.batches(split, n_splits, skip_batches=done)
+
+
+def make_loader(cfg: StreamConfig, codec, *, workers: int = 0, start_batch: int = 0,
+                pin_memory: bool = False) -> DataLoader:
+    ds = SceneStream(cfg, codec, start_batch=start_batch)
+    return DataLoader(ds, batch_size=None, num_workers=workers, pin_memory=pin_memory,
+                      prefetch_factor=4 if workers > 0 else None, persistent_workers=False)
+
+
+# --- evaluation on scene shards ------------------------------------------------------------
+
+def iter_scene_queries(shards: Sequence[str], limit: int | None = None, image_size: int | None = None
+                       ) -> Iterator[tuple[torch.Tensor, str, list[float], str]]:
+    """``(image uint8 [3,H,W], referral, box, key)`` for every object of every scene, in order."""
+    n = 0
+    for url in shards:
+        for raw in iter_tar(url):
+            meta = json.loads(raw["json"])
+            img = decode_image(_image_bytes(raw), image_size)
+            for i in range(len(meta.get("objects") or [])):
+                referral, box, _ = scene_query(meta, i)
+                yield img, referral, box, raw["__key__"]
+                n += 1
+                if limit is not None and n >= limit:
+                    return

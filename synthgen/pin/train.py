@@ -1,0 +1,361 @@
+"""PIN training (``synthgen train-pin``): a frozen VLM, PIN the only trainable tensor.
+
+Adam (no weight decay, lr 1e-3), batch 64 per GPU, bf16/fp16 autocast on GPU, fp32 on CPU,
+multi-GPU with ``torchrun`` (DDP around PIN only, so only PIN's gradients are synchronised).
+A run directory holds ``pin.safetensors`` (PIN weights), ``pin.json`` (what the run is),
+``train_state.pt`` (optimiser, step, RNG, for ``--resume``) and ``log.jsonl``; checkpoints are
+written atomically (temp file + rename), ``pin.json`` last.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import random
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable, Sequence
+
+import torch
+
+from synthgen import __version__
+from synthgen.errors import UserError
+
+PRECISIONS = ("auto", "bf16", "fp16", "fp32")
+
+
+@dataclass
+class TrainConfig:
+    shards: str | Sequence[str]
+    out: str = "runs/pin"
+    vlm: str = "blip2"
+    model: str | None = None
+    steps: int = 75_000
+    batch_size: int = 64
+    lr: float = 1e-3
+    precision: str = "auto"
+    workers: int = 4
+    val: str | Sequence[str] | None = None
+    eval_every: int = 1000
+    val_limit: int = 256
+    save_every: int = 1000
+    log_every: int = 10
+    resume: bool = False
+    seed: int = 0
+    name_loss: bool = False
+    activation: str = "silu"
+    table: str = "sinusoid"
+    table_dim: int = 64
+    hidden: tuple[int, ...] = (512, 768)
+    shuffle_buffer: int = 1000
+    progress: bool = True
+    device: str | None = None
+    extra: dict = field(default_factory=dict)
+
+
+# --- small helpers -------------------------------------------------------------------------
+
+def atomic_write(path: Path, write: Callable[[str], None]) -> None:
+    """``write(tmp_path)`` then rename over ``path`` (readers never see a partial file)."""
+    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
+    try:
+        write(str(tmp))
+        os.replace(tmp, path)
+    finally:
+        if tmp.exists():
+            tmp.unlink()
+
+
+def _dist():
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    rank = int(os.environ.get("RANK", "0"))
+    local = int(os.environ.get("LOCAL_RANK", "0"))
+    return world, rank, local
+
+
+def resolve_precision(precision: str, device: torch.device) -> str:
+    if precision not in PRECISIONS:
+        raise UserError(f"--precision must be one of {', '.join(PRECISIONS)}, got {precision!r}")
+    if device.type != "cuda":
+        return "fp32"
+    if precision == "auto":
+        return "bf16" if torch.cuda.is_bf16_supported() else "fp16"
+    return precision
+
+
+_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}
+
+
+def rng_state() -> dict:
+    st = {"torch": torch.get_rng_state(), "python": random.getstate()}
+    if torch.cuda.is_available():
+        st["cuda"] = torch.cuda.get_rng_state_all()
+    return st
+
+
+def set_rng_state(st: dict) -> None:
+    torch.set_rng_state(st["torch"])
+    random.setstate(_tuplify(st["python"]))
+    if "cuda" in st and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(st["cuda"])
+
+
+def _tuplify(x):
+    return tuple(_tuplify(v) for v in x) if isinstance(x, (list, tuple)) else x
+
+
+def read_log(path: Path) -> list[dict]:
+    if not path.is_file():
+        return []
+    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+
+
+# --- checkpoint ----------------------------------------------------------------------------
+
+def save_checkpoint(out: Path, pin, optimizer, scaler, step: int, meta: dict) -> None:
+    from safetensors.torch import save_file
+
+    out.mkdir(parents=True, exist_ok=True)
+    state = {"step": step, "optimizer": optimizer.state_dict(), "rng": rng_state(),
+             "scaler": scaler.state_dict() if scaler is not None else {}}
+    atomic_write(out / "train_state.pt", lambda p: torch.save(state, p))
+    weights = {k: v.detach().float().cpu().contiguous() for k, v in pin.state_dict().items()}
+    atomic_write(out / "pin.safetensors", lambda p: save_file(weights, p, metadata={"step": str(step)}))
+    meta = dict(meta, step=step, saved_at=time.strftime("%Y-%m-%dT%H:%M:%S"))
+    atomic_write(out / "pin.json", lambda p: Path(p).write_text(json.dumps(meta, indent=2) + "\n"))
+
+
+def load_state(out: Path) -> dict:
+    """The resume state, read with ``torch.load(weights_only=True)`` (no arbitrary pickles)."""
+    return torch.load(out / "train_state.pt", map_location="cpu", weights_only=True)
+
+
+# --- the loop ------------------------------------------------------------------------------
+
+def train(cfg: TrainConfig, echo: Callable[[str], None] = print, adapter=None) -> dict:
+    """Train PIN; return a summary ``{"step", "loss", "out", ...}``.
+
+    ``adapter``: an already loaded :class:`~synthgen.pin.adapters.VLMAdapter` to train on
+    (default: load ``cfg.vlm``/``cfg.model``); its VLM weights are left untouched.
+    """
+    from safetensors.torch import load_file
+
+    from synthgen.pin.adapters import load_adapter
+    from synthgen.pin.data import StreamConfig, check_canvas, list_shards, make_loader, read_header
+    from synthgen.pin.evaluate import evaluate_scenes
+    from synthgen.pin.module import PIN, describe
+
+    for name in ("steps", "batch_size", "eval_every", "save_every", "log_every"):
+        if getattr(cfg, name) < 1:
+            raise UserError(f"--{name.replace('_', '-')} must be >= 1")
+    if cfg.workers < 0:
+        raise UserError("--workers must be >= 0")
+    if not cfg.lr > 0:
+        raise UserError("--lr must be > 0")
+
+    world, rank, local = _dist()
+    if cfg.device:
+        device = torch.device(cfg.device)
+    else:
+        device = torch.device(f"cuda:{local}" if torch.cuda.is_available() else "cpu")
+    if device.type == "cuda":
+        torch.cuda.set_device(device)
+    ddp = world > 1
+    own_group = False
+    if ddp and not torch.distributed.is_initialized():
+        torch.distributed.init_process_group("nccl" if device.type == "cuda" else "gloo")
+        own_group = True
+    main = rank == 0
+    say = echo if main else (lambda *_: None)
+
+    out = Path(cfg.out)
+    shards = list_shards(cfg.shards)
+    val_shards = list_shards(cfg.val) if cfg.val else None
+    header = read_header(shards)
+    grid = int(header.get("grid", 0)) or None
+    canvas = int(header["width"])
+
+    precision = resolve_precision(cfg.precision, device)
+    if cfg.precision not in ("auto", precision):
+        say(f"note: --precision {cfg.precision} is for GPUs; training in {precision} on {device.type}")
+
+    # resume or fresh
+    meta_path = out / "pin.json"
+    prev = json.loads(meta_path.read_text()) if meta_path.is_file() else None
+    if prev is not None and not cfg.resume:
+        raise UserError(f"{out} already holds a PIN run (step {prev.get('step')}); pass --resume to "
+                        "continue it or choose another --out")
+    model_id = cfg.model
+    if prev is not None:
+        if cfg.vlm != prev["vlm"] or (model_id and model_id != prev["model"]):
+            raise UserError(f"{out} was trained on {prev['vlm']} {prev['model']}; resume with the same "
+                            "--vlm/--model")
+        model_id = prev["model"]
+
+    if adapter is None:
+        adapter = load_adapter(cfg.vlm, model_id, device=device, dtype=_DTYPES[precision])
+    elif adapter.name != cfg.vlm:
+        raise UserError(f"adapter is {adapter.name} but the config says --vlm {cfg.vlm}")
+    else:
+        device = adapter.device
+    model_desc = f"{cfg.vlm} ({adapter.model_id})"
+    check_canvas(header, str(cfg.shards), adapter.input_size, model_desc)
+    if val_shards:
+        check_canvas(read_header(val_shards), str(cfg.val), adapter.input_size, model_desc)
+
+    torch.manual_seed(cfg.seed)
+    if prev is not None:
+        pin = PIN.from_config(prev["pin"])
+        pin.load_state_dict(load_file(str(out / "pin.safetensors")))
+    else:
+        pin = PIN(adapter.num_positions, adapter.vision_width, table=cfg.table,
+                  table_dim=cfg.table_dim, hidden=cfg.hidden, activation=cfg.activation)
+    pin.to(device).train()
+    if (pin.num_positions, pin.out_dim) != (adapter.num_positions, adapter.vision_width):
+        raise UserError(f"PIN {pin.num_positions}x{pin.out_dim} does not fit {model_desc} "
+                        f"({adapter.num_positions}x{adapter.vision_width})")
+    say(describe(pin))
+
+    pin_fn = pin
+    if ddp:
+        from torch.nn.parallel import DistributedDataParallel as DDP
+        import inspect
+        # PIN's only buffer is the fixed sinusoid table, equal on every rank: never sync it in
+        # forward (validation calls PIN on rank 0 alone)
+        sync = ({"forward_sync_buffers": False}
+                if "forward_sync_buffers" in inspect.signature(DDP.__init__).parameters
+                else {"broadcast_buffers": False})
+        pin_fn = DDP(pin, device_ids=[device.index] if device.type == "cuda" else None, **sync)
+    adapter.attach_pin(pin_fn)
+    adapter.assert_frozen()
+
+    optimizer = torch.optim.Adam(pin.parameters(), lr=cfg.lr, weight_decay=0.0)
+    scaler = torch.amp.GradScaler("cuda") if precision == "fp16" else None
+    step = 0
+    if prev is not None:
+        state = load_state(out)
+        if int(state["step"]) != int(prev["step"]):
+            raise UserError(f"{out}: train_state.pt (step {state['step']}) and pin.json "
+                            f"(step {prev['step']}) disagree; the checkpoint is incomplete")
+        optimizer.load_state_dict(state["optimizer"])
+        if scaler is not None and state.get("scaler"):
+            scaler.load_state_dict(state["scaler"])
+        set_rng_state(state["rng"])
+        step = int(state["step"])
+        say(f"resuming {out} at step {step}")
+    elif cfg.resume:
+        say(f"nothing to resume in {out}; starting a new run")
+
+    meta = {
+        "format": "synthgen.pin/1", "synthgen_version": __version__, "vlm": cfg.vlm,
+        "model": adapter.model_id, "canvas": canvas, "grid": grid, "patch_grid": adapter.patch_grid,
+        "vision_width": adapter.vision_width, "num_positions": adapter.num_positions,
+        "pin": pin.config(), "pin_parameters": pin.num_parameters(), "seed": cfg.seed,
+        "lr": cfg.lr, "batch_size": cfg.batch_size, "world_size": world, "precision": precision,
+        "name_loss": cfg.name_loss, "train_shards": str(cfg.shards), "steps_planned": cfg.steps,
+    }
+
+    log_path = out / "log.jsonl"
+    if main:
+        out.mkdir(parents=True, exist_ok=True)
+        kept = [r for r in read_log(log_path) if r.get("step", 0) <= step]
+        log_path.write_text("".join(json.dumps(r) + "\n" for r in kept))
+
+    def log(rec: dict) -> None:
+        if main:
+            with open(log_path, "a") as f:
+                f.write(json.dumps(rec) + "\n")
+
+    def validate() -> dict | None:
+        if not val_shards or not main:
+            return None
+        adapter.attach_pin(pin)  # the bare module: no DDP collectives on one rank
+        pin.eval()
+        with torch.autocast(device.type, dtype=_DTYPES[precision], enabled=precision != "fp32"):
+            m = evaluate_scenes(adapter, val_shards, canvas=canvas, grid=grid or adapter.patch_grid,
+                                limit=cfg.val_limit, batch_size=min(cfg.batch_size, 32))
+        pin.train()
+        adapter.attach_pin(pin_fn)
+        return m
+
+    if step >= cfg.steps:
+        say(f"{out} is already at step {step} >= --steps {cfg.steps}")
+        return {"step": step, "out": str(out), "loss": None, "main": main}
+
+    stream = StreamConfig(shards=shards, batch_size=cfg.batch_size, seed=cfg.seed, rank=rank,
+                          world_size=world, shuffle_buffer=cfg.shuffle_buffer,
+                          image_size=adapter.input_size, name_loss=cfg.name_loss)
+    loader = make_loader(stream, adapter.codec, workers=cfg.workers, start_batch=step,
+                         pin_memory=device.type == "cuda")
+
+    from rich.progress import (BarColumn, MofNCompleteColumn, Progress, TextColumn,
+                               TimeElapsedColumn, TimeRemainingColumn)
+
+    progress = Progress(
+        TextColumn("[bold]train-pin"), BarColumn(), MofNCompleteColumn(),
+        TextColumn("loss {task.fields[loss]}"), TextColumn("{task.fields[sps]} samples/s"),
+        TimeElapsedColumn(), TimeRemainingColumn(), disable=not (cfg.progress and main),
+    )
+    last_loss = float("nan")
+    losses: list[float] = []
+    t_log = time.perf_counter()
+    n_since = 0
+    val_metrics = None
+    amp = precision != "fp32"
+    with progress:
+        task = progress.add_task("train", total=cfg.steps, completed=step, loss="-", sps="-")
+        it = iter(loader)
+        while step < cfg.steps:
+            batch = next(it)
+            with torch.autocast(device.type, dtype=_DTYPES[precision], enabled=amp):
+                loss = adapter.loss(batch)
+            optimizer.zero_grad(set_to_none=True)
+            if scaler is not None:
+                scaler.scale(loss).backward()
+                scaler.step(optimizer)
+                scaler.update()
+            else:
+                loss.backward()
+                optimizer.step()
+            step += 1
+            last_loss = float(loss.detach())
+            if not math.isfinite(last_loss) and scaler is None:
+                raise RuntimeError(f"loss is {last_loss} at step {step}")
+            losses.append(last_loss)
+            n_since += batch["input_ids"].shape[0] * world
+            if step % cfg.log_every == 0 or step == cfg.steps:
+                dt = time.perf_counter() - t_log
+                sps = n_since / dt if dt > 0 else float("nan")
+                mean = sum(losses) / len(losses)
+                if ddp:  # log the mean over all ranks
+                    t = torch.tensor([mean], device=device)
+                    torch.distributed.all_reduce(t)
+                    mean = float(t) / world
+                log({"step": step, "loss": mean, "samples_per_s": round(sps, 2), "lr": cfg.lr,
+                     "time": time.time()})
+                progress.update(task, loss=f"{mean:.4f}", sps=f"{sps:.1f}")
+                losses, n_since, t_log = [], 0, time.perf_counter()
+            progress.update(task, completed=step)
+            if val_shards and (step % cfg.eval_every == 0 or step == cfg.steps):
+                val_metrics = validate()
+                if val_metrics is not None:
+                    log({"step": step, "val_miou": val_metrics["miou"], "val_n": val_metrics["n"],
+                         "val_unparseable": val_metrics["unparseable"]})
+                    progress.console.print(f"step {step}: val mIoU {val_metrics['miou']:.4f} "
+                                           f"({val_metrics['n']} queries, "
+                                           f"{val_metrics['unparseable']} unparseable)")
+            if main and (step % cfg.save_every == 0 or step == cfg.steps):
+                save_checkpoint(out, pin, optimizer, scaler, step, meta)
+            if ddp and step % cfg.save_every == 0:
+                torch.distributed.barrier()
+    del it, loader
+    adapter.assert_frozen()
+    if ddp:
+        torch.distributed.barrier()
+        if own_group:
+            torch.distributed.destroy_process_group()
+    say(f"saved {out / 'pin.safetensors'} at step {step}")
+    return {"step": step, "loss": last_loss, "out": str(out), "val": val_metrics,
+            "pin_parameters": pin.num_parameters(), "main": main}
