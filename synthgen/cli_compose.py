@@ -124,15 +124,32 @@ def register(app: typer.Typer, user_errors) -> None:
             plot_stats(st, plot)
             typer.echo(f"wrote {plot}")
 
+    @app.command("export-coco", no_args_is_help=True)
+    @user_errors
+    def export_coco(
+        shards: str = typer.Argument(..., help="Scene shards: a folder, a .tar, or a brace pattern."),
+        out: Path = typer.Option(..., "--out", "-o", help="Folder for images/ and instances.json."),
+        limit: Optional[int] = typer.Option(None, "--limit", help="Export at most this many scenes."),
+    ) -> None:
+        """Export scene shards as a COCO-format detection set (e.g. for `eval-pin --coco-json`)."""
+        from synthgen.export import export_coco as run_export
+
+        coco = run_export(shards, out, limit)
+        typer.echo(f"wrote {out}/instances.json: {len(coco['images'])} images, "
+                   f"{len(coco['annotations'])} boxes, {len(coco['categories'])} categories")
+
     @app.command("demo")
     @user_errors
     def demo(
         out: Path = typer.Option(Path("demo-out"), "--out", "-o", help="Folder for everything the demo makes."),
-        num_samples: int = typer.Option(64, "--num-samples", "-n", help="Scenes to compose."),
+        num_samples: int = typer.Option(256, "--num-samples", "-n", help="Training scenes to compose."),
         workers: int = typer.Option(2, "--workers", "-w", help="Local Ray CPUs."),
+        steps: int = typer.Option(150, "--steps", help="PIN training steps on the tiny BLIP-2."),
+        train: bool = typer.Option(True, "--train/--no-train", help="Also train, evaluate and predict with PIN on a tiny BLIP-2."),
     ) -> None:
-        """Offline end-to-end demo on built-in data (no downloads): makes an object bank and
-        backgrounds from images shipped with scikit-image, composes shards, previews them."""
+        """Offline end-to-end demo on built-in data (no downloads): an object bank and backgrounds
+        from images shipped with scikit-image -> compose shards -> preview and stats -> train PIN on
+        a tiny random BLIP-2 -> eval-pin (and the random baseline) -> predict."""
         from synthgen.demo import run_demo
 
-        run_demo(out, num_samples=num_samples, workers=workers)
+        run_demo(out, num_samples=num_samples, workers=workers, steps=steps, train=train)

@@ -155,3 +155,18 @@ def test_preview_and_stats_commands(bank, backgrounds, tmp_path, cli_env, synthg
     assert "8 scenes" in r.stdout and plot.stat().st_size > 1000
     r = subprocess.run(synthgen_cmd + ["stats", str(tmp_path / "none")], env=cli_env, capture_output=True, text=True)
     assert r.returncode == 2 and "not found" in r.stderr
+
+
+def test_export_coco_round_trips_boxes(bank, backgrounds, tmp_path):
+    from synthgen.export import export_coco
+
+    out = tmp_path / "out"
+    run_compose(_job(bank, backgrounds, out, n=6, per=6), executor="serial", progress=False)
+    coco = export_coco(str(out), tmp_path / "coco")
+    assert len(coco["images"]) == 6 and (tmp_path / "coco" / "images" / "000000000.jpg").exists()
+    names = {c["id"]: c["name"] for c in coco["categories"]}
+    recs = [json.loads(s["json"]) for s in wds.WebDataset(str(out / "scenes-000000.tar"), shardshuffle=False)]
+    expected = [(o["category"], o["box"]) for r in recs for o in r["objects"]]
+    got = [(names[a["category_id"]], [a["bbox"][0], a["bbox"][1], a["bbox"][0] + a["bbox"][2],
+                                      a["bbox"][1] + a["bbox"][3]]) for a in coco["annotations"]]
+    assert got == expected
