@@ -55,11 +55,15 @@ class BankWriter:
 
     def __init__(self, root: str | Path):
         self.root = Path(root)
-        self.root.mkdir(parents=True, exist_ok=True)
+        if self.root.exists() and not self.root.is_dir():
+            from synthgen.errors import UserError
+
+            raise UserError(f"--out {self.root} exists and is not a folder")
         self.docs: dict[str, dict] = {}
         self._last_flush = 0.0
-        self._clean_temps()
-        self._load()
+        if self.root.is_dir():
+            self._clean_temps()
+            self._load()
 
     def _clean_temps(self) -> None:
         for tmp in self.root.rglob(f"*{_TMP_SUFFIX}"):
@@ -81,16 +85,19 @@ class BankWriter:
 
     # -- config ---------------------------------------------------------------------------------
 
-    def check_config(self, fingerprint: dict) -> dict | None:
+    def config_diff(self, fingerprint: dict) -> dict | None:
         """Differences between ``fingerprint`` and the bank's saved settings (None if equal or
-        new); saves the fingerprint for a new bank."""
+        the bank is new)."""
         p = self.root / CONFIG
-        if p.is_file():
-            old = json.loads(p.read_text(encoding="utf-8"))
-            diff = {k: (old.get(k), v) for k, v in fingerprint.items() if old.get(k) != v}
-            return diff or None
-        atomic_write(p, json.dumps(fingerprint, indent=1, sort_keys=True))
-        return None
+        if not p.is_file():
+            return None
+        old = json.loads(p.read_text(encoding="utf-8"))
+        diff = {k: (old.get(k), v) for k, v in fingerprint.items() if old.get(k) != v}
+        return diff or None
+
+    def save_config(self, fingerprint: dict) -> None:
+        if not (self.root / CONFIG).is_file():
+            atomic_write(self.root / CONFIG, json.dumps(fingerprint, indent=1, sort_keys=True))
 
     # -- categories -----------------------------------------------------------------------------
 

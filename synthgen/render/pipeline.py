@@ -420,7 +420,7 @@ def render(categories: Sequence[Category], cfg: RenderConfig, *, use_ray: bool =
     t0 = time.monotonic()
     out = Path(cfg.out)
     writer = BankWriter(out)
-    diff = writer.check_config(cfg.fingerprint())
+    diff = writer.config_diff(cfg.fingerprint())
     if diff:
         what = ", ".join(f"{k}: {a!r} -> {b!r}" for k, (a, b) in sorted(diff.items()))
         raise UserError(f"{out} was rendered with other settings ({what}); re-run with the same "
@@ -428,12 +428,13 @@ def render(categories: Sequence[Category], cfg: RenderConfig, *, use_ray: bool =
     done = writer.finished()
     todo = [c for c in categories if c.name not in done]
     result = RenderResult(out=out, categories=len(categories), skipped=len(categories) - len(todo))
+    if todo and check_models:
+        preflight(cfg)  # before anything is written: a bad model leaves no half-made bank
+    writer.save_config(cfg.fingerprint())
     if not todo:
         writer.flush()
         result.seconds = time.monotonic() - t0
         return result
-    if check_models:
-        preflight(cfg)
 
     by_name = {c.name: c for c in todo}
     pending: dict[str, list[dict]] = {}
