@@ -84,6 +84,11 @@ def fetch_cutout(spec: SessionSpec) -> None:
             if not os.path.isfile(path):
                 raise FileNotFoundError(f"no such file: {path}")
         else:
+            from synthgen.render.categories import _offline
+
+            if _offline() and cls.resolve_existing(f"{spec.name}.onnx") is None:
+                raise FileNotFoundError(f"offline and {spec.name}.onnx is not in "
+                                        f"{cls.model_dir()}")
             cls.download_models()
     except Exception as exc:
         raise ModelLoadError(_cutout_hint(spec, short(exc))) from None

@@ -33,12 +33,18 @@ def fetch_sd(model: str) -> str:
         if not (Path(model) / "model_index.json").is_file():
             raise ModelLoadError(_sd_hint(model).format(err="no model_index.json in that directory"))
         return model
+    from diffusers.utils import logging as dlog
+
+    level = dlog.get_verbosity()
+    dlog.set_verbosity_error()  # the error below says it all; no "will try the cache" noise
     try:
         from diffusers import DiffusionPipeline
 
         return str(DiffusionPipeline.download(model))
     except Exception as exc:
         raise ModelLoadError(_sd_hint(model).format(err=short(exc))) from None
+    finally:
+        dlog.set_verbosity(level)
 
 
 class Generator:

@@ -10,7 +10,7 @@ class ModelLoadError(UserError):
     how to pass a local copy."""
 
 
-def short(exc: BaseException, limit: int = 300) -> str:
+def short(exc: BaseException, limit: int = 400) -> str:
     text = " ".join(str(exc).split()) or type(exc).__name__
     text = f"{type(exc).__name__}: {text}"
     return text if len(text) <= limit else text[: limit - 3] + "..."
