@@ -101,9 +101,15 @@ def new_session(spec: SessionSpec):
 
         if spec.name not in sessions:
             raise ValueError(f"unknown rembg session; known: {', '.join(sorted(sessions))}")
+        import onnxruntime as ort
+
+        # no busy-waiting ONNX threads: they slow down torch running in the same process
+        opts = ort.SessionOptions()
+        opts.add_session_config_entry("session.intra_op.allow_spinning", "0")
+        opts.add_session_config_entry("session.inter_op.allow_spinning", "0")
         if spec.model_path is not None:
-            return _new(spec.name, model_path=spec.model_path)
-        return _new(spec.name)
+            return _new(spec.name, sess_opts=opts, model_path=spec.model_path)
+        return _new(spec.name, sess_opts=opts)
     except Exception as exc:
         raise ModelLoadError(_cutout_hint(spec, short(exc))) from None
 

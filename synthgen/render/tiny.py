@@ -112,7 +112,7 @@ TINY_CLIP_CFG = {
 }
 
 
-def build_tiny_clip(out_dir: str | Path, seed: int = 0) -> Path:
+def build_tiny_clip(out_dir: str | Path, seed: int = 0, model_cfg: dict | None = None) -> Path:
     """An open_clip model directory (``open_clip_config.json`` + ``open_clip_model.safetensors``)
     loadable as ``local-dir:<dir>``, the layout of open_clip checkpoints on the HF hub."""
     import open_clip
@@ -122,10 +122,11 @@ def build_tiny_clip(out_dir: str | Path, seed: int = 0) -> Path:
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     torch.manual_seed(seed)
-    model = open_clip.CLIP(**TINY_CLIP_CFG)
+    model_cfg = model_cfg or TINY_CLIP_CFG
+    model = open_clip.CLIP(**model_cfg)
     state = {k: v.contiguous() for k, v in model.state_dict().items()}
     save_file(state, str(out / "open_clip_model.safetensors"))
-    cfg = {"model_cfg": TINY_CLIP_CFG,
+    cfg = {"model_cfg": model_cfg,
            "preprocess_cfg": {"mean": list(open_clip.OPENAI_DATASET_MEAN),
                               "std": list(open_clip.OPENAI_DATASET_STD)}}
     (out / "open_clip_config.json").write_text(json.dumps(cfg, indent=1), encoding="utf-8")
