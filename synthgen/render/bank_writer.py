@@ -1,0 +1,155 @@
+"""The object bank on disk, written so that a killed run never leaves it corrupt.
+
+Layout of ``BANK/``:
+
+- ``{slug}/{index:05d}.png``: kept RGBA cut-outs (``{slug}/_rejected/...`` with ``--keep-rejected``)
+- ``_categories/{slug}.json``: one finished category (its stats and index records). A category is
+  finished iff this file exists; it is written last, atomically, after the category's PNGs.
+- ``index.jsonl``, ``render_stats.json``, ``LVIS_instance_pools.json``: rebuilt from the finished
+  categories (atomically: temp file + rename), so they never hold duplicates or half lines.
+- ``render_config.json``: the settings that determine the objects; a re-run must match them.
+
+Every file is written to a temporary name in the same folder and renamed into place.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from pathlib import Path
+from typing import Iterable
+
+import numpy as np
+
+CATEGORIES_DIR = "_categories"
+INDEX = "index.jsonl"
+STATS = "render_stats.json"
+POOLS = "LVIS_instance_pools.json"
+CONFIG = "render_config.json"
+_TMP_SUFFIX = ".synthgen-tmp"
+
+
+def atomic_write(path: str | Path, data: bytes | str) -> None:
+    p = Path(path)
+    p.parent.mkdir(parents=True, exist_ok=True)
+    tmp = p.with_name(f".{p.name}.{os.getpid()}{_TMP_SUFFIX}")
+    with open(tmp, "wb") as f:
+        f.write(data.encode("utf-8") if isinstance(data, str) else data)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, p)
+
+
+def quantiles(values: Iterable[float]) -> dict[str, float] | None:
+    v = np.asarray([x for x in values if x is not None and not np.isnan(x)], dtype=np.float64)
+    if v.size == 0:
+        return None
+    q = np.quantile(v, [0.0, 0.1, 0.25, 0.5, 0.75, 0.9, 1.0])
+    return {k: round(float(x), 4) for k, x in zip(("min", "p10", "p25", "median", "p75", "p90", "max"), q)} | {
+        "mean": round(float(v.mean()), 4)}
+
+
+class BankWriter:
+    """Holds the finished categories of a bank and writes new ones."""
+
+    def __init__(self, root: str | Path):
+        self.root = Path(root)
+        if self.root.exists() and not self.root.is_dir():
+            from synthgen.errors import UserError
+
+            raise UserError(f"--out {self.root} exists and is not a folder")
+        self.docs: dict[str, dict] = {}
+        self._last_flush = 0.0
+        if self.root.is_dir():
+            self._clean_temps()
+            self._load()
+
+    def _clean_temps(self) -> None:
+        for tmp in self.root.rglob(f"*{_TMP_SUFFIX}"):
+            try:
+                tmp.unlink()
+            except OSError:
+                pass
+
+    def _load(self) -> None:
+        d = self.root / CATEGORIES_DIR
+        if not d.is_dir():
+            return
+        for f in sorted(d.glob("*.json")):
+            try:
+                doc = json.loads(f.read_text(encoding="utf-8"))
+                self.docs[doc["slug"]] = doc
+            except (OSError, ValueError, KeyError):
+                continue  # unreadable: the category is rendered again
+
+    # -- config ---------------------------------------------------------------------------------
+
+    def config_diff(self, fingerprint: dict) -> dict | None:
+        """Differences between ``fingerprint`` and the bank's saved settings (None if equal or
+        the bank is new)."""
+        p = self.root / CONFIG
+        if not p.is_file():
+            return None
+        old = json.loads(p.read_text(encoding="utf-8"))
+        diff = {k: (old.get(k), v) for k, v in fingerprint.items() if old.get(k) != v}
+        return diff or None
+
+    def save_config(self, fingerprint: dict) -> None:
+        if not (self.root / CONFIG).is_file():
+            atomic_write(self.root / CONFIG, json.dumps(fingerprint, indent=1, sort_keys=True))
+
+    # -- categories -----------------------------------------------------------------------------
+
+    def finished(self) -> set[str]:
+        """Raw names of finished categories."""
+        return {doc["category"]["name"] for doc in self.docs.values()}
+
+    def add_category(self, doc: dict, pngs: dict[str, bytes]) -> None:
+        """Write the category's PNGs, then its record file (the 'finished' mark)."""
+        for rel, data in pngs.items():
+            atomic_write(self.root / rel, data)
+        atomic_write(self.root / CATEGORIES_DIR / f"{doc['slug']}.json",
+                     json.dumps(doc, ensure_ascii=False))
+        self.docs[doc["slug"]] = doc
+
+    # -- bank-level files -----------------------------------------------------------------------
+
+    def flush(self, min_interval: float = 0.0) -> bool:
+        """Rebuild ``index.jsonl``, ``render_stats.json`` and ``LVIS_instance_pools.json`` from the
+        finished categories (at most every ``min_interval`` seconds)."""
+        now = time.monotonic()
+        if min_interval and now - self._last_flush < min_interval:
+            return False
+        docs = [self.docs[s] for s in sorted(self.docs)]
+        lines = [json.dumps(r, ensure_ascii=False) for d in docs for r in d["records"]]
+        atomic_write(self.root / INDEX, "".join(line + "\n" for line in lines))
+        cats = {d["category"]["name"]: d["stats"] for d in docs}
+        totals = {
+            "categories": len(docs),
+            "categories_kept": sum(1 for d in docs if d["stats"]["kept"] > 0),
+            "categories_dropped": sum(1 for d in docs if d["stats"]["category_dropped"]),
+            "generated": sum(d["stats"]["generated"] for d in docs),
+            "kept": sum(d["stats"]["kept"] for d in docs),
+            "seconds": round(sum(d["stats"]["seconds"] for d in docs), 3),
+        }
+        cfg_path = self.root / CONFIG
+        config = json.loads(cfg_path.read_text(encoding="utf-8")) if cfg_path.is_file() else None
+        atomic_write(self.root / STATS, json.dumps(
+            {"totals": totals, "config": config, "categories": cats}, indent=1, ensure_ascii=False))
+        pools = {d["category"]["name"]: [r["path"] for r in d["records"] if r["kept"]]
+                 for d in docs}
+        atomic_write(self.root / POOLS, json.dumps({k: v for k, v in pools.items() if v},
+                                                   ensure_ascii=False))
+        self._last_flush = now
+        return True
+
+
+def read_index(bank: str | Path) -> list[dict]:
+    """All records of a bank's ``index.jsonl``."""
+    p = Path(bank) / INDEX
+    if not p.is_file():
+        from synthgen.errors import UserError
+
+        raise UserError(f"not an object bank (no {INDEX}): {bank}")
+    return [json.loads(line) for line in p.read_text(encoding="utf-8").splitlines() if line.strip()]

@@ -1,0 +1,80 @@
+"""Stage 1: text-to-image with any diffusers pipeline (hub id or local directory).
+
+X-Paste's setting: Stable Diffusion v1.5, DPM-Solver multistep, 50 steps, guidance 7.5, fp16 on
+GPU. One ``torch.Generator`` per sample, seeded from :func:`synthgen.render.seeds.object_seed`,
+so every image is reproducible on its own.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+
+from synthgen.render.models import ModelLoadError, device_of, short
+
+# X-Paste used runwayml/stable-diffusion-v1-5, which was removed from the hub in 2024; this is
+# the official mirror of the same weights.
+DEFAULT_SD_MODEL = "stable-diffusion-v1-5/stable-diffusion-v1-5"
+
+
+def _sd_hint(model: str) -> str:
+    return (f"cannot load the text-to-image model {model!r}: {{err}}. Pass a local directory with "
+            f"--sd-model PATH (a diffusers pipeline saved with save_pretrained, with "
+            f"model_index.json), or a hub id reachable from every worker (HF_HOME cache or network)")
+
+
+def fetch_sd(model: str) -> str:
+    """Resolve ``model`` at start: a local diffusers directory, or download (or find cached) the
+    hub files. Raises :class:`ModelLoadError` naming the model."""
+    if os.path.isdir(model):
+        if not (Path(model) / "model_index.json").is_file():
+            raise ModelLoadError(_sd_hint(model).format(err="no model_index.json in that directory"))
+        return model
+    from diffusers.utils import logging as dlog
+
+    level = dlog.get_verbosity()
+    dlog.set_verbosity_error()  # the error below says it all; no "will try the cache" noise
+    try:
+        from diffusers import DiffusionPipeline
+
+        return str(DiffusionPipeline.download(model))
+    except Exception as exc:
+        raise ModelLoadError(_sd_hint(model).format(err=short(exc))) from None
+    finally:
+        dlog.set_verbosity(level)
+
+
+class Generator:
+    """Loads the pipeline once; ``__call__(prompts, seeds)`` -> uint8 ``[B, size, size, 3]``."""
+
+    def __init__(self, model: str, *, steps: int = 50, guidance: float = 7.5, size: int = 512,
+                 device: str | None = None, scheduler: str = "dpm-multistep"):
+        import torch
+        from diffusers import DiffusionPipeline, DPMSolverMultistepScheduler
+
+        self.device = device_of(device)
+        self.dtype = torch.float16 if self.device.startswith("cuda") else torch.float32
+        try:
+            pipe = DiffusionPipeline.from_pretrained(model, dtype=self.dtype)
+        except Exception as exc:
+            raise ModelLoadError(_sd_hint(model).format(err=short(exc))) from None
+        if scheduler == "dpm-multistep":
+            pipe.scheduler = DPMSolverMultistepScheduler.from_config(pipe.scheduler.config)
+        pipe.set_progress_bar_config(disable=True)
+        self.pipe = pipe.to(self.device)
+        self.steps, self.guidance, self.size = int(steps), float(guidance), int(size)
+
+    def __call__(self, prompts: Sequence[str], seeds: Sequence[int]) -> np.ndarray:
+        import torch
+
+        # CPU generators: the initial noise is the same on every device.
+        gens = [torch.Generator("cpu").manual_seed(int(s)) for s in seeds]
+        with torch.inference_mode():
+            out = self.pipe(list(prompts), generator=gens, num_inference_steps=self.steps,
+                            guidance_scale=self.guidance, height=self.size, width=self.size,
+                            output_type="np")
+        images = np.asarray(out.images, dtype=np.float32)
+        return (np.clip(images, 0.0, 1.0) * 255.0 + 0.5).astype(np.uint8)
