@@ -146,10 +146,12 @@ def register(app: typer.Typer, user_errors) -> None:
         workers: int = typer.Option(2, "--workers", "-w", help="Local Ray CPUs."),
         steps: int = typer.Option(150, "--steps", help="PIN training steps on the tiny BLIP-2."),
         train: bool = typer.Option(True, "--train/--no-train", help="Also train, evaluate and predict with PIN on a tiny BLIP-2."),
+        render: bool = typer.Option(True, "--render/--no-render", help="Also run `render` with tiny random SD / CLIP / rembg models built by the demo."),
     ) -> None:
         """Offline end-to-end demo on built-in data (no downloads): an object bank and backgrounds
-        from images shipped with scikit-image -> compose shards -> preview and stats -> train PIN on
+        from images shipped with scikit-image -> compose shards -> preview and stats -> render with tiny
+        models -> train PIN on
         a tiny random BLIP-2 -> eval-pin (and the random baseline) -> predict."""
         from synthgen.demo import run_demo
 
-        run_demo(out, num_samples=num_samples, workers=workers, steps=steps, train=train)
+        run_demo(out, num_samples=num_samples, workers=workers, steps=steps, train=train, render=render)

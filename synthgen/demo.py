@@ -105,19 +105,44 @@ def build_demo_backgrounds(folder: Path) -> Path:
     return folder
 
 
-def _run(con, args: list[str]) -> None:
+def _run(con, args: list[str], env: dict | None = None) -> None:
     """Run one ``synthgen`` command as a user would type it, echoing it first."""
+    import os
+    import shlex
     import subprocess
     import sys
 
-    con.print(f"[cyan]$ synthgen {' '.join(args)}[/]")
-    r = subprocess.run([sys.executable, "-m", "synthgen", *args])
+    con.print(f"[cyan]$ synthgen {' '.join(shlex.quote(a) for a in args)}[/]")
+    r = subprocess.run([sys.executable, "-m", "synthgen", *args], env={**os.environ, **(env or {})})
     if r.returncode != 0:
         raise UserError(f"demo step failed (exit {r.returncode}): synthgen {' '.join(args)}")
 
 
+DEMO_RENDER_CATEGORIES = ("apple", "teddy bear", "umbrella")
+
+
+def render_demo(con, out: Path, workers: int) -> Path:
+    """Render a few categories with tiny random-weight models built here (SD UNet/VAE/text
+    encoder, open_clip, a u2net-style ONNX net), saved and loaded by path like real ones."""
+    import os
+
+    from synthgen.render.tiny import build_tiny_models
+
+    models = out / "models"
+    env = {"U2NET_HOME": str(models / "rembg")}  # keep the ONNX cut-out net inside the demo folder
+    os.environ.update(env)
+    tiny = build_tiny_models(models)
+    names = out / "categories.txt"
+    names.write_text("\n".join(DEMO_RENDER_CATEGORIES) + "\n")
+    bank = out / "rendered"
+    _run(con, ["render", "--categories", str(names), "--out", str(bank), "--per-category", "4",
+               "--min-per-category", "1", "--batch-size", "4", *tiny.as_cli_args()], env=env)
+    _run(con, ["preview-bank", str(bank), "-o", str(out / "rendered-preview.png")], env=env)
+    return bank
+
+
 def run_demo(out: Path, num_samples: int = 256, workers: int = 2, steps: int = 150,
-             train: bool = True) -> None:
+             train: bool = True, render: bool = True) -> None:
     from rich.console import Console
 
     from synthgen.compose import ComposeParams
@@ -140,6 +165,12 @@ def run_demo(out: Path, num_samples: int = 256, workers: int = 2, steps: int = 1
     contact_sheet(str(out / "shards"), sheet, n=16)
     con.print(f"   preview: {sheet}")
     print_stats(collect_stats(str(out / "shards")), top=10)
+    if render:
+        con.print("[bold]2b. render[/] objects from text with tiny random models (SD -> rembg -> CLIP "
+                  "filter), then compose reads that bank unchanged")
+        rendered = render_demo(con, out, workers)
+        run_compose(ComposeJob(objects=str(rendered), backgrounds=str(bgs), out=str(out / "rendered-shards"),
+                               num_samples=16, samples_per_shard=16), workers=workers)
     if not train:
         return
     from synthgen.pin.tiny import build_tiny_blip2

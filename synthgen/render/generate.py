@@ -54,7 +54,9 @@ class Generator:
                  device: str | None = None, scheduler: str = "dpm-multistep"):
         import torch
         from diffusers import DiffusionPipeline, DPMSolverMultistepScheduler
+        from diffusers.utils import logging as dlogging
 
+        dlogging.disable_progress_bar()  # the loading bar; sampling bars are disabled below
         self.device = device_of(device)
         self.dtype = torch.float16 if self.device.startswith("cuda") else torch.float32
         try:

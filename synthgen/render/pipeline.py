@@ -264,12 +264,13 @@ def _ray_batches(rows: list[dict], cfg: RenderConfig) -> Iterator[dict]:
     started = False
     if not ray.is_initialized():
         if cfg.ray_address:
-            ray.init(address=cfg.ray_address, logging_level=logging.WARNING)
+            ray.init(address=cfg.ray_address, logging_level=logging.ERROR)
         else:
             kw = local_ray_init_kwargs() | dict(cfg.ray_init)
-            ray.init(logging_level=logging.WARNING, **kw)
+            ray.init(logging_level=logging.ERROR, **kw)
         started = True
     try:
+        logging.getLogger("ray.data").setLevel(logging.WARNING)
         ctx = ray.data.DataContext.get_current()
         ctx.execution_options.preserve_order = True
         ctx.enable_progress_bars = False
@@ -281,16 +282,16 @@ def _ray_batches(rows: list[dict], cfg: RenderConfig) -> Iterator[dict]:
             GenerateStage, fn_constructor_kwargs=dict(model=cfg.sd_model, steps=cfg.steps,
                                                       guidance=cfg.guidance, size=cfg.size,
                                                       threads=plan.threads),
-            batch_size=cfg.batch_size, batch_format="numpy", concurrency=plan.n_gen,
+            batch_size=cfg.batch_size, batch_format="numpy", compute=ray.data.ActorPoolStrategy(size=plan.n_gen),
             num_gpus=plan.gen_gpus, num_cpus=plan.gen_cpus)
         ds = ds.map_batches(
             CutoutStage, fn_constructor_kwargs=dict(cutout=list(cfg.cutout), threads=1),
-            batch_size=cfg.batch_size, batch_format="numpy", concurrency=plan.n_light,
+            batch_size=cfg.batch_size, batch_format="numpy", compute=ray.data.ActorPoolStrategy(size=plan.n_light),
             num_gpus=plan.light_gpus, num_cpus=plan.light_cpus)
         ds = ds.map_batches(
             ScoreStage, fn_constructor_kwargs=dict(model=cfg.clip_model, pretrained=cfg.clip_pretrained,
                                                    n_candidates=len(cfg.cutout), threads=1),
-            batch_size=cfg.batch_size, batch_format="numpy", concurrency=plan.n_light,
+            batch_size=cfg.batch_size, batch_format="numpy", compute=ray.data.ActorPoolStrategy(size=plan.n_light),
             num_gpus=plan.light_gpus, num_cpus=plan.light_cpus)
         yield from ds.iter_batches(batch_size=None, batch_format="numpy")
     finally:
