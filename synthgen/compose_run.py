@@ -19,8 +19,8 @@ from typing import Any
 from synthgen import SCENE_SCHEMA, __version__
 from synthgen.compose import ComposeParams, Composer, SceneStats
 from synthgen.errors import UserError
-from synthgen.shards import (ShardWriter, atomic_write_json, remove_stale_temps, shard_name,
-                             stats_name)
+from synthgen.atomic import atomic_write_json, remove_stale_temps
+from synthgen.shards import ShardWriter, shard_name, stats_name
 
 
 @dataclass(frozen=True)

@@ -11,7 +11,8 @@ import json
 from pathlib import Path
 
 from synthgen.errors import UserError
-from synthgen.shards import atomic_write_json, find_shards, iter_samples
+from synthgen.atomic import atomic_write_json
+from synthgen.shards import find_shards, iter_samples
 
 
 def export_coco(shards: str, out: Path, limit: int | None = None) -> dict:

@@ -8,11 +8,12 @@ when complete; its ``*_stats.json`` is written (atomically) after the rename and
 from __future__ import annotations
 
 import io
-import json
 import os
 import tarfile
 from pathlib import Path
 from typing import Any, Iterable, Iterator
+
+from synthgen.atomic import temp_path
 
 SHARD_PREFIX = "scenes"
 
@@ -25,26 +26,12 @@ def stats_name(i: int) -> str:
     return f"{SHARD_PREFIX}-{i:06d}_stats.json"
 
 
-def atomic_write_bytes(path: Path, data: bytes) -> None:
-    path = Path(path)
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    with open(tmp, "wb") as f:
-        f.write(data)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
-
-
-def atomic_write_json(path: Path, obj: Any) -> None:
-    atomic_write_bytes(path, (json.dumps(obj, indent=2, sort_keys=True) + "\n").encode())
-
-
 class ShardWriter:
     """Write ``{key}.{ext}`` members into ``path`` atomically (temp file + rename on close)."""
 
     def __init__(self, path: Path):
         self.path = Path(path)
-        self.tmp = self.path.with_name(f".{self.path.name}.tmp-{os.getpid()}")
+        self.tmp = temp_path(self.path)
         self._f = open(self.tmp, "wb")
         self._tar = tarfile.open(fileobj=self._f, mode="w", format=tarfile.USTAR_FORMAT)
         self.count = 0
@@ -87,14 +74,6 @@ class ShardWriter:
             self.close()
         else:
             self.abort()
-
-
-def remove_stale_temps(folder: Path) -> int:
-    n = 0
-    for p in Path(folder).glob(".*.tmp-*"):
-        p.unlink(missing_ok=True)
-        n += 1
-    return n
 
 
 def find_shards(spec: str | Path) -> list[Path]:

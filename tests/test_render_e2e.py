@@ -4,7 +4,6 @@ reproducibility, resume after kill -9, and model-load errors."""
 
 from __future__ import annotations
 
-import io
 import json
 import os
 import signal

@@ -20,6 +20,7 @@ from typing import Callable, Sequence
 
 import torch
 
+from synthgen.atomic import atomic_write_with
 from synthgen import __version__
 from synthgen.errors import UserError
 
@@ -56,17 +57,6 @@ class TrainConfig:
 
 
 # --- small helpers -------------------------------------------------------------------------
-
-def atomic_write(path: Path, write: Callable[[str], None]) -> None:
-    """``write(tmp_path)`` then rename over ``path`` (readers never see a partial file)."""
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    try:
-        write(str(tmp))
-        os.replace(tmp, path)
-    finally:
-        if tmp.exists():
-            tmp.unlink()
-
 
 def _dist():
     world = int(os.environ.get("WORLD_SIZE", "1"))
@@ -120,11 +110,11 @@ def save_checkpoint(out: Path, pin, optimizer, scaler, step: int, meta: dict) ->
     out.mkdir(parents=True, exist_ok=True)
     state = {"step": step, "optimizer": optimizer.state_dict(), "rng": rng_state(),
              "scaler": scaler.state_dict() if scaler is not None else {}}
-    atomic_write(out / "train_state.pt", lambda p: torch.save(state, p))
+    atomic_write_with(out / "train_state.pt", lambda p: torch.save(state, p))
     weights = {k: v.detach().float().cpu().contiguous() for k, v in pin.state_dict().items()}
-    atomic_write(out / "pin.safetensors", lambda p: save_file(weights, p, metadata={"step": str(step)}))
+    atomic_write_with(out / "pin.safetensors", lambda p: save_file(weights, p, metadata={"step": str(step)}))
     meta = dict(meta, step=step, saved_at=time.strftime("%Y-%m-%dT%H:%M:%S"))
-    atomic_write(out / "pin.json", lambda p: Path(p).write_text(json.dumps(meta, indent=2) + "\n"))
+    atomic_write_with(out / "pin.json", lambda p: Path(p).write_text(json.dumps(meta, indent=2) + "\n"))
 
 
 def load_state(out: Path) -> dict:

@@ -15,30 +15,19 @@ Every file is written to a temporary name in the same folder and renamed into pl
 from __future__ import annotations
 
 import json
-import os
 import time
 from pathlib import Path
 from typing import Iterable
 
 import numpy as np
 
+from synthgen.atomic import atomic_write, remove_stale_temps
+
 CATEGORIES_DIR = "_categories"
 INDEX = "index.jsonl"
 STATS = "render_stats.json"
 POOLS = "LVIS_instance_pools.json"
 CONFIG = "render_config.json"
-_TMP_SUFFIX = ".synthgen-tmp"
-
-
-def atomic_write(path: str | Path, data: bytes | str) -> None:
-    p = Path(path)
-    p.parent.mkdir(parents=True, exist_ok=True)
-    tmp = p.with_name(f".{p.name}.{os.getpid()}{_TMP_SUFFIX}")
-    with open(tmp, "wb") as f:
-        f.write(data.encode("utf-8") if isinstance(data, str) else data)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, p)
 
 
 def quantiles(values: Iterable[float]) -> dict[str, float] | None:
@@ -66,11 +55,7 @@ class BankWriter:
             self._load()
 
     def _clean_temps(self) -> None:
-        for tmp in self.root.rglob(f"*{_TMP_SUFFIX}"):
-            try:
-                tmp.unlink()
-            except OSError:
-                pass
+        remove_stale_temps(self.root, recursive=True)
 
     def _load(self) -> None:
         d = self.root / CATEGORIES_DIR
