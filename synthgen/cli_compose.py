@@ -96,13 +96,21 @@ def register(app: typer.Typer, user_errors) -> None:
     @app.command("preview", no_args_is_help=True)
     @user_errors
     def preview(
-        shards: str = typer.Argument(..., help="Scene shards: a folder, a .tar, or a brace pattern."),
+        shards: str = typer.Argument(..., help="Scene shards (a folder, a .tar, or a brace pattern), or an object bank folder."),
         output: Path = typer.Option(Path("preview.png"), "--output", "-o", help="PNG contact sheet to write."),
-        n: int = typer.Option(16, "-n", "--num", help="Number of scenes to show."),
+        n: int = typer.Option(16, "-n", "--num", help="Number of scenes to show (objects per category for a bank)."),
         scale: int = typer.Option(2, "--scale", help="Upscaling of each scene for legibility."),
     ) -> None:
-        """Contact sheet of scenes with their boxes, referral labels and the target's answer."""
+        """Contact sheet of scenes with their boxes, referral labels and the target's answer; for
+        an object bank (index.jsonl), its kept and rejected cut-outs with their CLIP scores."""
         from synthgen.inspect import contact_sheet
+
+        if (Path(shards) / "index.jsonl").is_file():
+            from synthgen.render.preview import preview_bank
+
+            path, shown = preview_bank(shards, output, per_category=n)
+            typer.echo(f"wrote {path} ({shown} objects)")
+            return
 
         shown = contact_sheet(shards, output, n=n, scale=scale)
         typer.echo(f"wrote {output} ({shown} scenes)")

@@ -153,6 +153,11 @@ def test_preview_and_stats_commands(bank, backgrounds, tmp_path, cli_env, synthg
                        capture_output=True, text=True)
     assert r.returncode == 0, r.stderr
     assert "8 scenes" in r.stdout and plot.stat().st_size > 1000
+    bank_png = tmp_path / "bank.png"
+    r = subprocess.run(synthgen_cmd + ["preview", str(bank), "-o", str(bank_png)], env=cli_env,
+                       capture_output=True, text=True)
+    assert r.returncode == 0 and "12 objects" in r.stdout, r.stderr  # a bank gets the cut-out grid
+    assert Image.open(bank_png).size != sheet.size
     r = subprocess.run(synthgen_cmd + ["stats", str(tmp_path / "none")], env=cli_env, capture_output=True, text=True)
     assert r.returncode == 2 and "not found" in r.stderr
 

@@ -18,6 +18,8 @@ import contextlib
 from dataclasses import dataclass
 from typing import Callable, Iterator, Sequence
 
+from pathlib import Path
+
 import torch
 
 from synthgen.boxes import article
@@ -164,7 +166,8 @@ class Blip2Adapter(VLMAdapter):
         from transformers.utils import logging as hf_logging
 
         hf_logging.disable_progress_bar()
-        self.model_id = str(model_id)
+        # a local checkpoint is recorded by absolute path so a run can be evaluated from anywhere
+        self.model_id = str(Path(model_id).resolve()) if Path(model_id).exists() else str(model_id)
         self.device = torch.device(device)
         self.dtype = dtype
         try:
