@@ -56,7 +56,10 @@ class Generator:
         from diffusers import DiffusionPipeline, DPMSolverMultistepScheduler
         from diffusers.utils import logging as dlogging
 
-        dlogging.disable_progress_bar()  # the loading bar; sampling bars are disabled below
+        from transformers.utils import logging as tlogging
+
+        dlogging.disable_progress_bar()  # loading bars; sampling bars are disabled below
+        tlogging.disable_progress_bar()
         self.device = device_of(device)
         self.dtype = torch.float16 if self.device.startswith("cuda") else torch.float32
         try:

@@ -259,6 +259,7 @@ def local_ray_init_kwargs() -> dict:
 def _ray_batches(rows: list[dict], cfg: RenderConfig) -> Iterator[dict]:
     import logging
 
+    os.environ.setdefault("RAY_DATA_LOGGING_CONFIG", str(Path(__file__).with_name("ray_data_logging.yaml")))
     import ray
 
     started = False
@@ -270,7 +271,6 @@ def _ray_batches(rows: list[dict], cfg: RenderConfig) -> Iterator[dict]:
             ray.init(logging_level=logging.ERROR, **kw)
         started = True
     try:
-        logging.getLogger("ray.data").setLevel(logging.WARNING)
         ctx = ray.data.DataContext.get_current()
         ctx.execution_options.preserve_order = True
         ctx.enable_progress_bars = False
