@@ -103,7 +103,7 @@ def register(app: typer.Typer, user_errors) -> None:
     ) -> None:
         """Contact sheet of scenes with their boxes, referral labels and the target's answer; for
         an object bank (index.jsonl), its kept and rejected cut-outs with their CLIP scores."""
-        from synthgen.inspect import contact_sheet
+        from synthgen.inspection import contact_sheet
 
         if (Path(shards) / "index.jsonl").is_file():
             from synthgen.render.preview import preview_bank
@@ -124,7 +124,7 @@ def register(app: typer.Typer, user_errors) -> None:
     ) -> None:
         """Counts and distributions of scene shards: objects per scene, box sizes in cells,
         categories, visible fraction, referral kinds."""
-        from synthgen.inspect import collect_stats, print_stats, plot_stats
+        from synthgen.inspection import collect_stats, print_stats, plot_stats
 
         st = collect_stats(shards)
         print_stats(st, top=top)

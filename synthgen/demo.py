@@ -148,7 +148,7 @@ def run_demo(out: Path, num_samples: int = 256, workers: int = 2, steps: int = 1
     from synthgen.compose import ComposeParams
     from synthgen.compose_run import ComposeJob, run_compose
     from synthgen.export import export_coco
-    from synthgen.inspect import collect_stats, contact_sheet, print_stats
+    from synthgen.inspection import collect_stats, contact_sheet, print_stats
 
     con = Console(stderr=True)
     out = Path(out)
