@@ -18,18 +18,26 @@ _SEP = "::"
 
 
 def _expand(spec: str) -> list[Path]:
+    """Paths of a path / glob / brace pattern (``bg-{000..009}.tar``)."""
+    if not str(spec).strip():
+        raise UserError("an empty path was given")
     if any(ch in spec for ch in "{*?["):
-        from braceexpand import braceexpand
+        from braceexpand import UnbalancedBracesError, braceexpand
 
         paths: list[str] = []
-        for pat in braceexpand(spec):
-            paths.extend(glob.glob(pat) if any(c in pat for c in "*?[") else [pat])
+        try:
+            for pat in braceexpand(spec):
+                paths.extend(sorted(glob.glob(pat)) if any(c in pat for c in "*?[") else [pat])
+        except UnbalancedBracesError as exc:
+            raise UserError(f"bad pattern {spec!r}: {exc}") from None
         return [Path(p) for p in paths]
     return [Path(spec)]
 
 
 def list_backgrounds(spec: str) -> list[str]:
     """All usable-looking background items of ``spec`` (folder, tar file(s), or pattern)."""
+    if not str(spec).strip():
+        raise UserError("--backgrounds is empty")
     items: list[str] = []
     tars: list[Path] = []
     for p in _expand(spec):
@@ -58,14 +66,21 @@ def list_backgrounds(spec: str) -> list[str]:
 
 
 def _list_tar(path: Path) -> list[str]:
-    out = []
+    """Image members of a tar; a truncated tar keeps the members before the damage (warned)."""
+    import sys
+
+    out: list[str] = []
     try:
         with tarfile.open(path, "r:") as tf:
             for m in tf:
                 if m.isfile() and Path(m.name).suffix.lower() in IMAGE_EXTS:
                     out.append(_SEP.join((str(path), m.name, str(m.offset_data), str(m.size))))
     except (tarfile.TarError, OSError) as exc:
-        raise UserError(f"backgrounds: cannot read shard {path}: {exc}") from None
+        if not out:
+            raise UserError(f"backgrounds: cannot read shard {path}: {exc}") from None
+        print(f"warning: backgrounds: shard {path} is damaged ({exc}); using its first "
+              f"{len(out)} images", file=sys.stderr)
+        out = out[:-1]  # the last listed member may itself be cut off
     return out
 
 

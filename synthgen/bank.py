@@ -31,7 +31,7 @@ from synthgen.images import Skip, decode
 
 POOLS_FILE = "LVIS_instance_pools.json"
 INDEX_FILE = "index.jsonl"
-IMAGE_EXTS = {".png", ".webp", ".tif", ".tiff"}
+IMAGE_EXTS = {".png", ".webp", ".tif", ".tiff", ".jpg", ".jpeg", ".bmp"}  # JPEG/BMP: counted as no_alpha
 
 
 def clean_name(name: str) -> str:
@@ -162,8 +162,14 @@ def _read_index(index: Path) -> list[BankEntry]:
             if missing:
                 raise UserError(f"{index}:{ln}: missing field(s) {', '.join(missing)}")
             cid = rec.get("category_id")
-            out.append(BankEntry(str(rec["id"]), clean_name(str(rec["category"])),
-                                 int(cid) if cid is not None else None, str(root / rec["path"])))
+            if cid is not None:
+                try:
+                    cid = int(cid)
+                except (TypeError, ValueError):
+                    raise UserError(f"{index}:{ln}: category_id must be an integer or null "
+                                    f"(got {cid!r})") from None
+            out.append(BankEntry(str(rec["id"]), clean_name(str(rec["category"])), cid,
+                                 str(root / rec["path"])))
     return out
 
 

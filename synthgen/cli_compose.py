@@ -20,6 +20,12 @@ def _floats(text: str, flag: str) -> tuple[float, ...]:
     return vals
 
 
+# options of `compose` that a recipe's `compose:` section may set (what decides the dataset)
+RECIPE_KEYS = ("num_samples", "a_max", "fixed_count", "s_min", "s_max", "o_max", "min_visible",
+               "max_aspect_error", "size", "grid", "same_category_p", "absolute_referral_p",
+               "background_fit", "masks", "samples_per_shard", "jpeg_quality", "seed")
+
+
 def register(app: typer.Typer, user_errors) -> None:
     @app.command("compose", no_args_is_help=True)
     @user_errors
@@ -62,13 +68,10 @@ def register(app: typer.Typer, user_errors) -> None:
         if recipe is not None:
             from synthgen.recipes import apply_recipe
 
-            vals = apply_recipe(ctx, recipe, "compose", locals())
+            vals = apply_recipe(ctx, recipe, "compose", locals(), set(RECIPE_KEYS))
             (num_samples, a_max, fixed_count, s_min, s_max, o_max, min_visible, max_aspect_error, size,
              grid, same_category_p, absolute_referral_p, background_fit, masks, samples_per_shard,
-             jpeg_quality, seed) = (vals[k] for k in (
-                "num_samples", "a_max", "fixed_count", "s_min", "s_max", "o_max", "min_visible",
-                "max_aspect_error", "size", "grid", "same_category_p", "absolute_referral_p",
-                "background_fit", "masks", "samples_per_shard", "jpeg_quality", "seed"))
+             jpeg_quality, seed) = (vals[k] for k in RECIPE_KEYS)
         if num_samples is None:
             raise UserError("--num-samples is required (or set compose.num_samples in --recipe)")
 
@@ -82,7 +85,7 @@ def register(app: typer.Typer, user_errors) -> None:
                          num_samples=num_samples, samples_per_shard=samples_per_shard, params=params)
         import os
 
-        manifest = run_compose(job, workers=workers or os.cpu_count() or 1, ray_address=ray_address, executor=executor)
+        manifest = run_compose(job, workers=(os.cpu_count() or 1) if workers is None else workers, ray_address=ray_address, executor=executor)
         t = manifest["totals"]
         con = Console(stderr=True)
         con.print(f"[green]done[/]: {t['samples']} scenes, {t['objects']} objects in "

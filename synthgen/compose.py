@@ -26,6 +26,38 @@ from synthgen.referral import make_referral
 
 MAX_INPUT_DRAWS = 200
 MAX_SCENE_ATTEMPTS = 20
+PASTE_ALPHA = 64          # resized alpha at or above this is pasted (hard paste)
+DROP_EMPTY = "empty_after_resize"
+
+
+def fit_cutout(rgba: np.ndarray, w: int, h: int, passes: int = 3) -> tuple[np.ndarray, np.ndarray]:
+    """Resize a cut-out to its ``w`` x ``h`` box and return ``(rgba, opaque)``.
+
+    Downscaling averages area (thin parts fade instead of vanishing) and the paste mask keeps
+    alpha >= PASTE_ALPHA. When thin borders still fade out so that the opaque extent no longer
+    reaches every edge of the box, the source is cropped to the part that produced the extent
+    and resized again, so the pasted object fills its box: the box is its opaque extent.
+    """
+    src = rgba
+    out = opaque = None
+    for _ in range(passes):
+        sh, sw = src.shape[:2]
+        method = Image.Resampling.BOX if (sw >= w and sh >= h) else Image.Resampling.BILINEAR
+        out = np.asarray(Image.fromarray(src, "RGBA").resize((w, h), method))
+        opaque = out[:, :, 3] >= PASTE_ALPHA
+        if not opaque.any():
+            break
+        ys, xs = np.nonzero(opaque)
+        x1, y1, x2, y2 = int(xs.min()), int(ys.min()), int(xs.max()) + 1, int(ys.max()) + 1
+        if (x1, y1, x2, y2) == (0, 0, w, h):
+            break
+        fx, fy = sw / w, sh / h
+        c = (int(np.floor(x1 * fx)), int(np.floor(y1 * fy)),
+             min(sw, int(np.ceil(x2 * fx))), min(sh, int(np.ceil(y2 * fy))))
+        if c == (0, 0, sw, sh):
+            break
+        src = src[c[1]:c[3], c[0]:c[2]]
+    return out, opaque
 
 
 @dataclass(frozen=True)
@@ -60,6 +92,8 @@ class ComposeParams:
             out.append(f"--absolute-referral-p must lie in [0, 1] (got {self.absolute_referral_p})")
         if self.background_fit not in ("squash", "crop"):
             out.append(f"--background-fit must be squash or crop (got {self.background_fit!r})")
+        if not (0 <= self.seed < 2**63):
+            out.append(f"--seed must be a non-negative integer (got {self.seed})")
         if not (1 <= self.jpeg_quality <= 100):
             out.append(f"--jpeg-quality must lie in 1..100 (got {self.jpeg_quality})")
         if self.layout.a_max > 254 and self.masks:
@@ -197,31 +231,42 @@ class Composer:
         rng = np.random.default_rng(seed)
         bg, bg_name = self._background(rng, stats)
 
+        n = draw_count(rng, p.layout)
         for attempt in range(MAX_SCENE_ATTEMPTS):
-            n = draw_count(rng, p.layout)
             picks = self._pick_objects(rng, n, stats)
-            if attempt == MAX_SCENE_ATTEMPTS - 1:
+            if attempt == MAX_SCENE_ATTEMPTS - 1 and len(picks) > 1:
                 picks = picks[:1]  # a single object always has a unique referral
+                stats.resample("single_object_fallback")
             layout = place_objects(rng, [c.aspect for _, c in picks], p.layout)
-            boxes = [cells_to_pixels(b, cell) for b in layout.boxes]
-            objs = [picks[i] for i in layout.placed]
+            drops = [reason for _, reason in layout.dropped]
+            objs, boxes, cboxes, fitted = [], [], [], []
+            for i, cbox in zip(layout.placed, layout.boxes):
+                box = cells_to_pixels(cbox, cell)
+                rgba, opaque = fit_cutout(picks[i][1].rgba, box[2] - box[0], box[3] - box[1])
+                if not opaque.any():
+                    drops.append(DROP_EMPTY)  # nothing of it would be drawn: never label it
+                    continue
+                objs.append(picks[i])
+                boxes.append(box)
+                cboxes.append(cbox)
+                fitted.append((rgba, opaque))
             names = [self.bank.entries[i].category for i, _ in objs]
             refs = [make_referral(rng, t, names, boxes, width=p.size, height=p.size, margin=cell,
                                   absolute_p=p.absolute_referral_p, depth_overlap=p.depth_overlap)
                     for t in range(len(objs))]
-            if all(r is not None for r in refs):
+            if objs and all(r is not None for r in refs):
                 break
-            stats.resample("ambiguous_referral")
-        for _, reason in layout.dropped:
+            stats.resample("ambiguous_referral" if objs else "no_visible_object")
+        else:
+            raise UserError(f"could not compose scene {index}: its cut-outs vanish when resized to "
+                            "their boxes (see dropped objects)")
+        for reason in drops:
             stats.drop(reason)
 
         canvas = bg.copy()
         owner = np.zeros((p.size, p.size), dtype=np.uint8)
         opaque_counts = []
-        for k, ((_, cut), box) in enumerate(zip(objs, boxes)):
-            w, h = box[2] - box[0], box[3] - box[1]
-            rgba = np.asarray(Image.fromarray(cut.rgba).resize((w, h), Image.Resampling.BILINEAR))
-            opaque = rgba[:, :, 3] >= 128
+        for k, ((rgba, opaque), box) in enumerate(zip(fitted, boxes)):
             region = canvas[box[1]:box[3], box[0]:box[2]]
             region[opaque] = rgba[:, :, :3][opaque]
             owner[box[1]:box[3], box[0]:box[2]][opaque] = k + 1
@@ -229,7 +274,7 @@ class Composer:
         visible_counts = np.bincount(owner.ravel(), minlength=len(objs) + 1)[1:]
 
         objects = []
-        for k, ((bi, _), box, cbox, ref) in enumerate(zip(objs, boxes, layout.boxes, refs)):
+        for k, ((bi, _), box, cbox, ref) in enumerate(zip(objs, boxes, cboxes, refs)):
             e = self.bank.entries[bi]
             vis = float(visible_counts[k]) / opaque_counts[k] if opaque_counts[k] else 0.0
             objects.append({"category": e.category, "category_id": e.category_id, "object_id": e.id,

@@ -88,6 +88,8 @@ def check_inputs(job: ComposeJob) -> list[str]:
     from synthgen.backgrounds import list_backgrounds
 
     job.params.validate()
+    if not str(job.objects).strip():
+        raise UserError("--objects is empty")
     if job.num_samples < 1:
         raise UserError(f"--num-samples must be >= 1 (got {job.num_samples})")
     if job.samples_per_shard < 1:
@@ -99,12 +101,44 @@ def check_inputs(job: ComposeJob) -> list[str]:
     return list_backgrounds(job.backgrounds)
 
 
+_LOCKS: dict[str, Any] = {}
+
+
+def _lock(out: Path) -> None:
+    """Hold an exclusive lock on ``out`` for the life of this process: two runs writing one
+    folder would delete each other's temporary files."""
+    import fcntl
+
+    key = str(out.resolve())
+    if key in _LOCKS:
+        return
+    f = open(out / ".lock", "w")
+    try:
+        fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError:
+        f.close()
+        raise UserError(f"another synthgen compose is writing to {out}; wait for it or use another --out") from None
+    _LOCKS[key] = f
+
+
+def _unlock(out: Path) -> None:
+    f = _LOCKS.pop(str(Path(out).resolve()), None)
+    if f is not None:
+        f.close()
+
+
 def prepare_out(job: ComposeJob) -> list[int]:
     """Create/validate the output folder; return the shards still to do."""
+    if not str(job.out).strip():
+        raise UserError("--out is empty")
     out = Path(job.out)
     if out.exists() and not out.is_dir():
         raise UserError(f"--out {out} exists and is not a folder")
-    out.mkdir(parents=True, exist_ok=True)
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise UserError(f"--out {out} cannot be created: {exc.strerror or exc}") from None
+    _lock(out)
     run_file = out / "run.json"
     ident = json.loads(json.dumps(job.identity()))  # tuples -> lists, as stored
     if run_file.exists():
@@ -153,12 +187,23 @@ def run_compose(job: ComposeJob, *, workers: int = 1, ray_address: str | None = 
                 executor: str = "ray", progress: bool = True) -> dict[str, Any]:
     """Compose the whole dataset (resuming), returning the manifest. Raises UserError when shards
     failed (after the others have finished)."""
-    from synthgen.executors import run_ray, run_serial
 
     if workers < 1:
         raise UserError(f"--workers must be >= 1 (got {workers})")
+    if executor not in ("ray", "serial"):
+        raise UserError(f"--executor must be ray or serial (got {executor!r})")
     backgrounds = check_inputs(job)
     todo = prepare_out(job)
+    try:
+        return _run(job, todo, backgrounds, workers, ray_address, executor, progress)
+    finally:
+        _unlock(Path(job.out))
+
+
+def _run(job: ComposeJob, todo: list[int], backgrounds: list[str], workers: int,
+         ray_address: str | None, executor: str, progress: bool) -> dict[str, Any]:
+    from synthgen.executors import run_ray, run_serial
+
     failures: dict[int, str] = {}
     if todo:
         from rich.progress import (BarColumn, MofNCompleteColumn, Progress, TextColumn,
@@ -179,11 +224,9 @@ def run_compose(job: ComposeJob, *, workers: int = 1, ray_address: str | None = 
             shared = {"backgrounds": backgrounds}
             if executor == "serial":
                 failures = run_serial(compose_shard, jobs, on_result, shared=shared)
-            elif executor == "ray":
+            else:
                 failures = run_ray(compose_shard, jobs, on_result, workers=workers,
                                    address=ray_address, shared=shared)
-            else:
-                raise UserError(f"--executor must be ray or serial (got {executor!r})")
     if failures:
         lines = "; ".join(f"{shard_name(todo[i])}: {msg}" for i, msg in sorted(failures.items()))
         raise UserError(f"{len(failures)} of {len(todo)} shard(s) failed ({lines}); "

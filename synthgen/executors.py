@@ -55,7 +55,9 @@ def run_ray(fn: Callable, jobs: Sequence[tuple], on_result: OnResult, *, workers
     started = ray_init(workers, address)
     failures: dict[int, str] = {}
     try:
-        remote = ray.remote(num_cpus=1, max_retries=max_retries, retry_exceptions=True)(fn)
+        # worker crashes are always retried; of the task's own errors only I/O errors (a flaky
+        # network file system) are worth another try — a bad input fails the same way again
+        remote = ray.remote(num_cpus=1, max_retries=max_retries, retry_exceptions=[OSError])(fn)
         shared_refs = {k: ray.put(v) for k, v in (shared or {}).items()}
         pending = {remote.remote(*args, **shared_refs): i for i, args in enumerate(jobs)}
         while pending:

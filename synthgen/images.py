@@ -42,8 +42,9 @@ def _to_8bit(img: Image.Image) -> Image.Image:
         if img.mode.startswith("I;16"):
             scale = 255.0 / 65535.0
         else:
-            top = float(arr.max()) if arr.size else 0.0
-            scale = 255.0 / 65535.0 if top > 255.0 else 1.0
+            top = float(np.nanmax(arr)) if arr.size else 0.0
+            scale = 255.0 / 65535.0 if top > 255.0 else (255.0 if img.mode == "F" and top <= 1.0 else 1.0)
+            arr = np.nan_to_num(arr)
         arr = np.clip(np.rint(arr * scale), 0, 255).astype(np.uint8)
         return Image.fromarray(arr)
     return img

@@ -56,7 +56,7 @@ class LayoutParams:
             out.append(f"--o-max must lie in [0, 1] (got {self.o_max})")
         if not (0.0 <= self.min_visible <= 1.0):
             out.append(f"--min-visible must lie in [0, 1] (got {self.min_visible})")
-        if self.max_aspect_error < 0:
+        if not (self.max_aspect_error >= 0):  # also refuses NaN
             out.append(f"--max-aspect-error must be >= 0 (got {self.max_aspect_error})")
         if self.size_retries < 1:
             out.append(f"size retries must be >= 1 (got {self.size_retries})")

@@ -23,19 +23,30 @@ def load_recipe(path: Path, section: str) -> dict[str, Any]:
     return dict(doc.get(section) or {})
 
 
-def apply_recipe(ctx, path: Path, section: str, values: dict[str, Any]) -> dict[str, Any]:
+def apply_recipe(ctx, path: Path, section: str, values: dict[str, Any],
+                 allowed: set[str]) -> dict[str, Any]:
     """``values`` (a command's parameters) with the recipe's entries applied wherever the user
-    left the option at its default. List values become comma-separated strings."""
+    left the option at its default. Only ``allowed`` keys may be set; each value is converted
+    with the option's own type (a wrong type is a one-line error); lists become ``a,b,c``."""
     rec = load_recipe(path, section)
     out = dict(values)
-    known = {p.name for p in ctx.command.params}
-    unknown = sorted(set(rec) - known)
+    params = {p.name: p for p in ctx.command.params}
+    unknown = sorted(k for k in rec if k not in params or k not in allowed)
     if unknown:
-        raise UserError(f"recipe {path}: unknown option(s) in `{section}:`: {', '.join(unknown)}")
+        raise UserError(f"recipe {path}: unknown option(s) in `{section}:`: {', '.join(unknown)} "
+                        f"(settable: {', '.join(sorted(allowed))})")
     for key, val in rec.items():
         src = ctx.get_parameter_source(key)
-        if src is None or getattr(src, "name", "") in ("DEFAULT", "DEFAULT_MAP"):
-            if isinstance(val, (list, tuple)):
-                val = ",".join(str(v) for v in val)
-            out[key] = val
+        if src is not None and getattr(src, "name", "") not in ("DEFAULT", "DEFAULT_MAP"):
+            continue  # given on the command line: it wins
+        if isinstance(val, (list, tuple)):
+            val = ",".join(str(v) for v in val)
+        if val is None:
+            raise UserError(f"recipe {path}: `{section}.{key}` has no value")
+        try:
+            param = params[key]
+            out[key] = param.process_value(ctx, val if isinstance(val, (bool, int, float, str)) else str(val))
+        except Exception as exc:  # click.BadParameter and friends
+            msg = getattr(exc, "message", None) or str(exc)
+            raise UserError(f"recipe {path}: `{section}.{key}`: {msg}") from None
     return out

@@ -97,19 +97,28 @@ def find_shards(spec: str | Path) -> list[Path]:
 def iter_samples(shards: Iterable[Path], want: tuple[str, ...] = ("jpg", "json")) -> Iterator[dict[str, Any]]:
     """Samples ``{"__key__", ext: bytes}`` of WebDataset tars, in order, reading only ``want``."""
     for shard in shards:
-        with tarfile.open(shard, "r:") as tf:
-            cur: dict[str, Any] = {}
-            for m in tf:
-                if not m.isfile():
-                    continue
-                base = m.name.rsplit("/", 1)[-1]
-                key, _, ext = base.partition(".")
-                if cur and cur["__key__"] != key:
-                    yield cur
-                    cur = {}
-                if not cur:
-                    cur = {"__key__": key, "__shard__": str(shard)}
-                if ext in want:
-                    cur[ext] = tf.extractfile(m).read()
-            if cur:
+        try:
+            yield from _iter_tar(shard, want)
+        except (tarfile.TarError, OSError) as exc:
+            from synthgen.errors import UserError
+
+            raise UserError(f"cannot read shard {shard}: {exc}") from None
+
+
+def _iter_tar(shard: Path, want: tuple[str, ...]) -> Iterator[dict[str, Any]]:
+    with tarfile.open(shard, "r:") as tf:
+        cur: dict[str, Any] = {}
+        for m in tf:
+            if not m.isfile():
+                continue
+            base = m.name.rsplit("/", 1)[-1]
+            key, _, ext = base.partition(".")
+            if cur and cur["__key__"] != key:
                 yield cur
+                cur = {}
+            if not cur:
+                cur = {"__key__": key, "__shard__": str(shard)}
+            if ext in want:
+                cur[ext] = tf.extractfile(m).read()
+        if cur:
+            yield cur

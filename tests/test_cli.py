@@ -47,6 +47,20 @@ def test_recipe_sets_defaults_and_command_line_wins(bank, backgrounds, tmp_path,
     run = json.loads((out / "run.json").read_text())
     assert run["num_samples"] == 5 and run["params"]["layout"]["a_max"] == 2
     assert run["params"]["layout"]["s_min"] == [0.5, 0.4] and run["params"]["seed"] == 9
+    for text, needle in (("a_max: three", "compose.a_max"), ("o_max: null", "has no value"),
+                         ("num_samples: 10.5", "compose.num_samples"), ("executor: serial", "unknown option")):
+        bad = tmp_path / "typed.yaml"
+        bad.write_text(f"compose:\n  {text}\n")
+        r = subprocess.run(synthgen_cmd + ["compose", "--recipe", str(bad), "--objects", str(bank),
+                                           "--backgrounds", str(backgrounds), "--out", str(tmp_path / "o3")],
+                           env=cli_env, capture_output=True, text=True)
+        assert r.returncode == 2 and needle in r.stderr and "Traceback" not in r.stderr, (text, r.stderr)
+    rec.write_text("compose:\n  num_samples: 2\n  masks: 'no'\n")
+    out4 = tmp_path / "o4"
+    r = subprocess.run(synthgen_cmd + ["compose", "--recipe", str(rec), "--objects", str(bank),
+                                       "--backgrounds", str(backgrounds), "--out", str(out4), "--executor", "serial"],
+                       env=cli_env, capture_output=True, text=True)
+    assert r.returncode == 0 and json.loads((out4 / "run.json").read_text())["params"]["masks"] is False
     bad = tmp_path / "bad.yaml"
     bad.write_text("compose:\n  a_maxx: 2\n")
     r = subprocess.run(synthgen_cmd + ["compose", "--recipe", str(bad), "--objects", str(bank),

@@ -113,6 +113,12 @@ BAD = [
     (["-n", "0"], "--num-samples"),
     (["--s-min", "a,b"], "comma-separated numbers"),
     (["--background-fit", "stretch"], "squash or crop"),
+    (["--seed", "-1"], "--seed must be a non-negative integer"),
+    (["--workers", "0"], "--workers must be >= 1"),
+    (["--executor", "foo"], "ray or serial"),
+    (["--max-aspect-error", "nan"], "--max-aspect-error"),
+    (["--backgrounds", "{a,b"], "bad pattern"),
+    (["--backgrounds", ""], "--backgrounds is empty"),
 ]
 
 
@@ -175,3 +181,33 @@ def test_export_coco_round_trips_boxes(bank, backgrounds, tmp_path):
     got = [(names[a["category_id"]], [a["bbox"][0], a["bbox"][1], a["bbox"][0] + a["bbox"][2],
                                       a["bbox"][1] + a["bbox"][3]]) for a in coco["annotations"]]
     assert got == expected
+
+
+def test_out_folder_errors_and_lock(bank, backgrounds, tmp_path, cli_env, synthgen_cmd):
+    blocker = tmp_path / "file"
+    blocker.write_text("x")
+    r = subprocess.run(synthgen_cmd + ["compose", "--objects", str(bank), "--backgrounds", str(backgrounds),
+                                       "--out", str(blocker / "sub"), "-n", "2"],
+                       env=cli_env, capture_output=True, text=True)
+    assert r.returncode == 2 and "cannot be created" in r.stderr and "Traceback" not in r.stderr
+    # a second run on a folder that another run is writing is refused
+    import fcntl
+
+    out = tmp_path / "out"
+    out.mkdir()
+    with open(out / ".lock", "w") as f:
+        fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        r = subprocess.run(synthgen_cmd + ["compose", "--objects", str(bank), "--backgrounds", str(backgrounds),
+                                           "--out", str(out), "-n", "2", "--executor", "serial"],
+                           env=cli_env, capture_output=True, text=True)
+    assert r.returncode == 2 and "another synthgen compose is writing" in r.stderr
+    assert not (out / "run.json").exists()
+
+
+def test_damaged_shard_is_a_one_line_error(tmp_path, cli_env, synthgen_cmd):
+    bad = tmp_path / "scenes-000000.tar"
+    bad.write_bytes(b"\0" * 100 + b"not a tar")
+    for cmd in (["stats", str(bad)], ["preview", str(bad), "-o", str(tmp_path / "p.png")],
+                ["export-coco", str(bad), "-o", str(tmp_path / "c")]):
+        r = subprocess.run(synthgen_cmd + cmd, env=cli_env, capture_output=True, text=True)
+        assert r.returncode == 2 and "Traceback" not in r.stderr, (cmd, r.stderr)

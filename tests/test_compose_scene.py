@@ -148,3 +148,44 @@ def test_dropped_objects_are_counted(bank, backgrounds):
     # near-full-canvas objects without overlap: most cannot be placed and each drop is counted
     assert placed < 3 * 8
     assert stats.dropped_objects["no_position"] == 3 * 8 - placed
+
+
+def _thin_and_round_bank(root):
+    """Cut-outs whose opaque parts fade when shrunk: a 3-px diagonal line, a ring, an ellipse."""
+    from conftest import write_rgba
+
+    n = 300
+    yy, xx = np.mgrid[0:n, 0:n]
+    line = np.zeros((n, n, 4), np.uint8)
+    line[np.abs(yy - xx) <= 1] = (200, 30, 30, 255)
+    r = np.hypot(yy - n / 2, xx - n / 2)
+    ring = np.zeros((n, n, 4), np.uint8)
+    ring[(r > n / 2 - 4) & (r < n / 2 - 1)] = (30, 30, 200, 255)
+    (root / "pole").mkdir(parents=True)
+    (root / "ring").mkdir()
+    Image.fromarray(line, "RGBA").save(root / "pole" / "0.png")
+    Image.fromarray(ring, "RGBA").save(root / "ring" / "0.png")
+    write_rgba(root / "ball" / "0.png", (30, 200, 30), (80, 50), pad=3, shape="ellipse")
+    return root
+
+
+def test_thin_cutouts_fill_their_boxes_or_are_dropped(tmp_path, backgrounds):
+    comp = _composer(_thin_and_round_bank(tmp_path / "thin"), backgrounds, same_category_p=0.0)
+    stats = SceneStats()
+    full = 0
+    for k in range(60):
+        sc = comp.scene(k, stats)
+        objs = sc.record["objects"]
+        for i, o in enumerate(objs):
+            x1, y1, x2, y2 = o["box"]
+            own = sc.mask == i + 1
+            assert own.any(), "a labelled object must be visible"  # never a label without pixels
+            hidden = any(np.any(sc.mask[y1:y2, x1:x2] == j + 1) for j in range(i + 1, len(objs)))
+            if not hidden:
+                ys, xs = np.nonzero(own)
+                assert (xs.min(), ys.min(), xs.max() + 1, ys.max() + 1) == (x1, y1, x2, y2), o
+                full += 1
+        t = sc.record["target"]
+        assert (sc.mask == t + 1).any()
+    assert full > 40
+    assert set(stats.dropped_objects) <= {"no_position", "empty_after_resize"}

@@ -32,6 +32,27 @@ def test_index_bank_reads_kept_objects_and_crops_to_alpha(bank):
     assert len(ObjectBank.open(bank)) == 12
 
 
+def test_palette_cutout_jpeg_objects_and_text_category_ids(tmp_path):
+    root = tmp_path / "bank"
+    (root / "car").mkdir(parents=True)
+    arr = np.zeros((40, 60), np.uint8)
+    arr[10:30, 5:55] = 1
+    pal = Image.fromarray(arr, "P")
+    pal.putpalette([0, 0, 0, 200, 30, 30] + [0] * 762)
+    pal.save(root / "car" / "old_car.png", transparency=0)  # palette PNG with transparency
+    Image.new("RGB", (20, 20), (1, 2, 3)).save(root / "car" / "photo.jpg")
+    b = ObjectBank.open(root)
+    assert len(b) == 2
+    got = {b.entries[i].id: b.load(i) for i in range(2)}
+    cut = got["car/old_car.png"]
+    assert isinstance(cut, CutOut) and cut.rgba.shape[:2] == (20, 50) and cut.rgba[..., 3].min() == 255
+    assert got["car/photo.jpg"].reason == "no_alpha"  # listed, then skipped and counted
+    (root / "index.jsonl").write_text(json.dumps({"id": "a", "category": "car", "category_id": "n0712",
+                                                  "path": "car/old_car.png"}) + "\n")
+    with pytest.raises(UserError, match="category_id must be an integer"):
+        ObjectBank.open(root)
+
+
 def test_tree_bank_and_loose_files(tmp_path):
     write_rgba(tmp_path / "tree" / "teddy_bear" / "a.png", (200, 0, 0))
     write_rgba(tmp_path / "tree" / "teddy_bear" / "b.png", (0, 200, 0))

@@ -8,7 +8,7 @@ from hypothesis import strategies as st
 
 from synthgen.boxes import article, format_box, parse_box, iou, query_prompt
 from synthgen.layout import LayoutParams, cells_to_pixels, place_objects
-from synthgen.referral import Referral, make_referral, referred, thirds_position
+from synthgen.referral import RELATIVE_WORDS, Referral, make_referral, referred, thirds_position
 
 KW = dict(width=224, height=224, margin=14)
 
@@ -68,20 +68,40 @@ def test_ambiguous_configuration_returns_none():
 @given(seed=st.integers(0, 2**32 - 1), cats=st.lists(st.sampled_from("abc"), min_size=1, max_size=5),
        absolute_p=st.sampled_from([0.0, 0.5]), o_max=st.sampled_from([0.5, 1.0]))
 def test_every_generated_referral_names_exactly_its_object(seed, cats, absolute_p, o_max):
+    _check_scene(seed, cats, absolute_p, o_max)
+
+
+def test_referrals_are_found_for_nearly_every_object():
+    made = total = 0
+    for seed in range(300):
+        rng = np.random.default_rng(seed)
+        cats = list(rng.choice(list("ab"), size=int(rng.integers(2, 4))))
+        m, t = _check_scene(seed, cats, 0.0, 0.5)
+        made, total = made + m, total + t
+    assert total > 500 and made / total > 0.9
+
+
+def _check_scene(seed, cats, absolute_p, o_max):
     rng = np.random.default_rng(seed)
     a = len(cats)
     p = LayoutParams(a_max=a, s_min=(0.1,) * a, s_max=(0.6,) * a, o_max=o_max, min_visible=0.0)
     lay = place_objects(rng, [1.0] * a, p)
     boxes = [cells_to_pixels(b, 14) for b in lay.boxes]
     names = [cats[i] for i in lay.placed]
+    made = 0
     for t in range(len(names)):
         ref = make_referral(rng, t, names, boxes, absolute_p=absolute_p, **KW)
         if ref is None:
             continue
+        made += 1
         assert referred(ref, names, boxes, **KW) == [t]
         repeated = names.count(names[t]) > 1
         assert (ref.kind == "relative") == repeated
         assert names[t] in ref.text
+        # the text names the relation with one of its words (checked independently of the rules)
+        if ref.kind == "relative":
+            assert any(w in ref.text for w in RELATIVE_WORDS[ref.relation])
+    return made, len(names)
 
 
 def test_box_codec_round_trip_and_prompt():
