@@ -18,7 +18,9 @@ alpha, unreadable, all transparent) are returned as :class:`~synthgen.images.Ski
 from __future__ import annotations
 
 import json
+import os
 import re
+import sys
 from collections import OrderedDict
 from dataclasses import dataclass
 from pathlib import Path
@@ -34,17 +36,23 @@ INDEX_FILE = "index.jsonl"
 IMAGE_EXTS = {".png", ".webp", ".tif", ".tiff", ".jpg", ".jpeg", ".bmp"}  # JPEG/BMP: counted as no_alpha
 
 
+def _intern(name: str) -> str:
+    return sys.intern(name)
+
+
 def clean_name(name: str) -> str:
     """LVIS/X-Paste category key to display name: ``bow_(weapon)`` -> ``bow (weapon)``."""
     return " ".join(name.replace("_", " ").split())
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class BankEntry:
+    """One object of the index (kept small: a bank can hold a million of them)."""
+
     id: str
-    category: str
+    category: str      # interned: one string object per category
     category_id: int | None
-    path: str  # absolute path of the PNG
+    path: str          # PNG path relative to the bank's root (or absolute)
 
 
 @dataclass
@@ -61,7 +69,7 @@ class CutOut:
 
 class ObjectBank:
     def __init__(self, entries: list[BankEntry], source: str, layout: str,
-                 max_side: int = 448, cache_bytes: int = 128 << 20):
+                 max_side: int = 448, cache_bytes: int = 128 << 20, root: str = ""):
         if not entries:
             raise UserError(f"object bank {source} holds no objects")
         self.entries = sorted(entries, key=lambda e: e.id)
@@ -70,6 +78,7 @@ class ObjectBank:
             dup = next(i for i in ids if ids.count(i) > 1)
             raise UserError(f"object bank {source}: duplicate object id {dup!r}")
         self.source = source
+        self.root = root
         self.layout = layout
         self.max_side = max_side
         self.cache_bytes = cache_bytes
@@ -92,15 +101,18 @@ class ObjectBank:
             raise UserError(f"object bank not found: {p}")
         if p.is_file():
             if p.name == INDEX_FILE:
-                return cls(_read_index(p), str(p.parent), "index", **kw)
+                return cls(_read_index(p), str(p.parent), "index", root=str(p.parent), **kw)
             if p.suffix == ".json":
-                return cls(_read_pools(p), str(p), "xpaste-pools", **kw)
+                return cls(_read_pools(p), str(p), "xpaste-pools", root=str(p.parent), **kw)
             raise UserError(f"object bank {p}: expected a folder, {INDEX_FILE} or {POOLS_FILE}")
         if (p / INDEX_FILE).exists():
-            return cls(_read_index(p / INDEX_FILE), str(p), "index", **kw)
+            return cls(_read_index(p / INDEX_FILE), str(p), "index", root=str(p), **kw)
         if (p / POOLS_FILE).exists():
-            return cls(_read_pools(p / POOLS_FILE), str(p), "xpaste-pools", **kw)
-        return cls(_read_tree(p), str(p), "tree", **kw)
+            return cls(_read_pools(p / POOLS_FILE), str(p), "xpaste-pools", root=str(p), **kw)
+        return cls(_read_tree(p), str(p), "tree", root=str(p), **kw)
+
+    def path_of(self, i: int) -> str:
+        return os.path.join(self.root, self.entries[i].path)
 
     def load(self, i: int) -> CutOut | Skip:
         """Decoded cut-out ``i`` (cropped, downscaled) or a Skip; LRU-cached."""
@@ -108,7 +120,7 @@ class ObjectBank:
         if hit is not None:
             self._cache.move_to_end(i)
             return hit
-        item = load_cutout(self.entries[i].path, self.max_side)
+        item = load_cutout(self.path_of(i), self.max_side)
         self._cache[i] = item
         self._cached_bytes += item.nbytes if isinstance(item, CutOut) else 64
         while self._cached_bytes > self.cache_bytes and len(self._cache) > 1:
@@ -143,7 +155,6 @@ def load_cutout(path: str, max_side: int) -> CutOut | Skip:
 
 
 def _read_index(index: Path) -> list[BankEntry]:
-    root = index.parent
     out = []
     with open(index, encoding="utf-8") as f:
         for ln, line in enumerate(f, 1):
@@ -168,8 +179,8 @@ def _read_index(index: Path) -> list[BankEntry]:
                 except (TypeError, ValueError):
                     raise UserError(f"{index}:{ln}: category_id must be an integer or null "
                                     f"(got {cid!r})") from None
-            out.append(BankEntry(str(rec["id"]), clean_name(str(rec["category"])), cid,
-                                 str(root / rec["path"])))
+            out.append(BankEntry(str(rec["id"]), _intern(clean_name(str(rec["category"]))), cid,
+                                 str(rec["path"])))
     return out
 
 
@@ -198,8 +209,8 @@ def _read_pools(pools: Path) -> list[BankEntry]:
     out = []
     for key in sorted(data):
         for j, raw in enumerate(data[key]):
-            out.append(BankEntry(f"{key}/{j:06d}", clean_name(key), None,
-                                 _resolve_pool_path(str(raw), root)))
+            out.append(BankEntry(f"{key}/{j:06d}", _intern(clean_name(key)), None,
+                                 os.path.relpath(_resolve_pool_path(str(raw), root), root)))
     return out
 
 
@@ -213,10 +224,10 @@ def _read_tree(root: Path) -> list[BankEntry]:
     out = []
     for f in sorted(root.iterdir()):
         if f.is_file() and f.suffix.lower() in IMAGE_EXTS:
-            out.append(BankEntry(f.name, _stem_category(f.stem), None, str(f)))
+            out.append(BankEntry(f.name, _intern(_stem_category(f.stem)), None, f.name))
     for d in sorted(x for x in root.iterdir() if x.is_dir()):
         for f in sorted(d.rglob("*")):
             if f.is_file() and f.suffix.lower() in IMAGE_EXTS:
                 rel = f.relative_to(root).as_posix()
-                out.append(BankEntry(rel, clean_name(d.name), None, str(f)))
+                out.append(BankEntry(rel, _intern(clean_name(d.name)), None, rel))
     return out
