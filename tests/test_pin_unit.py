@@ -150,6 +150,40 @@ def test_coco_bad_inputs_are_user_errors(tmp_path):
         ev.evaluate_coco(tmp_path, bad, images, baseline="random")
 
 
+def _lvis(tmp_path):
+    """A minimal LVIS v1 val json: images carry ``coco_url`` but no ``file_name``."""
+    from PIL import Image
+
+    root = tmp_path / "coco"
+    (root / "val2017").mkdir(parents=True)
+    Image.new("RGB", (640, 480), (9, 9, 9)).save(root / "val2017" / "000000000139.jpg")
+    lvis = {"images": [{"id": 139, "height": 480, "width": 640, "flickr_url": "x",
+                        "coco_url": "http://images.cocodataset.org/val2017/000000000139.jpg",
+                        "neg_category_ids": [], "not_exhaustive_category_ids": []}],
+            "annotations": [{"id": 1, "image_id": 139, "category_id": 3, "bbox": [10, 20, 100, 200],
+                             "area": 20000, "segmentation": []}],
+            "categories": [{"id": 3, "name": "bow_(weapon)", "synset": "bow.n.04", "frequency": "r",
+                            "def": "x", "synonyms": []}]}
+    path = tmp_path / "lvis_v1_val.json"
+    path.write_text(json.dumps(lvis))
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "pin.json").write_text(json.dumps({"canvas": 224, "grid": 16, "vlm": "blip2"}))
+    return path, root, run
+
+
+def test_lvis_images_found_by_coco_url(tmp_path):
+    lvis, root, run = _lvis(tmp_path)
+    # --images as the COCO root (val2017/ inside) or as the val2017 folder itself
+    for i, images in enumerate((root, root / "val2017")):
+        m = ev.evaluate_coco(run, lvis, images, baseline="random", out=tmp_path / f"e{i}" / "preds.jsonl")
+        recs = [json.loads(x) for x in Path(m["preds_file"]).read_text().splitlines()]
+        assert m["n"] == 1 and recs[0]["image_id"] == 139 and recs[0]["category"] == "bow (weapon)"
+        assert recs[0]["gt_box"] == [3.5, 9.33, 38.5, 102.67]  # 640x480 squashed to 224
+    with pytest.raises(UserError, match="000000000139.jpg"):
+        ev.evaluate_coco(run, lvis, tmp_path / "run", baseline="random")
+
+
 # --- restricted unpickler ------------------------------------------------------------------
 
 class _Evil:
