@@ -184,6 +184,19 @@ def test_lvis_images_found_by_coco_url(tmp_path):
         ev.evaluate_coco(run, lvis, tmp_path / "run", baseline="random")
 
 
+def test_eval_outputs_are_written_atomically(tmp_path):
+    out = tmp_path / "e" / "preds.jsonl"
+    ev._write_outputs([{"iou": 0.5}], {"n": 1}, out)
+    before = out.read_text(), (tmp_path / "e" / "metrics.json").read_text()
+    # a record that cannot be serialised half-way through the list: nothing may change
+    with pytest.raises(TypeError):
+        ev._write_outputs([{"iou": 0.1}, {"iou": object()}], {"n": 2}, out)
+    with pytest.raises(TypeError):
+        ev._write_outputs([{"iou": 0.1}], {"n": object()}, out)
+    assert (out.read_text(), (tmp_path / "e" / "metrics.json").read_text()) == before
+    assert sorted(p.name for p in out.parent.iterdir()) == ["metrics.json", "preds.jsonl"]
+
+
 # --- restricted unpickler ------------------------------------------------------------------
 
 class _Evil:

@@ -25,6 +25,7 @@ from typing import Iterable, Sequence
 
 import numpy as np
 
+from synthgen.atomic import atomic_write
 from synthgen.boxes import area, article, format_box, iou, parse_box, scale_box
 from synthgen.errors import UserError
 
@@ -233,12 +234,13 @@ def coco_queries(coco: dict, max_objects: int = 3) -> list[dict]:
 
 
 def _write_outputs(records: list[dict], metrics: dict, out: Path) -> Path:
-    out.parent.mkdir(parents=True, exist_ok=True)
-    with open(out, "w") as f:
-        for r in records:
-            f.write(json.dumps(r) + "\n")
+    """Write ``preds.jsonl`` and its metrics json atomically (each temp file + rename); both are
+    serialised before either is written, so a failure leaves the previous pair untouched."""
+    preds = "".join(json.dumps(r) + "\n" for r in records)
+    summary = json.dumps(metrics, indent=2) + "\n"
     mpath = out.with_name("metrics.json") if out.name == "preds.jsonl" else out.with_suffix(".metrics.json")
-    mpath.write_text(json.dumps(metrics, indent=2) + "\n")
+    atomic_write(out, preds)
+    atomic_write(mpath, summary)
     return mpath
 
 
