@@ -132,6 +132,27 @@ def test_pin_learns_and_vlm_stays_bit_identical(vlm_dir, shards, tmp_path):
     assert res["step"] == steps
 
 
+def test_encoder_decoder_blip2_is_refused(vlm_dir, tmp_path):
+    """A BLIP-2 with an encoder-decoder LM (the Flan-T5 checkpoints) is refused up front: the
+    prompt/label layout assumes a decoder-only LM."""
+    import shutil
+
+    from transformers import Blip2Config
+
+    from synthgen.pin.adapters import load_adapter
+
+    t5_dir = shutil.copytree(vlm_dir, tmp_path / "blip2-t5")
+    cfg = Blip2Config.from_pretrained(vlm_dir)
+    t5 = Blip2Config(vision_config=cfg.vision_config.to_dict(), qformer_config=cfg.qformer_config.to_dict(),
+                     text_config=dict(model_type="t5", vocab_size=cfg.text_config.vocab_size, d_model=64,
+                                      d_kv=32, d_ff=128, num_layers=1, num_heads=2),
+                     num_query_tokens=cfg.num_query_tokens, image_token_index=cfg.image_token_index)
+    assert not t5.use_decoder_only_language_model
+    t5.save_pretrained(t5_dir)
+    with pytest.raises(UserError, match="decoder-only"):
+        load_adapter("blip2", str(t5_dir))
+
+
 def test_checkpoint_round_trip(vlm_dir, shards, tmp_path):
     from safetensors.torch import load_file
 
