@@ -273,6 +273,33 @@ def test_stream_splits_ranks_and_workers_disjointly(tmp_path):
     assert sum(len(s) for s in seen) == 12 == len(set().union(*seen))  # 3 shards < 4 splits: by sample
 
 
+def test_uneven_shard_split_reads_every_scene_equally_often(tmp_path):
+    """5 shards over 4 data splits: no split may get two whole shards while another gets one
+    (that read the scenes of the lone shards twice as often)."""
+    from collections import Counter
+
+    shards = [str(p) for p in write_shards(tmp_path / "s", 40, canvas=32, grid=4, per_shard=8)]
+    ds = SceneStream(StreamConfig(shards=shards, batch_size=1, shuffle_buffer=4), _Codec())
+    n = 4
+    epoch = [[s["__key__"] for s in ds.raw_epoch(split, n, 0)] for split in range(n)]
+    assert sorted(k for keys in epoch for k in keys) == [f"{i:09d}" for i in range(40)]  # disjoint
+    assert [len(keys) for keys in epoch] == [10] * n  # equal epoch lengths
+    gens = [ds.samples(split, n) for split in range(n)]
+    reads = Counter(next(gens[i % n])["key"] for i in range(400))  # the DataLoader's round-robin
+    per_shard = Counter()
+    for key, c in reads.items():
+        per_shard[int(key) // 8] += c
+    assert dict(per_shard) == {i: 80 for i in range(5)}, dict(sorted(per_shard.items()))
+    assert set(reads.values()) == {10}  # every scene 10 times
+
+
+def test_uneven_shard_split_resumes_exactly(tmp_path):
+    shards = [str(p) for p in write_shards(tmp_path / "s", 40, canvas=32, grid=4, per_shard=8)]
+    cfg = StreamConfig(shards=shards, batch_size=3, seed=2, shuffle_buffer=4, rank=1, world_size=2)
+    full = _keys(make_loader(cfg, _Codec(), workers=2), 17)
+    assert _keys(make_loader(cfg, _Codec(), workers=2, start_batch=11), 6) == full[11:]
+
+
 def test_target_object_is_drawn_per_read(tmp_path):
     shards = [str(p) for p in write_shards(tmp_path / "s", 4, canvas=64, grid=8, per_shard=4,
                                            max_objects=3, seed=3)]
