@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 import sys
 from pathlib import Path
 
@@ -217,6 +218,34 @@ def test_canvas_mismatch_is_a_clear_error(vlm_dir, tmp_path):
                                  "--out", str(tmp_path / "run2"), "--steps", "1", "--workers", "0"])
     assert r.exit_code == 2
     assert "64x64" in r.output and "112x112" in r.output and "Traceback" not in r.output
+
+
+def test_user_error_in_a_dataloader_worker_is_one_line(vlm_dir, tmp_path):
+    import io
+    import tarfile
+
+    from typer.testing import CliRunner
+
+    from synthgen.cli import app
+
+    # a shard whose scenes have no objects: the worker raises UserError while decoding
+    shard = write_shards(tmp_path / "ok", 2, canvas=CANVAS, grid=GRID)[0]
+    (tmp_path / "bad").mkdir()
+    with tarfile.open(shard) as src, tarfile.open(tmp_path / "bad" / "scenes-000000.tar", "w") as dst:
+        for m in src.getmembers():
+            data = src.extractfile(m).read()
+            if m.name.endswith(".json"):
+                data = json.dumps(dict(json.loads(data), objects=[])).encode()
+            m.size = len(data)
+            dst.addfile(m, io.BytesIO(data))
+    r = CliRunner().invoke(app, ["train-pin", str(tmp_path / "bad"), "--model", str(vlm_dir),
+                                 "--out", str(tmp_path / "run"), "--steps", "1", "--batch-size", "2",
+                                 "--workers", "1", "--hidden", "16,16", "--no-progress"])
+    assert r.exit_code == 2, r.output
+    assert "Traceback" not in r.output and "Traceback" not in r.stderr
+    err = r.stderr.strip().splitlines()
+    assert len(err) == 1 and "worker" not in err[0], err
+    assert re.fullmatch(r"error: \S+scenes-000000\.tar: scene 00000000[01] has no objects", err[0]), err
 
 
 def test_cli_train_eval_predict(vlm_dir, shards, tmp_path):

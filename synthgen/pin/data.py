@@ -278,11 +278,51 @@ class SceneStream(IterableDataset):
         yield from self.batches(split, n_splits, skip_batches=done)
 
 
+def worker_error_message(exc: BaseException) -> str:
+    """The original message of an exception re-raised by a DataLoader worker.
+
+    torch re-raises a worker's exception in the main process as the same type with the message
+    ``Caught X in DataLoader worker process N.`` + ``Original Traceback ...``; the original
+    message is what follows ``Type: `` after the last traceback in that text.
+    """
+    text = str(exc)
+    if not text.startswith("Caught ") or "Traceback (most recent call last):" not in text:
+        return text
+    lines = text.rsplit("Traceback (most recent call last):", 1)[1].splitlines()
+    rest = [ln for ln in lines if ln.strip()]
+    while rest and rest[0][:1].isspace():  # the frames ("  File ...", code lines)
+        rest.pop(0)
+    if not rest:
+        return text
+    first = rest[0].partition(": ")[2] if ": " in rest[0] else ""
+    return " ".join(x.strip() for x in [first, *rest[1:]] if x.strip())
+
+
+class SceneLoader(DataLoader):
+    """The DataLoader of a :class:`SceneStream`; a :class:`UserError` raised in a worker process
+    comes out as the one-line UserError it was (not torch's multi-line re-raise)."""
+
+    def __iter__(self):
+        it = super().__iter__()
+        while True:
+            message = None
+            try:
+                batch = next(it)
+            except StopIteration:
+                return
+            except UserError as exc:
+                message = worker_error_message(exc)
+            if message is not None:  # raised outside the except: no chained worker traceback
+                del it
+                raise UserError(message)
+            yield batch
+
+
 def make_loader(cfg: StreamConfig, codec, *, workers: int = 0, start_batch: int = 0,
                 pin_memory: bool = False) -> DataLoader:
     ds = SceneStream(cfg, codec, start_batch=start_batch)
-    return DataLoader(ds, batch_size=None, num_workers=workers, pin_memory=pin_memory,
-                      prefetch_factor=4 if workers > 0 else None, persistent_workers=False)
+    return SceneLoader(ds, batch_size=None, num_workers=workers, pin_memory=pin_memory,
+                       prefetch_factor=4 if workers > 0 else None, persistent_workers=False)
 
 
 # --- evaluation on scene shards ------------------------------------------------------------
