@@ -205,6 +205,41 @@ def test_resume_reproduces_the_uninterrupted_curve(vlm_dir, shards, tmp_path, wo
     assert all(torch.equal(a[k], b[k]) for k in a)
 
 
+@pytest.mark.parametrize("killed_at", ["train_state.pt", "pin.safetensors", "pin.json"])
+def test_resume_after_a_kill_mid_checkpoint(vlm_dir, shards, tmp_path, monkeypatch, killed_at):
+    """A kill before any one of the checkpoint files of step 6 is written: --resume continues
+    (from step 6 when train_state.pt was written, else from step 3) along the same curve."""
+    from safetensors.torch import load_file
+
+    import synthgen.pin.train as T
+
+    kw = dict(hidden=(16, 16), batch_size=4, workers=0, save_every=3, shuffle_buffer=8)
+    T.train(_cfg(shards, tmp_path / "full", vlm_dir, steps=8, **kw), echo=lambda *_: None)
+
+    real = T.atomic_write_with
+    calls = []
+
+    def killed(path, write):
+        calls.append(Path(path).name)
+        if Path(path).name == killed_at and calls.count(killed_at) == 2:  # the step-6 checkpoint
+            raise KeyboardInterrupt("killed")
+        return real(path, write)
+
+    monkeypatch.setattr(T, "atomic_write_with", killed)
+    with pytest.raises(KeyboardInterrupt):
+        T.train(_cfg(shards, tmp_path / "part", vlm_dir, steps=8, **kw), echo=lambda *_: None)
+    monkeypatch.setattr(T, "atomic_write_with", real)
+    said = []
+    T.train(_cfg(shards, tmp_path / "part", vlm_dir, steps=8, resume=True, **kw), echo=said.append)
+    assert f"resuming {tmp_path / 'part'} at step {3 if killed_at == 'train_state.pt' else 6}" in said
+    assert _losses(tmp_path / "part") == _losses(tmp_path / "full")
+    a = load_file(str(tmp_path / "full" / "pin.safetensors"))
+    b = load_file(str(tmp_path / "part" / "pin.safetensors"))
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    assert json.loads((tmp_path / "part" / "pin.json").read_text())["step"] == 8
+    assert not list((tmp_path / "part").glob(".*tmp*"))
+
+
 def test_canvas_mismatch_is_a_clear_error(vlm_dir, tmp_path):
     from typer.testing import CliRunner
 

@@ -3,8 +3,10 @@
 Adam (no weight decay, lr 1e-3), batch 64 per GPU, bf16/fp16 autocast on GPU, fp32 on CPU,
 multi-GPU with ``torchrun`` (DDP around PIN only, so only PIN's gradients are synchronised).
 A run directory holds ``pin.safetensors`` (PIN weights), ``pin.json`` (what the run is),
-``train_state.pt`` (optimiser, step, RNG, for ``--resume``) and ``log.jsonl``; checkpoints are
-written atomically (temp file + rename), ``pin.json`` last.
+``train_state.pt`` (optimiser, step, RNG, and a copy of the weights and the run description, for
+``--resume``) and ``log.jsonl``. Every file is written atomically (temp file + rename) and
+``train_state.pt`` first: it is the checkpoint's commit point, from which ``--resume`` repairs
+the other two after a kill between the files.
 """
 
 from __future__ import annotations
@@ -20,7 +22,7 @@ from typing import Callable, Sequence
 
 import torch
 
-from synthgen.atomic import atomic_write_with
+from synthgen.atomic import atomic_write_with, remove_stale_temps
 from synthgen import __version__
 from synthgen.errors import UserError
 
@@ -103,23 +105,86 @@ def read_log(path: Path) -> list[dict]:
 
 
 # --- checkpoint ----------------------------------------------------------------------------
+#
+# ``train_state.pt`` is the one commit point of a checkpoint: it holds everything (step,
+# optimiser, RNG, scaler, PIN weights and the run description) and is written first, atomically.
+# ``pin.safetensors`` and ``pin.json`` (what users and eval-pin read) follow; a kill between the
+# files leaves them at the previous checkpoint, and ``--resume`` rewrites them from
+# ``train_state.pt``.
 
-def save_checkpoint(out: Path, pin, optimizer, scaler, step: int, meta: dict) -> None:
+STATE_FORMAT = 2  # 1 (no "format" key): optimiser/RNG only, weights and meta in the other files
+
+
+def write_run_files(out: Path, weights: dict, meta: dict) -> None:
+    """``pin.safetensors`` then ``pin.json`` (each atomically) for the checkpoint ``meta["step"]``."""
     from safetensors.torch import save_file
 
-    out.mkdir(parents=True, exist_ok=True)
-    state = {"step": step, "optimizer": optimizer.state_dict(), "rng": rng_state(),
-             "scaler": scaler.state_dict() if scaler is not None else {}}
-    atomic_write_with(out / "train_state.pt", lambda p: torch.save(state, p))
-    weights = {k: v.detach().float().cpu().contiguous() for k, v in pin.state_dict().items()}
-    atomic_write_with(out / "pin.safetensors", lambda p: save_file(weights, p, metadata={"step": str(step)}))
-    meta = dict(meta, step=step, saved_at=time.strftime("%Y-%m-%dT%H:%M:%S"))
+    step = int(meta["step"])
+    atomic_write_with(out / "pin.safetensors",
+                      lambda p: save_file(weights, p, metadata={"step": str(step)}))
     atomic_write_with(out / "pin.json", lambda p: Path(p).write_text(json.dumps(meta, indent=2) + "\n"))
+
+
+def save_checkpoint(out: Path, pin, optimizer, scaler, step: int, meta: dict) -> None:
+    out.mkdir(parents=True, exist_ok=True)
+    weights = {k: v.detach().float().cpu().contiguous() for k, v in pin.state_dict().items()}
+    meta = dict(meta, step=step, saved_at=time.strftime("%Y-%m-%dT%H:%M:%S"))
+    state = {"format": STATE_FORMAT, "step": step, "optimizer": optimizer.state_dict(),
+             "rng": rng_state(), "scaler": scaler.state_dict() if scaler is not None else {},
+             "pin": weights, "meta": json.dumps(meta)}
+    atomic_write_with(out / "train_state.pt", lambda p: torch.save(state, p))  # the commit
+    write_run_files(out, weights, meta)
 
 
 def load_state(out: Path) -> dict:
     """The resume state, read with ``torch.load(weights_only=True)`` (no arbitrary pickles)."""
     return torch.load(out / "train_state.pt", map_location="cpu", weights_only=True)
+
+
+def _saved_step(out: Path) -> tuple[int | None, int | None]:
+    """The steps ``pin.json`` and ``pin.safetensors`` say they hold (None: missing/unreadable)."""
+    from safetensors import safe_open
+
+    js = st = None
+    try:
+        js = int(json.loads((out / "pin.json").read_text())["step"])
+    except (OSError, ValueError, KeyError, TypeError):
+        pass
+    try:
+        with safe_open(str(out / "pin.safetensors"), "pt") as f:
+            st = int((f.metadata() or {})["step"])
+    except (OSError, ValueError, KeyError, TypeError, RuntimeError):
+        pass
+    return js, st
+
+
+def read_checkpoint(out: Path, repair: bool = True) -> tuple[dict, dict, dict] | None:
+    """``(meta, state, weights)`` of the last committed checkpoint in ``out``, or None when there
+    is none. With ``repair``, ``pin.safetensors``/``pin.json`` left behind by a kill between the
+    checkpoint files are rewritten from ``train_state.pt``."""
+    from safetensors.torch import load_file
+
+    if not (out / "train_state.pt").is_file():
+        if (out / "pin.json").is_file():
+            raise UserError(f"{out} holds pin.json but no train_state.pt (optimiser, step, RNG): it "
+                            "cannot be resumed; choose another --out")
+        return None
+    state = load_state(out)
+    step = int(state["step"])
+    if "meta" in state:  # self-contained: train_state.pt is the checkpoint
+        meta, weights = json.loads(state["meta"]), state["pin"]
+        if repair and _saved_step(out) != (step, step):
+            write_run_files(out, weights, meta)
+        return meta, state, weights
+    # written by an earlier synthgen: the three files must agree
+    if not (out / "pin.json").is_file() or not (out / "pin.safetensors").is_file():
+        raise UserError(f"{out}: train_state.pt (step {step}) has no pin.json/pin.safetensors "
+                        "beside it; the checkpoint is incomplete")
+    meta = json.loads((out / "pin.json").read_text())
+    if step != int(meta["step"]):
+        raise UserError(f"{out}: train_state.pt (step {step}) and pin.json "
+                        f"(step {meta['step']}) disagree; the checkpoint is incomplete")
+    return meta, state, load_file(str(out / "pin.safetensors"))
 
 
 # --- the loop ------------------------------------------------------------------------------
@@ -130,8 +195,6 @@ def train(cfg: TrainConfig, echo: Callable[[str], None] = print, adapter=None) -
     ``adapter``: an already loaded :class:`~synthgen.pin.adapters.VLMAdapter` to train on
     (default: load ``cfg.vlm``/``cfg.model``); its VLM weights are left untouched.
     """
-    from safetensors.torch import load_file
-
     from synthgen.pin.adapters import load_adapter
     from synthgen.pin.data import StreamConfig, check_canvas, list_shards, make_loader, read_header
     from synthgen.pin.evaluate import evaluate_scenes
@@ -172,11 +235,14 @@ def train(cfg: TrainConfig, echo: Callable[[str], None] = print, adapter=None) -
         say(f"note: --precision {cfg.precision} is for GPUs; training in {precision} on {device.type}")
 
     # resume or fresh
-    meta_path = out / "pin.json"
-    prev = json.loads(meta_path.read_text()) if meta_path.is_file() else None
-    if prev is not None and not cfg.resume:
-        raise UserError(f"{out} already holds a PIN run (step {prev.get('step')}); pass --resume to "
-                        "continue it or choose another --out")
+    if not cfg.resume and ((out / "pin.json").is_file() or (out / "train_state.pt").is_file()):
+        at = _saved_step(out)[0]
+        raise UserError(f"{out} already holds a PIN run{f' (step {at})' if at is not None else ''}; "
+                        "pass --resume to continue it or choose another --out")
+    if main:
+        remove_stale_temps(out)  # of a writer killed mid-checkpoint
+    ckpt = read_checkpoint(out, repair=main)
+    prev, state, prev_weights = ckpt if ckpt is not None else (None, None, None)
     model_id = cfg.model
     if prev is not None:
         if cfg.vlm != prev["vlm"] or (model_id and model_id != prev["model"]):
@@ -198,7 +264,7 @@ def train(cfg: TrainConfig, echo: Callable[[str], None] = print, adapter=None) -
     torch.manual_seed(cfg.seed)
     if prev is not None:
         pin = PIN.from_config(prev["pin"])
-        pin.load_state_dict(load_file(str(out / "pin.safetensors")))
+        pin.load_state_dict(prev_weights)
     else:
         pin = PIN(adapter.num_positions, adapter.vision_width, table=cfg.table,
                   table_dim=cfg.table_dim, hidden=cfg.hidden, activation=cfg.activation)
@@ -224,11 +290,7 @@ def train(cfg: TrainConfig, echo: Callable[[str], None] = print, adapter=None) -
     optimizer = torch.optim.Adam(pin.parameters(), lr=cfg.lr, weight_decay=0.0)
     scaler = torch.amp.GradScaler("cuda") if precision == "fp16" else None
     step = 0
-    if prev is not None:
-        state = load_state(out)
-        if int(state["step"]) != int(prev["step"]):
-            raise UserError(f"{out}: train_state.pt (step {state['step']}) and pin.json "
-                            f"(step {prev['step']}) disagree; the checkpoint is incomplete")
+    if state is not None:
         optimizer.load_state_dict(state["optimizer"])
         if scaler is not None and state.get("scaler"):
             scaler.load_state_dict(state["scaler"])
