@@ -240,6 +240,37 @@ def test_resume_after_a_kill_mid_checkpoint(vlm_dir, shards, tmp_path, monkeypat
     assert not list((tmp_path / "part").glob(".*tmp*"))
 
 
+def test_resume_refuses_changed_settings(vlm_dir, shards, tmp_path, monkeypatch):
+    from synthgen.pin.train import train
+
+    kw = dict(hidden=(16, 16), batch_size=4, workers=0, shuffle_buffer=8, steps=2)
+    run = tmp_path / "run"
+    train(_cfg(shards, run, vlm_dir, **kw), echo=lambda *_: None)
+    meta = json.loads((run / "pin.json").read_text())
+    assert (meta["workers"], meta["shuffle_buffer"], meta["train_shard_count"]) == (0, 8, 2)
+    before = (run / "pin.json").read_text()
+
+    more = tmp_path / "more"
+    write_shards(more, 24, canvas=CANVAS, grid=GRID, per_shard=8)
+    monkeypatch.setenv("WORLD_SIZE", "2")  # refused before any process group is started
+    changed = dict(kw, seed=5, batch_size=7, lr=0.5, workers=2, shuffle_buffer=3, name_loss=True,
+                   steps=4, resume=True)
+    with pytest.raises(UserError) as exc:
+        train(_cfg(more, run, vlm_dir, **changed), echo=lambda *_: None)
+    msg = str(exc.value)
+    for part in ("--seed 0 -> 5", "--batch-size 4 -> 7", "--lr 0.001 -> 0.5", "world size 1 -> 2",
+                 "--workers 0 -> 2", "--shuffle-buffer 8 -> 3", "--name-loss False -> True",
+                 f"shards {shards} (2 shards) -> {more} (3 shards)"):
+        assert part in msg, msg
+    assert "\n" not in msg
+    assert (run / "pin.json").read_text() == before  # untouched
+    monkeypatch.delenv("WORLD_SIZE")
+
+    # what may change: --steps, and 0 <-> 1 workers (both read the stream in one split)
+    res = train(_cfg(shards, run, vlm_dir, **dict(kw, steps=3, workers=1, resume=True)), echo=lambda *_: None)
+    assert res["step"] == 3
+
+
 def test_canvas_mismatch_is_a_clear_error(vlm_dir, tmp_path):
     from typer.testing import CliRunner
 

@@ -187,6 +187,45 @@ def read_checkpoint(out: Path, repair: bool = True) -> tuple[dict, dict, dict] |
     return meta, state, load_file(str(out / "pin.safetensors"))
 
 
+# --- resume settings -----------------------------------------------------------------------
+
+DATA_SPLIT = 2  # how shards are dealt to data splits (synthgen.pin.data.SceneStream._split_plan)
+
+# what fixes the data order (the exact-continuation skip of --resume) and the curve, with the
+# option that sets it; a resume must keep these
+_RESUME_SETTINGS = (("seed", "--seed"), ("batch_size", "--batch-size"), ("lr", "--lr"),
+                    ("world_size", "world size"), ("workers", "--workers"),
+                    ("shuffle_buffer", "--shuffle-buffer"), ("name_loss", "--name-loss"))
+
+
+def shard_list_digest(shards: Sequence[str]) -> str:
+    """sha256 of the shard file names in order (the stream depends on them, not on where the
+    directory lives)."""
+    import hashlib
+
+    names = "\n".join(os.path.basename(str(u).rstrip("/")) for u in shards)
+    return hashlib.sha256(names.encode()).hexdigest()
+
+
+def resume_conflicts(prev: dict, now: dict) -> list[str]:
+    """``"option old -> new"`` for every setting of ``now`` that differs from the run's ``prev``
+    (settings a run of an earlier synthgen did not record are not compared). 0 and 1
+    ``--workers`` are the same stream (one data split per rank)."""
+    out = []
+    for key, label in _RESUME_SETTINGS:
+        if key not in prev:
+            continue
+        old, new = prev[key], now[key]
+        same = max(old, 1) == max(new, 1) if key == "workers" else old == new
+        if not same:
+            out.append(f"{label} {old} -> {new}")
+    if "train_shards_sha256" in prev and (prev["train_shards_sha256"], prev.get("train_shard_count")) != (
+            now["train_shards_sha256"], now["train_shard_count"]):
+        out.append(f"shards {prev.get('train_shards')} ({prev.get('train_shard_count')} shards) -> "
+                   f"{now['train_shards']} ({now['train_shard_count']} shards)")
+    return out
+
+
 # --- the loop ------------------------------------------------------------------------------
 
 def train(cfg: TrainConfig, echo: Callable[[str], None] = print, adapter=None) -> dict:
@@ -216,10 +255,6 @@ def train(cfg: TrainConfig, echo: Callable[[str], None] = print, adapter=None) -
     if device.type == "cuda":
         torch.cuda.set_device(device)
     ddp = world > 1
-    own_group = False
-    if ddp and not torch.distributed.is_initialized():
-        torch.distributed.init_process_group("nccl" if device.type == "cuda" else "gloo")
-        own_group = True
     main = rank == 0
     say = echo if main else (lambda *_: None)
 
@@ -243,6 +278,26 @@ def train(cfg: TrainConfig, echo: Callable[[str], None] = print, adapter=None) -
         remove_stale_temps(out)  # of a writer killed mid-checkpoint
     ckpt = read_checkpoint(out, repair=main)
     prev, state, prev_weights = ckpt if ckpt is not None else (None, None, None)
+    settings = {"seed": cfg.seed, "lr": cfg.lr, "batch_size": cfg.batch_size, "world_size": world,
+                "workers": cfg.workers, "shuffle_buffer": cfg.shuffle_buffer, "name_loss": cfg.name_loss,
+                "train_shards": str(cfg.shards), "train_shard_count": len(shards),
+                "train_shards_sha256": shard_list_digest(shards), "data_split": DATA_SPLIT}
+    if prev is not None:
+        changed = resume_conflicts(prev, settings)
+        if changed:
+            raise UserError(f"{out} was trained with other settings: {'; '.join(changed)}. Resume with "
+                            "the run's settings (they fix the data order and the curve) or start a "
+                            "new run with another --out")
+        n_splits = world * max(cfg.workers, 1)
+        if prev.get("data_split") != DATA_SPLIT and len(shards) >= n_splits and len(shards) % n_splits:
+            say(f"note: {out} was started by a synthgen that dealt {len(shards)} shards over "
+                f"{n_splits} data splits differently; after this resume the data order is not the "
+                "one the original run would have seen")
+
+    own_group = False
+    if ddp and not torch.distributed.is_initialized():
+        torch.distributed.init_process_group("nccl" if device.type == "cuda" else "gloo")
+        own_group = True
     model_id = cfg.model
     if prev is not None:
         if cfg.vlm != prev["vlm"] or (model_id and model_id != prev["model"]):
@@ -304,9 +359,8 @@ def train(cfg: TrainConfig, echo: Callable[[str], None] = print, adapter=None) -
         "format": "synthgen.pin/1", "synthgen_version": __version__, "vlm": cfg.vlm,
         "model": adapter.model_id, "canvas": canvas, "grid": grid, "patch_grid": adapter.patch_grid,
         "vision_width": adapter.vision_width, "num_positions": adapter.num_positions,
-        "pin": pin.config(), "pin_parameters": pin.num_parameters(), "seed": cfg.seed,
-        "lr": cfg.lr, "batch_size": cfg.batch_size, "world_size": world, "precision": precision,
-        "name_loss": cfg.name_loss, "train_shards": str(cfg.shards), "steps_planned": cfg.steps,
+        "pin": pin.config(), "pin_parameters": pin.num_parameters(), "precision": precision,
+        **settings, "steps_planned": cfg.steps,
     }
 
     log_path = out / "log.jsonl"
