@@ -228,6 +228,38 @@ def test_restricted_unpickler_reads_plain_refs(tmp_path):
         assert ev.safe_load_pickle(p) == refs
 
 
+def test_cuda_rng_is_saved_and_restored_for_the_current_device_only(monkeypatch):
+    """A run saved on a machine with several GPUs resumes on one with fewer: only the training
+    device's CUDA generator is saved and restored (never get/set_rng_state_all)."""
+    from synthgen.pin import train as T
+
+    calls = []
+
+    def no_all(*a, **k):
+        raise AssertionError("all-device CUDA RNG state used")
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "get_rng_state_all", no_all)
+    monkeypatch.setattr(torch.cuda, "set_rng_state_all", no_all)
+    monkeypatch.setattr(torch.cuda, "get_rng_state",
+                        lambda device="cuda": calls.append(("get", str(device))) or torch.tensor([7], dtype=torch.uint8))
+    monkeypatch.setattr(torch.cuda, "set_rng_state",
+                        lambda state, device="cuda": calls.append(("set", int(state[0]), str(device))))
+    st = T.rng_state(torch.device("cuda", 3))
+    assert calls == [("get", "cuda:3")] and torch.equal(st["cuda"], torch.tensor([7], dtype=torch.uint8))
+    T.set_rng_state(st, torch.device("cuda", 0))
+    assert calls[-1] == ("set", 7, "cuda:0")
+    # a checkpoint of an earlier version holds every GPU's state: take this device's entry
+    old = dict(st, cuda=[torch.tensor([i], dtype=torch.uint8) for i in range(4)])
+    T.set_rng_state(old, torch.device("cuda", 2))
+    assert calls[-1] == ("set", 2, "cuda:2")
+    n = len(calls)
+    T.set_rng_state(old, torch.device("cuda", 5))  # that GPU did not exist there: left as it is
+    T.set_rng_state(st, torch.device("cpu"))
+    assert len(calls) == n
+    assert "cuda" not in T.rng_state(torch.device("cpu"))
+
+
 # --- data stream ---------------------------------------------------------------------------
 
 class _Codec:

@@ -80,18 +80,27 @@ def resolve_precision(precision: str, device: torch.device) -> str:
 _DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}
 
 
-def rng_state() -> dict:
+def rng_state(device: torch.device | None = None) -> dict:
+    """CPU and Python RNG states, and the CUDA generator of ``device`` when it is a GPU (only
+    that one: a run must resume on a machine with fewer GPUs)."""
     st = {"torch": torch.get_rng_state(), "python": random.getstate()}
-    if torch.cuda.is_available():
-        st["cuda"] = torch.cuda.get_rng_state_all()
+    if device is not None and device.type == "cuda" and torch.cuda.is_available():
+        st["cuda"] = torch.cuda.get_rng_state(device)
     return st
 
 
-def set_rng_state(st: dict) -> None:
+def set_rng_state(st: dict, device: torch.device | None = None) -> None:
     torch.set_rng_state(st["torch"])
     random.setstate(_tuplify(st["python"]))
-    if "cuda" in st and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(st["cuda"])
+    cuda = st.get("cuda")
+    if cuda is None or device is None or device.type != "cuda" or not torch.cuda.is_available():
+        return
+    if isinstance(cuda, (list, tuple)):  # earlier checkpoints: every GPU of the saving machine
+        index = device.index or 0
+        if index >= len(cuda):
+            return
+        cuda = cuda[index]
+    torch.cuda.set_rng_state(cuda, device)
 
 
 def _tuplify(x):
@@ -125,12 +134,13 @@ def write_run_files(out: Path, weights: dict, meta: dict) -> None:
     atomic_write_with(out / "pin.json", lambda p: Path(p).write_text(json.dumps(meta, indent=2) + "\n"))
 
 
-def save_checkpoint(out: Path, pin, optimizer, scaler, step: int, meta: dict) -> None:
+def save_checkpoint(out: Path, pin, optimizer, scaler, step: int, meta: dict,
+                    device: torch.device | None = None) -> None:
     out.mkdir(parents=True, exist_ok=True)
     weights = {k: v.detach().float().cpu().contiguous() for k, v in pin.state_dict().items()}
     meta = dict(meta, step=step, saved_at=time.strftime("%Y-%m-%dT%H:%M:%S"))
     state = {"format": STATE_FORMAT, "step": step, "optimizer": optimizer.state_dict(),
-             "rng": rng_state(), "scaler": scaler.state_dict() if scaler is not None else {},
+             "rng": rng_state(device), "scaler": scaler.state_dict() if scaler is not None else {},
              "pin": weights, "meta": json.dumps(meta)}
     atomic_write_with(out / "train_state.pt", lambda p: torch.save(state, p))  # the commit
     write_run_files(out, weights, meta)
@@ -349,7 +359,7 @@ def train(cfg: TrainConfig, echo: Callable[[str], None] = print, adapter=None) -
         optimizer.load_state_dict(state["optimizer"])
         if scaler is not None and state.get("scaler"):
             scaler.load_state_dict(state["scaler"])
-        set_rng_state(state["rng"])
+        set_rng_state(state["rng"], device)
         step = int(state["step"])
         say(f"resuming {out} at step {step}")
     elif cfg.resume:
@@ -453,7 +463,7 @@ def train(cfg: TrainConfig, echo: Callable[[str], None] = print, adapter=None) -
                                            f"({val_metrics['n']} queries, "
                                            f"{val_metrics['unparseable']} unparseable)")
             if main and (step % cfg.save_every == 0 or step == cfg.steps):
-                save_checkpoint(out, pin, optimizer, scaler, step, meta)
+                save_checkpoint(out, pin, optimizer, scaler, step, meta, device)
             if ddp and step % cfg.save_every == 0:
                 torch.distributed.barrier()
     del it, loader
