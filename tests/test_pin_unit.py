@@ -6,6 +6,7 @@ import json
 import math
 import pickle
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -258,6 +259,40 @@ def test_cuda_rng_is_saved_and_restored_for_the_current_device_only(monkeypatch)
     T.set_rng_state(st, torch.device("cpu"))
     assert len(calls) == n
     assert "cuda" not in T.rng_state(torch.device("cpu"))
+
+
+def test_non_finite_loss_on_one_ddp_rank_stops_every_rank(tmp_path):
+    """Two gloo ranks; the loss turns NaN on rank 1 only. Both ranks must raise at that step
+    (a rank raising alone left the other waiting in its next collective)."""
+    import multiprocessing as mp
+    import socket
+
+    from pin_fixtures import ddp_nan_worker
+
+    write_shards(tmp_path / "s", 8, canvas=32, grid=4, per_shard=4)
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    ctx = mp.get_context("spawn")
+    procs = [ctx.Process(target=ddp_nan_worker,
+                         args=(r, 2, port, str(tmp_path / "s"), str(tmp_path / "run"), str(tmp_path)))
+             for r in range(2)]
+    for p in procs:
+        p.start()
+    deadline = time.monotonic() + 45  # < the 60 s collective timeout of the workers
+    try:
+        for p in procs:
+            p.join(timeout=max(0.0, deadline - time.monotonic()))
+        hung = [r for r, p in enumerate(procs) if p.is_alive()]
+    finally:
+        for p in procs:
+            if p.is_alive():
+                p.kill()
+                p.join()
+    assert not hung, f"ranks {hung} still running"
+    results = [(tmp_path / f"rank{r}.txt").read_text() for r in range(2)]
+    assert results[1] == "RuntimeError: loss is nan at step 3", results
+    assert results[0] == "RuntimeError: loss is not finite on another rank at step 3", results
 
 
 # --- data stream ---------------------------------------------------------------------------

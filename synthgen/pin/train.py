@@ -236,6 +236,22 @@ def resume_conflicts(prev: dict, now: dict) -> list[str]:
     return out
 
 
+def check_finite(loss: float, step: int, device: torch.device | None = None) -> None:
+    """Raise RuntimeError when the loss is not finite. Under DDP (``device`` given) the ranks first
+    agree through a one-element all-reduce, so that all of them raise at the same step: a rank
+    raising alone would leave the others waiting in their next collective."""
+    finite = math.isfinite(loss)
+    everywhere = finite
+    if device is not None:
+        flag = torch.tensor([1 if finite else 0], dtype=torch.int32, device=device)
+        torch.distributed.all_reduce(flag, op=torch.distributed.ReduceOp.MIN)
+        everywhere = bool(flag.item())
+    if not finite:
+        raise RuntimeError(f"loss is {loss} at step {step}")
+    if not everywhere:
+        raise RuntimeError(f"loss is not finite on another rank at step {step}")
+
+
 # --- the loop ------------------------------------------------------------------------------
 
 def train(cfg: TrainConfig, echo: Callable[[str], None] = print, adapter=None) -> dict:
@@ -437,8 +453,8 @@ def train(cfg: TrainConfig, echo: Callable[[str], None] = print, adapter=None) -
                 optimizer.step()
             step += 1
             last_loss = float(loss.detach())
-            if not math.isfinite(last_loss) and scaler is None:
-                raise RuntimeError(f"loss is {last_loss} at step {step}")
+            if scaler is None:  # (fp16's scaler skips non-finite steps itself)
+                check_finite(last_loss, step, device if ddp else None)
             losses.append(last_loss)
             n_since += batch["input_ids"].shape[0] * world
             if step % cfg.log_every == 0 or step == cfg.steps:
