@@ -288,6 +288,7 @@ def test_canvas_mismatch_is_a_clear_error(vlm_dir, tmp_path):
 
 def test_user_error_in_a_dataloader_worker_is_one_line(vlm_dir, tmp_path):
     import io
+    import multiprocessing
     import tarfile
 
     from typer.testing import CliRunner
@@ -312,6 +313,8 @@ def test_user_error_in_a_dataloader_worker_is_one_line(vlm_dir, tmp_path):
     err = r.stderr.strip().splitlines()
     assert len(err) == 1 and "worker" not in err[0], err
     assert re.fullmatch(r"error: \S+scenes-000000\.tar: scene 00000000[01] has no objects", err[0]), err
+    # the worker is stopped at once (left to the garbage collector its shutdown waited 5 s)
+    assert not multiprocessing.active_children()
 
 
 def test_cli_train_eval_predict(vlm_dir, shards, tmp_path):

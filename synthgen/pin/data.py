@@ -304,18 +304,24 @@ class SceneLoader(DataLoader):
 
     def __iter__(self):
         it = super().__iter__()
-        while True:
-            message = None
-            try:
-                batch = next(it)
-            except StopIteration:
-                return
-            except UserError as exc:
-                message = worker_error_message(exc)
-            if message is not None:  # raised outside the except: no chained worker traceback
-                del it
-                raise UserError(message)
-            yield batch
+        try:
+            while True:
+                message = None
+                try:
+                    batch = next(it)
+                except StopIteration:
+                    return
+                except UserError as exc:
+                    message = worker_error_message(exc)
+                if message is not None:  # raised outside the except: no chained worker traceback
+                    raise UserError(message)
+                yield batch
+        finally:
+            # stop the workers now: after a worker error torch's iterator is left in a reference
+            # cycle, and shutting it down later from the garbage collector waits 5 s per worker
+            stop = getattr(it, "_shutdown_workers", None)
+            if stop is not None:
+                stop()
 
 
 def make_loader(cfg: StreamConfig, codec, *, workers: int = 0, start_batch: int = 0,
