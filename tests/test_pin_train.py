@@ -229,6 +229,7 @@ def test_resume_after_a_kill_mid_checkpoint(vlm_dir, shards, tmp_path, monkeypat
     with pytest.raises(KeyboardInterrupt):
         T.train(_cfg(shards, tmp_path / "part", vlm_dir, steps=8, **kw), echo=lambda *_: None)
     monkeypatch.setattr(T, "atomic_write_with", real)
+    (tmp_path / "part" / f".{killed_at}.99999.synthgen-tmp").write_bytes(b"half")  # a kill mid-write
     said = []
     T.train(_cfg(shards, tmp_path / "part", vlm_dir, steps=8, resume=True, **kw), echo=said.append)
     assert f"resuming {tmp_path / 'part'} at step {3 if killed_at == 'train_state.pt' else 6}" in said
