@@ -129,7 +129,7 @@ def ddp_nan_worker(rank: int, world: int, port: int, shards: str, out: str, resu
                       MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
     torch.set_num_threads(1)
     torch.distributed.init_process_group("gloo", rank=rank, world_size=world,
-                                         timeout=datetime.timedelta(seconds=60))
+                                         timeout=datetime.timedelta(seconds=60))  # collectives
     cfg = TrainConfig(shards=shards, out=out, steps=6, batch_size=2, workers=0, log_every=1,
                       save_every=100, progress=False, hidden=(8, 8), shuffle_buffer=4)
     try:
@@ -143,7 +143,7 @@ def ddp_nan_worker(rank: int, world: int, port: int, shards: str, out: str, resu
     import time
 
     t0 = time.monotonic()
-    while time.monotonic() - t0 < 60 and not all(Path(result_dir, f"rank{r}.txt").exists()
+    while time.monotonic() - t0 < 90 and not all(Path(result_dir, f"rank{r}.txt").exists()
                                                   for r in range(world)):
         time.sleep(0.05)
     os._exit(0)  # skip the interpreter's teardown of torch and gloo (seconds on a busy machine)
