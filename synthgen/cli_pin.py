@@ -105,7 +105,8 @@ def register(app, user_errors) -> None:
         run: Path = typer.Argument(..., help="Run directory of train-pin (pin.json + pin.safetensors)."),
         coco_json: Optional[Path] = typer.Option(None, help="COCO-format instances json (COCO val2017, "
                                                             "LVIS v1 val, VOC as COCO json)."),
-        images: Optional[Path] = typer.Option(None, help="Directory with the images of the set."),
+        images: Optional[Path] = typer.Option(None, help="Directory with the images of the set (LVIS: "
+                                                       "the COCO root holding val2017/, or val2017/ itself)."),
         max_objects: int = typer.Option(3, help="Keep images with 1..N annotated objects (paper: 3)."),
         out: Optional[Path] = typer.Option(None, help="preds.jsonl path [default: RUN/eval/SET/preds.jsonl]; "
                                                       "metrics.json is written next to it."),

@@ -69,3 +69,81 @@ def write_shards(out: Path, n_scenes: int, *, canvas: int = 112, grid: int = 8, 
     if tar is not None:
         tar.close()
     return paths
+
+
+# --- a stand-in VLM for multi-process (gloo) tests of the training loop ----------------------
+
+class FakeCodec:
+    """Token ids that depend on nothing: the stream still reads, shuffles and splits the shards."""
+
+    def encode(self, referral, answer=None, name_loss=False, art=None):
+        return [1, 2], [-100, 1]
+
+    def collate(self, seqs, left_pad=False):
+        import torch
+
+        return {"input_ids": torch.tensor([s[0] for s in seqs]),
+                "attention_mask": torch.ones(len(seqs), 2, dtype=torch.long),
+                "labels": torch.tensor([s[1] for s in seqs])}
+
+
+class FakeAdapter:
+    """The adapter interface ``train`` uses, without a VLM: the loss is a function of PIN alone,
+    made NaN on ``nan_rank`` at its ``nan_step``-th step."""
+
+    name, model_id, input_size, patch_grid, num_positions, vision_width = "blip2", "fake", 32, 4, 17, 8
+
+    def __init__(self, rank: int, nan_rank: int = -1, nan_step: int = -1):
+        import torch
+
+        self.device = torch.device("cpu")
+        self.codec = FakeCodec()
+        self.rank, self.nan_rank, self.nan_step, self.calls = rank, nan_rank, nan_step, 0
+        self._pin = None
+
+    def attach_pin(self, pin):
+        self._pin = pin
+
+    def assert_frozen(self):
+        pass
+
+    def loss(self, batch):
+        self.calls += 1
+        loss = (self._pin().float() ** 2).mean() * batch["input_ids"].shape[0]
+        if self.rank == self.nan_rank and self.calls == self.nan_step:
+            loss = loss * float("nan")
+        return loss
+
+
+def ddp_nan_worker(rank: int, world: int, port: int, shards: str, out: str, result_dir: str) -> None:
+    """One gloo rank of a toy training (no VLM) whose loss turns NaN on rank 1 only; writes
+    ``rank{r}.txt`` with how ``train`` ended."""
+    import datetime
+    import os
+
+    import torch
+
+    from synthgen.pin.train import TrainConfig, train
+
+    os.environ.update(WORLD_SIZE=str(world), RANK=str(rank), LOCAL_RANK=str(rank),
+                      MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
+    torch.set_num_threads(1)
+    torch.distributed.init_process_group("gloo", rank=rank, world_size=world,
+                                         timeout=datetime.timedelta(seconds=60))  # collectives
+    cfg = TrainConfig(shards=shards, out=out, steps=6, batch_size=2, workers=0, log_every=1,
+                      save_every=100, progress=False, hidden=(8, 8), shuffle_buffer=4)
+    try:
+        train(cfg, echo=lambda *_: None, adapter=FakeAdapter(rank, nan_rank=1, nan_step=3))
+        result = "finished"
+    except Exception as exc:  # noqa: BLE001 - the test reads what happened
+        result = f"{type(exc).__name__}: {exc}"
+    Path(result_dir, f"rank{rank}.txt").write_text(result)
+    # stay alive until every rank has ended, like a rank whose process lingers after its error
+    # (NCCL peers do not notice an exited process): a peer still waiting in a collective hangs
+    import time
+
+    t0 = time.monotonic()
+    while time.monotonic() - t0 < 90 and not all(Path(result_dir, f"rank{r}.txt").exists()
+                                                  for r in range(world)):
+        time.sleep(0.05)
+    os._exit(0)  # skip the interpreter's teardown of torch and gloo (seconds on a busy machine)

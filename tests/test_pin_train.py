@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 import sys
 from pathlib import Path
 
@@ -132,6 +133,27 @@ def test_pin_learns_and_vlm_stays_bit_identical(vlm_dir, shards, tmp_path):
     assert res["step"] == steps
 
 
+def test_encoder_decoder_blip2_is_refused(vlm_dir, tmp_path):
+    """A BLIP-2 with an encoder-decoder LM (the Flan-T5 checkpoints) is refused up front: the
+    prompt/label layout assumes a decoder-only LM."""
+    import shutil
+
+    from transformers import Blip2Config
+
+    from synthgen.pin.adapters import load_adapter
+
+    t5_dir = shutil.copytree(vlm_dir, tmp_path / "blip2-t5")
+    cfg = Blip2Config.from_pretrained(vlm_dir)
+    t5 = Blip2Config(vision_config=cfg.vision_config.to_dict(), qformer_config=cfg.qformer_config.to_dict(),
+                     text_config=dict(model_type="t5", vocab_size=cfg.text_config.vocab_size, d_model=64,
+                                      d_kv=32, d_ff=128, num_layers=1, num_heads=2),
+                     num_query_tokens=cfg.num_query_tokens, image_token_index=cfg.image_token_index)
+    assert not t5.use_decoder_only_language_model
+    t5.save_pretrained(t5_dir)
+    with pytest.raises(UserError, match="decoder-only"):
+        load_adapter("blip2", str(t5_dir))
+
+
 def test_checkpoint_round_trip(vlm_dir, shards, tmp_path):
     from safetensors.torch import load_file
 
@@ -183,6 +205,73 @@ def test_resume_reproduces_the_uninterrupted_curve(vlm_dir, shards, tmp_path, wo
     assert all(torch.equal(a[k], b[k]) for k in a)
 
 
+@pytest.mark.parametrize("killed_at", ["train_state.pt", "pin.safetensors", "pin.json"])
+def test_resume_after_a_kill_mid_checkpoint(vlm_dir, shards, tmp_path, monkeypatch, killed_at):
+    """A kill before any one of the checkpoint files of step 6 is written: --resume continues
+    (from step 6 when train_state.pt was written, else from step 3) along the same curve."""
+    from safetensors.torch import load_file
+
+    import synthgen.pin.train as T
+
+    kw = dict(hidden=(16, 16), batch_size=4, workers=0, save_every=3, shuffle_buffer=8)
+    T.train(_cfg(shards, tmp_path / "full", vlm_dir, steps=8, **kw), echo=lambda *_: None)
+
+    real = T.atomic_write_with
+    calls = []
+
+    def killed(path, write):
+        calls.append(Path(path).name)
+        if Path(path).name == killed_at and calls.count(killed_at) == 2:  # the step-6 checkpoint
+            raise KeyboardInterrupt("killed")
+        return real(path, write)
+
+    monkeypatch.setattr(T, "atomic_write_with", killed)
+    with pytest.raises(KeyboardInterrupt):
+        T.train(_cfg(shards, tmp_path / "part", vlm_dir, steps=8, **kw), echo=lambda *_: None)
+    monkeypatch.setattr(T, "atomic_write_with", real)
+    (tmp_path / "part" / f".{killed_at}.99999.synthgen-tmp").write_bytes(b"half")  # a kill mid-write
+    said = []
+    T.train(_cfg(shards, tmp_path / "part", vlm_dir, steps=8, resume=True, **kw), echo=said.append)
+    assert f"resuming {tmp_path / 'part'} at step {3 if killed_at == 'train_state.pt' else 6}" in said
+    assert _losses(tmp_path / "part") == _losses(tmp_path / "full")
+    a = load_file(str(tmp_path / "full" / "pin.safetensors"))
+    b = load_file(str(tmp_path / "part" / "pin.safetensors"))
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    assert json.loads((tmp_path / "part" / "pin.json").read_text())["step"] == 8
+    assert not list((tmp_path / "part").glob(".*tmp*"))
+
+
+def test_resume_refuses_changed_settings(vlm_dir, shards, tmp_path, monkeypatch):
+    from synthgen.pin.train import train
+
+    kw = dict(hidden=(16, 16), batch_size=4, workers=0, shuffle_buffer=8, steps=2)
+    run = tmp_path / "run"
+    train(_cfg(shards, run, vlm_dir, **kw), echo=lambda *_: None)
+    meta = json.loads((run / "pin.json").read_text())
+    assert (meta["workers"], meta["shuffle_buffer"], meta["train_shard_count"]) == (0, 8, 2)
+    before = (run / "pin.json").read_text()
+
+    more = tmp_path / "more"
+    write_shards(more, 24, canvas=CANVAS, grid=GRID, per_shard=8)
+    monkeypatch.setenv("WORLD_SIZE", "2")  # refused before any process group is started
+    changed = dict(kw, seed=5, batch_size=7, lr=0.5, workers=2, shuffle_buffer=3, name_loss=True,
+                   steps=4, resume=True)
+    with pytest.raises(UserError) as exc:
+        train(_cfg(more, run, vlm_dir, **changed), echo=lambda *_: None)
+    msg = str(exc.value)
+    for part in ("--seed 0 -> 5", "--batch-size 4 -> 7", "--lr 0.001 -> 0.5", "world size 1 -> 2",
+                 "--workers 0 -> 2", "--shuffle-buffer 8 -> 3", "--name-loss False -> True",
+                 f"shards {shards} (2 shards) -> {more} (3 shards)"):
+        assert part in msg, msg
+    assert "\n" not in msg
+    assert (run / "pin.json").read_text() == before  # untouched
+    monkeypatch.delenv("WORLD_SIZE")
+
+    # what may change: --steps, and 0 <-> 1 workers (both read the stream in one split)
+    res = train(_cfg(shards, run, vlm_dir, **dict(kw, steps=3, workers=1, resume=True)), echo=lambda *_: None)
+    assert res["step"] == 3
+
+
 def test_canvas_mismatch_is_a_clear_error(vlm_dir, tmp_path):
     from typer.testing import CliRunner
 
@@ -196,6 +285,37 @@ def test_canvas_mismatch_is_a_clear_error(vlm_dir, tmp_path):
                                  "--out", str(tmp_path / "run2"), "--steps", "1", "--workers", "0"])
     assert r.exit_code == 2
     assert "64x64" in r.output and "112x112" in r.output and "Traceback" not in r.output
+
+
+def test_user_error_in_a_dataloader_worker_is_one_line(vlm_dir, tmp_path):
+    import io
+    import multiprocessing
+    import tarfile
+
+    from typer.testing import CliRunner
+
+    from synthgen.cli import app
+
+    # a shard whose scenes have no objects: the worker raises UserError while decoding
+    shard = write_shards(tmp_path / "ok", 2, canvas=CANVAS, grid=GRID)[0]
+    (tmp_path / "bad").mkdir()
+    with tarfile.open(shard) as src, tarfile.open(tmp_path / "bad" / "scenes-000000.tar", "w") as dst:
+        for m in src.getmembers():
+            data = src.extractfile(m).read()
+            if m.name.endswith(".json"):
+                data = json.dumps(dict(json.loads(data), objects=[])).encode()
+            m.size = len(data)
+            dst.addfile(m, io.BytesIO(data))
+    r = CliRunner().invoke(app, ["train-pin", str(tmp_path / "bad"), "--model", str(vlm_dir),
+                                 "--out", str(tmp_path / "run"), "--steps", "1", "--batch-size", "2",
+                                 "--workers", "1", "--hidden", "16,16", "--no-progress"])
+    assert r.exit_code == 2, r.output
+    assert "Traceback" not in r.output and "Traceback" not in r.stderr
+    err = r.stderr.strip().splitlines()
+    assert len(err) == 1 and "worker" not in err[0], err
+    assert re.fullmatch(r"error: \S+scenes-000000\.tar: scene 00000000[01] has no objects", err[0]), err
+    # the worker is stopped at once (left to the garbage collector its shutdown waited 5 s)
+    assert not multiprocessing.active_children()
 
 
 def test_cli_train_eval_predict(vlm_dir, shards, tmp_path):

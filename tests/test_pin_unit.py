@@ -6,6 +6,7 @@ import json
 import math
 import pickle
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -150,6 +151,53 @@ def test_coco_bad_inputs_are_user_errors(tmp_path):
         ev.evaluate_coco(tmp_path, bad, images, baseline="random")
 
 
+def _lvis(tmp_path):
+    """A minimal LVIS v1 val json: images carry ``coco_url`` but no ``file_name``."""
+    from PIL import Image
+
+    root = tmp_path / "coco"
+    (root / "val2017").mkdir(parents=True)
+    Image.new("RGB", (640, 480), (9, 9, 9)).save(root / "val2017" / "000000000139.jpg")
+    lvis = {"images": [{"id": 139, "height": 480, "width": 640, "flickr_url": "x",
+                        "coco_url": "http://images.cocodataset.org/val2017/000000000139.jpg",
+                        "neg_category_ids": [], "not_exhaustive_category_ids": []}],
+            "annotations": [{"id": 1, "image_id": 139, "category_id": 3, "bbox": [10, 20, 100, 200],
+                             "area": 20000, "segmentation": []}],
+            "categories": [{"id": 3, "name": "bow_(weapon)", "synset": "bow.n.04", "frequency": "r",
+                            "def": "x", "synonyms": []}]}
+    path = tmp_path / "lvis_v1_val.json"
+    path.write_text(json.dumps(lvis))
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "pin.json").write_text(json.dumps({"canvas": 224, "grid": 16, "vlm": "blip2"}))
+    return path, root, run
+
+
+def test_lvis_images_found_by_coco_url(tmp_path):
+    lvis, root, run = _lvis(tmp_path)
+    # --images as the COCO root (val2017/ inside) or as the val2017 folder itself
+    for i, images in enumerate((root, root / "val2017")):
+        m = ev.evaluate_coco(run, lvis, images, baseline="random", out=tmp_path / f"e{i}" / "preds.jsonl")
+        recs = [json.loads(x) for x in Path(m["preds_file"]).read_text().splitlines()]
+        assert m["n"] == 1 and recs[0]["image_id"] == 139 and recs[0]["category"] == "bow (weapon)"
+        assert recs[0]["gt_box"] == [3.5, 9.33, 38.5, 102.67]  # 640x480 squashed to 224
+    with pytest.raises(UserError, match="000000000139.jpg"):
+        ev.evaluate_coco(run, lvis, tmp_path / "run", baseline="random")
+
+
+def test_eval_outputs_are_written_atomically(tmp_path):
+    out = tmp_path / "e" / "preds.jsonl"
+    ev._write_outputs([{"iou": 0.5}], {"n": 1}, out)
+    before = out.read_text(), (tmp_path / "e" / "metrics.json").read_text()
+    # a record that cannot be serialised half-way through the list: nothing may change
+    with pytest.raises(TypeError):
+        ev._write_outputs([{"iou": 0.1}, {"iou": object()}], {"n": 2}, out)
+    with pytest.raises(TypeError):
+        ev._write_outputs([{"iou": 0.1}], {"n": object()}, out)
+    assert (out.read_text(), (tmp_path / "e" / "metrics.json").read_text()) == before
+    assert sorted(p.name for p in out.parent.iterdir()) == ["metrics.json", "preds.jsonl"]
+
+
 # --- restricted unpickler ------------------------------------------------------------------
 
 class _Evil:
@@ -179,6 +227,83 @@ def test_restricted_unpickler_reads_plain_refs(tmp_path):
         p = tmp_path / f"refs{proto}.p"
         p.write_bytes(pickle.dumps(refs, protocol=proto))
         assert ev.safe_load_pickle(p) == refs
+
+
+def test_cuda_rng_is_saved_and_restored_for_the_current_device_only(monkeypatch):
+    """A run saved on a machine with several GPUs resumes on one with fewer: only the training
+    device's CUDA generator is saved and restored (never get/set_rng_state_all)."""
+    from synthgen.pin import train as T
+
+    calls = []
+
+    def no_all(*a, **k):
+        raise AssertionError("all-device CUDA RNG state used")
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "get_rng_state_all", no_all)
+    monkeypatch.setattr(torch.cuda, "set_rng_state_all", no_all)
+    monkeypatch.setattr(torch.cuda, "get_rng_state",
+                        lambda device="cuda": calls.append(("get", str(device))) or torch.tensor([7], dtype=torch.uint8))
+    monkeypatch.setattr(torch.cuda, "set_rng_state",
+                        lambda state, device="cuda": calls.append(("set", int(state[0]), str(device))))
+    st = T.rng_state(torch.device("cuda", 3))
+    assert calls == [("get", "cuda:3")] and torch.equal(st["cuda"], torch.tensor([7], dtype=torch.uint8))
+    T.set_rng_state(st, torch.device("cuda", 0))
+    assert calls[-1] == ("set", 7, "cuda:0")
+    # a checkpoint of an earlier version holds every GPU's state: take this device's entry
+    old = dict(st, cuda=[torch.tensor([i], dtype=torch.uint8) for i in range(4)])
+    T.set_rng_state(old, torch.device("cuda", 2))
+    assert calls[-1] == ("set", 2, "cuda:2")
+    n = len(calls)
+    T.set_rng_state(old, torch.device("cuda", 5))  # that GPU did not exist there: left as it is
+    T.set_rng_state(st, torch.device("cpu"))
+    assert len(calls) == n
+    assert "cuda" not in T.rng_state(torch.device("cpu"))
+
+
+def test_non_finite_loss_on_one_ddp_rank_stops_every_rank(tmp_path):
+    """Two gloo ranks; the loss turns NaN on rank 1 only. Both ranks must raise at that step
+    (a rank raising alone left the other waiting in its next collective)."""
+    import multiprocessing as mp
+    import socket
+
+    from pin_fixtures import ddp_nan_worker
+
+    write_shards(tmp_path / "s", 8, canvas=32, grid=4, per_shard=4)
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    ctx = mp.get_context("spawn")
+    procs = [ctx.Process(target=ddp_nan_worker,
+                         args=(r, 2, port, str(tmp_path / "s"), str(tmp_path / "run"), str(tmp_path)))
+             for r in range(2)]
+    for p in procs:
+        p.start()
+    files = [tmp_path / f"rank{r}.txt" for r in range(2)]
+
+    def wait_for(cond, seconds):
+        end = time.monotonic() + seconds
+        while not cond() and time.monotonic() < end and any(p.is_alive() for p in procs):
+            time.sleep(0.05)
+        return cond()
+
+    hung = [0, 1]
+    try:
+        # start-up may be slow on a busy machine; once rank 1 has met its NaN, rank 0 must stop
+        # at that step too, not when its collective times out (60 s)
+        assert wait_for(files[1].exists, 240), "rank 1 did not finish"
+        wait_for(files[0].exists, 20)
+        hung = [r for r in range(2) if not files[r].exists()]
+    finally:
+        for p in procs:
+            p.join(timeout=0 if hung else 20)
+            if p.is_alive():
+                p.kill()
+                p.join()
+    assert not hung, f"ranks {hung} still running"
+    results = [f.read_text() for f in files]
+    assert results[1] == "RuntimeError: loss is nan at step 3", results
+    assert results[0] == "RuntimeError: loss is not finite on another rank at step 3", results
 
 
 # --- data stream ---------------------------------------------------------------------------
@@ -224,6 +349,33 @@ def test_stream_splits_ranks_and_workers_disjointly(tmp_path):
             keys = [s["__key__"] for s in ds.raw_epoch(split, 4, 0)]
             seen.append(set(keys))
     assert sum(len(s) for s in seen) == 12 == len(set().union(*seen))  # 3 shards < 4 splits: by sample
+
+
+def test_uneven_shard_split_reads_every_scene_equally_often(tmp_path):
+    """5 shards over 4 data splits: no split may get two whole shards while another gets one
+    (that read the scenes of the lone shards twice as often)."""
+    from collections import Counter
+
+    shards = [str(p) for p in write_shards(tmp_path / "s", 40, canvas=32, grid=4, per_shard=8)]
+    ds = SceneStream(StreamConfig(shards=shards, batch_size=1, shuffle_buffer=4), _Codec())
+    n = 4
+    epoch = [[s["__key__"] for s in ds.raw_epoch(split, n, 0)] for split in range(n)]
+    assert sorted(k for keys in epoch for k in keys) == [f"{i:09d}" for i in range(40)]  # disjoint
+    assert [len(keys) for keys in epoch] == [10] * n  # equal epoch lengths
+    gens = [ds.samples(split, n) for split in range(n)]
+    reads = Counter(next(gens[i % n])["key"] for i in range(400))  # the DataLoader's round-robin
+    per_shard = Counter()
+    for key, c in reads.items():
+        per_shard[int(key) // 8] += c
+    assert dict(per_shard) == {i: 80 for i in range(5)}, dict(sorted(per_shard.items()))
+    assert set(reads.values()) == {10}  # every scene 10 times
+
+
+def test_uneven_shard_split_resumes_exactly(tmp_path):
+    shards = [str(p) for p in write_shards(tmp_path / "s", 40, canvas=32, grid=4, per_shard=8)]
+    cfg = StreamConfig(shards=shards, batch_size=3, seed=2, shuffle_buffer=4, rank=1, world_size=2)
+    full = _keys(make_loader(cfg, _Codec(), workers=2), 17)
+    assert _keys(make_loader(cfg, _Codec(), workers=2, start_batch=11), 6) == full[11:]
 
 
 def test_target_object_is_drawn_per_read(tmp_path):

@@ -162,7 +162,7 @@ class Blip2Adapter(VLMAdapter):
 
     def __init__(self, model_id: str = DEFAULT_MODELS["blip2"], *, device: str | torch.device = "cpu",
                  dtype: torch.dtype = torch.float32) -> None:
-        from transformers import Blip2ForConditionalGeneration, Blip2Processor
+        from transformers import Blip2Config, Blip2ForConditionalGeneration, Blip2Processor
         from transformers.utils import logging as hf_logging
 
         hf_logging.disable_progress_bar()
@@ -171,8 +171,17 @@ class Blip2Adapter(VLMAdapter):
         self.device = torch.device(device)
         self.dtype = dtype
         try:
+            config = Blip2Config.from_pretrained(self.model_id)
+            # before the weights: the prompt/label layout (image tokens + prompt + answer in one
+            # sequence, -100 on the prompt) is that of a decoder-only LM (OPT); the Flan-T5
+            # checkpoints put the prompt in an encoder and the answer in a decoder
+            if not getattr(config, "use_decoder_only_language_model", True):
+                raise UserError(
+                    f"{self.model_id} is a BLIP-2 with an encoder-decoder language model "
+                    f"({config.text_config.model_type}); PIN needs a decoder-only BLIP-2 such as "
+                    f"{DEFAULT_MODELS['blip2']}")
             self.processor = Blip2Processor.from_pretrained(self.model_id)
-            model = Blip2ForConditionalGeneration.from_pretrained(self.model_id, dtype=dtype)
+            model = Blip2ForConditionalGeneration.from_pretrained(self.model_id, config=config, dtype=dtype)
         except (OSError, ValueError) as exc:
             first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
             raise UserError(f"cannot load BLIP-2 from {self.model_id!r}: {first}") from None

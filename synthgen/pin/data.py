@@ -2,8 +2,11 @@
 
 The stream is a deterministic function of ``(seed, rank, worker, position)``:
 
-- Shards are split over the ``world_size * num_workers`` data splits (by shard when there are
-  enough shards, else by sample within every shard), fixed for the run.
+- Shards are split over the ``world_size * num_workers`` data splits, fixed for the run: whole
+  shards dealt round-robin as far as they divide evenly, the remaining ``len % splits`` shards
+  (all of them when there are fewer shards than splits) split by sample, so that with
+  equal-sized shards every split's epoch has the same length and every scene is read equally
+  often.
 - Every epoch a split reads its shards in a fresh random order (shard shuffle) through a seeded
   shuffle buffer (sample shuffle), both seeded by ``(seed, epoch, split)``; the stream is
   endless, so every DDP rank always has data and training runs by steps.
@@ -168,26 +171,37 @@ class SceneStream(IterableDataset):
         self.start_batch = int(start_batch)
 
     # which samples a split reads
-    def _split_plan(self, split: int, n_splits: int) -> tuple[list[str], int | None]:
-        shards = list(self.cfg.shards)
-        if len(shards) >= n_splits:
-            return shards[split::n_splits], None
-        return shards, split  # every shard, samples with (position + shard index) % n == split
+    def _split_plan(self, split: int, n_splits: int) -> list[tuple[int, bool]]:
+        """``(shard index, by_sample)`` pairs: the shards this split reads and whether it reads
+        only its share of the samples of that shard.
+
+        The first ``n_splits * (len(shards) // n_splits)`` shards are dealt whole, round-robin;
+        the remaining ``len(shards) % n_splits`` (all of them when there are fewer shards than
+        splits) are read by every split, which keeps the samples at positions with
+        ``(position + shard index) % n_splits == split``. So with equal-sized shards every split
+        has an epoch of the same length and every scene is read equally often (dealing all shards
+        round-robin gave some splits one more shard than others, and their scenes were read less
+        often), a short last shard is spread over all splits whenever the count does not divide,
+        and each split still opens only about ``len(shards) / n_splits + n_splits`` shards.
+        """
+        n = len(self.cfg.shards)
+        whole = n - n % n_splits
+        return ([(i, False) for i in range(split, whole, n_splits)]
+                + [(i, True) for i in range(whole, n)])
 
     def raw_epoch(self, split: int, n_splits: int, epoch: int) -> Iterator[dict]:
         """One epoch of this split's raw samples, shard-shuffled and buffer-shuffled."""
-        shards, sample_split = self._split_plan(split, n_splits)
+        plan = self._split_plan(split, n_splits)
         rng = _rng(self.cfg.seed, epoch, split, 1)
-        order = rng.permutation(len(shards))
+        order = rng.permutation(len(plan))
         buf: list[dict] = []
         size = max(1, self.cfg.shuffle_buffer)
 
         def source():
-            for si in order:
-                url = shards[si]
-                shard_index = self.cfg.shards.index(url)
-                for pos, sample in enumerate(iter_tar(url)):
-                    if sample_split is not None and (pos + shard_index) % n_splits != sample_split:
+            for pi in order:
+                shard_index, by_sample = plan[pi]
+                for pos, sample in enumerate(iter_tar(self.cfg.shards[shard_index])):
+                    if by_sample and (pos + shard_index) % n_splits != split:
                         continue
                     yield sample
 
@@ -264,11 +278,57 @@ class SceneStream(IterableDataset):
         yield from self.batches(split, n_splits, skip_batches=done)
 
 
+def worker_error_message(exc: BaseException) -> str:
+    """The original message of an exception re-raised by a DataLoader worker.
+
+    torch re-raises a worker's exception in the main process as the same type with the message
+    ``Caught X in DataLoader worker process N.`` + ``Original Traceback ...``; the original
+    message is what follows ``Type: `` after the last traceback in that text.
+    """
+    text = str(exc)
+    if not text.startswith("Caught ") or "Traceback (most recent call last):" not in text:
+        return text
+    lines = text.rsplit("Traceback (most recent call last):", 1)[1].splitlines()
+    rest = [ln for ln in lines if ln.strip()]
+    while rest and rest[0][:1].isspace():  # the frames ("  File ...", code lines)
+        rest.pop(0)
+    if not rest:
+        return text
+    first = rest[0].partition(": ")[2] if ": " in rest[0] else ""
+    return " ".join(x.strip() for x in [first, *rest[1:]] if x.strip())
+
+
+class SceneLoader(DataLoader):
+    """The DataLoader of a :class:`SceneStream`; a :class:`UserError` raised in a worker process
+    comes out as the one-line UserError it was (not torch's multi-line re-raise)."""
+
+    def __iter__(self):
+        it = super().__iter__()
+        try:
+            while True:
+                message = None
+                try:
+                    batch = next(it)
+                except StopIteration:
+                    return
+                except UserError as exc:
+                    message = worker_error_message(exc)
+                if message is not None:  # raised outside the except: no chained worker traceback
+                    raise UserError(message)
+                yield batch
+        finally:
+            # stop the workers now: after a worker error torch's iterator is left in a reference
+            # cycle, and shutting it down later from the garbage collector waits 5 s per worker
+            stop = getattr(it, "_shutdown_workers", None)
+            if stop is not None:
+                stop()
+
+
 def make_loader(cfg: StreamConfig, codec, *, workers: int = 0, start_batch: int = 0,
                 pin_memory: bool = False) -> DataLoader:
     ds = SceneStream(cfg, codec, start_batch=start_batch)
-    return DataLoader(ds, batch_size=None, num_workers=workers, pin_memory=pin_memory,
-                      prefetch_factor=4 if workers > 0 else None, persistent_workers=False)
+    return SceneLoader(ds, batch_size=None, num_workers=workers, pin_memory=pin_memory,
+                       prefetch_factor=4 if workers > 0 else None, persistent_workers=False)
 
 
 # --- evaluation on scene shards ------------------------------------------------------------

@@ -4,7 +4,8 @@ COCO-format sets (COCO val2017, LVIS v1 val, PASCAL VOC converted to COCO json):
 ``1..max_objects`` annotations, one query per annotated object with its class name
 (``In the image is a {class} located at``), images squashed to the square canvas, boxes scaled
 the same way, size buckets on the scaled boxes (medium: area in [(32s)^2, (96s)^2), large:
->= (96s)^2, s = canvas/224). Beam search, 3 beams, <= 12 new tokens; output without a parseable
+>= (96s)^2, s = canvas/224). LVIS images, which have no ``file_name``, are found by their
+``coco_url`` (``val2017/NAME.jpg`` under ``--images``, or ``NAME.jpg``). Beam search, 3 beams, <= 12 new tokens; output without a parseable
 box counts as the one-cell box at the origin (authors' rule) and is counted separately.
 
 RefCOCO: P@0.3 (share of expressions with IoU >= 0.3) and mIoU, the refs pickle read by a
@@ -24,6 +25,7 @@ from typing import Iterable, Sequence
 
 import numpy as np
 
+from synthgen.atomic import atomic_write
 from synthgen.boxes import area, article, format_box, iou, parse_box, scale_box
 from synthgen.errors import UserError
 
@@ -190,6 +192,25 @@ def squash(path: str | os.PathLike, canvas: int):
 
 # --- COCO-format evaluation ----------------------------------------------------------------
 
+def image_file_name(img: dict) -> str:
+    """The image's path relative to the set's image root: COCO's ``file_name``, or for LVIS
+    (whose image entries carry only ``coco_url``) the last two parts of the URL
+    (``val2017/000000000139.jpg``)."""
+    name = img.get("file_name")
+    if name:
+        return str(name)
+    return "/".join(str(img["coco_url"]).split("/")[-2:])
+
+
+def find_image(images_dir: Path, file_name: str) -> Path | None:
+    """``images_dir/file_name``, else ``images_dir/basename`` (``--images`` given as the folder of
+    one split, e.g. ``val2017/``, for an LVIS name ``val2017/x.jpg``); None when neither exists."""
+    for path in (images_dir / file_name, images_dir / Path(file_name).name):
+        if path.is_file():
+            return path
+    return None
+
+
 def coco_queries(coco: dict, max_objects: int = 3) -> list[dict]:
     """One query per annotation of images with 1..max_objects annotations (crowd ones count
     towards the number of objects but are not queried)."""
@@ -206,19 +227,20 @@ def coco_queries(coco: dict, max_objects: int = 3) -> list[dict]:
             if a.get("iscrowd", 0):
                 continue
             x, y, w, h = a["bbox"]
-            queries.append({"image_id": img["id"], "file_name": img["file_name"],
+            queries.append({"image_id": img["id"], "file_name": image_file_name(img),
                             "width": img["width"], "height": img["height"],
                             "category": cats[a["category_id"]], "box_xyxy": [x, y, x + w, y + h]})
     return queries
 
 
 def _write_outputs(records: list[dict], metrics: dict, out: Path) -> Path:
-    out.parent.mkdir(parents=True, exist_ok=True)
-    with open(out, "w") as f:
-        for r in records:
-            f.write(json.dumps(r) + "\n")
+    """Write ``preds.jsonl`` and its metrics json atomically (each temp file + rename); both are
+    serialised before either is written, so a failure leaves the previous pair untouched."""
+    preds = "".join(json.dumps(r) + "\n" for r in records)
+    summary = json.dumps(metrics, indent=2) + "\n"
     mpath = out.with_name("metrics.json") if out.name == "preds.jsonl" else out.with_suffix(".metrics.json")
-    mpath.write_text(json.dumps(metrics, indent=2) + "\n")
+    atomic_write(out, preds)
+    atomic_write(mpath, summary)
     return mpath
 
 
@@ -284,9 +306,11 @@ def evaluate_coco(run_dir, coco_json, images_dir, *, max_objects: int = 3, out=N
     for q in queries:
         fn = q["file_name"]
         if fn not in cache:
-            path = images_dir / fn
-            if not path.is_file():
-                raise UserError(f"image {path} listed in {coco_path.name} not found")
+            path = find_image(images_dir, fn)
+            if path is None:
+                tried = images_dir / fn
+                also = f" (nor {images_dir / Path(fn).name})" if Path(fn).name != fn else ""
+                raise UserError(f"image {tried}{also} listed in {coco_path.name} not found")
             cache.clear()
             cache[fn] = squash(path, canvas)[0]
         sx, sy = canvas / q["width"], canvas / q["height"]
