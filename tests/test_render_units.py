@@ -230,6 +230,105 @@ def test_plan_packs_gpus_exactly():
     assert cpu.gen_cpus + 2 * cpu.light_cpus <= 2
 
 
+def _ray_valid(q: float) -> bool:
+    """Ray's rules for a GPU/CPU request: >= 0, at most 4 decimals, whole numbers above 1."""
+    return q >= 0 and abs(q * 10_000 - round(q * 10_000)) < 1e-6 and (q <= 1 or float(q).is_integer())
+
+
+def _unplaced(plan, node_gpus) -> int:
+    """Place the plan's actors on per-GPU capacities as Ray does (whole GPUs on one node; a
+    fraction best-fit on one GPU), generators first as Ray Data starts its actor pools in stage
+    order. Returns how many actors found no room."""
+    free = [[1.0] * int(g) for g in node_gpus]
+    missing = 0
+    for q in [plan.gen_gpus] * plan.n_gen + [plan.light_gpus] * (2 * plan.n_light):
+        if q == 0:
+            continue
+        if q >= 1:
+            node = next((n for n in free if sum(f >= 1 - 1e-9 for f in n) >= q), None)
+            if node is not None:
+                idle = [i for i, f in enumerate(node) if f >= 1 - 1e-9][:int(q)]
+                for i in idle:
+                    node[i] = 0.0
+        else:
+            fits = [(f, n, i) for n in free for i, f in enumerate(n) if f >= q - 1e-9]
+            node = None
+            if fits:
+                f, node, i = min(fits, key=lambda t: t[0])
+                node[i] = f - q
+        missing += node is None
+    return missing
+
+
+PLAN_TABLE = [  # (GPUs per node, CPUs, --gpus-per-worker)
+    ([4], 2, 2), ([4], 16, 2), ([2], 16, 2), ([3], 16, 2), ([5], 8, 2), ([8], 64, 4), ([4], 8, 3),
+    ([2, 2], 16, 2), ([3, 3], 16, 2), ([8], 64, 1), ([1], 2, 1), ([4], 2, 1), ([2], 16, 0.5),
+    ([3], 16, 0.4), ([1], 4, 0.3), ([2], 4, 0.25), ([2], 4, 0.15), ([1], 4, 0.1), ([3], 8, 0.7),
+    ([1], 1, 0.01), ([8], 4, 1), ([0], 2, 2), ([0], 8, 0.5),
+]
+
+
+@pytest.mark.parametrize("node_gpus, cpus, gpw", PLAN_TABLE)
+def test_plan_never_books_more_than_the_cluster(node_gpus, cpus, gpw):
+    gpus = sum(node_gpus)
+    p = plan_resources(gpus=gpus, cpus=cpus, gpus_per_worker=gpw, node_gpus=node_gpus)
+    for q in (p.gen_gpus, p.light_gpus, p.gen_cpus, p.light_cpus):
+        assert _ray_valid(q), (q, p)
+    assert p.n_gen >= 1 and p.n_light >= 1 and p.gen_cpus > 0 and p.light_cpus > 0
+    assert p.n_gen * p.gen_gpus + 2 * p.n_light * p.light_gpus <= gpus + 1e-9, p
+    assert p.n_gen * p.gen_cpus + 2 * p.n_light * p.light_cpus <= cpus + 1e-9, p
+    assert _unplaced(p, node_gpus) == 0, p  # every actor fits on some GPU
+    if gpus == 0:
+        assert p.gen_gpus == p.light_gpus == 0
+    elif gpw > 1:
+        assert p.gen_gpus == gpw and p.n_gen == sum(g // gpw for g in node_gpus)
+    else:
+        assert 0 < p.gen_gpus <= gpw and p.n_gen == int(1 / gpw + 1e-9) * gpus
+
+
+def test_plan_rejects_generators_larger_than_a_node():
+    with pytest.raises(UserError, match="--gpus-per-worker 2 needs 2 GPUs on one node"):
+        plan_resources(gpus=2, cpus=8, gpus_per_worker=2, node_gpus=[1, 1])
+    with pytest.raises(UserError, match="--gpus-per-worker 4"):
+        plan_resources(gpus=3, cpus=8, gpus_per_worker=4)
+
+
+@pytest.mark.parametrize("gpw", [1.5, 2.5, 0.001])
+def test_config_rejects_unschedulable_gpus_per_worker(tmp_path, gpw):
+    with pytest.raises(UserError, match="--gpus-per-worker"):
+        RenderConfig(out=tmp_path / "bank", gpus_per_worker=gpw)
+    assert not (tmp_path / "bank").exists()
+    RenderConfig(out=tmp_path / "bank", gpus_per_worker=2)  # whole numbers are fine
+    RenderConfig(out=tmp_path / "bank", gpus_per_worker=0.25)
+
+
+@pytest.mark.slow
+def test_planned_actors_start_on_a_fake_gpu_ray():
+    """The reviewer's case: 4 (fake) GPUs, --gpus-per-worker 2. Every planned actor must be
+    created and scheduled by a real Ray (no 'whole numbers' error, nothing left pending)."""
+    import logging
+
+    import ray
+
+    ray.init(num_cpus=2, num_gpus=4, object_store_memory=80 << 20, include_dashboard=False,
+             logging_level=logging.ERROR)
+    try:
+        @ray.remote
+        class Probe:
+            def gpus(self):
+                return ray.get_gpu_ids()
+
+        p = plan_resources(4, 2, 2, node_gpus=[n["Resources"].get("GPU", 0) for n in ray.nodes()])
+        actors = [Probe.options(num_gpus=p.gen_gpus, num_cpus=p.gen_cpus).remote()
+                  for _ in range(p.n_gen)]
+        actors += [Probe.options(num_gpus=p.light_gpus, num_cpus=p.light_cpus).remote()
+                   for _ in range(2 * p.n_light)]
+        ids = ray.get([a.gpus.remote() for a in actors], timeout=60)
+        assert [len(i) for i in ids] == [2] * p.n_gen + [0] * (2 * p.n_light)
+    finally:
+        ray.shutdown()
+
+
 def test_cli_help_and_bad_input(tmp_path):
     run = lambda *a: subprocess.run([sys.executable, "-m", "synthgen", *a], capture_output=True,
                                     text=True, timeout=120)
@@ -246,3 +345,16 @@ def test_cli_help_and_bad_input(tmp_path):
     assert bad.stderr.strip().count("\n") == 0 and "--area" in bad.stderr
     assert "Traceback" not in bad.stderr
     assert not (tmp_path / "b").exists()
+
+
+@pytest.mark.parametrize("args, expect", [
+    (["--gpus-per-worker", "1.5"], "--gpus-per-worker above 1 must be a whole number"),
+])
+def test_cli_rejects_bad_settings_before_any_work(tmp_path, args, expect):
+    out = tmp_path / "bank"
+    r = subprocess.run([sys.executable, "-m", "synthgen", "render", "--categories", "coco",
+                        "--out", str(out), *args], capture_output=True, text=True, timeout=120)
+    assert r.returncode == 2, r.stderr
+    assert r.stderr.strip().count("\n") == 0 and expect in r.stderr, r.stderr
+    assert "Traceback" not in r.stderr + r.stdout
+    assert not out.exists()
