@@ -211,6 +211,8 @@ def test_bank_writer_resume_has_no_duplicates(tmp_path):
     ({"area": (0.9, 0.1)}, "--area"), ({"size": 100}, "--size"), ({"prompt": "a cat"}, "{name}"),
     ({"cutout": "u2net_custom"}, "model path"), ({"cutout": ""}, "at least one"),
     ({"gpus_per_worker": 0}, "--gpus-per-worker"),
+    ({"per_category": 8}, "--per-category 8 is below --min-per-category 20"),
+    ({"per_category": 4, "min_per_category": 5}, "--min-per-category to 4 or less"),
 ])
 def test_config_validation(tmp_path, kw, msg):
     with pytest.raises(UserError, match=msg):
@@ -349,6 +351,7 @@ def test_cli_help_and_bad_input(tmp_path):
 
 @pytest.mark.parametrize("args, expect", [
     (["--gpus-per-worker", "1.5"], "--gpus-per-worker above 1 must be a whole number"),
+    (["--per-category", "8"], "lower --min-per-category"),  # default --min-per-category 20
 ])
 def test_cli_rejects_bad_settings_before_any_work(tmp_path, args, expect):
     out = tmp_path / "bank"

@@ -75,6 +75,11 @@ class RenderConfig:
             ("{name}" in self.prompt, "--prompt must contain {name}"),
             (0.0 <= self.area[0] <= self.area[1] <= 1.0, "--area must be LO,HI with 0 <= LO <= HI <= 1"),
             (self.min_per_category >= 0, "--min-per-category must be >= 0"),
+            (self.per_category >= self.min_per_category,
+             f"--per-category {self.per_category} is below --min-per-category "
+             f"{self.min_per_category}, so every category would be dropped and the bank would be "
+             f"empty; lower --min-per-category to {self.per_category} or less (the paper keeps "
+             f"categories with 20 of 60 objects), or raise --per-category"),
             (self.tolerance >= 0, "--tolerance must be >= 0"),
             (self.batch_size >= 1, "--batch-size must be >= 1"),
             (self.gpus_per_worker >= 0.01,
