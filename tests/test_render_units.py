@@ -7,12 +7,13 @@ import json
 import subprocess
 import sys
 
+import numpy as np
 import pytest
 
 from synthgen.errors import UserError
 from synthgen.render import categories as C
 from synthgen.render.bank_writer import BankWriter, read_index
-from synthgen.render.filter import (AREA, EMPTY_MASK, LOW_CLIP, SMALL_CATEGORY, FilterConfig,
+from synthgen.render.filter import (AREA, EMPTY_MASK, LOW_CLIP, NSFW, SMALL_CATEGORY, FilterConfig,
                                     filter_category)
 from synthgen.render.pipeline import LIGHT_GPU, RenderConfig, plan_resources
 from synthgen.render.seeds import object_seed, prompt_for
@@ -170,6 +171,91 @@ def test_filter_min_per_category_drops_category():
 def test_filter_all_empty():
     res = filter_category([None, None], [None, None], FilterConfig(min_per_category=0))
     assert res.bar is None and res.reasons == [EMPTY_MASK, EMPTY_MASK]
+
+
+def test_filter_keeps_earlier_rejections_out_of_the_bar():
+    cfg = FilterConfig(min_clip=21, tolerance=1, min_per_category=1)
+    # the blacked-out image scores best but neither survives nor sets the bar
+    res = filter_category([40.0, 15.0, 14.5], [0.5] * 3, cfg, rejected=[NSFW, None, None])
+    assert res.reasons == [NSFW, None, None] and res.kept == [False, True, True]
+    assert res.bar == pytest.approx(14.0)
+    all_out = filter_category([float("nan")] * 2, [float("nan")] * 2, FilterConfig(min_per_category=1),
+                              rejected=[NSFW, NSFW])
+    assert all_out.reasons == [NSFW, NSFW] and all_out.category_dropped and all_out.bar is None
+
+
+# -- NSFW safety checker ---------------------------------------------------------------------------
+
+
+def test_pipeline_output_with_nsfw_flags_maps_to_rejections():
+    from types import SimpleNamespace
+
+    from synthgen.render.generate import images_and_reasons
+
+    imgs = np.full((3, 4, 4, 3), 0.5, dtype=np.float32)
+    imgs[1] = 0.0  # what the SD safety checker returns for a flagged image
+    ims, reasons = images_and_reasons(SimpleNamespace(images=imgs, nsfw_content_detected=[False, True, False]))
+    assert ims.dtype == np.uint8 and ims.shape == (3, 4, 4, 3) and ims[0].min() == 128
+    assert reasons == [None, NSFW, None]
+    # no checker: the pipeline reports None; other pipelines have no such field at all
+    assert images_and_reasons(SimpleNamespace(images=imgs, nsfw_content_detected=None))[1] == [None] * 3
+    assert images_and_reasons(SimpleNamespace(images=imgs))[1] == [None] * 3
+    assert images_and_reasons(SimpleNamespace(images=imgs, nsfw_detected=[True, False, False]))[1] == \
+        [NSFW, None, None]
+
+
+def _model_index(path, **components):
+    path.mkdir(parents=True)
+    (path / "model_index.json").write_text(json.dumps(components))
+    return str(path)
+
+
+def test_safety_checker_is_switched_off_only_where_the_pipeline_has_one(tmp_path):
+    from synthgen.render.generate import no_safety_checker_kwargs
+
+    sd15 = _model_index(tmp_path / "sd15", _class_name="StableDiffusionPipeline",
+                        safety_checker=["stable_diffusion", "StableDiffusionSafetyChecker"],
+                        feature_extractor=["transformers", "CLIPImageProcessor"],
+                        requires_safety_checker=True, unet=["diffusers", "UNet2DConditionModel"])
+    assert no_safety_checker_kwargs(sd15) == {"safety_checker": None, "requires_safety_checker": False}
+    sdxl = _model_index(tmp_path / "sdxl", _class_name="StableDiffusionXLPipeline",
+                        unet=["diffusers", "UNet2DConditionModel"])
+    assert no_safety_checker_kwargs(sdxl) == {}
+    custom = _model_index(tmp_path / "custom", _class_name="MyPipeline",
+                          safety_checker=["stable_diffusion", "StableDiffusionSafetyChecker"])
+    assert no_safety_checker_kwargs(custom) == {"safety_checker": None}
+    assert no_safety_checker_kwargs(str(tmp_path / "missing")) == {}
+
+
+def test_rejected_images_are_not_cut_out_and_keep_their_reason(tmp_path):
+    from synthgen.render.cutout import Candidate
+    from synthgen.render.pipeline import CutoutStage, _finish_category
+
+    class FakeCutter:
+        specs = ["a", "b"]
+        seen = 0
+
+        def __call__(self, images):
+            FakeCutter.seen += len(images)
+            return [[Candidate(b"png", 0.5, 2, 2), Candidate(b"png", 0.4, 2, 2)] for _ in images]
+
+    stage = CutoutStage.__new__(CutoutStage)
+    stage.cutter = FakeCutter()
+    batch = {"seed": np.array([1, 2]), "image": np.zeros((2, 4, 4, 3), np.uint8),
+             "gen_reason": np.array([NSFW, ""])}
+    out = stage(batch)
+    assert FakeCutter.seen == 1  # the blacked-out image is not cut out
+    assert list(out["cand_png_0"]) == [b"", b"png"] and np.isnan(out["cand_area_1"][0])
+    cfg = RenderConfig(out=tmp_path, per_category=2, min_per_category=1, cutout=["u2net", "isnet-general-use"])
+    rows = [{"index": i, "seed": i, "prompt": "p", "png": png, "width": 2, "height": 2,
+             "clip_score": score, "area_fraction": area, "cutout_session": None,
+             "candidate_scores": [score, score], "gen_reason": reason}
+            for i, (png, score, area, reason) in enumerate([(b"", float("nan"), float("nan"), NSFW),
+                                                            (b"png", 25.0, 0.5, None)])]
+    doc, pngs = _finish_category(C.Category("cat", 1), rows, cfg, 0.0)
+    assert [r["reason"] for r in doc["records"]] == [NSFW, None]
+    assert doc["stats"]["rejected"] == {NSFW: 1} and doc["stats"]["kept"] == 1
+    assert list(pngs) == ["cat/00001.png"]
 
 
 # -- bank writer -----------------------------------------------------------------------------------

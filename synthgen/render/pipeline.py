@@ -143,8 +143,16 @@ class GenerateStage:
 
     def __call__(self, batch: dict) -> dict:
         out = dict(batch)
-        out["image"] = self.gen([str(p) for p in batch["prompt"]], [int(s) for s in batch["seed"]])
+        images, reasons = self.gen([str(p) for p in batch["prompt"]], [int(s) for s in batch["seed"]])
+        out["image"] = images
+        out["gen_reason"] = np.array([r or "" for r in reasons])  # "" = not rejected
         return out
+
+
+def _reason(batch: dict, i: int) -> str | None:
+    """Why the generator already rejected image ``i`` of ``batch`` (``None``: it did not)."""
+    r = batch.get("gen_reason")
+    return (str(r[i]) or None) if r is not None else None
 
 
 class CutoutStage:
@@ -155,7 +163,13 @@ class CutoutStage:
         self.cutter = Cutter(list(cutout))
 
     def __call__(self, batch: dict) -> dict:
-        cands = self.cutter(list(batch["image"]))
+        from synthgen.render.cutout import Candidate
+
+        images = list(batch["image"])
+        todo = [i for i in range(len(images)) if not _reason(batch, i)]  # no work on rejected ones
+        cands = [[Candidate(b"", float("nan"), 0, 0)] * len(self.cutter.specs)] * len(images)
+        for i, c in zip(todo, self.cutter([images[i] for i in todo]) if todo else []):
+            cands[i] = c
         out = {k: v for k, v in batch.items() if k != "image"}
         for k in range(len(self.cutter.specs)):
             out[f"cand_png_{k}"] = np.array([c[k].png for c in cands], dtype=object)
@@ -404,7 +418,7 @@ def preflight(cfg: RenderConfig) -> None:
 def _finish_category(cat: Category, rows: list[dict], cfg: RenderConfig, seconds: float):
     rows = sorted(rows, key=lambda r: r["index"])
     res = filter_category([r["clip_score"] for r in rows], [r["area_fraction"] for r in rows],
-                          cfg.filter)
+                          cfg.filter, rejected=[r.get("gen_reason") for r in rows])
     slug = cat.slug
     records, pngs = [], {}
     gen_meta = {"model": cfg.sd_model, "steps": cfg.steps, "guidance": cfg.guidance,
@@ -470,6 +484,7 @@ def _unpack(batch: dict, specs: Sequence[str]) -> Iterator[dict]:
         yield {"category": str(batch["category"][i]), "index": int(batch["index"][i]),
                "seed": int(batch["seed"][i]), "prompt": str(batch["prompt"][i]),
                "png": png, "width": w, "height": h,
+               "gen_reason": _reason(batch, i),
                "clip_score": float(batch["clip_score"][i]),
                "area_fraction": float(batch["area_fraction"][i]),
                "cutout_session": specs[b] if b >= 0 else None,
