@@ -82,8 +82,9 @@ def register(app: typer.Typer, user_errors) -> None:
                                  "own seed derived from it."),
         gpus_per_worker: float = typer.Option(
             1.0, "--gpus-per-worker",
-            help="GPUs per generator actor (fractional packs several on a GPU); cut-out and CLIP "
-                 "actors share the GPUs with small fractions."),
+            help="GPUs per generator actor: a whole number, or a fraction <= 1 to pack several "
+                 "generators on a GPU; cut-out and CLIP actors take what the generators leave of "
+                 "the GPUs, or run on the CPU when nothing is left."),
         ray_address: Optional[str] = typer.Option(
             None, "--ray-address",
             help="Ray cluster to join (e.g. auto or ray://host:10001); default: a local Ray on "

@@ -126,6 +126,40 @@ def test_same_seed_gives_identical_pngs_in_process(tiny, ray_bank, tmp_path):
     assert differ, "another seed must give other images"
 
 
+@pytest.fixture(scope="module")
+def nsfw_sd(tiny, tmp_path_factory):
+    """The tiny pipeline plus an SD-v1.5-style safety checker that flags every image."""
+    from synthgen.render.tiny import add_tiny_safety_checker
+
+    return str(add_tiny_safety_checker(tiny.sd_model, tmp_path_factory.mktemp("sd") / "nsfw"))
+
+
+def test_safety_checker_is_not_loaded(tiny, nsfw_sd):
+    from synthgen.render.generate import Generator
+
+    for model in (tiny.sd_model, nsfw_sd):  # without and with a safety checker component
+        gen = Generator(model, steps=2, size=tiny.size)
+        assert getattr(gen.pipe, "safety_checker", None) is None
+        images, reasons = gen(["a photo of a single cat"] * 2, [1, 2])
+        assert images.shape == (2, tiny.size, tiny.size, 3) and reasons == [None, None]
+        assert images.reshape(2, -1).max(axis=1).min() > 0, "no blacked-out images"
+
+
+def test_images_a_pipeline_still_flags_are_rejected_as_nsfw(tiny, nsfw_sd, tmp_path, monkeypatch):
+    """A pipeline whose checker cannot be left out: its black images get their own reason."""
+    from synthgen.render import generate
+
+    monkeypatch.setattr(generate, "no_safety_checker_kwargs", lambda model: {})
+    out = tmp_path / "bank"
+    res = render(CATS[:1], _cfg(tiny, out, sd_model=nsfw_sd, keep_rejected=True, min_per_category=0),
+                 use_ray=False)
+    recs = _records(out)
+    assert len(recs) == 4 and res.kept == 0
+    assert {r["reason"] for r in recs} == {"nsfw_blacked_out"}
+    assert all(r["path"] is None and not r["kept"] for r in recs)
+    assert res.stats["cat"]["rejected"] == {"nsfw_blacked_out": 4}
+
+
 def test_rerun_skips_finished_and_settings_must_match(tiny, tmp_path):
     out = tmp_path / "bank"
     render(CATS[:1], _cfg(tiny, out), use_ray=False)

@@ -7,12 +7,13 @@ import json
 import subprocess
 import sys
 
+import numpy as np
 import pytest
 
 from synthgen.errors import UserError
 from synthgen.render import categories as C
 from synthgen.render.bank_writer import BankWriter, read_index
-from synthgen.render.filter import (AREA, EMPTY_MASK, LOW_CLIP, SMALL_CATEGORY, FilterConfig,
+from synthgen.render.filter import (AREA, EMPTY_MASK, LOW_CLIP, NSFW, SMALL_CATEGORY, FilterConfig,
                                     filter_category)
 from synthgen.render.pipeline import LIGHT_GPU, RenderConfig, plan_resources
 from synthgen.render.seeds import object_seed, prompt_for
@@ -172,6 +173,91 @@ def test_filter_all_empty():
     assert res.bar is None and res.reasons == [EMPTY_MASK, EMPTY_MASK]
 
 
+def test_filter_keeps_earlier_rejections_out_of_the_bar():
+    cfg = FilterConfig(min_clip=21, tolerance=1, min_per_category=1)
+    # the blacked-out image scores best but neither survives nor sets the bar
+    res = filter_category([40.0, 15.0, 14.5], [0.5] * 3, cfg, rejected=[NSFW, None, None])
+    assert res.reasons == [NSFW, None, None] and res.kept == [False, True, True]
+    assert res.bar == pytest.approx(14.0)
+    all_out = filter_category([float("nan")] * 2, [float("nan")] * 2, FilterConfig(min_per_category=1),
+                              rejected=[NSFW, NSFW])
+    assert all_out.reasons == [NSFW, NSFW] and all_out.category_dropped and all_out.bar is None
+
+
+# -- NSFW safety checker ---------------------------------------------------------------------------
+
+
+def test_pipeline_output_with_nsfw_flags_maps_to_rejections():
+    from types import SimpleNamespace
+
+    from synthgen.render.generate import images_and_reasons
+
+    imgs = np.full((3, 4, 4, 3), 0.5, dtype=np.float32)
+    imgs[1] = 0.0  # what the SD safety checker returns for a flagged image
+    ims, reasons = images_and_reasons(SimpleNamespace(images=imgs, nsfw_content_detected=[False, True, False]))
+    assert ims.dtype == np.uint8 and ims.shape == (3, 4, 4, 3) and ims[0].min() == 128
+    assert reasons == [None, NSFW, None]
+    # no checker: the pipeline reports None; other pipelines have no such field at all
+    assert images_and_reasons(SimpleNamespace(images=imgs, nsfw_content_detected=None))[1] == [None] * 3
+    assert images_and_reasons(SimpleNamespace(images=imgs))[1] == [None] * 3
+    assert images_and_reasons(SimpleNamespace(images=imgs, nsfw_detected=[True, False, False]))[1] == \
+        [NSFW, None, None]
+
+
+def _model_index(path, **components):
+    path.mkdir(parents=True)
+    (path / "model_index.json").write_text(json.dumps(components))
+    return str(path)
+
+
+def test_safety_checker_is_switched_off_only_where_the_pipeline_has_one(tmp_path):
+    from synthgen.render.generate import no_safety_checker_kwargs
+
+    sd15 = _model_index(tmp_path / "sd15", _class_name="StableDiffusionPipeline",
+                        safety_checker=["stable_diffusion", "StableDiffusionSafetyChecker"],
+                        feature_extractor=["transformers", "CLIPImageProcessor"],
+                        requires_safety_checker=True, unet=["diffusers", "UNet2DConditionModel"])
+    assert no_safety_checker_kwargs(sd15) == {"safety_checker": None, "requires_safety_checker": False}
+    sdxl = _model_index(tmp_path / "sdxl", _class_name="StableDiffusionXLPipeline",
+                        unet=["diffusers", "UNet2DConditionModel"])
+    assert no_safety_checker_kwargs(sdxl) == {}
+    custom = _model_index(tmp_path / "custom", _class_name="MyPipeline",
+                          safety_checker=["stable_diffusion", "StableDiffusionSafetyChecker"])
+    assert no_safety_checker_kwargs(custom) == {"safety_checker": None}
+    assert no_safety_checker_kwargs(str(tmp_path / "missing")) == {}
+
+
+def test_rejected_images_are_not_cut_out_and_keep_their_reason(tmp_path):
+    from synthgen.render.cutout import Candidate
+    from synthgen.render.pipeline import CutoutStage, _finish_category
+
+    class FakeCutter:
+        specs = ["a", "b"]
+        seen = 0
+
+        def __call__(self, images):
+            FakeCutter.seen += len(images)
+            return [[Candidate(b"png", 0.5, 2, 2), Candidate(b"png", 0.4, 2, 2)] for _ in images]
+
+    stage = CutoutStage.__new__(CutoutStage)
+    stage.cutter = FakeCutter()
+    batch = {"seed": np.array([1, 2]), "image": np.zeros((2, 4, 4, 3), np.uint8),
+             "gen_reason": np.array([NSFW, ""])}
+    out = stage(batch)
+    assert FakeCutter.seen == 1  # the blacked-out image is not cut out
+    assert list(out["cand_png_0"]) == [b"", b"png"] and np.isnan(out["cand_area_1"][0])
+    cfg = RenderConfig(out=tmp_path, per_category=2, min_per_category=1, cutout=["u2net", "isnet-general-use"])
+    rows = [{"index": i, "seed": i, "prompt": "p", "png": png, "width": 2, "height": 2,
+             "clip_score": score, "area_fraction": area, "cutout_session": None,
+             "candidate_scores": [score, score], "gen_reason": reason}
+            for i, (png, score, area, reason) in enumerate([(b"", float("nan"), float("nan"), NSFW),
+                                                            (b"png", 25.0, 0.5, None)])]
+    doc, pngs = _finish_category(C.Category("cat", 1), rows, cfg, 0.0)
+    assert [r["reason"] for r in doc["records"]] == [NSFW, None]
+    assert doc["stats"]["rejected"] == {NSFW: 1} and doc["stats"]["kept"] == 1
+    assert list(pngs) == ["cat/00001.png"]
+
+
 # -- bank writer -----------------------------------------------------------------------------------
 
 
@@ -211,6 +297,8 @@ def test_bank_writer_resume_has_no_duplicates(tmp_path):
     ({"area": (0.9, 0.1)}, "--area"), ({"size": 100}, "--size"), ({"prompt": "a cat"}, "{name}"),
     ({"cutout": "u2net_custom"}, "model path"), ({"cutout": ""}, "at least one"),
     ({"gpus_per_worker": 0}, "--gpus-per-worker"),
+    ({"per_category": 8}, "--per-category 8 is below --min-per-category 20"),
+    ({"per_category": 4, "min_per_category": 5}, "--min-per-category to 4 or less"),
 ])
 def test_config_validation(tmp_path, kw, msg):
     with pytest.raises(UserError, match=msg):
@@ -230,6 +318,105 @@ def test_plan_packs_gpus_exactly():
     assert cpu.gen_cpus + 2 * cpu.light_cpus <= 2
 
 
+def _ray_valid(q: float) -> bool:
+    """Ray's rules for a GPU/CPU request: >= 0, at most 4 decimals, whole numbers above 1."""
+    return q >= 0 and abs(q * 10_000 - round(q * 10_000)) < 1e-6 and (q <= 1 or float(q).is_integer())
+
+
+def _unplaced(plan, node_gpus) -> int:
+    """Place the plan's actors on per-GPU capacities as Ray does (whole GPUs on one node; a
+    fraction best-fit on one GPU), generators first as Ray Data starts its actor pools in stage
+    order. Returns how many actors found no room."""
+    free = [[1.0] * int(g) for g in node_gpus]
+    missing = 0
+    for q in [plan.gen_gpus] * plan.n_gen + [plan.light_gpus] * (2 * plan.n_light):
+        if q == 0:
+            continue
+        if q >= 1:
+            node = next((n for n in free if sum(f >= 1 - 1e-9 for f in n) >= q), None)
+            if node is not None:
+                idle = [i for i, f in enumerate(node) if f >= 1 - 1e-9][:int(q)]
+                for i in idle:
+                    node[i] = 0.0
+        else:
+            fits = [(f, n, i) for n in free for i, f in enumerate(n) if f >= q - 1e-9]
+            node = None
+            if fits:
+                f, node, i = min(fits, key=lambda t: t[0])
+                node[i] = f - q
+        missing += node is None
+    return missing
+
+
+PLAN_TABLE = [  # (GPUs per node, CPUs, --gpus-per-worker)
+    ([4], 2, 2), ([4], 16, 2), ([2], 16, 2), ([3], 16, 2), ([5], 8, 2), ([8], 64, 4), ([4], 8, 3),
+    ([2, 2], 16, 2), ([3, 3], 16, 2), ([8], 64, 1), ([1], 2, 1), ([4], 2, 1), ([2], 16, 0.5),
+    ([3], 16, 0.4), ([1], 4, 0.3), ([2], 4, 0.25), ([2], 4, 0.15), ([1], 4, 0.1), ([3], 8, 0.7),
+    ([1], 1, 0.01), ([8], 4, 1), ([0], 2, 2), ([0], 8, 0.5),
+]
+
+
+@pytest.mark.parametrize("node_gpus, cpus, gpw", PLAN_TABLE)
+def test_plan_never_books_more_than_the_cluster(node_gpus, cpus, gpw):
+    gpus = sum(node_gpus)
+    p = plan_resources(gpus=gpus, cpus=cpus, gpus_per_worker=gpw, node_gpus=node_gpus)
+    for q in (p.gen_gpus, p.light_gpus, p.gen_cpus, p.light_cpus):
+        assert _ray_valid(q), (q, p)
+    assert p.n_gen >= 1 and p.n_light >= 1 and p.gen_cpus > 0 and p.light_cpus > 0
+    assert p.n_gen * p.gen_gpus + 2 * p.n_light * p.light_gpus <= gpus + 1e-9, p
+    assert p.n_gen * p.gen_cpus + 2 * p.n_light * p.light_cpus <= cpus + 1e-9, p
+    assert _unplaced(p, node_gpus) == 0, p  # every actor fits on some GPU
+    if gpus == 0:
+        assert p.gen_gpus == p.light_gpus == 0
+    elif gpw > 1:
+        assert p.gen_gpus == gpw and p.n_gen == sum(g // gpw for g in node_gpus)
+    else:
+        assert 0 < p.gen_gpus <= gpw and p.n_gen == int(1 / gpw + 1e-9) * gpus
+
+
+def test_plan_rejects_generators_larger_than_a_node():
+    with pytest.raises(UserError, match="--gpus-per-worker 2 needs 2 GPUs on one node"):
+        plan_resources(gpus=2, cpus=8, gpus_per_worker=2, node_gpus=[1, 1])
+    with pytest.raises(UserError, match="--gpus-per-worker 4"):
+        plan_resources(gpus=3, cpus=8, gpus_per_worker=4)
+
+
+@pytest.mark.parametrize("gpw", [1.5, 2.5, 0.001])
+def test_config_rejects_unschedulable_gpus_per_worker(tmp_path, gpw):
+    with pytest.raises(UserError, match="--gpus-per-worker"):
+        RenderConfig(out=tmp_path / "bank", gpus_per_worker=gpw)
+    assert not (tmp_path / "bank").exists()
+    RenderConfig(out=tmp_path / "bank", gpus_per_worker=2)  # whole numbers are fine
+    RenderConfig(out=tmp_path / "bank", gpus_per_worker=0.25)
+
+
+@pytest.mark.slow
+def test_planned_actors_start_on_a_fake_gpu_ray():
+    """The reviewer's case: 4 (fake) GPUs, --gpus-per-worker 2. Every planned actor must be
+    created and scheduled by a real Ray (no 'whole numbers' error, nothing left pending)."""
+    import logging
+
+    import ray
+
+    ray.init(num_cpus=2, num_gpus=4, object_store_memory=80 << 20, include_dashboard=False,
+             logging_level=logging.ERROR)
+    try:
+        @ray.remote
+        class Probe:
+            def gpus(self):
+                return ray.get_gpu_ids()
+
+        p = plan_resources(4, 2, 2, node_gpus=[n["Resources"].get("GPU", 0) for n in ray.nodes()])
+        actors = [Probe.options(num_gpus=p.gen_gpus, num_cpus=p.gen_cpus).remote()
+                  for _ in range(p.n_gen)]
+        actors += [Probe.options(num_gpus=p.light_gpus, num_cpus=p.light_cpus).remote()
+                   for _ in range(2 * p.n_light)]
+        ids = ray.get([a.gpus.remote() for a in actors], timeout=60)
+        assert [len(i) for i in ids] == [2] * p.n_gen + [0] * (2 * p.n_light)
+    finally:
+        ray.shutdown()
+
+
 def test_cli_help_and_bad_input(tmp_path):
     run = lambda *a: subprocess.run([sys.executable, "-m", "synthgen", *a], capture_output=True,
                                     text=True, timeout=120)
@@ -246,3 +433,17 @@ def test_cli_help_and_bad_input(tmp_path):
     assert bad.stderr.strip().count("\n") == 0 and "--area" in bad.stderr
     assert "Traceback" not in bad.stderr
     assert not (tmp_path / "b").exists()
+
+
+@pytest.mark.parametrize("args, expect", [
+    (["--gpus-per-worker", "1.5"], "--gpus-per-worker above 1 must be a whole number"),
+    (["--per-category", "8"], "lower --min-per-category"),  # default --min-per-category 20
+])
+def test_cli_rejects_bad_settings_before_any_work(tmp_path, args, expect):
+    out = tmp_path / "bank"
+    r = subprocess.run([sys.executable, "-m", "synthgen", "render", "--categories", "coco",
+                        "--out", str(out), *args], capture_output=True, text=True, timeout=120)
+    assert r.returncode == 2, r.stderr
+    assert r.stderr.strip().count("\n") == 0 and expect in r.stderr, r.stderr
+    assert "Traceback" not in r.stderr + r.stdout
+    assert not out.exists()

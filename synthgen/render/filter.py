@@ -5,7 +5,8 @@ CLIP score among the category's objects, so the category's best object always pa
 test. An object is kept when its score is at least the bar and its mask's area fraction lies in
 ``[area_lo, area_hi]``. Then a category with fewer than ``min_per_category`` survivors is dropped
 entirely (its survivors are rejected with reason ``category_too_small``). Nothing is deleted: every
-object gets ``kept`` and ``reason``.
+object gets ``kept`` and ``reason``. Objects rejected before filtering (``nsfw_blacked_out``: the
+generator's safety checker blacked the image out) keep that reason and take no part in the bar.
 """
 
 from __future__ import annotations
@@ -18,7 +19,8 @@ EMPTY_MASK = "empty_mask"
 LOW_CLIP = "clip_below_bar"
 AREA = "area_out_of_range"
 SMALL_CATEGORY = "category_too_small"
-REASONS = (EMPTY_MASK, LOW_CLIP, AREA, SMALL_CATEGORY)
+NSFW = "nsfw_blacked_out"
+REASONS = (NSFW, EMPTY_MASK, LOW_CLIP, AREA, SMALL_CATEGORY)
 
 
 @dataclass(frozen=True)
@@ -47,16 +49,22 @@ def _valid(x: float | None) -> bool:
 
 
 def filter_category(scores: Sequence[float | None], areas: Sequence[float | None],
-                    cfg: FilterConfig = FilterConfig()) -> FilterResult:
-    """Apply the rule to one category's objects (``None``/NaN score = no usable mask)."""
-    if len(scores) != len(areas):
-        raise ValueError("scores and areas must have the same length")
-    valid = [s for s in scores if _valid(s)]
+                    cfg: FilterConfig = FilterConfig(),
+                    rejected: Sequence[str | None] | None = None) -> FilterResult:
+    """Apply the rule to one category's objects (``None``/NaN score = no usable mask).
+    ``rejected`` gives, per object, a reason it was already rejected for (or ``None``)."""
+    if rejected is None:
+        rejected = [None] * len(scores)
+    if not (len(scores) == len(areas) == len(rejected)):
+        raise ValueError("scores, areas and rejected must have the same length")
+    valid = [s for s, r in zip(scores, rejected) if _valid(s) and not r]
     bar = min(cfg.min_clip, max(valid) - cfg.tolerance) if valid else None
     kept: list[bool] = []
     reasons: list[str | None] = []
-    for s, a in zip(scores, areas):
-        if not _valid(s) or not _valid(a):
+    for s, a, pre in zip(scores, areas, rejected):
+        if pre:
+            reason = pre
+        elif not _valid(s) or not _valid(a):
             reason = EMPTY_MASK
         elif s < bar:
             reason = LOW_CLIP

@@ -2,10 +2,11 @@
 
 The three model stages are callable classes run as Ray Data ``map_batches`` stages over batches
 of ``(category, index, seed, prompt)`` rows; each is an actor pool, so every model is loaded once
-per actor. With GPUs: one generator actor per ``gpus_per_worker`` GPUs, and one cut-out and one
-scorer actor per GPU packed next to the generators with fractional GPUs. Without GPUs: one actor
-per stage on the CPU. ``use_ray=False`` runs the same stage objects one after the other in this
-process (the benchmark's baseline, and handy for debugging).
+per actor. With GPUs: one generator actor per ``gpus_per_worker`` GPUs (a whole number above 1,
+or a fraction <= 1 to pack several on a GPU), and the cut-out and scorer actors on what the
+generators leave of the GPUs, or on the CPU when they leave nothing (:func:`plan_resources`).
+Without GPUs: one actor per stage on the CPU. ``use_ray=False`` runs the same stage objects one
+after the other in this process (the benchmark's baseline, and handy for debugging).
 
 Results stream back in order; when a category has all its objects it is filtered and written (see
 :mod:`synthgen.render.bank_writer`), so a killed run loses at most the categories in flight.
@@ -74,9 +75,18 @@ class RenderConfig:
             ("{name}" in self.prompt, "--prompt must contain {name}"),
             (0.0 <= self.area[0] <= self.area[1] <= 1.0, "--area must be LO,HI with 0 <= LO <= HI <= 1"),
             (self.min_per_category >= 0, "--min-per-category must be >= 0"),
+            (self.per_category >= self.min_per_category,
+             f"--per-category {self.per_category} is below --min-per-category "
+             f"{self.min_per_category}, so every category would be dropped and the bank would be "
+             f"empty; lower --min-per-category to {self.per_category} or less (the paper keeps "
+             f"categories with 20 of 60 objects), or raise --per-category"),
             (self.tolerance >= 0, "--tolerance must be >= 0"),
             (self.batch_size >= 1, "--batch-size must be >= 1"),
-            (self.gpus_per_worker > 0, "--gpus-per-worker must be > 0"),
+            (self.gpus_per_worker >= 0.01,
+             "--gpus-per-worker must be >= 0.01 (at most 100 generators per GPU)"),
+            (self.gpus_per_worker <= 1 or float(self.gpus_per_worker).is_integer(),
+             f"--gpus-per-worker above 1 must be a whole number of GPUs (got "
+             f"{self.gpus_per_worker:g}): use 2, 3, ..., or a fraction <= 1 to share a GPU"),
         ]
         for ok, msg in checks:
             if not ok:
@@ -133,8 +143,16 @@ class GenerateStage:
 
     def __call__(self, batch: dict) -> dict:
         out = dict(batch)
-        out["image"] = self.gen([str(p) for p in batch["prompt"]], [int(s) for s in batch["seed"]])
+        images, reasons = self.gen([str(p) for p in batch["prompt"]], [int(s) for s in batch["seed"]])
+        out["image"] = images
+        out["gen_reason"] = np.array([r or "" for r in reasons])  # "" = not rejected
         return out
+
+
+def _reason(batch: dict, i: int) -> str | None:
+    """Why the generator already rejected image ``i`` of ``batch`` (``None``: it did not)."""
+    r = batch.get("gen_reason")
+    return (str(r[i]) or None) if r is not None else None
 
 
 class CutoutStage:
@@ -145,7 +163,13 @@ class CutoutStage:
         self.cutter = Cutter(list(cutout))
 
     def __call__(self, batch: dict) -> dict:
-        cands = self.cutter(list(batch["image"]))
+        from synthgen.render.cutout import Candidate
+
+        images = list(batch["image"])
+        todo = [i for i in range(len(images)) if not _reason(batch, i)]  # no work on rejected ones
+        cands = [[Candidate(b"", float("nan"), 0, 0)] * len(self.cutter.specs)] * len(images)
+        for i, c in zip(todo, self.cutter([images[i] for i in todo]) if todo else []):
+            cands[i] = c
         out = {k: v for k, v in batch.items() if k != "image"}
         for k in range(len(self.cutter.specs)):
             out[f"cand_png_{k}"] = np.array([c[k].png for c in cands], dtype=object)
@@ -200,27 +224,81 @@ class Plan:
     n_gen: int
     gen_gpus: float
     gen_cpus: float
-    n_light: int
+    n_light: int        # actors per light stage (cut-out, scorer)
     light_gpus: float
     light_cpus: float
-    threads: int | None
+    threads: int | None  # torch threads of a generator (CPU only)
+    light_threads: int = 1
 
 
-def plan_resources(gpus: float, cpus: float, gpus_per_worker: float) -> Plan:
-    """Actor counts and resources. GPUs: ``floor(gpus / gpus_per_worker)`` generators with
-    ``0.8 * gpus_per_worker`` GPU each, and per GPU one cut-out and one scorer actor with
-    ``LIGHT_GPU`` each (so a GPU is exactly full). CPU only: one actor per stage."""
-    if gpus >= min(1.0, gpus_per_worker):
-        n_gen = max(1, int(math.floor(gpus / gpus_per_worker + 1e-9)))
-        gen_gpus = min(gpus_per_worker, 1.0) * (1 - 2 * LIGHT_GPU) if gpus_per_worker <= 1 \
-            else gpus_per_worker - 2 * LIGHT_GPU
-        n_light = max(1, int(gpus))
-        light_cpus = max(0.1, min(1.0, (cpus - n_gen) / (2 * n_light)))
-        return Plan(n_gen, gen_gpus, 1.0, n_light, LIGHT_GPU, light_cpus, None)
-    cpus = max(1.0, cpus)
-    light = 0.25 if cpus <= 2 else 1.0
-    return Plan(1, 0.0, max(1.0, cpus - 2 * light) if cpus > 2 else 1.0, 1, 0.0, light,
-                threads=max(1, int(cpus)))
+def _down(x: float) -> float:
+    """``x`` rounded down to Ray's resource unit (0.0001)."""
+    return math.floor(x * 10_000 + 1e-6) / 10_000
+
+
+def _cpu_shares(cpus: float, n_gen: int, n_light: int, light_on_gpu: bool) -> tuple[float, float]:
+    """CPUs of a generator and of a light actor: at most half the CPUs for the generators (1
+    each at most), the rest split over the 2 * ``n_light`` light actors (1 each at most when they
+    run on a GPU; all of it when they run on the CPU), so the total never exceeds ``cpus``."""
+    cpus = max(cpus, 0.0)
+    gen = max(0.0001, min(1.0, _down(cpus / (2 * n_gen))))
+    light = _down((cpus - n_gen * gen) / (2 * n_light))
+    if light_on_gpu:
+        light = min(1.0, light)
+    elif light > 1:
+        light = float(math.floor(light))  # whole CPUs, one torch/ONNX thread each
+    return gen, max(0.0001, light)
+
+
+def plan_resources(gpus: float, cpus: float, gpus_per_worker: float,
+                   node_gpus: Sequence[float] | None = None) -> Plan:
+    """Actor counts and resources, never more than the cluster has and always valid for Ray
+    (fractions of 0.0001, whole numbers above 1). ``node_gpus`` lists the GPUs of each node
+    (default: all ``gpus`` on one node); a generator's GPUs are always on one node.
+
+    * ``gpus_per_worker`` = k > 1 (a whole number): per node ``floor(node GPUs / k)`` generators
+      with exactly k GPUs each. The light actors (cut-out, scorer) go on the GPUs left over (two
+      per GPU, half a GPU each) or, when none is left, run on the CPU with 0 GPUs.
+    * ``gpus_per_worker`` <= 1: k = ``floor(1 / gpus_per_worker)`` generators per GPU, plus one
+      cut-out and one scorer actor per GPU with ``LIGHT_GPU`` each (less when k is large); the
+      generators' share is trimmed so that k of them and the two light actors fill one GPU and
+      k + 1 generators never fit on one GPU (Ray packs fractions; the generator pool starts
+      first, so every GPU gets exactly k generators and room for its light actors).
+    * No GPU: one actor per stage on the CPU.
+    """
+    per_node = [int(math.floor(g + 1e-9)) for g in (node_gpus if node_gpus is not None else [gpus])]
+    whole = sum(per_node)
+    if whole < 1:
+        cpus = max(1.0, cpus)
+        light = 0.25 if cpus <= 2 else 1.0
+        return Plan(1, 0.0, max(1.0, cpus - 2 * light) if cpus > 2 else 1.0, 1, 0.0, light,
+                    threads=max(1, int(cpus)))
+    if gpus_per_worker > 1:
+        k = int(round(gpus_per_worker))
+        if abs(gpus_per_worker - k) > 1e-9:
+            raise UserError(f"--gpus-per-worker above 1 must be a whole number, got {gpus_per_worker:g}")
+        n_gen = sum(g // k for g in per_node)
+        if n_gen == 0:
+            raise UserError(f"--gpus-per-worker {k} needs {k} GPUs on one node, but the largest "
+                            f"node has {max(per_node)}; use --gpus-per-worker {max(per_node)} or less")
+        left = whole - n_gen * k
+        if left >= 1:
+            n_light, light_gpus = left, 0.5
+        else:
+            n_light, light_gpus = n_gen, 0.0
+        gen_cpus, light_cpus = _cpu_shares(cpus, n_gen, n_light, light_gpus > 0)
+        return Plan(n_gen, float(k), gen_cpus, n_light, light_gpus, light_cpus, None,
+                    light_threads=1 if light_gpus > 0 else max(1, int(light_cpus)))
+    k = max(1, int(math.floor(1.0 / gpus_per_worker + 1e-9)))
+    gen_gpus = min(_down(gpus_per_worker), _down((1.0 - 2 * LIGHT_GPU) / k))
+    if (k + 1) * gen_gpus <= 1.0 + 1e-9:
+        # the smallest share with which k + 1 generators no longer fit on one GPU
+        gen_gpus = (math.floor(10_000 / (k + 1)) + 1) / 10_000
+    light_gpus = min(LIGHT_GPU, _down((1.0 - k * gen_gpus) / 2))
+    n_gen, n_light = k * whole, whole
+    gen_cpus, light_cpus = _cpu_shares(cpus, n_gen, n_light, light_gpus > 0)
+    return Plan(n_gen, gen_gpus, gen_cpus, n_light, light_gpus, light_cpus, None,
+                light_threads=1 if light_gpus > 0 else max(1, int(light_cpus)))
 
 
 def _rows(categories: Sequence[Category], cfg: RenderConfig) -> list[dict]:
@@ -275,7 +353,9 @@ def _ray_batches(rows: list[dict], cfg: RenderConfig) -> Iterator[dict]:
         ctx.execution_options.preserve_order = True
         ctx.enable_progress_bars = False
         res = ray.cluster_resources()
-        plan = plan_resources(res.get("GPU", 0.0), res.get("CPU", 1.0), cfg.gpus_per_worker)
+        node_gpus = [n["Resources"].get("GPU", 0.0) for n in ray.nodes() if n.get("Alive")]
+        plan = plan_resources(res.get("GPU", 0.0), res.get("CPU", 1.0), cfg.gpus_per_worker,
+                              node_gpus=node_gpus)
         n_blocks = max(1, math.ceil(len(rows) / cfg.batch_size))
         ds = ray.data.from_items(rows, override_num_blocks=n_blocks)
         ds = ds.map_batches(
@@ -285,12 +365,13 @@ def _ray_batches(rows: list[dict], cfg: RenderConfig) -> Iterator[dict]:
             batch_size=cfg.batch_size, batch_format="numpy", compute=ray.data.ActorPoolStrategy(size=plan.n_gen),
             num_gpus=plan.gen_gpus, num_cpus=plan.gen_cpus)
         ds = ds.map_batches(
-            CutoutStage, fn_constructor_kwargs=dict(cutout=list(cfg.cutout), threads=1),
+            CutoutStage, fn_constructor_kwargs=dict(cutout=list(cfg.cutout), threads=plan.light_threads),
             batch_size=cfg.batch_size, batch_format="numpy", compute=ray.data.ActorPoolStrategy(size=plan.n_light),
             num_gpus=plan.light_gpus, num_cpus=plan.light_cpus)
         ds = ds.map_batches(
             ScoreStage, fn_constructor_kwargs=dict(model=cfg.clip_model, pretrained=cfg.clip_pretrained,
-                                                   n_candidates=len(cfg.cutout), threads=1),
+                                                   n_candidates=len(cfg.cutout),
+                                                   threads=plan.light_threads),
             batch_size=cfg.batch_size, batch_format="numpy", compute=ray.data.ActorPoolStrategy(size=plan.n_light),
             num_gpus=plan.light_gpus, num_cpus=plan.light_cpus)
         yield from ds.iter_batches(batch_size=None, batch_format="numpy")
@@ -337,7 +418,7 @@ def preflight(cfg: RenderConfig) -> None:
 def _finish_category(cat: Category, rows: list[dict], cfg: RenderConfig, seconds: float):
     rows = sorted(rows, key=lambda r: r["index"])
     res = filter_category([r["clip_score"] for r in rows], [r["area_fraction"] for r in rows],
-                          cfg.filter)
+                          cfg.filter, rejected=[r.get("gen_reason") for r in rows])
     slug = cat.slug
     records, pngs = [], {}
     gen_meta = {"model": cfg.sd_model, "steps": cfg.steps, "guidance": cfg.guidance,
@@ -403,6 +484,7 @@ def _unpack(batch: dict, specs: Sequence[str]) -> Iterator[dict]:
         yield {"category": str(batch["category"][i]), "index": int(batch["index"][i]),
                "seed": int(batch["seed"][i]), "prompt": str(batch["prompt"][i]),
                "png": png, "width": w, "height": h,
+               "gen_reason": _reason(batch, i),
                "clip_score": float(batch["clip_score"][i]),
                "area_fraction": float(batch["area_fraction"][i]),
                "cutout_session": specs[b] if b >= 0 else None,

@@ -105,6 +105,34 @@ def build_tiny_sd(out_dir: str | Path, seed: int = 0) -> Path:
     return out
 
 
+def add_tiny_safety_checker(sd_dir: str | Path, out_dir: str | Path, flag_all: bool = True) -> Path:
+    """A copy of the tiny pipeline in ``sd_dir`` with a tiny SD-v1-style NSFW safety checker and
+    feature extractor, laid out like the real SD v1.5 checkpoint. With ``flag_all`` the checker
+    flags (and blacks out) every image."""
+    import torch
+    from diffusers import StableDiffusionPipeline
+    from diffusers.pipelines.stable_diffusion.safety_checker import StableDiffusionSafetyChecker
+    from transformers import CLIPConfig, CLIPImageProcessor
+
+    cfg = CLIPConfig(
+        text_config={"vocab_size": 49408, "hidden_size": 32, "intermediate_size": 37,
+                     "num_hidden_layers": 1, "num_attention_heads": 4},
+        vision_config={"hidden_size": 32, "intermediate_size": 37, "num_hidden_layers": 1,
+                       "num_attention_heads": 4, "image_size": 32, "patch_size": 8},
+        projection_dim=32)
+    checker = StableDiffusionSafetyChecker(cfg).eval()
+    if flag_all:  # score = cosine - weight > 0 for any image
+        with torch.no_grad():
+            checker.concept_embeds_weights.fill_(-2.0)
+    extractor = CLIPImageProcessor(size={"shortest_edge": 32}, crop_size={"height": 32, "width": 32})
+    pipe = StableDiffusionPipeline.from_pretrained(str(sd_dir), safety_checker=checker,
+                                                   feature_extractor=extractor,
+                                                   requires_safety_checker=True)
+    out = Path(out_dir)
+    pipe.save_pretrained(out)
+    return out
+
+
 TINY_CLIP_CFG = {
     "embed_dim": 32,
     "vision_cfg": {"image_size": 32, "layers": 2, "width": 32, "head_width": 16, "patch_size": 8},
