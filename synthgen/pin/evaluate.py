@@ -244,6 +244,13 @@ def _write_outputs(records: list[dict], metrics: dict, out: Path) -> Path:
     return mpath
 
 
+def _run_and_adapter(run_dir, baseline: str | None, model: str | None, device: str | None):
+    """The run's description, and the VLM with PIN attached unless the baseline needs none."""
+    if baseline == "random":
+        return read_run(run_dir), None
+    return load_run(run_dir, model=model, device=device)
+
+
 def evaluate_coco(run_dir, coco_json, images_dir, *, max_objects: int = 3, out=None,
                   baseline: str | None = None, model: str | None = None, batch_size: int = 16,
                   limit: int | None = None, article_mode: str = "a", seed: int = 0,
@@ -269,10 +276,7 @@ def evaluate_coco(run_dir, coco_json, images_dir, *, max_objects: int = 3, out=N
     if not queries:
         raise UserError(f"{coco_path}: no image has 1..{max_objects} annotated objects")
 
-    if baseline == "random":
-        run, adapter = read_run(run_dir), None
-    else:
-        run, adapter = load_run(run_dir, model=model, device=device)
+    run, adapter = _run_and_adapter(run_dir, baseline, model, device)
     canvas, grid = run.canvas, run.grid
     rng = np.random.default_rng(seed)
 
@@ -361,10 +365,7 @@ def evaluate_refcoco(run_dir, refcoco_dir, images_dir, *, split: str = "testA", 
         queries = queries[:limit]
     if not queries:
         raise UserError(f"{refs_file}: no referring expressions in split {split!r}")
-    if baseline == "random":
-        run, adapter = read_run(run_dir), None
-    else:
-        run, adapter = load_run(run_dir, model=model, device=device)
+    run, adapter = _run_and_adapter(run_dir, baseline, model, device)
     canvas, grid = run.canvas, run.grid
     rng = np.random.default_rng(seed)
     records = []
