@@ -58,12 +58,12 @@ def make_inputs(root: Path, n_bg: int, megapixels: float, n_obj: int) -> tuple[P
 
 
 def floor(backgrounds: list[str], n: int, size: int) -> float:
-    from synthgen.backgrounds import read_background
+    from synthgen.compose.backgrounds import read_background
     from synthgen.images import decode, encode_jpeg, fit_square
 
     rng = np.random.default_rng(0)
     t0 = time.perf_counter()
-    for k in range(n):
+    for _k in range(n):
         item = backgrounds[int(rng.integers(len(backgrounds)))]
         img = decode(read_background(item), draft_to=size, min_side=32)
         arr = np.asarray(fit_square(img, size, "squash", rng))
@@ -72,8 +72,9 @@ def floor(backgrounds: list[str], n: int, size: int) -> float:
 
 
 def compose_one_process(bank: Path, backgrounds: list[str], n: int) -> float:
-    from synthgen.bank import ObjectBank
-    from synthgen.compose import ComposeParams, Composer
+    from synthgen.compose.bank import ObjectBank
+    from synthgen.compose.config import ComposeParams
+    from synthgen.compose.scene import Composer
 
     comp = Composer(ComposeParams(), ObjectBank.open(bank, max_side=224), backgrounds)
     for k in range(20):  # a few scenes first, like a worker in the middle of a shard
@@ -87,7 +88,7 @@ def compose_one_process(bank: Path, backgrounds: list[str], n: int) -> float:
 def compose_ray(bank: Path, bg: Path, out: Path, n: int, workers: int) -> float:
     import ray
 
-    from synthgen.compose_run import ComposeJob, run_compose
+    from synthgen.compose.run import ComposeJob, run_compose
 
     ray.init(num_cpus=workers, object_store_memory=200 << 20, include_dashboard=False,
              logging_level="ERROR")
@@ -113,7 +114,7 @@ def main() -> None:
     ap.add_argument("--skip-ray", action="store_true")
     args = ap.parse_args()
 
-    from synthgen.backgrounds import list_backgrounds
+    from synthgen.compose.backgrounds import list_backgrounds
 
     bank, bg = make_inputs(args.workdir, args.backgrounds, args.megapixels, args.objects)
     backgrounds = list_backgrounds(str(bg))

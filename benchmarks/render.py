@@ -40,8 +40,9 @@ def main() -> None:
     work = Path(tempfile.mkdtemp(prefix="synthgen-bench-"))
     os.environ.setdefault("REMBG_HOME", str(work / "rembg"))
     from synthgen.render.categories import Category
-    from synthgen.render.pipeline import (CutoutStage, GenerateStage, RenderConfig, ScoreStage,
-                                          _rows, _to_batch, render)
+    from synthgen.render.config import RenderConfig
+    from synthgen.render.pipeline import _rows, _to_batch, render
+    from synthgen.render.stages import CutoutStage, GenerateStage, ScoreStage
     from synthgen.render.tiny import build_tiny_clip, build_tiny_sd, build_tiny_u2net
 
     sd = str(build_tiny_sd(work / "sd"))
@@ -53,8 +54,7 @@ def main() -> None:
     cfg = RenderConfig(out=work / "bank-ray", per_category=args.per_category, sd_model=sd,
                        steps=args.steps, size=args.size, clip_model=clip, clip_pretrained=None,
                        cutout=[cut], min_per_category=0, batch_size=args.batch_size,
-                       ray_init={"num_cpus": args.num_cpus, "object_store_memory": 300 << 20,
-                                 "include_dashboard": False})
+                       workers=args.num_cpus, object_store_mb=300)
     rows = _rows(cats, cfg)
     batches = [_to_batch(rows[i:i + cfg.batch_size]) for i in range(0, len(rows), cfg.batch_size)]
     per_cat = -(-args.per_category // cfg.batch_size)

@@ -81,7 +81,8 @@ def main(argv=None) -> None:
     from transformers import Blip2Processor
 
     from synthgen.pin.adapters import TextCodec
-    from synthgen.pin.data import SceneStream, StreamConfig, decode_image, iter_tar
+    from synthgen.pin.data import SceneStream, StreamConfig, decode_image
+    from synthgen.shards import iter_tar
 
     tmp = Path(tempfile.mkdtemp(prefix="pin-bench-"))
     model = args.model

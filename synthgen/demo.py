@@ -16,6 +16,7 @@ import numpy as np
 from PIL import Image
 
 from synthgen.errors import UserError
+from synthgen.schema import INDEX_FILE, bank_record, object_file, object_id, slugify
 
 
 def _skimage():
@@ -82,13 +83,14 @@ def build_demo_bank(folder: Path) -> Path:
     for cat, img in demo_cutouts():
         j = counts.get(cat, 0)
         counts[cat] = j + 1
-        slug = cat.replace(" ", "_")
-        rel = f"{slug}/{j:05d}.png"
+        slug = slugify(cat)
+        rel = object_file(slug, j)
         (folder / slug).mkdir(exist_ok=True)
         img.save(folder / rel)
-        lines.append({"id": f"{slug}/{j:05d}", "category": cat, "category_id": None, "path": rel,
-                      "width": img.width, "height": img.height, "kept": True, "source": "skimage.data"})
-    (folder / "index.jsonl").write_text("".join(json.dumps(x) + "\n" for x in lines))
+        lines.append(bank_record(id=object_id(slug, j), category=cat, category_id=None, path=rel,
+                                 width=img.width, height=img.height, kept=True, reason=None,
+                                 source="skimage.data"))
+    (folder / INDEX_FILE).write_text("".join(json.dumps(x) + "\n" for x in lines))
     return folder
 
 
@@ -137,7 +139,7 @@ def render_demo(con, out: Path, workers: int) -> Path:
     bank = out / "rendered"
     _run(con, ["render", "--categories", str(names), "--out", str(bank), "--per-category", "4",
                "--min-per-category", "1", "--batch-size", "4", *tiny.as_cli_args()], env=env)
-    _run(con, ["preview-bank", str(bank), "-o", str(out / "rendered-preview.png")], env=env)
+    _run(con, ["preview", str(bank), "-o", str(out / "rendered-preview.png")], env=env)
     return bank
 
 
@@ -145,10 +147,10 @@ def run_demo(out: Path, num_samples: int = 256, workers: int = 2, steps: int = 1
              train: bool = True, render: bool = True) -> None:
     from rich.console import Console
 
-    from synthgen.compose import ComposeParams
-    from synthgen.compose_run import ComposeJob, run_compose
-    from synthgen.export import export_coco
-    from synthgen.inspection import collect_stats, contact_sheet, print_stats
+    from synthgen.compose.config import ComposeParams
+    from synthgen.compose.export import export_coco
+    from synthgen.compose.inspection import collect_stats, contact_sheet, print_stats
+    from synthgen.compose.run import ComposeJob, run_compose
 
     con = Console(stderr=True)
     out = Path(out)
@@ -188,7 +190,7 @@ def run_demo(out: Path, num_samples: int = 256, workers: int = 2, steps: int = 1
                *(["--resume"] if (run / "pin.json").exists() else [])])
     coco = out / "val-coco"
     export_coco(str(out / "val-shards"), coco)
-    con.print("[bold]5. evaluate[/] (SPEC protocol on a COCO-format export of held-out scenes)")
+    con.print("[bold]5. evaluate[/] (the authors' protocol on a COCO-format export of held-out scenes)")
     _run(con, ["eval-pin", str(run), "--coco-json", str(coco / "instances.json"), "--images",
                str(coco / "images"), "--out", str(out / "preds.jsonl")])
     _run(con, ["eval-pin", str(run), "--coco-json", str(coco / "instances.json"), "--images",

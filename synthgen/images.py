@@ -1,32 +1,32 @@
-"""Robust image decoding shared by the background and object readers.
+"""Images in and out, for every stage: decode (or :class:`Skip`), fit to the canvas, encode.
 
 Every real-world oddity is either normalised or turned into a :class:`Skip` with a reason:
 EXIF orientation is applied; CMYK, palette (with or without transparency), 16-bit, float,
 grayscale and bilevel images become 8-bit RGB(A); truncated/corrupt files, decompression bombs
 (Pillow's guard stays on) and images too small to use are skipped. Large JPEGs are decoded at
 reduced size with ``draft`` when that cannot lose resolution for the target canvas.
+
+:func:`fit_square` is the one way an image becomes the square canvas: compose uses it for
+backgrounds, evaluation and ``predict`` for the images they query (:func:`load_canvas`), so a
+model sees its inputs resampled the same way in training and evaluation.
 """
 
 from __future__ import annotations
 
 import io
 import warnings
-from dataclasses import dataclass
 from pathlib import Path
 from typing import BinaryIO, Union
 
 import numpy as np
 from PIL import Image, ImageOps
 
+from synthgen.errors import Skip, UserError
+
 Source = Union[str, Path, bytes, BinaryIO]
 
-
-@dataclass(frozen=True)
-class Skip:
-    """An input that cannot be used, with the reason (a short snake_case word)."""
-
-    reason: str
-    detail: str = ""
+# file suffixes read as images (objects, backgrounds, evaluation sets)
+IMAGE_EXTS = frozenset({".jpg", ".jpeg", ".png", ".webp", ".bmp", ".tif", ".tiff", ".gif"})
 
 
 def _open(src: Source) -> Image.Image:
@@ -50,9 +50,11 @@ def _to_8bit(img: Image.Image) -> Image.Image:
     return img
 
 
-def normalise(img: Image.Image, keep_alpha: bool) -> Image.Image:
-    """EXIF-rotate and convert any Pillow mode to ``RGB`` (or ``RGBA`` with ``keep_alpha``)."""
-    img = ImageOps.exif_transpose(img)
+def normalise(img: Image.Image, keep_alpha: bool, orient: bool = True) -> Image.Image:
+    """EXIF-rotate (unless ``orient`` is off) and convert any Pillow mode to ``RGB`` (or
+    ``RGBA`` with ``keep_alpha``)."""
+    if orient:
+        img = ImageOps.exif_transpose(img)
     img = _to_8bit(img)
     has_alpha = img.mode in ("RGBA", "LA", "PA", "RGBa", "La") or (
         img.mode == "P" and "transparency" in img.info) or (
@@ -71,9 +73,10 @@ def has_alpha_channel(img: Image.Image) -> bool:
 
 
 def decode(src: Source, *, keep_alpha: bool = False, draft_to: int | None = None,
-           min_side: int = 1) -> Image.Image | Skip:
+           min_side: int = 1, orient: bool = True) -> Image.Image | Skip:
     """Decode ``src`` into an RGB/RGBA image or a :class:`Skip`. ``draft_to`` lets JPEGs decode
-    at a reduced scale that keeps both sides at least ``draft_to`` pixels."""
+    at a reduced scale that keeps both sides at least ``draft_to`` pixels; ``orient=False``
+    keeps the stored pixel grid (annotations of evaluation sets refer to it)."""
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", Image.DecompressionBombWarning)
@@ -92,7 +95,7 @@ def decode(src: Source, *, keep_alpha: bool = False, draft_to: int | None = None
     if min(img.size) < min_side:
         return Skip("too_small", f"{img.size[0]}x{img.size[1]} < {min_side}px")
     try:
-        return normalise(img, keep_alpha=keep_alpha)
+        return normalise(img, keep_alpha=keep_alpha, orient=orient)
     except Exception as exc:  # noqa: BLE001
         return Skip("unreadable", f"{type(exc).__name__}: {str(exc)[:200]}")
 
@@ -111,6 +114,22 @@ def fit_square(img: Image.Image, size: int, fit: str, rng: np.random.Generator) 
     if img.size == (size, size):
         return img
     return img.resize((size, size), Image.Resampling.BICUBIC, reducing_gap=3.0)
+
+
+def load_canvas(src: str | Path | bytes, size: int, *, orient: bool = True, what: str = "image"
+                ) -> tuple[np.ndarray, tuple[int, int]]:
+    """An image squashed to the ``size`` x ``size`` canvas as uint8 ``[size, size, 3]``, and its
+    full-resolution size ``(w, h)`` (after EXIF rotation with ``orient``); an unusable image is a
+    one-line UserError naming ``what``."""
+    img = decode(src, draft_to=size, orient=orient)
+    if isinstance(img, Skip):
+        raise UserError(f"{what}: {img.reason.replace('_', ' ')} ({img.detail})")
+    with Image.open(io.BytesIO(src) if isinstance(src, (bytes, bytearray)) else src) as im:
+        w, h = im.size  # the header: the size before any draft reduction
+        if orient and im.getexif().get(0x0112, 1) in (5, 6, 7, 8):  # a quarter turn
+            w, h = h, w
+    arr = np.asarray(fit_square(img, size, "squash", np.random.default_rng(0)))
+    return arr.copy(), (int(w), int(h))
 
 
 def encode_jpeg(arr: np.ndarray, quality: int) -> bytes:

@@ -1,4 +1,10 @@
-"""YAML recipes: a section of defaults for a command's options (``yaml.safe_load`` only)."""
+"""YAML recipes: one section per stage (``render:``, ``compose:``, ``train:``) of option values.
+
+A recipe is read with ``yaml.safe_load``. Its entries are the stage's option names (underscores:
+``a_max``, ``same_category_p``, ...); each value is converted by the option's own type, so a
+recipe entry behaves exactly as the option typed on the command line, and the command builds its
+config dataclass from the result. Options given on the command line win over the recipe.
+"""
 
 from __future__ import annotations
 
@@ -8,7 +14,8 @@ from typing import Any
 from synthgen.errors import UserError
 
 
-def load_recipe(path: Path, section: str) -> dict[str, Any]:
+def load_recipe(path: str | Path, section: str) -> dict[str, Any]:
+    """The ``section`` mapping of a YAML recipe (empty when the recipe has none)."""
     import yaml
 
     p = Path(path)
@@ -23,13 +30,15 @@ def load_recipe(path: Path, section: str) -> dict[str, Any]:
     return dict(doc.get(section) or {})
 
 
-def apply_recipe(ctx, path: Path, section: str, values: dict[str, Any],
-                 allowed: set[str]) -> dict[str, Any]:
-    """``values`` (a command's parameters) with the recipe's entries applied wherever the user
-    left the option at its default. Only ``allowed`` keys may be set; each value is converted
-    with the option's own type (a wrong type is a one-line error); lists become ``a,b,c``."""
+def apply_recipe(ctx, path: str | Path | None, section: str, allowed: tuple[str, ...]) -> dict[str, Any]:
+    """The command's option values (``ctx.params``) with the recipe's ``section`` applied wherever
+    the user left the option at its default. Only ``allowed`` options may be set; each value is
+    converted with the option's own type (a wrong type is a one-line error); lists become
+    ``a,b,c``."""
+    values = dict(ctx.params)
+    if path is None:
+        return values
     rec = load_recipe(path, section)
-    out = dict(values)
     params = {p.name: p for p in ctx.command.params}
     unknown = sorted(k for k in rec if k not in params or k not in allowed)
     if unknown:
@@ -44,9 +53,9 @@ def apply_recipe(ctx, path: Path, section: str, values: dict[str, Any],
         if val is None:
             raise UserError(f"recipe {path}: `{section}.{key}` has no value")
         try:
-            param = params[key]
-            out[key] = param.process_value(ctx, val if isinstance(val, (bool, int, float, str)) else str(val))
+            values[key] = params[key].process_value(
+                ctx, val if isinstance(val, (bool, int, float, str)) else str(val))
         except Exception as exc:  # click.BadParameter and friends
             msg = getattr(exc, "message", None) or str(exc)
             raise UserError(f"recipe {path}: `{section}.{key}`: {msg}") from None
-    return out
+    return values

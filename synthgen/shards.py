@@ -1,35 +1,150 @@
-"""WebDataset shard I/O: deterministic, atomic tar writing and plain reading.
+"""WebDataset shards for every stage: finding them, reading them, writing them.
 
-Tars are written member by member with fixed metadata (mtime 0, uid/gid 0, mode 0644), so the
-same samples give the same bytes. A shard is written under a hidden temporary name and renamed
-when complete; its ``*_stats.json`` is written (atomically) after the rename and marks it done.
+* Specs (:func:`expand`, :func:`find_shards`): a path, a folder (its ``*.tar``), a glob, a brace
+  pattern (``scenes-{000000..000099}.tar``), a URL (``pipe:``, ``http://``, ... read with
+  webdataset's ``gopen``), or a list of those.
+* Reading: :func:`iter_tar` streams the samples ``{"__key__", "__url__", ext: bytes}`` of one tar
+  in file order (a sample is the run of members sharing a key: the path up to the first dot of the
+  base name); :func:`list_members` and :func:`read_member` give random access by offset.
+* Writing: :class:`ShardWriter` writes members with fixed metadata (mtime 0, uid/gid 0, mode
+  0644), so the same samples give the same bytes, under a hidden temporary name renamed when
+  complete.
 """
 
 from __future__ import annotations
 
+import glob
 import io
 import os
 import tarfile
 from pathlib import Path
-from typing import Any, Iterable, Iterator
+from typing import Any, Iterator, Sequence
 
-from synthgen.atomic import temp_path
-
-SHARD_PREFIX = "scenes"
-
-
-def shard_name(i: int) -> str:
-    return f"{SHARD_PREFIX}-{i:06d}.tar"
+from synthgen.errors import UserError
+from synthgen.rundir import temp_path
 
 
-def stats_name(i: int) -> str:
-    return f"{SHARD_PREFIX}-{i:06d}_stats.json"
+def is_url(spec: str) -> bool:
+    return "://" in spec or spec.startswith("pipe:")
+
+
+def _braces(spec: str) -> list[str]:
+    from braceexpand import UnbalancedBracesError, braceexpand
+
+    try:
+        return list(braceexpand(spec))
+    except UnbalancedBracesError as exc:
+        raise UserError(f"bad pattern {spec!r}: {exc}") from None
+
+
+def expand(spec: str | os.PathLike) -> list[str]:
+    """The paths (or URLs) of a path / glob / brace pattern, in pattern order, without duplicates."""
+    spec = str(spec)
+    if not spec.strip():
+        raise UserError("an empty path was given")
+    if is_url(spec):
+        return _braces(spec)
+    if not any(ch in spec for ch in "{*?["):
+        return [spec]
+    out: list[str] = []
+    for pat in _braces(spec):
+        out.extend(sorted(glob.glob(pat)) if any(c in pat for c in "*?[") else [pat])
+    return list(dict.fromkeys(out))
+
+
+def find_shards(spec: str | os.PathLike | Sequence[str | os.PathLike]) -> list[str]:
+    """Shard files of a folder (its non-hidden ``*.tar``), a file, a pattern, a URL, or a list."""
+    if isinstance(spec, (list, tuple)):
+        return [s for item in spec for s in find_shards(item)]
+    out: list[str] = []
+    for p in expand(spec):
+        if is_url(p):
+            out.append(p)
+        elif os.path.isdir(p):
+            out.extend(str(q) for q in sorted(Path(p).glob("*.tar")) if not q.name.startswith("."))
+        elif os.path.isfile(p):
+            out.append(p)
+        else:
+            raise UserError(f"shards not found: {p}")
+    if not out:
+        raise UserError(f"no .tar shards in {spec}")
+    return out
+
+
+def _open(url: str):
+    if os.path.exists(url) or not is_url(url):
+        return open(url, "rb")
+    from webdataset.gopen import gopen
+
+    return gopen(url, "rb")
+
+
+def sample_key(member_name: str) -> tuple[str, str] | None:
+    """``(key, ext)`` of a tar member (``a/b/000001.mask.png`` -> ``a/b/000001``, ``mask.png``);
+    None for hidden files."""
+    d, base = os.path.split(member_name)
+    if base.startswith("."):
+        return None
+    key, _, ext = base.partition(".")
+    return (f"{d}/{key}" if d else key), ext
+
+
+def iter_tar(url: str, want: Sequence[str] | None = None) -> Iterator[dict[str, Any]]:
+    """Samples of one tar in file order, with the bytes of the extensions in ``want`` (all when
+    None). A tar that cannot be read is a UserError naming it."""
+    current: dict[str, Any] | None = None
+    try:
+        with _open(url) as f, tarfile.open(fileobj=f, mode="r|*") as tar:
+            for m in tar:
+                if not m.isfile():
+                    continue
+                kx = sample_key(m.name)
+                if kx is None:
+                    continue
+                key, ext = kx
+                if current is None or current["__key__"] != key:
+                    if current is not None:
+                        yield current
+                    current = {"__key__": key, "__url__": url}
+                if want is None or ext in want:
+                    current[ext] = tar.extractfile(m).read()
+    except (tarfile.TarError, OSError, EOFError) as exc:
+        raise UserError(f"cannot read shard {url}: {exc}") from None
+    if current is not None:
+        yield current
+
+
+def iter_samples(shards: Sequence[str], want: Sequence[str] | None = None) -> Iterator[dict[str, Any]]:
+    """:func:`iter_tar` over several shards, in order."""
+    for url in shards:
+        yield from iter_tar(url, want)
+
+
+def list_members(path: str, exts: frozenset[str] | set[str]) -> tuple[list[tuple[str, int, int]], str | None]:
+    """``(name, data offset, size)`` of the members of a local tar whose suffix is in ``exts``,
+    and the error that cut the listing short (None when the tar is whole). A damaged tar keeps
+    the members before the damage, less the last one listed (it may itself be cut off)."""
+    out: list[tuple[str, int, int]] = []
+    try:
+        with tarfile.open(path, "r:") as tf:
+            for m in tf:
+                if m.isfile() and Path(m.name).suffix.lower() in exts:
+                    out.append((m.name, m.offset_data, m.size))
+    except (tarfile.TarError, OSError) as exc:
+        return out[:-1], str(exc)
+    return out, None
+
+
+def read_member(path: str, offset: int, size: int) -> bytes:
+    with open(path, "rb") as f:
+        f.seek(int(offset))
+        return f.read(int(size))
 
 
 class ShardWriter:
     """Write ``{key}.{ext}`` members into ``path`` atomically (temp file + rename on close)."""
 
-    def __init__(self, path: Path):
+    def __init__(self, path: str | Path):
         self.path = Path(path)
         self.tmp = temp_path(self.path)
         self._f = open(self.tmp, "wb")
@@ -74,51 +189,3 @@ class ShardWriter:
             self.close()
         else:
             self.abort()
-
-
-def find_shards(spec: str | Path) -> list[Path]:
-    """Shard files of a folder (``*.tar``), a single tar, or a brace/glob pattern."""
-    from synthgen.backgrounds import _expand
-    from synthgen.errors import UserError
-
-    out: list[Path] = []
-    for p in _expand(str(spec)):
-        if p.is_dir():
-            out.extend(sorted(q for q in p.glob("*.tar") if not q.name.startswith(".")))
-        elif p.is_file():
-            out.append(p)
-        else:
-            raise UserError(f"shards not found: {p}")
-    if not out:
-        raise UserError(f"no .tar shards in {spec}")
-    return out
-
-
-def iter_samples(shards: Iterable[Path], want: tuple[str, ...] = ("jpg", "json")) -> Iterator[dict[str, Any]]:
-    """Samples ``{"__key__", ext: bytes}`` of WebDataset tars, in order, reading only ``want``."""
-    for shard in shards:
-        try:
-            yield from _iter_tar(shard, want)
-        except (tarfile.TarError, OSError) as exc:
-            from synthgen.errors import UserError
-
-            raise UserError(f"cannot read shard {shard}: {exc}") from None
-
-
-def _iter_tar(shard: Path, want: tuple[str, ...]) -> Iterator[dict[str, Any]]:
-    with tarfile.open(shard, "r:") as tf:
-        cur: dict[str, Any] = {}
-        for m in tf:
-            if not m.isfile():
-                continue
-            base = m.name.rsplit("/", 1)[-1]
-            key, _, ext = base.partition(".")
-            if cur and cur["__key__"] != key:
-                yield cur
-                cur = {}
-            if not cur:
-                cur = {"__key__": key, "__shard__": str(shard)}
-            if ext in want:
-                cur[ext] = tf.extractfile(m).read()
-        if cur:
-            yield cur

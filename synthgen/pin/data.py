@@ -21,89 +21,26 @@ Workers yield uint8 images (normalisation happens on the device) plus token ids 
 
 from __future__ import annotations
 
-import glob
 import io
-import json
-import os
-import tarfile
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Iterator, Sequence
 
 import numpy as np
 import torch
 from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
-from synthgen import SCENE_SCHEMA
-from synthgen.boxes import format_box
-from synthgen.errors import UserError
-
-
-# --- shard lists ---------------------------------------------------------------------------
-
-def list_shards(spec: str | os.PathLike | Sequence[str]) -> list[str]:
-    """Shard URLs from a directory (its ``*.tar``), a glob, a brace pattern, a file or a list."""
-    if isinstance(spec, (list, tuple)):
-        out: list[str] = []
-        for s in spec:
-            out += list_shards(s)
-        return out
-    s = str(spec)
-    if "://" in s or s.startswith("pipe:"):
-        import braceexpand
-        return list(braceexpand.braceexpand(s))
-    p = Path(s)
-    if p.is_dir():
-        shards = sorted(str(x) for x in p.glob("*.tar"))
-        if not shards:
-            raise UserError(f"no .tar shards in {s}")
-        return shards
-    if p.is_file():
-        return [s]
-    import braceexpand
-    shards = sorted({x for pat in braceexpand.braceexpand(s) for x in glob.glob(pat)})
-    if not shards:
-        raise UserError(f"no shards match {s}")
-    return shards
-
-
-def _open(url: str):
-    if os.path.exists(url):
-        return open(url, "rb")
-    from webdataset.gopen import gopen
-    return gopen(url, "rb")
-
-
-def iter_tar(url: str) -> Iterator[dict]:
-    """Raw samples ``{"__key__", ext: bytes}`` of one WebDataset tar, in file order."""
-    current: dict | None = None
-    with _open(url) as f, tarfile.open(fileobj=f, mode="r|*") as tar:
-        for m in tar:
-            if not m.isfile():
-                continue
-            d, base = os.path.split(m.name)
-            if base.startswith("."):
-                continue
-            key, _, ext = base.partition(".")
-            key = f"{d}/{key}" if d else key
-            data = tar.extractfile(m).read()
-            if current is None or current["__key__"] != key:
-                if current is not None:
-                    yield current
-                current = {"__key__": key, "__url__": url}
-            current[ext] = data
-    if current is not None:
-        yield current
+from synthgen.errors import CarriedError, UserError, recover
+from synthgen.grounding import format_box
+from synthgen.schema import SceneRecord
+from synthgen.shards import iter_tar
 
 
 def read_header(shards: Sequence[str]) -> dict:
     """The json of the first scene of the first shard (canvas size, grid, schema)."""
-    for sample in iter_tar(shards[0]):
+    for sample in iter_tar(shards[0], want=("json",)):
         if "json" in sample:
-            meta = json.loads(sample["json"])
-            if meta.get("schema") != SCENE_SCHEMA:
-                raise UserError(f"{shards[0]}: schema {meta.get('schema')!r}, expected {SCENE_SCHEMA!r}")
-            return meta
+            rec = SceneRecord.from_json(sample["json"], f"{shards[0]}: scene {sample['__key__']}")
+            return rec.to_dict()
     raise UserError(f"{shards[0]}: no scene json found")
 
 
@@ -133,13 +70,6 @@ def _image_bytes(sample: dict) -> bytes:
         if ext in sample:
             return sample[ext]
     raise UserError(f"{sample.get('__url__')}: sample {sample['__key__']} has no image")
-
-
-def scene_query(meta: dict, index: int) -> tuple[str, list[float], str]:
-    """``(referral, box, answer)`` for object ``index`` of a scene json."""
-    obj = meta["objects"][index]
-    referral = obj.get("referral") or obj["category"]
-    return referral, [float(v) for v in obj["box"]], format_box(obj["box"])
 
 
 # --- training stream -----------------------------------------------------------------------
@@ -239,13 +169,10 @@ class SceneStream(IterableDataset):
             epoch += 1
 
     def _decode(self, raw: dict, split: int, epoch: int, pos: int) -> dict:
-        meta = json.loads(raw["json"])
-        objects = meta.get("objects") or []
-        if not objects:
-            raise UserError(f"{raw.get('__url__')}: scene {raw['__key__']} has no objects")
-        target = int(_rng(self.cfg.seed, epoch, split, pos, 2).integers(len(objects)))
-        referral, box, answer = scene_query(meta, target)
-        ids, labels = self.codec.encode(referral, answer, name_loss=self.cfg.name_loss)
+        rec = _record(raw)
+        target = int(_rng(self.cfg.seed, epoch, split, pos, 2).integers(len(rec.objects)))
+        referral, box = rec.query(target)
+        ids, labels = self.codec.encode(referral, format_box(box), name_loss=self.cfg.name_loss)
         return {"pixels": decode_image(_image_bytes(raw), self.cfg.image_size),
                 "ids": ids, "labels": labels, "box": box, "key": raw["__key__"]}
 
@@ -275,46 +202,24 @@ class SceneStream(IterableDataset):
         done = max(0, -(-(self.start_batch - logical) // n_workers))  # batches b<s with b%W==l
         split = self.cfg.rank * n_workers + logical
         n_splits = self.cfg.world_size * n_workers
-        yield from self.batches(split, n_splits, skip_batches=done)
-
-
-def worker_error_message(exc: BaseException) -> str:
-    """The original message of an exception re-raised by a DataLoader worker.
-
-    torch re-raises a worker's exception in the main process as the same type with the message
-    ``Caught X in DataLoader worker process N.`` + ``Original Traceback ...``; the original
-    message is what follows ``Type: `` after the last traceback in that text.
-    """
-    text = str(exc)
-    if not text.startswith("Caught ") or "Traceback (most recent call last):" not in text:
-        return text
-    lines = text.rsplit("Traceback (most recent call last):", 1)[1].splitlines()
-    rest = [ln for ln in lines if ln.strip()]
-    while rest and rest[0][:1].isspace():  # the frames ("  File ...", code lines)
-        rest.pop(0)
-    if not rest:
-        return text
-    first = rest[0].partition(": ")[2] if ": " in rest[0] else ""
-    return " ".join(x.strip() for x in [first, *rest[1:]] if x.strip())
+        try:
+            yield from self.batches(split, n_splits, skip_batches=done)
+        except UserError as exc:
+            if info is None:
+                raise
+            yield CarriedError.of(exc)  # to the main process as a value: no worker traceback
 
 
 class SceneLoader(DataLoader):
-    """The DataLoader of a :class:`SceneStream`; a :class:`UserError` raised in a worker process
-    comes out as the one-line UserError it was (not torch's multi-line re-raise)."""
+    """The DataLoader of a :class:`SceneStream`; a :class:`UserError` in a worker process comes
+    out as the one-line UserError it was (the worker sends it as a :class:`CarriedError`)."""
 
     def __iter__(self):
         it = super().__iter__()
         try:
-            while True:
-                message = None
-                try:
-                    batch = next(it)
-                except StopIteration:
-                    return
-                except UserError as exc:
-                    message = worker_error_message(exc)
-                if message is not None:  # raised outside the except: no chained worker traceback
-                    raise UserError(message)
+            for batch in it:
+                if isinstance(batch, CarriedError):
+                    raise recover(batch)
                 yield batch
         finally:
             # stop the workers now: after a worker error torch's iterator is left in a reference
@@ -333,16 +238,23 @@ def make_loader(cfg: StreamConfig, codec, *, workers: int = 0, start_batch: int 
 
 # --- evaluation on scene shards ------------------------------------------------------------
 
+def _record(raw: dict) -> SceneRecord:
+    where = f"{raw.get('__url__')}: scene {raw['__key__']}"
+    if "json" not in raw:
+        raise UserError(f"{where} has no json")
+    return SceneRecord.from_json(raw["json"], where)
+
+
 def iter_scene_queries(shards: Sequence[str], limit: int | None = None, image_size: int | None = None
                        ) -> Iterator[tuple[torch.Tensor, str, list[float], str]]:
     """``(image uint8 [3,H,W], referral, box, key)`` for every object of every scene, in order."""
     n = 0
     for url in shards:
         for raw in iter_tar(url):
-            meta = json.loads(raw["json"])
+            rec = _record(raw)
             img = decode_image(_image_bytes(raw), image_size)
-            for i in range(len(meta.get("objects") or [])):
-                referral, box, _ = scene_query(meta, i)
+            for i in range(len(rec.objects)):
+                referral, box = rec.query(i)
                 yield img, referral, box, raw["__key__"]
                 n += 1
                 if limit is not None and n >= limit:

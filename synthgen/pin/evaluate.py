@@ -1,15 +1,18 @@
-"""Evaluation of a trained PIN (SPEC §4, the authors' protocol) and single-image prediction.
+"""Evaluation of a trained PIN (the authors' protocol) on COCO-format sets, RefCOCO and scenes.
 
 COCO-format sets (COCO val2017, LVIS v1 val, PASCAL VOC converted to COCO json): keep images with
 ``1..max_objects`` annotations, one query per annotated object with its class name
-(``In the image is a {class} located at``), images squashed to the square canvas, boxes scaled
-the same way, size buckets on the scaled boxes (medium: area in [(32s)^2, (96s)^2), large:
->= (96s)^2, s = canvas/224). LVIS images, which have no ``file_name``, are found by their
-``coco_url`` (``val2017/NAME.jpg`` under ``--images``, or ``NAME.jpg``). Beam search, 3 beams, <= 12 new tokens; output without a parseable
-box counts as the one-cell box at the origin (authors' rule) and is counted separately.
+(``In the image is a {class} located at``), images squashed to the square canvas by
+:func:`synthgen.images.fit_square` (the resampling compose uses), boxes scaled the same way, size
+buckets on the scaled boxes (:mod:`.protocol`). LVIS images, which have no ``file_name``, are
+found by their ``coco_url`` (``val2017/NAME.jpg`` under ``--images``, or ``NAME.jpg``). Beam
+search, 3 beams, <= 12 new tokens; output without a parseable box counts as the one-cell box at
+the origin (authors' rule) and is counted separately.
 
 RefCOCO: P@0.3 (share of expressions with IoU >= 0.3) and mIoU, the refs pickle read by a
 restricted unpickler that admits only plain containers.
+
+Every set is scored by one helper, :func:`score_queries` (model or random baseline).
 """
 
 from __future__ import annotations
@@ -19,67 +22,17 @@ import json
 import os
 import pickle
 from collections import defaultdict
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterable, Sequence
+from typing import Iterable, Iterator, Sequence
 
 import numpy as np
 
-from synthgen.atomic import atomic_write
-from synthgen.boxes import area, article, format_box, iou, parse_box, scale_box
 from synthgen.errors import UserError
+from synthgen.grounding import iou, query_prompt, scale_box
+from synthgen.pin.protocol import box_from_text, random_box, size_bucket, summarize
+from synthgen.rundir import atomic_write
 
-BUCKETS = ("small", "medium", "large")
-
-
-# --- pure maths ----------------------------------------------------------------------------
-
-def one_cell_box(canvas: int, grid: int) -> list[float]:
-    c = canvas / grid
-    return [0.0, 0.0, c, c]
-
-
-def box_from_text(text: str, canvas: int, grid: int) -> tuple[list[float], bool]:
-    """The predicted box and whether it was parseable (else the one-cell box at the origin)."""
-    box = parse_box(text)
-    if box is None:
-        return one_cell_box(canvas, grid), False
-    return box, True
-
-
-def size_bucket(box: Sequence[float], canvas: int) -> str:
-    """COCO size bucket of a box already scaled to the canvas, thresholds scaled by canvas/224."""
-    s = canvas / 224.0
-    a = area(box)
-    if a < (32 * s) ** 2:
-        return "small"
-    if a < (96 * s) ** 2:
-        return "medium"
-    return "large"
-
-
-def random_box(rng: np.random.Generator, canvas: int, grid: int) -> list[float]:
-    """Random-box baseline: corners drawn uniformly on the grid lines, non-empty."""
-    cell = canvas / grid
-    xs = np.sort(rng.choice(grid + 1, size=2, replace=False)) * cell
-    ys = np.sort(rng.choice(grid + 1, size=2, replace=False)) * cell
-    return [float(xs[0]), float(ys[0]), float(xs[1]), float(ys[1])]
-
-
-def summarize(records: Iterable[dict], threshold: float = 0.3) -> dict:
-    """n, mIoU overall and per bucket (``miou_M``, ``miou_L``, ``miou_S``), unparseable count,
-    and P@threshold, from records with ``iou``, ``bucket`` and ``parsed``."""
-    recs = list(records)
-    out: dict = {"n": len(recs)}
-    ious = [r["iou"] for r in recs]
-    out["miou"] = float(np.mean(ious)) if ious else float("nan")
-    for name, tag in (("small", "S"), ("medium", "M"), ("large", "L")):
-        b = [r["iou"] for r in recs if r.get("bucket") == name]
-        out[f"n_{tag}"] = len(b)
-        out[f"miou_{tag}"] = float(np.mean(b)) if b else float("nan")
-    out["unparseable"] = sum(1 for r in recs if not r.get("parsed", True))
-    out[f"p@{threshold}"] = float(np.mean([i >= threshold for i in ious])) if ious else float("nan")
-    return out
+BASELINES = ("random",)
 
 
 # --- restricted unpickler ------------------------------------------------------------------
@@ -110,55 +63,7 @@ def safe_load_pickle(data: bytes | str | os.PathLike):
         raise UserError(f"unsafe or corrupt pickle: {exc}") from None
 
 
-# --- runs ----------------------------------------------------------------------------------
-
-@dataclass
-class Run:
-    dir: Path
-    meta: dict
-
-    @property
-    def canvas(self) -> int:
-        return int(self.meta["canvas"])
-
-    @property
-    def grid(self) -> int:
-        return int(self.meta["grid"])
-
-
-def read_run(run_dir: str | os.PathLike) -> Run:
-    d = Path(run_dir)
-    meta_path = d / "pin.json"
-    if not meta_path.is_file():
-        raise UserError(f"{d} is not a PIN run: no pin.json")
-    return Run(d, json.loads(meta_path.read_text()))
-
-
-def load_run(run_dir: str | os.PathLike, model: str | None = None, device: str | None = None):
-    """``(run, adapter)``: the frozen VLM of the run with its trained PIN attached."""
-    import torch
-    from safetensors.torch import load_file
-
-    from synthgen.pin.adapters import load_adapter
-    from synthgen.pin.module import PIN
-
-    run = read_run(run_dir)
-    dev = device or ("cuda" if torch.cuda.is_available() else "cpu")
-    dtype = torch.float32 if dev == "cpu" else torch.bfloat16
-    adapter = load_adapter(run.meta["vlm"], model or run.meta["model"], device=dev, dtype=dtype)
-    pin = PIN.from_config(run.meta["pin"])
-    pin.load_state_dict(load_file(str(run.dir / "pin.safetensors")))
-    pin.to(adapter.device).eval()
-    if (pin.num_positions, pin.out_dim) != (adapter.num_positions, adapter.vision_width):
-        raise UserError(f"PIN of {run.dir} is {pin.num_positions}x{pin.out_dim} but "
-                        f"{adapter.model_id} has {adapter.num_positions}x{adapter.vision_width} vision tokens")
-    if adapter.input_size != run.canvas:
-        raise UserError(f"run canvas {run.canvas} != {adapter.model_id} input size {adapter.input_size}")
-    for p in pin.parameters():
-        p.requires_grad_(False)
-    adapter.attach_pin(pin)
-    return run, adapter
-
+# --- scoring -------------------------------------------------------------------------------
 
 def generate_boxes(adapter, images: Sequence, referrals: Sequence[str], *, canvas: int, grid: int,
                    batch_size: int = 16, num_beams: int = 3, max_new_tokens: int = 12,
@@ -177,20 +82,49 @@ def generate_boxes(adapter, images: Sequence, referrals: Sequence[str], *, canva
     return out
 
 
-def squash(path: str | os.PathLike, canvas: int):
-    """Image file -> (uint8 ``[3,canvas,canvas]`` tensor, original (w, h))."""
-    import torch
-    from PIL import Image
+def score_queries(items: Iterable[tuple[object, str, list[float], dict]], adapter, *, canvas: int,
+                  grid: int, batch_size: int = 16, num_beams: int = 3, max_new_tokens: int = 12,
+                  art: str | None = None, rng: np.random.Generator | None = None) -> list[dict]:
+    """One record per ``(image uint8 [3,H,W], text, ground-truth box on the canvas, fields)``:
+    ``fields`` + predicted box, IoU, size bucket, whether the answer parsed, the raw output.
+    ``adapter`` None scores the random-box baseline (drawn from ``rng``)."""
+    records: list[dict] = []
+    chunk: list[tuple[object, str, list[float], dict]] = []
 
-    with Image.open(path) as im:
-        im = im.convert("RGB")
-        size = im.size
-        im = im.resize((canvas, canvas), Image.BICUBIC)
-        arr = np.asarray(im).copy()
+    def flush() -> None:
+        if adapter is None:
+            preds = [("", random_box(rng, canvas, grid), True) for _ in chunk]
+        else:
+            preds = generate_boxes(adapter, [c[0] for c in chunk], [c[1] for c in chunk],
+                                   canvas=canvas, grid=grid, batch_size=batch_size,
+                                   num_beams=num_beams, max_new_tokens=max_new_tokens, art=art)
+        for (_, _, gt, fields), (text, box, ok) in zip(chunk, preds):
+            records.append({**fields, "pred_box": [round(v, 2) for v in box],
+                            "gt_box": [round(v, 2) for v in gt], "iou": iou(box, gt),
+                            "bucket": size_bucket(gt, canvas), "parsed": ok, "output": text})
+        chunk.clear()
+
+    for item in items:
+        chunk.append(item)
+        if len(chunk) >= batch_size:
+            flush()
+    if chunk:
+        flush()
+    return records
+
+
+def canvas_tensor(path: Path, canvas: int):
+    """An evaluation image as uint8 ``[3, canvas, canvas]`` (stored pixel grid: the annotations'),
+    and its size."""
+    import torch
+
+    from synthgen.images import load_canvas
+
+    arr, size = load_canvas(path, canvas, orient=False, what=f"image {path}")
     return torch.from_numpy(arr).permute(2, 0, 1).contiguous(), size
 
 
-# --- COCO-format evaluation ----------------------------------------------------------------
+# --- COCO-format sets ----------------------------------------------------------------------
 
 def image_file_name(img: dict) -> str:
     """The image's path relative to the set's image root: COCO's ``file_name``, or for LVIS
@@ -246,99 +180,75 @@ def _write_outputs(records: list[dict], metrics: dict, out: Path) -> Path:
 
 def _run_and_adapter(run_dir, baseline: str | None, model: str | None, device: str | None):
     """The run's description, and the VLM with PIN attached unless the baseline needs none."""
+    from synthgen.pin.checkpoint import load_run, read_run
+
+    if baseline not in (None, *BASELINES):
+        raise UserError(f"unknown --baseline {baseline!r}; the only baseline is 'random'")
     if baseline == "random":
         return read_run(run_dir), None
     return load_run(run_dir, model=model, device=device)
+
+
+def _finish(records: list[dict], extra: dict, out_path: Path) -> dict:
+    metrics = summarize(records)
+    metrics.update(extra)
+    metrics["metrics_file"] = str(_write_outputs(records, metrics, out_path))
+    metrics["preds_file"] = str(out_path)
+    return metrics
 
 
 def evaluate_coco(run_dir, coco_json, images_dir, *, max_objects: int = 3, out=None,
                   baseline: str | None = None, model: str | None = None, batch_size: int = 16,
                   limit: int | None = None, article_mode: str = "a", seed: int = 0,
                   num_beams: int = 3, max_new_tokens: int = 12, device: str | None = None) -> dict:
-    """Run the §4 protocol; write ``preds.jsonl`` + ``metrics.json``; return the metrics."""
+    """Run the protocol on a COCO-format set; write ``preds.jsonl`` + ``metrics.json``; return
+    the metrics."""
     coco_path = Path(coco_json)
     if not coco_path.is_file():
         raise UserError(f"no such COCO json: {coco_path}")
     images_dir = Path(images_dir)
     if not images_dir.is_dir():
         raise UserError(f"no such image directory: {images_dir}")
-    if baseline not in (None, "random"):
-        raise UserError(f"unknown --baseline {baseline!r}; the only baseline is 'random'")
     if article_mode not in ("a", "auto"):
         raise UserError("--article must be 'a' or 'auto'")
     try:
-        coco = json.loads(coco_path.read_text())
-        queries = coco_queries(coco, max_objects)
+        queries = coco_queries(json.loads(coco_path.read_text()), max_objects)
     except (KeyError, TypeError, ValueError) as exc:
         raise UserError(f"{coco_path} is not a COCO instances json ({type(exc).__name__}: {exc})") from None
-    if limit is not None:
-        queries = queries[:limit]
+    queries = queries[:limit] if limit is not None else queries
     if not queries:
         raise UserError(f"{coco_path}: no image has 1..{max_objects} annotated objects")
-
     run, adapter = _run_and_adapter(run_dir, baseline, model, device)
-    canvas, grid = run.canvas, run.grid
-    rng = np.random.default_rng(seed)
+    art = "a" if article_mode == "a" else None
 
-    def text_for(cat: str) -> tuple[str, str]:
-        art = article(cat) if article_mode == "auto" else "a"
-        return f"In the image is {art} {cat} located at", cat
+    def items() -> Iterator[tuple]:
+        cached: tuple[str, object] | None = None
+        for q in queries:
+            fn = q["file_name"]
+            if cached is None or cached[0] != fn:
+                path = find_image(images_dir, fn)
+                if path is None:
+                    also = f" (nor {images_dir / Path(fn).name})" if Path(fn).name != fn else ""
+                    raise UserError(f"image {images_dir / fn}{also} listed in {coco_path.name} not found")
+                cached = (fn, canvas_tensor(path, run.canvas)[0])
+            gt = scale_box(q["box_xyxy"], run.canvas / q["width"], run.canvas / q["height"])
+            fields = {"image_id": q["image_id"], "category": q["category"],
+                      "query": query_prompt(q["category"], art)}
+            yield cached[1], q["category"], gt, fields
 
-    records = []
-    cache: dict[str, object] = {}
-    pending: list[tuple[dict, object, list[float]]] = []
-
-    def flush():
-        if not pending:
-            return
-        if adapter is None:
-            preds = [("", random_box(rng, canvas, grid), True) for _ in pending]
-        else:
-            preds = generate_boxes(adapter, [im for _, im, _ in pending],
-                                   [q["category"] for q, _, _ in pending], canvas=canvas, grid=grid,
-                                   batch_size=batch_size, num_beams=num_beams,
-                                   max_new_tokens=max_new_tokens,
-                                   art="a" if article_mode == "a" else None)
-        for (q, _, gt), (text, box, ok) in zip(pending, preds):
-            records.append({
-                "image_id": q["image_id"], "category": q["category"], "query": text_for(q["category"])[0],
-                "pred_box": [round(v, 2) for v in box], "gt_box": [round(v, 2) for v in gt],
-                "iou": iou(box, gt), "bucket": size_bucket(gt, canvas), "parsed": ok, "output": text,
-            })
-        pending.clear()
-
-    for q in queries:
-        fn = q["file_name"]
-        if fn not in cache:
-            path = find_image(images_dir, fn)
-            if path is None:
-                tried = images_dir / fn
-                also = f" (nor {images_dir / Path(fn).name})" if Path(fn).name != fn else ""
-                raise UserError(f"image {tried}{also} listed in {coco_path.name} not found")
-            cache.clear()
-            cache[fn] = squash(path, canvas)[0]
-        sx, sy = canvas / q["width"], canvas / q["height"]
-        pending.append((q, cache[fn], scale_box(q["box_xyxy"], sx, sy)))
-        if len(pending) >= batch_size:
-            flush()
-    flush()
-
-    metrics = summarize(records)
-    metrics.update({"set": str(coco_path), "images": len({r["image_id"] for r in records}),
-                    "max_objects": max_objects, "canvas": canvas, "grid": grid,
-                    "baseline": baseline, "run": str(run.dir)})
-    out_path = Path(out) if out else run.dir / "eval" / coco_path.stem / "preds.jsonl"
-    metrics["metrics_file"] = str(_write_outputs(records, metrics, out_path))
-    metrics["preds_file"] = str(out_path)
-    return metrics
+    records = score_queries(items(), adapter, canvas=run.canvas, grid=run.grid, batch_size=batch_size,
+                            num_beams=num_beams, max_new_tokens=max_new_tokens, art=art,
+                            rng=np.random.default_rng(seed))
+    extra = {"set": str(coco_path), "images": len({r["image_id"] for r in records}),
+             "max_objects": max_objects, "canvas": run.canvas, "grid": run.grid,
+             "baseline": baseline, "run": str(run.dir)}
+    return _finish(records, extra, Path(out) if out else run.dir / "eval" / coco_path.stem / "preds.jsonl")
 
 
 # --- RefCOCO -------------------------------------------------------------------------------
 
-def evaluate_refcoco(run_dir, refcoco_dir, images_dir, *, split: str = "testA", out=None,
-                     model: str | None = None, batch_size: int = 16, limit: int | None = None,
-                     baseline: str | None = None, seed: int = 0, device: str | None = None) -> dict:
-    """P@0.3 and mIoU on a RefCOCO split (``refs(unc).p`` + ``instances.json`` in ``refcoco_dir``)."""
+def refcoco_queries(refcoco_dir: Path, split: str) -> tuple[list[dict], Path]:
+    """One query per referring expression of ``split`` (``refs(unc).p`` + ``instances.json``)."""
     d = Path(refcoco_dir)
     refs_file = next((p for p in (d / "refs(unc).p", d / "refs(google).p") if p.is_file()), None)
     if refs_file is None:
@@ -361,41 +271,34 @@ def evaluate_refcoco(run_dir, refcoco_dir, images_dir, *, split: str = "testA", 
             queries.append({"image_id": r["image_id"], "ref_id": r["ref_id"], "file_name": im["file_name"],
                             "width": im["width"], "height": im["height"], "sentence": s["sent"],
                             "box_xyxy": [x, y, x + w, y + h]})
-    if limit is not None:
-        queries = queries[:limit]
+    return queries, refs_file
+
+
+def evaluate_refcoco(run_dir, refcoco_dir, images_dir, *, split: str = "testA", out=None,
+                     model: str | None = None, batch_size: int = 16, limit: int | None = None,
+                     baseline: str | None = None, seed: int = 0, device: str | None = None) -> dict:
+    """P@0.3 and mIoU on a RefCOCO split (``refs(unc).p`` + ``instances.json`` in ``refcoco_dir``)."""
+    queries, refs_file = refcoco_queries(Path(refcoco_dir), split)
+    queries = queries[:limit] if limit is not None else queries
     if not queries:
         raise UserError(f"{refs_file}: no referring expressions in split {split!r}")
     run, adapter = _run_and_adapter(run_dir, baseline, model, device)
-    canvas, grid = run.canvas, run.grid
-    rng = np.random.default_rng(seed)
-    records = []
     images_dir = Path(images_dir)
-    for i in range(0, len(queries), batch_size):
-        chunk = queries[i:i + batch_size]
-        gts, ims = [], []
-        for q in chunk:
+
+    def items() -> Iterator[tuple]:
+        for q in queries:
             path = images_dir / q["file_name"]
             if not path.is_file():
                 raise UserError(f"image {path} not found")
-            ims.append(squash(path, canvas)[0])
-            gts.append(scale_box(q["box_xyxy"], canvas / q["width"], canvas / q["height"]))
-        if adapter is None:
-            preds = [("", random_box(rng, canvas, grid), True) for _ in chunk]
-        else:
-            preds = generate_boxes(adapter, ims, [q["sentence"] for q in chunk], canvas=canvas,
-                                   grid=grid, batch_size=batch_size)
-        for q, gt, (text, box, ok) in zip(chunk, gts, preds):
-            records.append({"image_id": q["image_id"], "ref_id": q["ref_id"], "query": q["sentence"],
-                            "pred_box": [round(v, 2) for v in box], "gt_box": [round(v, 2) for v in gt],
-                            "iou": iou(box, gt), "bucket": size_bucket(gt, canvas), "parsed": ok,
-                            "output": text})
-    metrics = summarize(records)
-    metrics.update({"set": f"refcoco:{split}", "canvas": canvas, "grid": grid, "run": str(run.dir),
-                    "baseline": baseline})
-    out_path = Path(out) if out else run.dir / "eval" / f"refcoco-{split}" / "preds.jsonl"
-    metrics["metrics_file"] = str(_write_outputs(records, metrics, out_path))
-    metrics["preds_file"] = str(out_path)
-    return metrics
+            gt = scale_box(q["box_xyxy"], run.canvas / q["width"], run.canvas / q["height"])
+            fields = {"image_id": q["image_id"], "ref_id": q["ref_id"], "query": q["sentence"]}
+            yield canvas_tensor(path, run.canvas)[0], q["sentence"], gt, fields
+
+    records = score_queries(items(), adapter, canvas=run.canvas, grid=run.grid, batch_size=batch_size,
+                            rng=np.random.default_rng(seed))
+    extra = {"set": f"refcoco:{split}", "canvas": run.canvas, "grid": run.grid, "run": str(run.dir),
+             "baseline": baseline}
+    return _finish(records, extra, Path(out) if out else run.dir / "eval" / f"refcoco-{split}" / "preds.jsonl")
 
 
 # --- scene shards (validation during training) ---------------------------------------------
@@ -405,41 +308,7 @@ def evaluate_scenes(adapter, shards: Sequence[str], *, canvas: int, grid: int, l
     """mIoU over every object of the first scenes of ``shards`` (one query per object)."""
     from synthgen.pin.data import iter_scene_queries
 
-    items = list(iter_scene_queries(shards, limit=limit, image_size=canvas))
-    preds = generate_boxes(adapter, [x[0] for x in items], [x[1] for x in items], canvas=canvas,
-                           grid=grid, batch_size=batch_size, num_beams=num_beams,
-                           max_new_tokens=max_new_tokens)
-    recs = [{"iou": iou(box, it[2]), "bucket": size_bucket(it[2], canvas), "parsed": ok}
-            for it, (_, box, ok) in zip(items, preds)]
-    return summarize(recs)
-
-
-# --- predict -------------------------------------------------------------------------------
-
-def predict(run_dir, image, text: str, *, out=None, model: str | None = None,
-            device: str | None = None) -> dict:
-    """Box for ``text`` in ``image`` (original pixels); draws it to ``out`` when given."""
-    from PIL import Image, ImageDraw
-
-    path = Path(image)
-    if not path.is_file():
-        raise UserError(f"no such image: {path}")
-    if not text.strip():
-        raise UserError("the object text is empty")
-    run, adapter = load_run(run_dir, model=model, device=device)
-    px, (w, h) = squash(path, run.canvas)
-    (raw, box, ok), = generate_boxes(adapter, [px], [text.strip()], canvas=run.canvas, grid=run.grid)
-    orig = scale_box(box, w / run.canvas, h / run.canvas)
-    result = {"text": text, "output": raw, "parsed": ok, "box_canvas": box,
-              "box": [round(v, 1) for v in orig], "box_text": format_box(orig)}
-    if out:
-        with Image.open(path) as im:
-            im = im.convert("RGB")
-            draw = ImageDraw.Draw(im)
-            lw = max(2, round(min(w, h) / 150))
-            draw.rectangle([orig[0], orig[1], orig[2] - 1, orig[3] - 1], outline=(255, 32, 32), width=lw)
-            draw.text((orig[0] + lw + 1, orig[1] + lw + 1), text, fill=(255, 32, 32))
-            Path(out).parent.mkdir(parents=True, exist_ok=True)
-            im.save(out)
-        result["drawn"] = str(out)
-    return result
+    items = ((img, ref, box, {}) for img, ref, box, _key in
+             iter_scene_queries(shards, limit=limit, image_size=canvas))
+    return summarize(score_queries(items, adapter, canvas=canvas, grid=grid, batch_size=batch_size,
+                                   num_beams=num_beams, max_new_tokens=max_new_tokens))

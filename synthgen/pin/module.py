@@ -10,14 +10,12 @@ initialised from the sinusoid). ``psi`` is the authors' MLP
 
 from __future__ import annotations
 
-import math
 from typing import Sequence
 
 import torch
 from torch import nn
 
-ACTIVATIONS = ("silu", "swiglu")
-TABLES = ("sinusoid", "learned")
+from synthgen.pin.config import ACTIVATIONS, TABLES
 
 
 def sinusoid_table(num_positions: int, dim: int) -> torch.Tensor:
@@ -116,8 +114,3 @@ def describe(pin: PIN) -> str:
     return (f"PIN: {n:,} parameters ({n / 1e6:.2f}M), table={pin.table_type}[{pin.num_positions}x"
             f"{pin.table_dim}], MLP {pin.table_dim}->{'->'.join(map(str, pin.hidden))}->{pin.out_dim}, "
             f"act={pin.activation}")
-
-
-def _check() -> None:  # pragma: no cover - quick manual check
-    p = PIN(257, 1024)
-    print(describe(p), math.isclose(p.num_parameters(), 1.2e6, rel_tol=0.05))

@@ -66,7 +66,7 @@ def _init_expressive(model) -> None:
     from torch import nn
 
     with torch.no_grad():
-        for name, mod in model.named_modules():
+        for _name, mod in model.named_modules():
             if isinstance(mod, (nn.Linear, nn.Conv2d)):
                 fan_in = mod.weight[0].numel()
                 mod.weight.normal_(0.0, fan_in ** -0.5)
@@ -155,8 +155,7 @@ def build_tiny_blip2(
     stay random. ``lm_steps=0`` skips it.
     """
     import torch
-    from transformers import (Blip2Config, Blip2ForConditionalGeneration, Blip2Processor,
-                              BlipImageProcessor)
+    from transformers import Blip2Config, Blip2ForConditionalGeneration, Blip2Processor, BlipImageProcessor
 
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)

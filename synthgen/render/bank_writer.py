@@ -7,7 +7,8 @@ Layout of ``BANK/``:
   finished iff this file exists; it is written last, atomically, after the category's PNGs.
 - ``index.jsonl``, ``render_stats.json``, ``LVIS_instance_pools.json``: rebuilt from the finished
   categories (atomically: temp file + rename), so they never hold duplicates or half lines.
-- ``render_config.json``: the settings that determine the objects; a re-run must match them.
+- ``render_config.json``: the settings that determine the objects; a re-run must match them
+  (:meth:`synthgen.rundir.RunFolder.check_identity`).
 
 Every file is written to a temporary name in the same folder and renamed into place.
 """
@@ -21,13 +22,13 @@ from typing import Iterable
 
 import numpy as np
 
-from synthgen.atomic import atomic_write, remove_stale_temps
-
-CATEGORIES_DIR = "_categories"
-INDEX = "index.jsonl"
-STATS = "render_stats.json"
-POOLS = "LVIS_instance_pools.json"
-CONFIG = "render_config.json"
+from synthgen.errors import UserError
+from synthgen.rundir import atomic_write
+from synthgen.schema import CATEGORIES_DIR
+from synthgen.schema import INDEX_FILE as INDEX
+from synthgen.schema import POOLS_FILE as POOLS
+from synthgen.schema import RENDER_CONFIG_FILE as CONFIG
+from synthgen.schema import RENDER_STATS_FILE as STATS
 
 
 def quantiles(values: Iterable[float]) -> dict[str, float] | None:
@@ -40,22 +41,15 @@ def quantiles(values: Iterable[float]) -> dict[str, float] | None:
 
 
 class BankWriter:
-    """Holds the finished categories of a bank and writes new ones."""
+    """Holds the finished categories of a bank and writes new ones (the caller holds the
+    folder's lock: :class:`~synthgen.rundir.RunFolder`)."""
 
     def __init__(self, root: str | Path):
         self.root = Path(root)
-        if self.root.exists() and not self.root.is_dir():
-            from synthgen.errors import UserError
-
-            raise UserError(f"--out {self.root} exists and is not a folder")
         self.docs: dict[str, dict] = {}
         self._last_flush = 0.0
         if self.root.is_dir():
-            self._clean_temps()
             self._load()
-
-    def _clean_temps(self) -> None:
-        remove_stale_temps(self.root, recursive=True)
 
     def _load(self) -> None:
         d = self.root / CATEGORIES_DIR
@@ -67,22 +61,6 @@ class BankWriter:
                 self.docs[doc["slug"]] = doc
             except (OSError, ValueError, KeyError):
                 continue  # unreadable: the category is rendered again
-
-    # -- config ---------------------------------------------------------------------------------
-
-    def config_diff(self, fingerprint: dict) -> dict | None:
-        """Differences between ``fingerprint`` and the bank's saved settings (None if equal or
-        the bank is new)."""
-        p = self.root / CONFIG
-        if not p.is_file():
-            return None
-        old = json.loads(p.read_text(encoding="utf-8"))
-        diff = {k: (old.get(k), v) for k, v in fingerprint.items() if old.get(k) != v}
-        return diff or None
-
-    def save_config(self, fingerprint: dict) -> None:
-        if not (self.root / CONFIG).is_file():
-            atomic_write(self.root / CONFIG, json.dumps(fingerprint, indent=1, sort_keys=True))
 
     # -- categories -----------------------------------------------------------------------------
 
@@ -134,7 +112,5 @@ def read_index(bank: str | Path) -> list[dict]:
     """All records of a bank's ``index.jsonl``."""
     p = Path(bank) / INDEX
     if not p.is_file():
-        from synthgen.errors import UserError
-
         raise UserError(f"not an object bank (no {INDEX}): {bank}")
     return [json.loads(line) for line in p.read_text(encoding="utf-8").splitlines() if line.strip()]

@@ -29,6 +29,7 @@ from typing import Iterable, Sequence
 
 from synthgen.errors import UserError
 from synthgen.render.classes import COCO_CLASSES, VOC_CLASSES
+from synthgen.schema import clean_name, slugify
 
 LVIS_V1_URL = "https://dl.fbaipublicfiles.com/LVIS/lvis_v1_val.json.zip"
 LVIS_SITE = "https://www.lvisdataset.org/dataset"
@@ -72,17 +73,6 @@ class Selection:
         for reason, n in self.excluded.items():
             parts.append(f"{n} excluded as {reason}")
         return "; ".join(parts)
-
-
-def clean_name(name: str) -> str:
-    """``bow_(weapon)`` -> ``bow (weapon)``: underscores to spaces, spaces collapsed."""
-    return re.sub(r"\s+", " ", name.replace("_", " ")).strip()
-
-
-def slugify(name: str) -> str:
-    """Folder-safe slug: ``bow_(weapon)`` -> ``bow_weapon``."""
-    s = re.sub(r"[^a-z0-9]+", "_", name.lower()).strip("_")
-    return s or "category"
 
 
 def _norm(name: str) -> str:

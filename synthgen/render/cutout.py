@@ -19,7 +19,8 @@ from typing import Sequence
 
 import numpy as np
 
-from synthgen.render.models import ModelLoadError, short
+from synthgen.errors import ModelLoadError
+from synthgen.render.models import short
 
 CUSTOM_SESSIONS = ("u2net_custom", "dis_custom", "ben_custom")
 

@@ -18,12 +18,9 @@ from typing import Sequence
 
 import numpy as np
 
+from synthgen.errors import ModelLoadError
 from synthgen.render.filter import NSFW
-from synthgen.render.models import ModelLoadError, device_of, short
-
-# X-Paste used runwayml/stable-diffusion-v1-5, which was removed from the hub in 2024; this is
-# the official mirror of the same weights.
-DEFAULT_SD_MODEL = "stable-diffusion-v1-5/stable-diffusion-v1-5"
+from synthgen.render.models import device_of, short
 
 
 def _sd_hint(model: str) -> str:
@@ -111,7 +108,6 @@ class Generator:
         import torch
         from diffusers import DiffusionPipeline, DPMSolverMultistepScheduler
         from diffusers.utils import logging as dlogging
-
         from transformers.utils import logging as tlogging
 
         dlogging.disable_progress_bar()  # loading bars; sampling bars are disabled below

@@ -1,13 +1,6 @@
-"""Model-loading errors shared by the generator, the cut-out sessions and the CLIP scorer."""
+"""Helpers shared by the generator, the cut-out sessions and the CLIP scorer."""
 
 from __future__ import annotations
-
-from synthgen.errors import UserError
-
-
-class ModelLoadError(UserError):
-    """A model could not be loaded (no network, wrong id, bad path): one line with its name and
-    how to pass a local copy."""
 
 
 def short(exc: BaseException, limit: int = 400) -> str:

@@ -13,11 +13,9 @@ from typing import Sequence
 
 import numpy as np
 
-from synthgen.render.models import ModelLoadError, device_of, short
-
-DEFAULT_CLIP_MODEL = "ViT-L-14"
-DEFAULT_CLIP_PRETRAINED = "openai"
-CLIP_TEXT = "a photo of {name}"
+from synthgen.errors import ModelLoadError
+from synthgen.render.config import CLIP_TEXT, DEFAULT_CLIP_MODEL, DEFAULT_CLIP_PRETRAINED
+from synthgen.render.models import device_of, short
 
 
 def resolve_clip(model: str, pretrained: str | None) -> tuple[str, str | None]:
@@ -79,8 +77,8 @@ class Scorer:
 
     def __init__(self, model: str = DEFAULT_CLIP_MODEL, pretrained: str | None = DEFAULT_CLIP_PRETRAINED,
                  *, device: str | None = None, batch_size: int = 64, text: str = CLIP_TEXT):
-        import torch
         import open_clip
+        import torch
 
         name, tag = resolve_clip(model, pretrained)
         self.device = device_of(device)

@@ -69,8 +69,7 @@ def build_tiny_sd(out_dir: str | Path, seed: int = 0) -> Path:
     """A real ``StableDiffusionPipeline`` with tiny random UNet/VAE/text encoder, saved with
     ``save_pretrained`` (no safety checker)."""
     import torch
-    from diffusers import (AutoencoderKL, DDIMScheduler, StableDiffusionPipeline,
-                           UNet2DConditionModel)
+    from diffusers import AutoencoderKL, DDIMScheduler, StableDiffusionPipeline, UNet2DConditionModel
     from transformers import CLIPTextConfig, CLIPTextModel, CLIPTokenizer
 
     out = Path(out_dir)

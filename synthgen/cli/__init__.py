@@ -1,0 +1,79 @@
+"""The ``synthgen`` command line: a thin layer over each stage's config and driver.
+
+Each stage registers its commands from a light module (:mod:`.render`, :mod:`.compose`,
+:mod:`.pin`, :mod:`.demo`) that imports typer and the stage's config dataclasses (whose defaults
+the options show); the heavy work is imported inside the command body, so ``synthgen --help``
+is instant. A :class:`~synthgen.errors.UserError` ends a command with one line and status 2.
+"""
+
+from __future__ import annotations
+
+import functools
+import sys
+from typing import Callable, TypeVar
+
+import typer
+
+from synthgen import __version__
+from synthgen.errors import UserError
+
+F = TypeVar("F", bound=Callable)
+
+app = typer.Typer(
+    name="synthgen",
+    help=(
+        "Synthetic grounding data for vision-language models (PIN, CVPR 2024).\n\n"
+        "render: text -> object bank;  compose: objects + backgrounds -> WebDataset scene shards;  "
+        "train-pin: shards -> PIN on a frozen VLM."
+    ),
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+    add_completion=False,
+    context_settings={"help_option_names": ["-h", "--help"]},
+)
+
+
+def user_errors(fn: F) -> F:
+    """Turn :class:`UserError` into a one-line message and exit status 2."""
+
+    @functools.wraps(fn)
+    def wrapper(*args, **kwargs):
+        try:
+            return fn(*args, **kwargs)
+        except UserError as exc:
+            typer.secho(f"error: {exc}", fg=typer.colors.RED, err=True)
+            raise typer.Exit(2) from None
+        except KeyboardInterrupt:
+            typer.secho("interrupted: finished work is kept; re-run the same command to resume (train-pin: with --resume)",
+                        fg=typer.colors.YELLOW, err=True)
+            raise typer.Exit(130) from None
+
+    return wrapper  # type: ignore[return-value]
+
+
+def _version_callback(value: bool) -> None:
+    if value:
+        typer.echo(f"synthgen {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def _root(
+    version: bool = typer.Option(False, "--version", callback=_version_callback, is_eager=True,
+                                 help="Print the version and exit."),
+) -> None:
+    pass
+
+
+def _register() -> None:
+    from synthgen.cli import compose, demo, pin, render
+
+    for stage in (render, compose, pin, demo):
+        stage.register(app, user_errors)
+
+
+_register()
+
+
+def main(argv: list[str] | None = None) -> None:
+    app(args=argv if argv is not None else sys.argv[1:], prog_name="synthgen")

@@ -1,0 +1,145 @@
+"""CLI of the compose stage: ``compose``, ``preview``, ``stats`` and ``export-coco``."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Optional
+
+import typer
+
+from synthgen.cli.common import RAY_ADDRESS_HELP, WORKERS_HELP, csv, floats, options, recipe_option
+from synthgen.compose.config import ComposeParams as P
+from synthgen.compose.config import LayoutParams as L
+
+# options of `compose` that a recipe's `compose:` section may set (what decides the dataset)
+RECIPE_KEYS = ("num_samples", "a_max", "fixed_count", "s_min", "s_max", "o_max", "min_visible",
+               "max_aspect_error", "size", "grid", "same_category_p", "absolute_referral_p",
+               "background_fit", "masks", "samples_per_shard", "jpeg_quality", "seed")
+SAMPLES_PER_SHARD = 1000
+
+
+def compose_job(o: dict):
+    """The :class:`~synthgen.compose.run.ComposeJob` of the command's option values."""
+    from synthgen.compose.config import ComposeParams, LayoutParams
+    from synthgen.compose.run import ComposeJob
+    from synthgen.errors import UserError
+
+    if o["num_samples"] is None:
+        raise UserError("--num-samples is required (or set compose.num_samples in --recipe)")
+    layout = LayoutParams(grid=o["grid"], a_max=o["a_max"], fixed_count=o["fixed_count"],
+                          s_min=floats(o["s_min"], "--s-min"), s_max=floats(o["s_max"], "--s-max"),
+                          o_max=o["o_max"], min_visible=o["min_visible"],
+                          max_aspect_error=o["max_aspect_error"])
+    params = ComposeParams(layout=layout, size=o["size"], same_category_p=o["same_category_p"],
+                           absolute_referral_p=o["absolute_referral_p"],
+                           background_fit=o["background_fit"], masks=o["masks"],
+                           jpeg_quality=o["jpeg_quality"], seed=o["seed"])
+    return ComposeJob(objects=str(o["objects"]), backgrounds=o["backgrounds"], out=str(o["out"]),
+                      num_samples=o["num_samples"], samples_per_shard=o["samples_per_shard"],
+                      params=params)
+
+
+def register(app: typer.Typer, user_errors) -> None:
+    @app.command("compose", no_args_is_help=True)
+    @user_errors
+    def compose(
+        ctx: typer.Context,
+        objects: Path = typer.Option(..., "--objects", help="Object bank: a folder with index.jsonl (from `synthgen render`), a <category>/*.png tree, or X-Paste's LVIS_instance_pools.json."),
+        backgrounds: str = typer.Option(..., "--backgrounds", help="Backgrounds: a folder of images (searched recursively; jpg/png/webp/...), a WebDataset .tar, a folder of tars, or a brace pattern like 'bg-{000..009}.tar'. BG-20k in the paper."),
+        out: Path = typer.Option(..., "--out", "-o", help="Output folder for scenes-NNNNNN.tar shards, their *_stats.json and manifest.json. Re-running resumes."),
+        num_samples: Optional[int] = typer.Option(None, "--num-samples", "-n", help="Number of scenes to write (required unless the recipe sets it)."),
+        recipe: Optional[Path] = recipe_option("compose", "recipes/pin-paper.yaml"),
+        a_max: int = typer.Option(L.a_max, "--a-max", help="Maximum number of objects per scene (paper: 3)."),
+        fixed_count: bool = typer.Option(L.fixed_count, "--fixed-count", help="Always paste a_max objects instead of a uniform 1..a_max."),
+        s_min: str = typer.Option(csv(L.s_min), "--s-min", help="Per scene size n, minimum longer side as a fraction of the grid (paper: 0.3,0.2,0.1)."),
+        s_max: str = typer.Option(csv(L.s_max), "--s-max", help="Per scene size n, upper bound (exclusive) of the longer side as a fraction of the grid (paper: 1,1,1)."),
+        o_max: float = typer.Option(L.o_max, "--o-max", help="Maximum summed overlap max(inter/area_new, inter/area_old) of a new object with placed ones (paper: 0.5; 0 forbids overlap)."),
+        min_visible: float = typer.Option(L.min_visible, "--min-visible", help="Minimum fraction of an earlier object's box cells that later objects must leave uncovered (guards against objects hidden by several later ones)."),
+        max_aspect_error: float = typer.Option(L.max_aspect_error, "--max-aspect-error", help="Prefer object sizes whose rounding to whole cells changes the aspect ratio by at most this fraction."),
+        size: int = typer.Option(P.size, "--size", help="Canvas side in pixels: the VLM's input size (224; 364/448 for high-resolution variants)."),
+        grid: int = typer.Option(L.grid, "--grid", help="Grid cells per side (16 for ViT-L/14 at 224 = 14-px cells). --size must be divisible by it."),
+        same_category_p: float = typer.Option(P.same_category_p, "--same-category-p", help="Probability that the next object repeats a category already in the scene (paper: 0.7, for positional referrals)."),
+        absolute_referral_p: float = typer.Option(P.absolute_referral_p, "--absolute-referral-p", help="Probability that an object whose category is unique gets an absolute position (e.g. 'apple at the left')."),
+        background_fit: str = typer.Option(P.background_fit, "--background-fit", help="squash: resize to the square canvas ignoring aspect (paper); crop: random square crop first."),
+        masks: bool = typer.Option(P.masks, "--masks", help="Also write {key}.mask.png: 0 background, i+1 = visible pixels of objects\\[i]."),
+        samples_per_shard: int = typer.Option(SAMPLES_PER_SHARD, "--samples-per-shard", help="Scenes per .tar shard."),
+        jpeg_quality: int = typer.Option(P.jpeg_quality, "--jpeg-quality", help="JPEG quality of the scene images."),
+        seed: int = typer.Option(P.seed, "--seed", help="Run seed: scene k depends only on (seed, k, inputs)."),
+        workers: Optional[int] = typer.Option(None, "--workers", "-w", help=WORKERS_HELP),
+        ray_address: Optional[str] = typer.Option(None, "--ray-address", help=RAY_ADDRESS_HELP),
+        executor: str = typer.Option("ray", "--executor", help="ray (default) or serial (in this process; for debugging)."),
+    ) -> None:
+        """Compose grounding scenes: paste 1..a_max cut-outs on backgrounds on a grid (the PIN
+        composition function C) and write WebDataset shards with boxes and referral text."""
+        from rich.console import Console
+
+        from synthgen.compose.run import run_compose
+
+        job = compose_job(options(ctx, recipe, "compose", RECIPE_KEYS))
+        manifest = run_compose(job, workers=workers, ray_address=ray_address, executor=executor)
+        t = manifest["totals"]
+        con = Console(stderr=True)
+        con.print(f"[green]done[/]: {t['samples']} scenes, {t['objects']} objects in "
+                  f"{len(manifest['shards'])} shard(s) -> {out}")
+        if t["dropped_objects"]:
+            con.print(f"dropped objects: {t['dropped_objects']}")
+        for kind in ("backgrounds", "objects"):
+            for reason, info in t[f"skipped_{kind}"].items():
+                con.print(f"[yellow]skipped {kind}[/] ({reason}): {info['count']}, e.g. {info['examples'][:3]}")
+
+    @app.command("preview", no_args_is_help=True)
+    @user_errors
+    def preview(
+        source: str = typer.Argument(..., metavar="SHARDS_OR_BANK", help="Scene shards (a folder, a .tar, or a brace pattern), or an object bank folder (with index.jsonl, from `synthgen render`)."),
+        out: Optional[Path] = typer.Option(None, "--out", "-o", help="PNG contact sheet to write (default: preview.png; for a bank BANK/preview.png)."),
+        n: int = typer.Option(16, "-n", "--num", help="Scenes to show (for a bank: most objects per category, kept first)."),
+        scale: int = typer.Option(2, "--scale", help="Scenes: upscaling of each scene for legibility."),
+        category: str = typer.Option("", "--category", help="Bank: comma list of categories to show (default: all)."),
+        thumb: int = typer.Option(96, "--thumb", help="Bank: thumbnail side in pixels."),
+    ) -> None:
+        """Contact sheet of scenes with their boxes, referral labels and the target's answer; or
+        of an object bank: kept (green) and rejected (red) cut-outs with their CLIP scores."""
+        from synthgen.schema import INDEX_FILE
+
+        if (Path(source) / INDEX_FILE).is_file():
+            from synthgen.render.preview import preview_bank
+
+            path, shown = preview_bank(source, out, categories=category, per_category=n, thumb=thumb)
+            typer.echo(f"wrote {path} ({shown} objects of the bank {source})")
+            return
+        from synthgen.compose.inspection import contact_sheet
+
+        path = out or Path("preview.png")
+        shown = contact_sheet(source, path, n=n, scale=scale)
+        typer.echo(f"wrote {path} ({shown} scenes)")
+
+    @app.command("stats", no_args_is_help=True)
+    @user_errors
+    def stats(
+        shards: str = typer.Argument(..., help="Scene shards: a folder, a .tar, or a brace pattern."),
+        plot: Optional[Path] = typer.Option(None, "--plot", help="Also draw the distributions into this PNG."),
+        top: int = typer.Option(15, "--top", help="Number of most frequent categories to list."),
+    ) -> None:
+        """Counts and distributions of scene shards: objects per scene, box sizes in cells,
+        categories, visible fraction, referral kinds."""
+        from synthgen.compose.inspection import collect_stats, plot_stats, print_stats
+
+        st = collect_stats(shards)
+        print_stats(st, top=top)
+        if plot is not None:
+            plot_stats(st, plot)
+            typer.echo(f"wrote {plot}")
+
+    @app.command("export-coco", no_args_is_help=True)
+    @user_errors
+    def export_coco(
+        shards: str = typer.Argument(..., help="Scene shards: a folder, a .tar, or a brace pattern."),
+        out: Path = typer.Option(..., "--out", "-o", help="Folder for images/ and instances.json."),
+        limit: Optional[int] = typer.Option(None, "--limit", help="Export at most this many scenes."),
+    ) -> None:
+        """Export scene shards as a COCO-format detection set (e.g. for `eval-pin --coco-json`)."""
+        from synthgen.compose.export import export_coco as run_export
+
+        coco = run_export(shards, out, limit)
+        typer.echo(f"wrote {out}/instances.json: {len(coco['images'])} images, "
+                   f"{len(coco['annotations'])} boxes, {len(coco['categories'])} categories")

@@ -1,0 +1,199 @@
+"""Driver of ``synthgen compose``: validation, resume, shard tasks, stats and manifest.
+
+Shard ``s`` holds samples ``s*per_shard .. min(N, (s+1)*per_shard)-1``. A shard is done iff
+its ``*_stats.json`` exists; a re-run skips done shards and rewrites the others from scratch.
+``run.json`` records the options of the run in a folder so that a re-run with other options is
+refused instead of mixing two datasets; the folder is locked while a run writes it
+(:class:`~synthgen.rundir.RunFolder`).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import time
+from dataclasses import dataclass
+from functools import lru_cache
+from pathlib import Path
+from typing import Any
+
+from synthgen import __version__
+from synthgen.compose.config import ComposeParams
+from synthgen.compose.scene import Composer, SceneStats
+from synthgen.errors import UserError, raise_problems
+from synthgen.rundir import RunFolder, atomic_write_json
+from synthgen.schema import MANIFEST_FILE, RUN_FILE, SCENE_SCHEMA, shard_name, stats_name
+from synthgen.shards import ShardWriter
+
+
+@dataclass(frozen=True)
+class ComposeJob:
+    objects: str
+    backgrounds: str
+    out: str
+    num_samples: int
+    samples_per_shard: int = 1000
+    params: ComposeParams = ComposeParams()
+
+    @property
+    def num_shards(self) -> int:
+        return math.ceil(self.num_samples / self.samples_per_shard)
+
+    def shard_range(self, s: int) -> range:
+        lo = s * self.samples_per_shard
+        return range(lo, min(self.num_samples, lo + self.samples_per_shard))
+
+    def problems(self) -> list[str]:
+        out = self.params.problems()
+        if not str(self.objects).strip():
+            out.append("--objects is empty")
+        if not str(self.backgrounds).strip():
+            out.append("--backgrounds is empty")
+        if self.num_samples < 1:
+            out.append(f"--num-samples must be >= 1 (got {self.num_samples})")
+        if self.samples_per_shard < 1:
+            out.append(f"--samples-per-shard must be >= 1 (got {self.samples_per_shard})")
+        return out
+
+    def identity(self) -> dict[str, Any]:
+        """What decides the dataset's content: a re-run into the same folder must match it."""
+        return {"objects": str(Path(self.objects).resolve()),
+                "backgrounds": str(Path(self.backgrounds).resolve()) if "{" not in self.backgrounds
+                else self.backgrounds,
+                "num_samples": self.num_samples, "samples_per_shard": self.samples_per_shard,
+                "params": self.params.to_dict(), "schema": SCENE_SCHEMA}
+
+
+@lru_cache(maxsize=4)
+def _open_bank(path: str, max_side: int):
+    from synthgen.compose.bank import ObjectBank
+
+    return ObjectBank.open(path, max_side=max_side)
+
+
+def compose_shard(job: ComposeJob, shard: int, backgrounds: list[str]) -> dict[str, Any]:
+    """Write shard ``shard`` and its stats; runs in a worker. Returns the stats."""
+    t0 = time.time()
+    bank = _open_bank(job.objects, job.params.size)
+    composer = Composer(job.params, bank, backgrounds)
+    out = Path(job.out)
+    stats = SceneStats()
+    per_scene: dict[int, int] = {}
+    n_objects = 0
+    with ShardWriter(out / shard_name(shard)) as w:
+        for k in job.shard_range(shard):
+            scene = composer.scene(k, stats)
+            n = len(scene.record.objects)
+            per_scene[n] = per_scene.get(n, 0) + 1
+            n_objects += n
+            w.write(scene.key, scene.encode(job.params.jpeg_quality))
+    rec = {
+        "shard": shard_name(shard), "samples": w.count, "objects": n_objects,
+        "objects_per_scene": {str(k): v for k, v in sorted(per_scene.items())},
+        "dropped_objects": stats.dropped_objects, "scene_resamples": stats.scene_resamples,
+        "skipped_inputs": {"backgrounds": stats.skipped_backgrounds, "objects": stats.skipped_objects},
+        "seconds": round(time.time() - t0, 3),
+    }
+    atomic_write_json(out / stats_name(shard), rec)
+    return rec
+
+
+def check_inputs(job: ComposeJob) -> list[str]:
+    """Fail fast (before any work) on bad options and unusable inputs; returns the backgrounds."""
+    from synthgen.compose.backgrounds import list_backgrounds
+
+    raise_problems(job.problems())
+    bank = _open_bank(job.objects, job.params.size)
+    if bank.first_usable(limit=min(len(bank), 2000)) is None:
+        raise UserError(f"object bank {job.objects}: none of the first {min(len(bank), 2000)} "
+                        "cut-outs is usable (RGBA PNGs with some opaque pixels are needed)")
+    return list_backgrounds(job.backgrounds)
+
+
+def shards_to_do(job: ComposeJob, folder: RunFolder) -> list[int]:
+    """Check the folder's run identity (recording it on a new run); the shards still to do."""
+    folder.check_identity(RUN_FILE, job.identity(), what="options")
+    return [s for s in range(job.num_shards) if not (folder.path / stats_name(s)).exists()]
+
+
+def write_manifest(job: ComposeJob, workers: int | None, ray_address: str | None) -> dict[str, Any]:
+    out = Path(job.out)
+    totals: dict[str, Any] = {"samples": 0, "objects": 0, "objects_per_scene": {}, "dropped_objects": {},
+                              "scene_resamples": {}, "skipped_backgrounds": {}, "skipped_objects": {},
+                              "shard_seconds": 0.0}
+    for s in range(job.num_shards):
+        st = json.loads((out / stats_name(s)).read_text())
+        totals["samples"] += st["samples"]
+        totals["objects"] += st["objects"]
+        totals["shard_seconds"] += st["seconds"]
+        for key in ("objects_per_scene", "dropped_objects", "scene_resamples"):
+            for k, v in st[key].items():
+                totals[key][k] = totals[key].get(k, 0) + v
+        for kind in ("backgrounds", "objects"):
+            for reason, names in st["skipped_inputs"][kind].items():
+                totals[f"skipped_{kind}"].setdefault(reason, {}).update(names)
+    for kind in ("backgrounds", "objects"):
+        totals[f"skipped_{kind}"] = {r: {"count": len(n), "examples": sorted(n)[:20]}
+                                     for r, n in totals[f"skipped_{kind}"].items()}
+    manifest = {"synthgen_version": __version__, "schema": SCENE_SCHEMA,
+                "shards": [shard_name(s) for s in range(job.num_shards)],
+                "options": {**job.identity(), "workers": workers, "ray_address": ray_address},
+                "totals": totals}
+    atomic_write_json(out / MANIFEST_FILE, manifest)
+    return manifest
+
+
+def run_compose(job: ComposeJob, *, workers: int | None = None, ray_address: str | None = None,
+                executor: str = "ray", progress: bool = True) -> dict[str, Any]:
+    """Compose the whole dataset (resuming), returning the manifest. Raises UserError when shards
+    failed (after the others have finished). ``workers``: CPUs of the local Ray (default: all)."""
+    if workers is not None and workers < 1:
+        raise UserError(f"--workers must be >= 1 (got {workers})")
+    if executor not in ("ray", "serial"):
+        raise UserError(f"--executor must be ray or serial (got {executor!r})")
+    workers = workers or os.cpu_count() or 1
+    backgrounds = check_inputs(job)
+    with RunFolder(job.out, "compose") as folder:
+        todo = shards_to_do(job, folder)
+        return _run(job, todo, backgrounds, workers, ray_address, executor, progress)
+
+
+def _run(job: ComposeJob, todo: list[int], backgrounds: list[str], workers: int | None,
+         ray_address: str | None, executor: str, progress: bool) -> dict[str, Any]:
+    from synthgen.executors import run_ray, run_serial
+
+    failures: dict[int, str] = {}
+    if todo:
+        from rich.progress import (
+            BarColumn,
+            MofNCompleteColumn,
+            Progress,
+            TextColumn,
+            TimeElapsedColumn,
+            TimeRemainingColumn,
+        )
+
+        prog = Progress(TextColumn("compose"), BarColumn(), MofNCompleteColumn(),
+                        TextColumn("shards  {task.fields[samples]} samples"), TimeElapsedColumn(),
+                        TimeRemainingColumn(), disable=not progress, transient=False)
+        with prog:
+            task = prog.add_task("shards", total=len(todo), samples=0)
+            done_samples = [0]
+
+            def on_result(_i: int, rec: dict[str, Any]) -> None:
+                done_samples[0] += rec["samples"]
+                prog.update(task, advance=1, samples=done_samples[0])
+
+            jobs = [(job, s) for s in todo]
+            shared = {"backgrounds": backgrounds}
+            if executor == "serial":
+                failures = run_serial(compose_shard, jobs, on_result, shared=shared)
+            else:
+                failures = run_ray(compose_shard, jobs, on_result, workers=workers,
+                                   address=ray_address, shared=shared)
+    if failures:
+        lines = "; ".join(f"{shard_name(todo[i])}: {msg}" for i, msg in sorted(failures.items()))
+        raise UserError(f"{len(failures)} of {len(todo)} shard(s) failed ({lines}); "
+                        "the others are complete — re-run the same command to retry the failed ones")
+    return write_manifest(job, workers, ray_address)

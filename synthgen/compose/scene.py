@@ -1,0 +1,229 @@
+"""The composition function C: one scene from (seed, sample index, inputs).
+
+``(t_p, I_p) = C(I_b, r, a_max, s_min, s_max, o_max)``: pick a background and 1..a_max objects,
+lay them out on the grid (:mod:`.layout`), hard-paste them in order, name each one
+(:mod:`.referral`) and build the training text for a target object. A scene depends only
+on ``(seed, index)`` and the inputs, never on which worker makes it.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+from PIL import Image
+
+from synthgen.compose.backgrounds import display_name, read_background
+from synthgen.compose.bank import CutOut, ObjectBank
+from synthgen.compose.config import ComposeParams
+from synthgen.compose.layout import cells_to_pixels, draw_count, place_objects
+from synthgen.compose.referral import make_referral
+from synthgen.errors import Skip, UserError
+from synthgen.grounding import format_box, query_prompt
+from synthgen.images import decode, encode_jpeg, encode_png, fit_square
+from synthgen.schema import SceneObject, SceneRecord
+
+MAX_INPUT_DRAWS = 200
+MAX_SCENE_ATTEMPTS = 20
+PASTE_ALPHA = 64          # resized alpha at or above this is pasted (hard paste)
+DROP_EMPTY = "empty_after_resize"
+
+
+def fit_cutout(rgba: np.ndarray, w: int, h: int, passes: int = 3) -> tuple[np.ndarray, np.ndarray]:
+    """Resize a cut-out to its ``w`` x ``h`` box and return ``(rgba, opaque)``.
+
+    Downscaling averages area (thin parts fade instead of vanishing) and the paste mask keeps
+    alpha >= PASTE_ALPHA. When thin borders still fade out so that the opaque extent no longer
+    reaches every edge of the box, the source is cropped to the part that produced the extent
+    and resized again, so the pasted object fills its box: the box is its opaque extent.
+    """
+    src = rgba
+    out = opaque = None
+    for _ in range(passes):
+        sh, sw = src.shape[:2]
+        method = Image.Resampling.BOX if (sw >= w and sh >= h) else Image.Resampling.BILINEAR
+        out = np.asarray(Image.fromarray(src, "RGBA").resize((w, h), method))
+        opaque = out[:, :, 3] >= PASTE_ALPHA
+        if not opaque.any():
+            break
+        ys, xs = np.nonzero(opaque)
+        x1, y1, x2, y2 = int(xs.min()), int(ys.min()), int(xs.max()) + 1, int(ys.max()) + 1
+        if (x1, y1, x2, y2) == (0, 0, w, h):
+            break
+        fx, fy = sw / w, sh / h
+        c = (int(np.floor(x1 * fx)), int(np.floor(y1 * fy)),
+             min(sw, int(np.ceil(x2 * fx))), min(sh, int(np.ceil(y2 * fy))))
+        if c == (0, 0, sw, sh):
+            break
+        src = src[c[1]:c[3], c[0]:c[2]]
+    return out, opaque
+
+
+@dataclass
+class SceneStats:
+    """Per-shard counters of what was dropped or skipped, and why."""
+
+    dropped_objects: dict[str, int] = field(default_factory=dict)
+    skipped_backgrounds: dict[str, dict[str, str]] = field(default_factory=dict)  # reason -> {name: detail}
+    skipped_objects: dict[str, dict[str, str]] = field(default_factory=dict)
+    scene_resamples: dict[str, int] = field(default_factory=dict)
+
+    def drop(self, reason: str, n: int = 1) -> None:
+        self.dropped_objects[reason] = self.dropped_objects.get(reason, 0) + n
+
+    def resample(self, reason: str) -> None:
+        self.scene_resamples[reason] = self.scene_resamples.get(reason, 0) + 1
+
+    def skip(self, kind: str, name: str, skip: Skip) -> None:
+        table = self.skipped_backgrounds if kind == "background" else self.skipped_objects
+        table.setdefault(skip.reason, {})[name] = skip.detail
+
+
+@dataclass
+class Scene:
+    key: str
+    image: np.ndarray            # (size, size, 3) uint8
+    mask: np.ndarray | None      # (size, size) uint8: 0 background, i+1 visible pixels of object i
+    record: SceneRecord
+
+    def encode(self, jpeg_quality: int) -> dict[str, bytes]:
+        out = {"jpg": encode_jpeg(self.image, jpeg_quality), "json": self.record.to_json()}
+        if self.mask is not None:
+            out["mask.png"] = encode_png(self.mask)
+        return out
+
+
+def sample_seed(seed: int, index: int) -> int:
+    """The 63-bit seed of sample ``index``: a pure function of the run seed and the index."""
+    state = np.random.SeedSequence([int(seed), int(index)]).generate_state(2, dtype=np.uint32)
+    return int((int(state[0]) << 32 | int(state[1])) & ((1 << 63) - 1))
+
+
+class Composer:
+    """Makes scenes from an object bank and a background listing (one instance per worker)."""
+
+    def __init__(self, params: ComposeParams, bank: ObjectBank, backgrounds: list[str]):
+        params.validate()
+        self.p = params
+        self.bank = bank
+        self.backgrounds = backgrounds
+        self._bad_backgrounds: dict[int, Skip] = {}
+
+    # -- inputs ----------------------------------------------------------------------------
+    def _background(self, rng: np.random.Generator, stats: SceneStats) -> tuple[np.ndarray, str]:
+        for _ in range(MAX_INPUT_DRAWS):
+            i = int(rng.integers(len(self.backgrounds)))
+            item = self.backgrounds[i]
+            bad = self._bad_backgrounds.get(i)
+            if bad is None:
+                img = decode(read_background(item), draft_to=self.p.size,
+                             min_side=self.p.min_background_side)
+                if isinstance(img, Skip):
+                    self._bad_backgrounds[i] = bad = img
+                else:
+                    crop_rng = np.random.default_rng(rng.integers(1 << 62))
+                    arr = np.asarray(fit_square(img, self.p.size, self.p.background_fit, crop_rng))
+                    return arr.copy(), display_name(item)
+            stats.skip("background", display_name(item), bad)
+        raise UserError(f"no usable background after {MAX_INPUT_DRAWS} draws "
+                        f"({len(self._bad_backgrounds)} of {len(self.backgrounds)} are unusable)")
+
+    def _object(self, rng: np.random.Generator, cat: int, stats: SceneStats) -> tuple[int, CutOut]:
+        members = self.bank.by_category[cat]
+        for _ in range(MAX_INPUT_DRAWS):
+            i = members[int(rng.integers(len(members)))]
+            item = self.bank.load(i)
+            if isinstance(item, CutOut):
+                return i, item
+            stats.skip("object", self.bank.entries[i].id, item)
+            if all(isinstance(self.bank.load(j), Skip) for j in members):
+                break
+        return -1, None  # type: ignore[return-value]
+
+    def _pick_objects(self, rng: np.random.Generator, n: int, stats: SceneStats) -> list[tuple[int, CutOut]]:
+        chosen: list[tuple[int, CutOut]] = []
+        cats: list[int] = []
+        ncat = len(self.bank.categories)
+        for _attempt in range(MAX_INPUT_DRAWS):
+            if len(chosen) == n:
+                break
+            same = rng.random() < self.p.same_category_p
+            if cats and same:
+                cat = cats[int(rng.integers(len(cats)))]
+            else:
+                cat = int(rng.integers(ncat))
+            idx, cut = self._object(rng, cat, stats)
+            if idx < 0:
+                continue
+            chosen.append((idx, cut))
+            cats.append(cat)
+        if not chosen:
+            raise UserError(f"object bank {self.bank.source}: no usable cut-out found after "
+                            f"{MAX_INPUT_DRAWS} draws (see skipped objects in the shard stats)")
+        return chosen
+
+    # -- one scene ---------------------------------------------------------------------------
+    def scene(self, index: int, stats: SceneStats | None = None) -> Scene:
+        stats = stats if stats is not None else SceneStats()
+        p, cell = self.p, self.p.cell
+        seed = sample_seed(p.seed, index)
+        rng = np.random.default_rng(seed)
+        bg, bg_name = self._background(rng, stats)
+
+        n = draw_count(rng, p.layout)
+        for attempt in range(MAX_SCENE_ATTEMPTS):
+            picks = self._pick_objects(rng, n, stats)
+            if attempt == MAX_SCENE_ATTEMPTS - 1 and len(picks) > 1:
+                picks = picks[:1]  # a single object always has a unique referral
+                stats.resample("single_object_fallback")
+            layout = place_objects(rng, [c.aspect for _, c in picks], p.layout)
+            drops = [reason for _, reason in layout.dropped]
+            objs, boxes, cboxes, fitted = [], [], [], []
+            for i, cbox in zip(layout.placed, layout.boxes):
+                box = cells_to_pixels(cbox, cell)
+                rgba, opaque = fit_cutout(picks[i][1].rgba, box[2] - box[0], box[3] - box[1])
+                if not opaque.any():
+                    drops.append(DROP_EMPTY)  # nothing of it would be drawn: never label it
+                    continue
+                objs.append(picks[i])
+                boxes.append(box)
+                cboxes.append(cbox)
+                fitted.append((rgba, opaque))
+            names = [self.bank.entries[i].category for i, _ in objs]
+            refs = [make_referral(rng, t, names, boxes, width=p.size, height=p.size, margin=cell,
+                                  absolute_p=p.absolute_referral_p, depth_overlap=p.depth_overlap)
+                    for t in range(len(objs))]
+            if objs and all(r is not None for r in refs):
+                break
+            stats.resample("ambiguous_referral" if objs else "no_visible_object")
+        else:
+            raise UserError(f"could not compose scene {index}: its cut-outs vanish when resized to "
+                            "their boxes (see dropped objects)")
+        for reason in drops:
+            stats.drop(reason)
+
+        canvas = bg.copy()
+        owner = np.zeros((p.size, p.size), dtype=np.uint8)
+        opaque_counts = []
+        for k, ((rgba, opaque), box) in enumerate(zip(fitted, boxes)):
+            region = canvas[box[1]:box[3], box[0]:box[2]]
+            region[opaque] = rgba[:, :, :3][opaque]
+            owner[box[1]:box[3], box[0]:box[2]][opaque] = k + 1
+            opaque_counts.append(int(opaque.sum()))
+        visible_counts = np.bincount(owner.ravel(), minlength=len(objs) + 1)[1:]
+
+        objects = []
+        for k, ((bi, _), box, cbox, ref) in enumerate(zip(objs, boxes, cboxes, refs)):
+            e = self.bank.entries[bi]
+            vis = float(visible_counts[k]) / opaque_counts[k] if opaque_counts[k] else 0.0
+            objects.append(SceneObject(category=e.category, category_id=e.category_id,
+                                       object_id=e.id, box=tuple(box), cells=tuple(cbox),
+                                       visible=round(vis, 4), referral=ref.text))
+        target = int(rng.integers(len(objects)))
+        key = f"{index:09d}"
+        record = SceneRecord(
+            key=key, seed=seed, width=p.size, height=p.size, grid=p.layout.grid,
+            background={"source": bg_name, "fit": p.background_fit}, objects=tuple(objects),
+            target=target, prompt=query_prompt(objects[target].referral),
+            answer=format_box(objects[target].box))
+        return Scene(key, canvas, owner if p.masks else None, record)

@@ -1,0 +1,135 @@
+"""The adapter interface: everything PIN training and evaluation need to know about a VLM.
+
+An adapter says what the VLM takes (``input_size``, ``patch_grid``, ``num_positions`` vision
+tokens of width ``vision_width``), adds PIN to its vision features before the fusion network
+(:meth:`VLMAdapter.attach_pin` / :meth:`~VLMAdapter.pin_disabled` / :meth:`~VLMAdapter.detach_pin`),
+turns prompts/answers into token ids and loss labels (a light, picklable :class:`TextCodec` that
+DataLoader workers use), computes the training loss and generates answers.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from dataclasses import dataclass
+from typing import Callable, Iterator, Sequence
+
+import torch
+
+from synthgen.grounding import prompt_parts
+
+PinFn = Callable[[], torch.Tensor]
+
+
+@dataclass
+class TextCodec:
+    """Prompt/answer -> token ids and labels for one VLM. Picklable (used in DataLoader workers)."""
+
+    tokenizer: object
+    num_query_tokens: int
+    image_token_id: int
+    add_eos: bool = True
+
+    @property
+    def pad_id(self) -> int:
+        pid = self.tokenizer.pad_token_id
+        return int(pid if pid is not None else self.tokenizer.eos_token_id)
+
+    def _ids(self, text: str, special: bool = False) -> list[int]:
+        return list(self.tokenizer(text, add_special_tokens=special)["input_ids"])
+
+    def encode(self, referral: str, answer: str | None = None, name_loss: bool = False,
+               art: str | None = None) -> tuple[list[int], list[int]]:
+        """``(input_ids, labels)``: image tokens + BOS + prompt (+ `` answer`` + EOS when given).
+
+        Labels are -100 on the image tokens and the prompt, so the loss covers only the answer
+        (the box text and EOS), and also the object name when ``name_loss``. ``art`` forces the
+        article (default a/an by the first letter).
+        """
+        pre, name, post = prompt_parts(referral, art)
+        ids = [self.image_token_id] * self.num_query_tokens
+        labels = [-100] * self.num_query_tokens
+        head = self._ids(pre, special=True)  # BOS + prefix (the tokenizer adds BOS if it does)
+        ids += head
+        labels += [-100] * len(head)
+        n = self._ids(name)
+        ids += n
+        labels += n if name_loss else [-100] * len(n)
+        p = self._ids(post)
+        ids += p
+        labels += [-100] * len(p)
+        if answer is not None:
+            a = self._ids(" " + answer)
+            if self.add_eos and self.tokenizer.eos_token_id is not None:
+                a.append(int(self.tokenizer.eos_token_id))
+            ids += a
+            labels += a
+        return ids, labels
+
+    def collate(self, seqs: Sequence[tuple[list[int], list[int]]], left_pad: bool = False
+                ) -> dict[str, torch.Tensor]:
+        """Pad to the longest sequence (right for training, left for generation)."""
+        n = max(len(s[0]) for s in seqs)
+        ids = torch.full((len(seqs), n), self.pad_id, dtype=torch.long)
+        lab = torch.full((len(seqs), n), -100, dtype=torch.long)
+        att = torch.zeros((len(seqs), n), dtype=torch.long)
+        for i, (x, y) in enumerate(seqs):
+            sl = slice(n - len(x), n) if left_pad else slice(0, len(x))
+            ids[i, sl] = torch.tensor(x)
+            lab[i, sl] = torch.tensor(y)
+            att[i, sl] = 1
+        return {"input_ids": ids, "attention_mask": att, "labels": lab}
+
+    def decode(self, ids: Sequence[int]) -> str:
+        return self.tokenizer.decode(list(ids), skip_special_tokens=True)
+
+
+class VLMAdapter:
+    """What a VLM must provide for PIN. Subclasses set the attributes and implement the methods."""
+
+    name: str = ""
+    model_id: str = ""
+    input_size: int = 0       # square input side in pixels = the scene canvas it accepts
+    patch_grid: int = 0       # vision patches per side
+    num_positions: int = 0    # vision tokens PIN is added to (patches, + CLS where present)
+    vision_width: int = 0     # D_v
+    device: torch.device = torch.device("cpu")
+    dtype: torch.dtype = torch.float32
+    codec: TextCodec
+
+    # --- PIN -----------------------------------------------------------------------------
+    def attach_pin(self, pin: PinFn) -> None:
+        raise NotImplementedError
+
+    def detach_pin(self) -> None:
+        raise NotImplementedError
+
+    @property
+    def pin_enabled(self) -> bool:
+        raise NotImplementedError
+
+    @contextlib.contextmanager
+    def pin_disabled(self) -> Iterator[None]:
+        raise NotImplementedError
+        yield
+
+    # --- frozen VLM ----------------------------------------------------------------------
+    def vlm_parameters(self) -> Iterator[tuple[str, torch.nn.Parameter]]:
+        raise NotImplementedError
+
+    def assert_frozen(self) -> None:
+        trainable = [n for n, p in self.vlm_parameters() if p.requires_grad]
+        if trainable:
+            raise AssertionError(f"VLM weights must stay frozen; trainable: {trainable[:5]}")
+
+    # --- data ----------------------------------------------------------------------------
+    def preprocess(self, pixels: torch.Tensor) -> torch.Tensor:
+        """uint8 ``[B,3,H,W]`` (already ``input_size``) -> the VLM's normalised pixel values."""
+        raise NotImplementedError
+
+    def loss(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+        raise NotImplementedError
+
+    def generate(self, pixels: torch.Tensor, referrals: Sequence[str], *, num_beams: int = 3,
+                 max_new_tokens: int = 12, art: str | None = None) -> list[str]:
+        """Answer text after ``In the image is {a|an} {referral} located at`` for each image."""
+        raise NotImplementedError

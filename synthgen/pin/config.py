@@ -1,0 +1,70 @@
+"""Settings of train-pin (the paper's by default) and their checks; the VLMs PIN supports.
+
+The CLI takes its defaults from :class:`TrainConfig`. Light: no torch import.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Sequence
+
+# VLM family -> default checkpoint (hub id); the adapters live in synthgen.pin.adapters
+DEFAULT_MODELS = {"blip2": "Salesforce/blip2-opt-2.7b"}
+VLMS = tuple(DEFAULT_MODELS)
+
+PRECISIONS = ("auto", "bf16", "fp16", "fp32")
+ACTIVATIONS = ("silu", "swiglu")
+TABLES = ("sinusoid", "learned")
+
+
+@dataclass
+class TrainConfig:
+    shards: str | Sequence[str]
+    out: str = "runs/pin"
+    vlm: str = "blip2"
+    model: str | None = None
+    steps: int = 75_000          # paper: 160 epochs x 60k scenes at 2 GPUs x 64
+    batch_size: int = 64         # per GPU
+    lr: float = 1e-3
+    precision: str = "auto"
+    workers: int = 4             # DataLoader workers per GPU
+    val: str | Sequence[str] | None = None
+    eval_every: int = 1000
+    val_limit: int = 256
+    save_every: int = 1000
+    log_every: int = 10
+    resume: bool = False
+    seed: int = 0
+    name_loss: bool = False
+    activation: str = "silu"     # the authors' code; the paper's text says SwiGLU
+    table: str = "sinusoid"
+    table_dim: int = 64
+    hidden: tuple[int, ...] = (512, 768)
+    shuffle_buffer: int = 1000
+    progress: bool = True
+    device: str | None = None
+
+    def problems(self) -> list[str]:
+        out = []
+        for name in ("steps", "batch_size", "eval_every", "save_every", "log_every", "val_limit"):
+            if getattr(self, name) < 1:
+                out.append(f"--{name.replace('_', '-')} must be >= 1")
+        if self.workers < 0:
+            out.append("--workers must be >= 0")
+        if not self.lr > 0:
+            out.append("--lr must be > 0")
+        if self.precision not in PRECISIONS:
+            out.append(f"--precision must be one of {', '.join(PRECISIONS)}, got {self.precision!r}")
+        if self.activation not in ACTIVATIONS:
+            out.append(f"--activation must be one of {', '.join(ACTIVATIONS)}, got {self.activation!r}")
+        if self.table not in TABLES:
+            out.append(f"--table must be one of {', '.join(TABLES)}, got {self.table!r}")
+        if not self.hidden or min(self.hidden) < 1:
+            out.append(f"--hidden must be positive integers, got {','.join(map(str, self.hidden))}")
+        if self.vlm not in DEFAULT_MODELS:
+            out.append(f"unknown --vlm {self.vlm!r}; choose one of: {', '.join(VLMS)}")
+        if self.shuffle_buffer < 0:
+            out.append("--shuffle-buffer must be >= 0")
+        if self.seed < 0:
+            out.append("--seed must be >= 0")
+        return out

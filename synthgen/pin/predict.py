@@ -1,0 +1,43 @@
+"""``synthgen predict``: the box of one text in one image, with a trained PIN."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from synthgen.errors import UserError
+from synthgen.grounding import format_box, scale_box
+
+
+def predict(run_dir, image, text: str, *, out=None, model: str | None = None,
+            device: str | None = None) -> dict:
+    """Box for ``text`` in ``image`` (original pixels); draws it to ``out`` when given."""
+    import torch
+    from PIL import Image, ImageDraw, ImageOps
+
+    from synthgen.images import load_canvas
+    from synthgen.pin.checkpoint import load_run
+    from synthgen.pin.evaluate import generate_boxes
+
+    path = Path(image)
+    if not path.is_file():
+        raise UserError(f"no such image: {path}")
+    if not text.strip():
+        raise UserError("the object text is empty")
+    run, adapter = load_run(run_dir, model=model, device=device)
+    arr, (w, h) = load_canvas(path, run.canvas, what=f"image {path}")
+    px = torch.from_numpy(arr).permute(2, 0, 1).contiguous()
+    (raw, box, ok), = generate_boxes(adapter, [px], [text.strip()], canvas=run.canvas, grid=run.grid)
+    orig = scale_box(box, w / run.canvas, h / run.canvas)
+    result = {"text": text, "output": raw, "parsed": ok, "box_canvas": box,
+              "box": [round(v, 1) for v in orig], "box_text": format_box(orig)}
+    if out:
+        with Image.open(path) as im:
+            im = ImageOps.exif_transpose(im).convert("RGB")  # the frame the box is in
+            draw = ImageDraw.Draw(im)
+            lw = max(2, round(min(w, h) / 150))
+            draw.rectangle([orig[0], orig[1], orig[2] - 1, orig[3] - 1], outline=(255, 32, 32), width=lw)
+            draw.text((orig[0] + lw + 1, orig[1] + lw + 1), text, fill=(255, 32, 32))
+            Path(out).parent.mkdir(parents=True, exist_ok=True)
+            im.save(out)
+        result["drawn"] = str(out)
+    return result

@@ -1,0 +1,11 @@
+"""The render stage: objects from text (the X-Paste recipe) -> an object bank.
+
+- :mod:`.config`       settings, defaults and checks
+- :mod:`.categories`   LVIS / COCO / VOC / file category lists; :mod:`.classes` COCO and VOC
+- :mod:`.seeds`, :mod:`.filter`   per-object seeds and X-Paste's filter rule (pure)
+- :mod:`.generate`, :mod:`.cutout`, :mod:`.score`   the three models (diffusers, rembg, open_clip)
+- :mod:`.stages`       the models as batch stages; :mod:`.plan` their actors and resources
+- :mod:`.pipeline`     the driver (Ray Data or in-process); :mod:`.records` a finished category
+- :mod:`.bank_writer`  the bank on disk; :mod:`.preview` its contact sheet
+- :mod:`.tiny`         tiny random-weight models for tests and the demo
+"""

@@ -1,0 +1,220 @@
+"""The run-folder layer shared by compose, render and train-pin.
+
+* Atomic writes (:func:`atomic_write`, :func:`atomic_write_json`, :func:`atomic_write_with`):
+  a hidden temporary beside the target, fsync, rename, so readers and a re-run after ``kill -9``
+  never see a half-written file under its final name.
+* :class:`RunFolder`: an output folder locked for the life of a run (``flock`` on
+  :data:`~synthgen.schema.LOCK_FILE`: a second run on the same folder gets a one-line error; the
+  lock file is removed when the run ends), cleared of the temporaries a killed writer left (safe
+  only under the lock), with its settings identity (:meth:`RunFolder.check_identity`: a folder
+  holding a run with other settings is refused, naming each difference).
+* Done markers are files a stage writes last, atomically (compose: a shard's ``_stats.json``;
+  render: ``_categories/{slug}.json``; train-pin: ``train_state.pt``): a unit of work is done
+  iff its marker exists.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+from typing import Any, Callable, Iterable
+
+from synthgen.errors import UserError
+from synthgen.schema import LOCK_FILE
+
+TMP_SUFFIX = ".synthgen-tmp"
+
+
+# --- atomic writes -------------------------------------------------------------------------
+
+def temp_path(path: str | Path) -> Path:
+    p = Path(path)
+    return p.with_name(f".{p.name}.{os.getpid()}{TMP_SUFFIX}")
+
+
+def atomic_write_with(path: str | Path, write: Callable[[str], None]) -> None:
+    """``write(tmp_path)`` (any writer: torch.save, safetensors, ...) then rename over ``path``."""
+    p = Path(path)
+    p.parent.mkdir(parents=True, exist_ok=True)
+    tmp = temp_path(p)
+    try:
+        write(str(tmp))
+        fd = os.open(tmp, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+        os.replace(tmp, p)
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+def atomic_write(path: str | Path, data: bytes | str) -> None:
+    raw = data.encode("utf-8") if isinstance(data, str) else data
+    atomic_write_with(path, lambda t: Path(t).write_bytes(raw))
+
+
+def atomic_write_json(path: str | Path, obj: Any) -> None:
+    atomic_write(path, json.dumps(obj, indent=2, sort_keys=True) + "\n")
+
+
+def remove_stale_temps(folder: str | Path, recursive: bool = False) -> int:
+    """Delete temporaries left by a killed writer; returns how many. Call it only while holding
+    the folder's lock: another live run's temporaries look the same."""
+    root = Path(folder)
+    if not root.is_dir():
+        return 0
+    n = 0
+    for p in (root.rglob if recursive else root.glob)(f".*{TMP_SUFFIX}"):
+        p.unlink(missing_ok=True)
+        n += 1
+    return n
+
+
+# --- settings identity ---------------------------------------------------------------------
+
+def _flat(d: dict, prefix: str = "") -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for k, v in d.items():
+        if isinstance(v, dict) and v:
+            out.update(_flat(v, f"{prefix}{k}."))
+        else:
+            out[f"{prefix}{k}"] = v
+    return out
+
+
+def identity_diff(old: dict, new: dict, labels: dict[str, str] | None = None,
+                  keys: Iterable[str] | None = None) -> list[str]:
+    """``"label old -> new"`` for every leaf (nested keys joined by dots) of ``keys`` (default:
+    all of both) whose value differs; ``labels`` names keys as the user knows them (options)."""
+    labels = labels or {}
+    a, b = _flat(old), _flat(new)
+    keys = list(keys) if keys is not None else sorted(set(a) | set(b))
+    return [f"{labels.get(k, k)} {_show(a.get(k))} -> {_show(b.get(k))}"
+            for k in keys if a.get(k) != b.get(k)]
+
+
+def _show(v: Any) -> str:
+    return repr(v) if isinstance(v, str) else str(v)
+
+
+# --- the folder ----------------------------------------------------------------------------
+
+class RunFolder:
+    """An output folder owned by one run while the ``with`` block lasts.
+
+    ``stage`` names the command in messages (``compose``, ``render``, ``train-pin``);
+    ``clean`` removes stale temporaries (recursively with ``"recursive"``) once the lock is held.
+    """
+
+    def __init__(self, path: str | Path, stage: str, option: str = "--out",
+                 clean: bool | str = True):
+        self.raw = str(path)
+        self.path = Path(path)
+        self.stage = stage
+        self.option = option
+        self.clean = clean
+        self._lock = None
+        self._created = False
+
+    def __enter__(self) -> "RunFolder":
+        self.create()
+        try:
+            self.lock()
+        except BaseException:
+            self._remove_if_new()
+            raise
+        if self.clean:
+            remove_stale_temps(self.path, recursive=self.clean == "recursive")
+        return self
+
+    def __exit__(self, exc_type, exc, tb) -> None:
+        self.unlock()
+        if exc_type is not None:
+            self._remove_if_new()  # a run that failed before writing anything leaves no folder
+
+    def _remove_if_new(self) -> None:
+        if self._created:
+            try:
+                self.path.rmdir()  # only when empty
+            except OSError:
+                pass
+
+    def create(self) -> None:
+        if not self.raw.strip():
+            raise UserError(f"{self.option} is empty")
+        if self.path.exists() and not self.path.is_dir():
+            raise UserError(f"{self.option} {self.path} exists and is not a folder")
+        self._created = not self.path.exists()
+        try:
+            self.path.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise UserError(f"{self.option} {self.path} cannot be created: {exc.strerror or exc}") from None
+
+    def lock(self) -> None:
+        """Take the folder's exclusive lock (non-blocking) or raise a one-line UserError.
+
+        The lock file is unlinked on release; a run that opened it just before is detected by
+        comparing the locked inode with the one at the path, and tries again."""
+        import fcntl
+
+        lock_path = self.path / LOCK_FILE
+        for _ in range(20):
+            f = open(lock_path, "a+")
+            try:
+                fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except OSError:
+                f.close()
+                raise UserError(f"another synthgen {self.stage} is using {self.path}; wait for it to "
+                                f"finish or use another {self.option}") from None
+            try:
+                same = os.fstat(f.fileno()).st_ino == os.stat(lock_path).st_ino
+            except FileNotFoundError:
+                same = False
+            if same:
+                self._lock = f
+                f.seek(0)
+                f.truncate()
+                f.write(f"{os.getpid()}\n")
+                f.flush()
+                return
+            f.close()  # the previous owner removed it between our open and flock
+        raise UserError(f"cannot lock {lock_path}")
+
+    def unlock(self) -> None:
+        if self._lock is None:
+            return
+        try:
+            (self.path / LOCK_FILE).unlink(missing_ok=True)
+        finally:
+            self._lock.close()
+            self._lock = None
+
+    def check_identity(self, name: str, identity: dict, *, labels: dict[str, str] | None = None,
+                       what: str = "options", record: bool = True) -> None:
+        """Refuse a run whose identity differs from the one recorded in ``name`` (naming every
+        difference); on a new run record it (unless ``record`` is off: then
+        :meth:`record_identity` does it later, e.g. once every model has loaded)."""
+        f = self.path / name
+        ident = json.loads(json.dumps(identity))  # tuples -> lists, as stored
+        if not f.exists():
+            if record:
+                atomic_write_json(f, ident)
+            return
+        try:
+            old = json.loads(f.read_text(encoding="utf-8"))
+        except (OSError, ValueError):
+            old = {}
+        if not isinstance(old, dict):
+            old = {}
+        diff = identity_diff(old, ident, labels)
+        if diff:
+            raise UserError(f"{self.path} holds a {self.stage} run with other {what} "
+                            f"({'; '.join(diff)}); use a new {self.option} folder, or remove that "
+                            "one to start over")
+
+    def record_identity(self, name: str, identity: dict) -> None:
+        """Write ``identity`` to ``name`` unless the folder already records one."""
+        if not (self.path / name).exists():
+            atomic_write_json(self.path / name, identity)

@@ -1,0 +1,256 @@
+"""Every data contract of synthgen, written once.
+
+1. The scene record (``{key}.json`` in a shard, schema ``synthgen.scene/1``): :class:`SceneRecord`
+   and :class:`SceneObject`, written by compose and read by every other stage.
+2. The object bank (``index.jsonl`` + RGBA PNGs, written by render, read by compose): file
+   names, :func:`bank_record` (a line of the index) and :class:`BankEntry` (what compose keeps).
+3. Run folders: the file names of compose, render and train-pin outputs.
+
+Category names: :func:`clean_name` (display name) and :func:`slugify` (folder name).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import re
+from dataclasses import dataclass
+from typing import Any
+
+from synthgen.errors import UserError
+
+# --- names ---------------------------------------------------------------------------------
+
+
+def clean_name(name: str) -> str:
+    """LVIS/X-Paste key to display name: ``bow_(weapon)`` -> ``bow (weapon)`` (underscores to
+    spaces, runs of white space collapsed)."""
+    return " ".join(str(name).replace("_", " ").split())
+
+
+def slugify(name: str) -> str:
+    """Folder-safe slug: ``bow_(weapon)`` -> ``bow_weapon``."""
+    s = re.sub(r"[^a-z0-9]+", "_", str(name).lower()).strip("_")
+    return s or "category"
+
+
+# --- 1. scene records ----------------------------------------------------------------------
+
+SCENE_SCHEMA = "synthgen.scene/1"
+
+
+class SchemaError(UserError):
+    """A scene json that does not follow ``synthgen.scene/1``; ``reason`` names the fault."""
+
+    def __init__(self, message: str, reason: str = "bad_record"):
+        super().__init__(message)
+        self.reason = reason
+
+    def __reduce__(self):
+        return (type(self), (str(self), self.reason))
+
+
+@dataclass(frozen=True)
+class SceneObject:
+    """One pasted object. ``box`` is ``[x1, y1, x2, y2]`` in canvas pixels (x2/y2 exclusive),
+    ``cells`` the same box in grid cells, ``visible`` the fraction of its opaque pixels left
+    visible by later objects; objects are listed in paste order."""
+
+    category: str
+    category_id: int | None
+    object_id: str
+    box: tuple[int, ...]
+    cells: tuple[int, ...]
+    visible: float
+    referral: str
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"category": self.category, "category_id": self.category_id,
+                "object_id": self.object_id, "box": list(self.box), "cells": list(self.cells),
+                "visible": self.visible, "referral": self.referral}
+
+
+@dataclass(frozen=True)
+class SceneRecord:
+    """The json of one scene. ``target`` indexes ``objects``; ``prompt`` + `` `` + ``answer`` is
+    the training text for it."""
+
+    key: str
+    seed: int
+    width: int
+    height: int
+    grid: int
+    background: dict
+    objects: tuple[SceneObject, ...]
+    target: int
+    prompt: str
+    answer: str
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"schema": SCENE_SCHEMA, "key": self.key, "seed": self.seed, "width": self.width,
+                "height": self.height, "grid": self.grid, "background": dict(self.background),
+                "objects": [o.to_dict() for o in self.objects], "target": self.target,
+                "prompt": self.prompt, "answer": self.answer}
+
+    def to_json(self) -> bytes:
+        return json.dumps(self.to_dict(), sort_keys=False, separators=(",", ":")).encode()
+
+    @classmethod
+    def from_json(cls, data: bytes | str, where: str = "scene") -> "SceneRecord":
+        """Parse and check a scene json; raises :class:`SchemaError` naming ``where``."""
+        try:
+            d = json.loads(data)
+        except (ValueError, UnicodeDecodeError) as exc:
+            raise SchemaError(f"{where}: not valid JSON ({exc})", "not_json") from None
+        return cls.from_dict(d, where)
+
+    @classmethod
+    def from_dict(cls, d: Any, where: str = "scene") -> "SceneRecord":
+        if not isinstance(d, dict):
+            raise SchemaError(f"{where}: the scene json is not an object", "bad_record")
+        if d.get("schema") != SCENE_SCHEMA:
+            raise SchemaError(f"{where}: schema {d.get('schema')!r}, expected {SCENE_SCHEMA!r}",
+                              "bad_schema")
+        try:
+            objects = tuple(_object(o, f"{where} object {i}") for i, o in enumerate(d["objects"]))
+            rec = cls(key=_str(d["key"], "key"), seed=_int(d.get("seed", 0), "seed"),
+                      width=_int(d["width"], "width"), height=_int(d["height"], "height"),
+                      grid=_int(d.get("grid", 0), "grid"), background=dict(d.get("background") or {}),
+                      objects=objects, target=_int(d.get("target", 0), "target"),
+                      prompt=str(d.get("prompt", "")), answer=str(d.get("answer", "")))
+        except KeyError as exc:
+            raise SchemaError(f"{where}: missing field {exc.args[0]!r}", "missing_field") from None
+        except (TypeError, ValueError) as exc:
+            raise SchemaError(f"{where}: {exc}", "bad_field") from None
+        if not objects:
+            raise SchemaError(f"{where} has no objects", "no_objects")
+        if rec.width < 1 or rec.height < 1:
+            raise SchemaError(f"{where}: canvas {rec.width}x{rec.height}", "bad_field")
+        if not 0 <= rec.target < len(objects):
+            raise SchemaError(f"{where}: target {rec.target} of {len(objects)} objects", "bad_field")
+        return rec
+
+    def query(self, index: int) -> tuple[str, list[float]]:
+        """``(referral, box)`` asking for object ``index``."""
+        o = self.objects[index]
+        return o.referral or o.category, [float(v) for v in o.box]
+
+
+def _str(v: Any, name: str) -> str:
+    if not isinstance(v, str):
+        raise TypeError(f"{name} must be a string (got {v!r:.40})")
+    return v
+
+
+def _int(v: Any, name: str) -> int:
+    if isinstance(v, bool) or not isinstance(v, int):
+        raise TypeError(f"{name} must be an integer (got {v!r:.40})")
+    return v
+
+
+def _box(v: Any, name: str) -> tuple:
+    if not isinstance(v, (list, tuple)) or len(v) != 4 or not all(
+            isinstance(x, (int, float)) and not isinstance(x, bool) and math.isfinite(x) for x in v):
+        raise ValueError(f"{name} must be 4 finite numbers (got {v!r:.60})")
+    if not (v[0] < v[2] and v[1] < v[3]):
+        raise ValueError(f"{name} {list(v)} is empty (x1 < x2 and y1 < y2 needed)")
+    return tuple(v)
+
+
+def _object(o: Any, where: str) -> SceneObject:
+    if not isinstance(o, dict):
+        raise TypeError(f"{where} is not an object")
+    cid = o.get("category_id")
+    if cid is not None:
+        cid = _int(cid, f"{where} category_id")
+    vis = o.get("visible", 1.0)
+    if isinstance(vis, bool) or not isinstance(vis, (int, float)):
+        raise TypeError(f"{where} visible must be a number")
+    return SceneObject(category=_str(o["category"], f"{where} category"), category_id=cid,
+                       object_id=str(o.get("object_id", "")), box=_box(o["box"], f"{where} box"),
+                       cells=tuple(o.get("cells") or ()), visible=vis,
+                       referral=_str(o.get("referral") or o["category"], f"{where} referral"))
+
+
+# --- 2. object banks -----------------------------------------------------------------------
+
+INDEX_FILE = "index.jsonl"
+POOLS_FILE = "LVIS_instance_pools.json"        # X-Paste's {category: [png paths]}
+CATEGORIES_DIR = "_categories"                  # {slug}.json marks a finished category
+RENDER_STATS_FILE = "render_stats.json"
+RENDER_CONFIG_FILE = "render_config.json"
+REJECTED_DIR = "_rejected"
+
+
+def object_id(slug: str, index: int) -> str:
+    return f"{slug}/{int(index):05d}"
+
+
+def object_file(slug: str, index: int, kept: bool = True) -> str:
+    """Path of an object's PNG relative to the bank root."""
+    return f"{slug}/{int(index):05d}.png" if kept else f"{slug}/{REJECTED_DIR}/{int(index):05d}.png"
+
+
+def bank_record(*, id: str, category: str, category_id: int | None, path: str | None,
+                width: int | None, height: int | None, kept: bool, reason: str | None,
+                **meta: Any) -> dict[str, Any]:
+    """One line of ``index.jsonl``: the fields compose reads first, then free metadata. Lines
+    with ``kept: false`` are rejected objects (kept for inspection, never pasted)."""
+    return {"id": id, "category": category, "category_id": category_id, "path": path,
+            "width": width, "height": height, "kept": bool(kept), "reason": reason, **meta}
+
+
+@dataclass(frozen=True, slots=True)
+class BankEntry:
+    """One usable object of a bank (kept small: a bank can hold a million of them)."""
+
+    id: str
+    category: str      # display name (interned by the reader)
+    category_id: int | None
+    path: str          # PNG path relative to the bank root
+
+
+def read_bank_record(rec: Any, where: str) -> BankEntry | None:
+    """The entry of one ``index.jsonl`` record (None for a rejected object); UserError when the
+    record is malformed."""
+    if not isinstance(rec, dict):
+        raise UserError(f"{where}: expected a JSON object")
+    if rec.get("kept", True) is False:
+        return None
+    missing = [k for k in ("id", "category", "path") if rec.get(k) is None]
+    if missing:
+        raise UserError(f"{where}: missing field(s) {', '.join(missing)}")
+    cid = rec.get("category_id")
+    if cid is not None:
+        try:
+            cid = int(cid)
+        except (TypeError, ValueError):
+            raise UserError(f"{where}: category_id must be an integer or null (got {cid!r})") from None
+    return BankEntry(str(rec["id"]), clean_name(str(rec["category"])), cid, str(rec["path"]))
+
+
+# --- 3. run folders ------------------------------------------------------------------------
+
+LOCK_FILE = ".synthgen.lock"    # held while a run writes the folder, removed after
+
+# compose
+RUN_FILE = "run.json"           # the options that decide the dataset
+MANIFEST_FILE = "manifest.json"
+SHARD_PREFIX = "scenes"
+
+
+def shard_name(i: int) -> str:
+    return f"{SHARD_PREFIX}-{i:06d}.tar"
+
+
+def stats_name(i: int) -> str:
+    """The done marker (and counters) of shard ``i``."""
+    return f"{SHARD_PREFIX}-{i:06d}_stats.json"
+
+
+# train-pin
+PIN_FORMAT = "synthgen.pin/1"
+PIN_WEIGHTS_FILE = "pin.safetensors"
+PIN_META_FILE = "pin.json"
+TRAIN_STATE_FILE = "train_state.pt"   # the commit point of a checkpoint
+TRAIN_LOG_FILE = "log.jsonl"
