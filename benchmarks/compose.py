@@ -117,7 +117,7 @@ def main() -> None:
     from synthgen.compose.backgrounds import list_backgrounds
 
     bank, bg = make_inputs(args.workdir, args.backgrounds, args.megapixels, args.objects)
-    backgrounds = list_backgrounds(str(bg))
+    backgrounds = list_backgrounds(str(bg)).items
     res = {}
     res["floor_1proc"] = floor(backgrounds, args.samples, 224)
     res["compose_1proc"] = compose_one_process(bank, backgrounds, args.samples)

@@ -14,6 +14,8 @@ model sees its inputs resampled the same way in training and evaluation.
 from __future__ import annotations
 
 import io
+import os
+import stat
 import warnings
 from pathlib import Path
 from typing import BinaryIO, Union
@@ -27,6 +29,28 @@ Source = Union[str, Path, bytes, BinaryIO]
 
 # file suffixes read as images (objects, backgrounds, evaluation sets)
 IMAGE_EXTS = frozenset({".jpg", ".jpeg", ".png", ".webp", ".bmp", ".tif", ".tiff", ".gif"})
+
+# The largest image decoded in full: Pillow's own warning threshold (~89.5 MP; its error, the
+# decompression bomb, is at twice that). A JPEG above it is still used when ``draft`` reduces it
+# below; any other larger image is skipped as ``too_large`` (decoding a 144 MP PNG for a 224 px
+# canvas costs ~1.2 GB and seconds per draw).
+MAX_PIXELS = Image.MAX_IMAGE_PIXELS or 89_478_485
+
+
+def regular_file(path: str | Path) -> Skip | None:
+    """None when ``path`` is a regular file (symlinks followed); else why it cannot be read
+    (missing, a FIFO, a device, a folder...): reading a FIFO would block forever."""
+    try:
+        st = os.stat(path)
+    except FileNotFoundError:
+        return Skip("missing", f"no such file: {path}")
+    except OSError as exc:
+        return Skip("unreadable", f"{type(exc).__name__}: {exc}"[:200])
+    if not stat.S_ISREG(st.st_mode):
+        kind = ("a folder" if stat.S_ISDIR(st.st_mode) else "a FIFO" if stat.S_ISFIFO(st.st_mode)
+                else "a device" if stat.S_ISCHR(st.st_mode) or stat.S_ISBLK(st.st_mode) else "a socket")
+        return Skip("not_a_file", f"{path} is {kind}, not a regular file")
+    return None
 
 
 def _open(src: Source) -> Image.Image:
@@ -73,16 +97,25 @@ def has_alpha_channel(img: Image.Image) -> bool:
 
 
 def decode(src: Source, *, keep_alpha: bool = False, draft_to: int | None = None,
-           min_side: int = 1, orient: bool = True) -> Image.Image | Skip:
+           min_side: int = 1, orient: bool = True, max_pixels: int = MAX_PIXELS) -> Image.Image | Skip:
     """Decode ``src`` into an RGB/RGBA image or a :class:`Skip`. ``draft_to`` lets JPEGs decode
     at a reduced scale that keeps both sides at least ``draft_to`` pixels; ``orient=False``
-    keeps the stored pixel grid (annotations of evaluation sets refer to it)."""
+    keeps the stored pixel grid (annotations of evaluation sets refer to it). Only regular files
+    are opened; images above ``max_pixels`` after the draft are skipped (``too_large``)."""
+    if isinstance(src, (str, Path)):
+        bad = regular_file(src)
+        if bad is not None:
+            return bad
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", Image.DecompressionBombWarning)
             img = _open(src)
             if draft_to and img.format == "JPEG":
                 img.draft("RGB" if img.mode != "CMYK" else "CMYK", (draft_to, draft_to))
+            if img.size[0] * img.size[1] > max_pixels:
+                img.close()
+                return Skip("too_large", f"{img.size[0]}x{img.size[1]} pixels (> {max_pixels:,}); "
+                                         "only JPEGs this large are decoded, at reduced size")
             img.load()
     except Image.DecompressionBombError as exc:
         return Skip("decompression_bomb", str(exc)[:200])

@@ -15,6 +15,7 @@
 
 from __future__ import annotations
 
+import errno
 import json
 import os
 from pathlib import Path
@@ -33,19 +34,68 @@ def temp_path(path: str | Path) -> Path:
     return p.with_name(f".{p.name}.{os.getpid()}{TMP_SUFFIX}")
 
 
+FULL_DISK = (errno.ENOSPC, errno.EDQUOT)
+
+
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
+def mount_point(path: str | Path) -> str:
+    """The mount point holding ``path`` (for messages about a full disk)."""
+    p = Path(os.path.abspath(path))
+    while not p.exists() and p != p.parent:
+        p = p.parent
+    while not os.path.ismount(p) and p != p.parent:
+        p = p.parent
+    return str(p)
+
+
+class DiskFullError(UserError):
+    """No space left writing an output: one line, never retried (the previous state is intact)."""
+
+
+def is_full(folder: str | Path) -> bool:
+    """Whether the file system of ``folder`` has (almost) no space left."""
+    import shutil
+
+    try:
+        du = shutil.disk_usage(folder)
+    except OSError:
+        return False
+    return du.free < min(1 << 20, du.total // 200 + 1)
+
+
+def disk_full(exc: BaseException, path: str | Path) -> DiskFullError:
+    return DiskFullError(f"no space left on {mount_point(path)} writing {path}; free some space and "
+                         "re-run the same command to resume")
+
+
 def atomic_write_with(path: str | Path, write: Callable[[str], None]) -> None:
-    """``write(tmp_path)`` (any writer: torch.save, safetensors, ...) then rename over ``path``."""
+    """``write(tmp_path)`` (any writer: torch.save, safetensors, ...) then rename over ``path``.
+
+    The file gets the mode a plain ``open`` would give (0666 less the umask), whatever the writer
+    used; a full disk is a :class:`DiskFullError` and leaves the previous ``path`` untouched."""
     p = Path(path)
-    p.parent.mkdir(parents=True, exist_ok=True)
     tmp = temp_path(p)
     try:
+        p.parent.mkdir(parents=True, exist_ok=True)
         write(str(tmp))
+        os.chmod(tmp, 0o666 & ~_umask())
         fd = os.open(tmp, os.O_RDONLY)
         try:
             os.fsync(fd)
         finally:
             os.close(fd)
         os.replace(tmp, p)
+    except Exception as exc:
+        # torch.save and safetensors report a full disk without an errno: a failed write on a
+        # (nearly) full file system is one (checked before the partial temporary is removed)
+        if (isinstance(exc, OSError) and exc.errno in FULL_DISK) or is_full(p.parent):
+            raise disk_full(exc, p) from None
+        raise
     finally:
         tmp.unlink(missing_ok=True)
 
@@ -192,10 +242,12 @@ class RunFolder:
             self._lock = None
 
     def check_identity(self, name: str, identity: dict, *, labels: dict[str, str] | None = None,
-                       what: str = "options", record: bool = True) -> None:
+                       what: str = "options", record: bool = True, optional: tuple[str, ...] = ()) -> None:
         """Refuse a run whose identity differs from the one recorded in ``name`` (naming every
         difference); on a new run record it (unless ``record`` is off: then
-        :meth:`record_identity` does it later, e.g. once every model has loaded)."""
+        :meth:`record_identity` does it later, e.g. once every model has loaded). Keys in
+        ``optional`` are compared only when the recorded identity has them (runs of an earlier
+        synthgen)."""
         f = self.path / name
         ident = json.loads(json.dumps(identity))  # tuples -> lists, as stored
         if not f.exists():
@@ -208,6 +260,7 @@ class RunFolder:
             old = {}
         if not isinstance(old, dict):
             old = {}
+        ident = {k: v for k, v in ident.items() if k in old or k not in optional}
         diff = identity_diff(old, ident, labels)
         if diff:
             raise UserError(f"{self.path} holds a {self.stage} run with other {what} "

@@ -37,6 +37,12 @@ def slugify(name: str) -> str:
 # --- 1. scene records ----------------------------------------------------------------------
 
 SCENE_SCHEMA = "synthgen.scene/1"
+KEY_RE = re.compile(r"[0-9]{9,20}")   # the writer's keys: the scene index, 9 digits or more
+
+
+def valid_key(key: str) -> bool:
+    """Whether ``key`` has the writer's format (digits only: safe as a file name anywhere)."""
+    return isinstance(key, str) and KEY_RE.fullmatch(key) is not None
 
 
 class SchemaError(UserError):
@@ -112,16 +118,20 @@ class SceneRecord:
             raise SchemaError(f"{where}: schema {d.get('schema')!r}, expected {SCENE_SCHEMA!r}",
                               "bad_schema")
         try:
-            objects = tuple(_object(o, f"{where} object {i}") for i, o in enumerate(d["objects"]))
+            objects = tuple(_object(o, f"object {i}") for i, o in enumerate(d["objects"]))
             rec = cls(key=_str(d["key"], "key"), seed=_int(d.get("seed", 0), "seed"),
                       width=_int(d["width"], "width"), height=_int(d["height"], "height"),
-                      grid=_int(d.get("grid", 0), "grid"), background=dict(d.get("background") or {}),
+                      grid=_int(d.get("grid", 0), "grid"), background=_background(d.get("background")),
                       objects=objects, target=_int(d.get("target", 0), "target"),
-                      prompt=str(d.get("prompt", "")), answer=str(d.get("answer", "")))
+                      prompt=_str(d.get("prompt", ""), "prompt"), answer=_str(d.get("answer", ""), "answer"))
         except KeyError as exc:
             raise SchemaError(f"{where}: missing field {exc.args[0]!r}", "missing_field") from None
+        except _BadText as exc:
+            raise SchemaError(f"{where}: {exc}", "bad_text") from None
         except (TypeError, ValueError) as exc:
             raise SchemaError(f"{where}: {exc}", "bad_field") from None
+        if not valid_key(rec.key):
+            raise SchemaError(f"{where}: key {rec.key!r:.40} is not a scene index (9+ digits)", "bad_key")
         if not objects:
             raise SchemaError(f"{where} has no objects", "no_objects")
         if rec.width < 1 or rec.height < 1:
@@ -136,10 +146,27 @@ class SceneRecord:
         return o.referral or o.category, [float(v) for v in o.box]
 
 
+class _BadText(ValueError):
+    pass
+
+
 def _str(v: Any, name: str) -> str:
     if not isinstance(v, str):
         raise TypeError(f"{name} must be a string (got {v!r:.40})")
+    try:
+        v.encode("utf-8")
+    except UnicodeEncodeError:
+        raise _BadText(f"{name} is not valid UTF-8 text (lone surrogates)") from None
     return v
+
+
+def _background(v: Any) -> dict:
+    if v is None:
+        return {}
+    if not isinstance(v, dict):
+        raise TypeError("background must be an object")
+    return {_str(k, "background key"): (_str(x, f"background {k}") if isinstance(x, str) else x)
+            for k, x in v.items()}
 
 
 def _int(v: Any, name: str) -> int:
@@ -167,7 +194,8 @@ def _object(o: Any, where: str) -> SceneObject:
     if isinstance(vis, bool) or not isinstance(vis, (int, float)):
         raise TypeError(f"{where} visible must be a number")
     return SceneObject(category=_str(o["category"], f"{where} category"), category_id=cid,
-                       object_id=str(o.get("object_id", "")), box=_box(o["box"], f"{where} box"),
+                       object_id=_str(str(o.get("object_id", "")), f"{where} object_id"),
+                       box=_box(o["box"], f"{where} box"),
                        cells=tuple(o.get("cells") or ()), visible=vis,
                        referral=_str(o.get("referral") or o["category"], f"{where} referral"))
 

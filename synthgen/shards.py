@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import Any, Iterator, Sequence
 
 from synthgen.errors import UserError
-from synthgen.rundir import temp_path
+from synthgen.rundir import FULL_DISK, disk_full, is_full, temp_path
 
 
 def is_url(spec: str) -> bool:
@@ -107,11 +107,26 @@ def iter_tar(url: str, want: Sequence[str] | None = None) -> Iterator[dict[str, 
                         yield current
                     current = {"__key__": key, "__url__": url}
                 if want is None or ext in want:
-                    current[ext] = tar.extractfile(m).read()
+                    data = tar.extractfile(m).read()
+                    if len(data) != m.size:  # a streamed tar cut short reads short, silently
+                        raise tarfile.ReadError(f"member {m.name} is cut short ({len(data)} of "
+                                                f"{m.size} bytes): the file is truncated")
+                    current[ext] = data
+            _check_end(url, tar)
     except (tarfile.TarError, OSError, EOFError) as exc:
         raise UserError(f"cannot read shard {url}: {exc}") from None
     if current is not None:
         yield current
+
+
+def _check_end(url: str, tar: tarfile.TarFile) -> None:
+    """A local tar must reach its end-of-archive marker (two zero blocks after the last member):
+    Python's reader takes a file cut at a member boundary for a complete archive."""
+    if is_url(url) or not os.path.isfile(url):
+        return
+    if os.path.getsize(url) < tar.offset + 2 * tarfile.BLOCKSIZE:
+        raise tarfile.ReadError(f"the file ends at byte {os.path.getsize(url)}, before the archive's "
+                                "end marker: it is truncated")
 
 
 def iter_samples(shards: Sequence[str], want: Sequence[str] | None = None) -> Iterator[dict[str, Any]]:
@@ -142,7 +157,9 @@ def read_member(path: str, offset: int, size: int) -> bytes:
 
 
 class ShardWriter:
-    """Write ``{key}.{ext}`` members into ``path`` atomically (temp file + rename on close)."""
+    """Write ``{key}.{ext}`` members into ``path`` atomically (temp file + rename on close). A full
+    disk is a :class:`~synthgen.rundir.DiskFullError` (one line, not retried), the temporary
+    removed."""
 
     def __init__(self, path: str | Path):
         self.path = Path(path)
@@ -151,15 +168,24 @@ class ShardWriter:
         self._tar = tarfile.open(fileobj=self._f, mode="w", format=tarfile.USTAR_FORMAT)
         self.count = 0
 
+    def _full(self, exc: OSError) -> bool:
+        return exc.errno in FULL_DISK or is_full(self.path.parent)
+
     def write(self, key: str, members: dict[str, bytes]) -> None:
-        for ext, data in members.items():
-            info = tarfile.TarInfo(f"{key}.{ext}")
-            info.size = len(data)
-            info.mtime = 0
-            info.mode = 0o644
-            info.uid = info.gid = 0
-            info.uname = info.gname = ""
-            self._tar.addfile(info, io.BytesIO(data))
+        try:
+            for ext, data in members.items():
+                info = tarfile.TarInfo(f"{key}.{ext}")
+                info.size = len(data)
+                info.mtime = 0
+                info.mode = 0o644
+                info.uid = info.gid = 0
+                info.uname = info.gname = ""
+                self._tar.addfile(info, io.BytesIO(data))
+        except OSError as exc:
+            if self._full(exc):
+                self.abort()
+                raise disk_full(exc, self.path) from None
+            raise
         self.count += 1
 
     def close(self) -> None:
@@ -169,17 +195,24 @@ class ShardWriter:
             os.fsync(self._f.fileno())
             self._f.close()
             os.replace(self.tmp, self.path)
-        except BaseException:
-            self._f.close()
+        except BaseException as exc:
+            full = isinstance(exc, OSError) and self._full(exc)
+            try:
+                self._f.close()
+            except OSError:
+                pass
             self.tmp.unlink(missing_ok=True)
+            if full:
+                raise disk_full(exc, self.path) from None
             raise
 
     def abort(self) -> None:
-        try:
-            self._tar.close()
-            self._f.close()
-        finally:
-            self.tmp.unlink(missing_ok=True)
+        for close in (self._tar.close, self._f.close):
+            try:
+                close()
+            except OSError:
+                pass  # (a full disk: the end blocks cannot be written either)
+        self.tmp.unlink(missing_ok=True)
 
     def __enter__(self) -> "ShardWriter":
         return self

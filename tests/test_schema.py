@@ -25,7 +25,7 @@ from synthgen.schema import (
 
 
 def test_composed_records_round_trip_byte_for_byte(bank, backgrounds):
-    comp = Composer(ComposeParams(same_category_p=0.9), ObjectBank.open(bank), list_backgrounds(str(backgrounds)))
+    comp = Composer(ComposeParams(same_category_p=0.9), ObjectBank.open(bank), list_backgrounds(str(backgrounds)).items)
     for k in range(20):
         rec = comp.scene(k).record
         raw = rec.to_json()

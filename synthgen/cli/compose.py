@@ -36,7 +36,7 @@ def compose_job(o: dict):
                            jpeg_quality=o["jpeg_quality"], seed=o["seed"])
     return ComposeJob(objects=str(o["objects"]), backgrounds=o["backgrounds"], out=str(o["out"]),
                       num_samples=o["num_samples"], samples_per_shard=o["samples_per_shard"],
-                      params=params)
+                      params=params, extra_object_roots=tuple(str(r) for r in o["extra_object_root"] or ()))
 
 
 def register(app: typer.Typer, user_errors) -> None:
@@ -48,6 +48,7 @@ def register(app: typer.Typer, user_errors) -> None:
         backgrounds: str = typer.Option(..., "--backgrounds", help="Backgrounds: a folder of images (searched recursively; jpg/png/webp/...), a WebDataset .tar, a folder of tars, or a brace pattern like 'bg-{000..009}.tar'. BG-20k in the paper."),
         out: Path = typer.Option(..., "--out", "-o", help="Output folder for scenes-NNNNNN.tar shards, their *_stats.json and manifest.json. Re-running resumes."),
         num_samples: Optional[int] = typer.Option(None, "--num-samples", "-n", help="Number of scenes to write (required unless the recipe sets it)."),
+        extra_object_root: Optional[list[Path]] = typer.Option(None, "--extra-object-root", help="A folder outside the bank that object paths may point into (repeatable; e.g. where an X-Paste pools file's images live). Any other path outside the bank is skipped and counted."),
         recipe: Optional[Path] = recipe_option("compose", "recipes/pin-paper.yaml"),
         a_max: int = typer.Option(L.a_max, "--a-max", help="Maximum number of objects per scene (paper: 3)."),
         fixed_count: bool = typer.Option(L.fixed_count, "--fixed-count", help="Always paste a_max objects instead of a uniform 1..a_max."),
@@ -143,3 +144,5 @@ def register(app: typer.Typer, user_errors) -> None:
         coco = run_export(shards, out, limit)
         typer.echo(f"wrote {out}/instances.json: {len(coco['images'])} images, "
                    f"{len(coco['annotations'])} boxes, {len(coco['categories'])} categories")
+        for reason, info in coco["info"]["skipped_scenes"].items():
+            typer.echo(f"skipped scenes ({reason}): {info['count']}, e.g. {info['examples'][:2]}", err=True)

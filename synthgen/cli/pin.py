@@ -23,7 +23,7 @@ _MODEL_HELP = ("Hub id or local directory of the VLM weights (default: "
 # options a recipe's `train:` section may set
 RECIPE_KEYS = ("vlm", "model", "steps", "batch_size", "lr", "precision", "workers", "eval_every",
                "val_limit", "save_every", "log_every", "seed", "name_loss", "activation", "table",
-               "hidden", "shuffle_buffer")
+               "hidden", "shuffle_buffer", "max_bad_samples")
 
 
 def _fmt(v) -> str:
@@ -77,6 +77,7 @@ def register(app, user_errors) -> None:
         table: str = typer.Option(T.table, help="PIN input table: sinusoid (fixed) | learned."),
         hidden: str = typer.Option(csv(T.hidden), help="PIN MLP hidden widths (paper: 2 layers)."),
         shuffle_buffer: int = typer.Option(T.shuffle_buffer, help="Sample shuffle buffer per data worker."),
+        max_bad_samples: float = typer.Option(T.max_bad_samples, help="Share of the samples read that may be bad (not a scene record, no or broken image, other canvas, damaged shard): they are skipped and counted in log.jsonl; past it (and past 10) train-pin stops, naming the shard and key."),
         progress: bool = typer.Option(True, "--progress/--no-progress", help="Show the progress bar."),
         recipe: Optional[Path] = recipe_option("train", "recipes/pin-paper.yaml"),
     ) -> None:
@@ -90,7 +91,7 @@ def register(app, user_errors) -> None:
             val=val, eval_every=o["eval_every"], val_limit=o["val_limit"], save_every=o["save_every"],
             log_every=o["log_every"], resume=resume, seed=o["seed"], name_loss=o["name_loss"],
             activation=o["activation"], table=o["table"], hidden=ints(o["hidden"], "--hidden"),
-            shuffle_buffer=o["shuffle_buffer"], progress=progress,
+            shuffle_buffer=o["shuffle_buffer"], max_bad_samples=o["max_bad_samples"], progress=progress,
         )
         res = train(cfg, echo=typer.echo)
         if res.get("loss") is not None and res.get("main", True):

@@ -7,45 +7,85 @@ path, or ``tar_path::member::offset::size`` for an image inside a tar, read by s
 
 from __future__ import annotations
 
+import os
 import sys
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from synthgen.errors import UserError
-from synthgen.images import IMAGE_EXTS
+from synthgen.images import IMAGE_EXTS, regular_file
 from synthgen.shards import expand, list_members, read_member
 
 _SEP = "::"
 
 
-def list_backgrounds(spec: str) -> list[str]:
+@dataclass
+class BackgroundListing:
+    """The usable-looking background items of a spec, and what was left out (reason ->
+    {name: detail}): symlinks leading out of a background folder, special files (FIFOs,
+    devices), names that are not valid UTF-8."""
+
+    items: list[str]
+    skipped: dict[str, dict[str, str]] = field(default_factory=dict)
+    roots: list[str] = field(default_factory=list)   # the folders and files the spec names
+
+    def skip(self, reason: str, name: str, detail: str) -> None:
+        self.skipped.setdefault(reason, {})[name.encode("utf-8", "backslashreplace").decode()] = detail
+
+
+def _walk_folder(root: Path, listing: BackgroundListing, tars: list[Path]) -> None:
+    """Image files and tars under ``root`` (recursively, not following symlinked folders); a
+    symlinked file is used only when it resolves inside ``root``."""
+    real_root = os.path.realpath(root)
+    for dirpath, dirnames, filenames in os.walk(root, followlinks=False):
+        dirnames.sort()
+        for name in sorted(filenames):
+            f = Path(dirpath, name)
+            suf = f.suffix.lower()
+            if suf not in IMAGE_EXTS and suf != ".tar":
+                continue
+            shown = str(f)
+            try:
+                shown.encode("utf-8")
+            except UnicodeEncodeError:
+                listing.skip("non_utf8", shown, "the file name is not valid UTF-8")
+                continue
+            real = os.path.realpath(f)
+            if f.is_symlink() and not (real == real_root or real.startswith(real_root.rstrip(os.sep) + os.sep)):
+                listing.skip("outside_folder", shown, f"a symlink to {real}, outside {root}")
+                continue
+            bad = regular_file(f)
+            if bad is not None:
+                listing.skip(bad.reason, shown, bad.detail)
+                continue
+            (tars.append(f) if suf == ".tar" else listing.items.append(shown))
+
+
+def list_backgrounds(spec: str) -> BackgroundListing:
     """All usable-looking background items of ``spec`` (folder, tar file(s), or pattern)."""
     if not str(spec).strip():
         raise UserError("--backgrounds is empty")
-    items: list[str] = []
+    listing = BackgroundListing(items=[])
     tars: list[Path] = []
     for p in map(Path, expand(spec)):
         if not p.exists():
             raise UserError(f"backgrounds not found: {p}")
+        listing.roots.append(str(p))
         if p.is_dir():
-            for f in sorted(p.rglob("*")):
-                if f.is_file():
-                    suf = f.suffix.lower()
-                    if suf in IMAGE_EXTS:
-                        items.append(str(f))
-                    elif suf == ".tar":
-                        tars.append(f)
+            _walk_folder(p, listing, tars)
         elif p.suffix.lower() == ".tar":
             tars.append(p)
         elif p.suffix.lower() in IMAGE_EXTS:
-            items.append(str(p))
+            listing.items.append(str(p))
         else:
             raise UserError(f"backgrounds: {p} is neither a folder, an image nor a .tar shard")
     for t in sorted(set(tars)):
-        items.extend(_list_tar(t))
-    items = sorted(set(items))
-    if not items:
-        raise UserError(f"backgrounds: no images (jpg/png/webp/...) or WebDataset shards in {spec}")
-    return items
+        listing.items.extend(_list_tar(t))
+    listing.items = sorted(set(listing.items))
+    if not listing.items:
+        extra = f" ({'; '.join(f'{len(v)} {k}' for k, v in listing.skipped.items())})" if listing.skipped else ""
+        raise UserError(f"backgrounds: no images (jpg/png/webp/...) or WebDataset shards in {spec}{extra}")
+    return listing
 
 
 def _list_tar(path: Path) -> list[str]:
@@ -65,6 +105,16 @@ def read_background(item: str) -> bytes | str:
         return item
     tar, _member, offset, size = item.rsplit(_SEP, 3)
     return read_member(tar, int(offset), int(size))
+
+
+def item_size(item: str) -> int:
+    """Bytes of a listed background (a file's size, or a tar member's)."""
+    if _SEP in item:
+        return int(item.rsplit(_SEP, 1)[1])
+    try:
+        return os.stat(item).st_size
+    except OSError:
+        return -1
 
 
 def display_name(item: str) -> str:

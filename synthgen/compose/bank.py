@@ -71,38 +71,59 @@ class ObjectBank:
         self.by_category = [cats[c] for c in self.categories]
         self._cache: OrderedDict[int, CutOut | Skip] = OrderedDict()
         self._cached_bytes = 0
+        self.rejected: dict[str, dict[str, str]] = {}   # refused when reading: reason -> {id: why}
+        self.roots: tuple[str, ...] = (root,)
 
     def __len__(self) -> int:
         return len(self.entries)
 
     # -- reading ---------------------------------------------------------------------------
     @classmethod
-    def open(cls, path: str | Path, **kw) -> "ObjectBank":
+    def open(cls, path: str | Path, extra_roots: tuple[str, ...] = (), **kw) -> "ObjectBank":
+        """Read a bank (see the module doc). Object paths must lie inside the bank's folder, or
+        inside one of ``extra_roots``; others are refused and listed in :attr:`rejected`."""
         p = Path(path)
         if not p.exists():
             raise UserError(f"object bank not found: {p}")
         if p.is_file():
             if p.name == INDEX_FILE:
-                return cls(_read_index(p), str(p.parent), "index", root=str(p.parent), **kw)
-            if p.suffix == ".json":
-                return cls(_read_pools(p), str(p), "xpaste-pools", root=str(p.parent), **kw)
-            raise UserError(f"object bank {p}: expected a folder, {INDEX_FILE} or {POOLS_FILE}")
-        if (p / INDEX_FILE).exists():
-            return cls(_read_index(p / INDEX_FILE), str(p), "index", root=str(p), **kw)
-        if (p / POOLS_FILE).exists():
-            return cls(_read_pools(p / POOLS_FILE), str(p), "xpaste-pools", root=str(p), **kw)
-        return cls(_read_tree(p), str(p), "tree", root=str(p), **kw)
+                layout, read, root, source = "index", _read_index, p.parent, str(p.parent)
+            elif p.suffix == ".json":
+                layout, read, root, source = "xpaste-pools", _read_pools, p.parent, str(p)
+            else:
+                raise UserError(f"object bank {p}: expected a folder, {INDEX_FILE} or {POOLS_FILE}")
+            file = p
+        elif (p / INDEX_FILE).exists():
+            layout, read, root, source, file = "index", _read_index, p, str(p), p / INDEX_FILE
+        elif (p / POOLS_FILE).exists():
+            layout, read, root, source, file = "xpaste-pools", _read_pools, p, str(p), p / POOLS_FILE
+        else:
+            layout, read, root, source, file = "tree", _read_tree, p, str(p), p
+        listing = _Listing(root, tuple(extra_roots))
+        read(file, listing)
+        if not listing.entries and listing.rejected:
+            why = "; ".join(f"{len(v)} {k}" for k, v in listing.rejected.items())
+            raise UserError(f"object bank {source}: no usable object ({why})")
+        bank = cls(listing.entries, source, layout, root=str(root), **kw)
+        bank.rejected = listing.rejected
+        bank.roots = (str(root), *listing.extra)
+        return bank
 
     def path_of(self, i: int) -> str:
         return os.path.join(self.root, self.entries[i].path)
 
     def load(self, i: int) -> CutOut | Skip:
-        """Decoded cut-out ``i`` (cropped, downscaled) or a Skip; LRU-cached."""
+        """Decoded cut-out ``i`` (cropped, downscaled) or a Skip; LRU-cached. A path that leaves
+        the bank through a symlink is a Skip (``outside_bank``)."""
         hit = self._cache.get(i)
         if hit is not None:
             self._cache.move_to_end(i)
             return hit
-        item = load_cutout(self.path_of(i), self.max_side)
+        path = self.path_of(i)
+        if inside(path, self.roots, real=False) and not inside(path, self.roots, real=True):
+            item: CutOut | Skip = Skip("outside_bank", f"{self.entries[i].path} links outside the bank")
+        else:
+            item = load_cutout(path, self.max_side)
         self._cache[i] = item
         self._cached_bytes += item.nbytes if isinstance(item, CutOut) else 64
         while self._cached_bytes > self.cache_bytes and len(self._cache) > 1:
@@ -136,11 +157,64 @@ def load_cutout(path: str, max_side: int) -> CutOut | Skip:
     return CutOut(np.array(img, dtype=np.uint8), aspect)
 
 
-def _read_index(index: Path) -> list[BankEntry]:
-    out = []
-    with open(index, encoding="utf-8") as f:
-        for ln, line in enumerate(f, 1):
-            line = line.strip()
+class _Listing:
+    """Entries of a bank being read, and the ones refused (reason -> {name: detail}).
+
+    Refused: a path that is absolute or climbs out of the bank (``../../etc/passwd``) unless it
+    lies in an allowed extra root, and names that are not valid UTF-8 (lone surrogates from
+    undecodable file names or ``\\udcxx`` escapes would reach the scene json)."""
+
+    def __init__(self, root: Path, extra_roots: tuple[str, ...] = ()):
+        self.root = root
+        self.extra = tuple(os.path.abspath(r) for r in extra_roots)
+        self.entries: list[BankEntry] = []
+        self.rejected: dict[str, dict[str, str]] = {}
+
+    def reject(self, reason: str, name: str, detail: str) -> None:
+        self.rejected.setdefault(reason, {})[_printable(name)] = detail
+
+    def add(self, id: str, category: str, category_id: int | None, path: str) -> None:
+        if not (_utf8(id) and _utf8(category) and _utf8(path)):
+            self.reject("non_utf8", id, "a name or path that is not valid UTF-8")
+            return
+        if not inside(os.path.join(self.root, path), (str(self.root), *self.extra)):
+            self.reject("outside_bank", id, f"path {path!r} is outside the bank {self.root}")
+            return
+        self.entries.append(BankEntry(id, _intern(category), category_id, path))
+
+
+def _utf8(text: str) -> bool:
+    try:
+        text.encode("utf-8")
+        return True
+    except UnicodeEncodeError:
+        return False
+
+
+def _printable(text: str) -> str:
+    return text.encode("utf-8", "backslashreplace").decode("utf-8")
+
+
+def inside(path: str, roots: tuple[str, ...] | list[str], real: bool = False) -> bool:
+    """Whether ``path`` lies inside one of ``roots``: lexically (``..`` and absolute paths
+    resolved), or with ``real`` after following symlinks too."""
+    norm = os.path.realpath if real else os.path.abspath
+    p = norm(path)
+    for r in roots:
+        r = norm(r)
+        if p == r or p.startswith(r.rstrip(os.sep) + os.sep):
+            return True
+    return False
+
+
+def _read_index(index: Path, listing: _Listing) -> None:
+    with open(index, "rb") as f:
+        for ln, raw in enumerate(f, 1):
+            try:
+                line = raw.decode("utf-8").strip()
+            except UnicodeDecodeError:
+                listing.reject("non_utf8", f"{INDEX_FILE}:{ln}", "the line is not valid UTF-8")
+                continue
             if not line:
                 continue
             try:
@@ -149,54 +223,50 @@ def _read_index(index: Path) -> list[BankEntry]:
                 raise UserError(f"{index}:{ln}: not valid JSON ({exc.msg})") from None
             e = read_bank_record(rec, f"{index}:{ln}")
             if e is not None:
-                out.append(BankEntry(e.id, _intern(e.category), e.category_id, e.path))
-    return out
+                listing.add(e.id, e.category, e.category_id, e.path)
 
 
-def _resolve_pool_path(raw: str, root: Path) -> str:
+def _resolve_pool_path(raw: str, root: Path, roots: tuple[str, ...]) -> str:
+    """A pools entry as a path relative to the bank root, looked for only inside ``roots``.
+    X-Paste stores absolute paths of the authors' machine: those are re-rooted by the part after
+    ``images/`` (``ROOT/images/TAIL`` or ``ROOT/TAIL``)."""
     p = Path(raw)
-    if p.is_absolute() and p.exists():
-        return str(p)
-    if not p.is_absolute() and (root / p).exists():
-        return str(root / p)
-    # X-Paste stores absolute paths of the authors' machine; keep the part after "images/"
+    if (p.is_absolute() and inside(raw, roots)) or (not p.is_absolute() and (root / p).exists()):
+        return os.path.relpath(root / p, root)
     tail = raw.split("images/")[-1].lstrip("/")
     for cand in (root / "images" / tail, root / tail):
         if cand.exists():
-            return str(cand)
-    return str(root / p) if not p.is_absolute() else str(p)
+            return os.path.relpath(cand, root)
+    return os.path.relpath(root / p, root)  # missing (or outside): refused or skipped later
 
 
-def _read_pools(pools: Path) -> list[BankEntry]:
+def _read_pools(pools: Path, listing: _Listing) -> None:
     try:
-        data = json.loads(pools.read_text(encoding="utf-8"))
-    except json.JSONDecodeError as exc:
-        raise UserError(f"{pools}: not valid JSON ({exc.msg})") from None
+        data = json.loads(pools.read_bytes().decode("utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise UserError(f"{pools}: not valid UTF-8 JSON ({getattr(exc, 'msg', exc)})") from None
     if not isinstance(data, dict) or not all(isinstance(v, list) for v in data.values()):
         raise UserError(f"{pools}: expected {{category: [png paths]}} as in X-Paste's {POOLS_FILE}")
     root = pools.parent
-    out = []
+    roots = (str(root), *listing.extra)
     for key in sorted(data):
         for j, raw in enumerate(data[key]):
-            out.append(BankEntry(f"{key}/{j:06d}", _intern(clean_name(key)), None,
-                                 os.path.relpath(_resolve_pool_path(str(raw), root), root)))
-    return out
+            listing.add(f"{key}/{j:06d}", clean_name(key), None,
+                        _resolve_pool_path(str(raw), root, roots))
 
 
 def _stem_category(stem: str) -> str:
     return clean_name(re.sub(r"[_\-.\s]*\d+$", "", stem) or stem)
 
 
-def _read_tree(root: Path) -> list[BankEntry]:
+def _read_tree(root: Path, listing: _Listing) -> None:
     """``<category>/*.png`` (recursive below each category), plus loose PNGs directly in ``root``
     whose category is the file name without a trailing number (``apple_02.png`` -> ``apple``)."""
-    out = []
     for f in sorted(root.iterdir()):
         if f.is_file() and f.suffix.lower() in IMAGE_EXTS:
-            out.append(BankEntry(f.name, _intern(_stem_category(f.stem)), None, f.name))
+            listing.add(f.name, _stem_category(f.stem), None, f.name)
     for d in sorted(x for x in root.iterdir() if x.is_dir()):
         for f in sorted(d.rglob("*")):
             if f.is_file() and f.suffix.lower() in IMAGE_EXTS:
                 rel = f.relative_to(root).as_posix()
-                out.append(BankEntry(rel, _intern(clean_name(d.name)), None, rel))
-    return out
+                listing.add(rel, clean_name(d.name), None, rel)

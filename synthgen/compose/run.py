@@ -35,6 +35,7 @@ class ComposeJob:
     num_samples: int
     samples_per_shard: int = 1000
     params: ComposeParams = ComposeParams()
+    extra_object_roots: tuple[str, ...] = ()   # folders object paths may point into, besides the bank
 
     @property
     def num_shards(self) -> int:
@@ -56,26 +57,72 @@ class ComposeJob:
             out.append(f"--samples-per-shard must be >= 1 (got {self.samples_per_shard})")
         return out
 
-    def identity(self) -> dict[str, Any]:
-        """What decides the dataset's content: a re-run into the same folder must match it."""
-        return {"objects": str(Path(self.objects).resolve()),
-                "backgrounds": str(Path(self.backgrounds).resolve()) if "{" not in self.backgrounds
-                else self.backgrounds,
-                "num_samples": self.num_samples, "samples_per_shard": self.samples_per_shard,
-                "params": self.params.to_dict(), "schema": SCENE_SCHEMA}
+    def identity(self, inputs: dict | None = None) -> dict[str, Any]:
+        """What decides the dataset's content: a re-run into the same folder must match it.
+        ``inputs``: the identity of the inputs' contents (:attr:`Inputs.identity`)."""
+        ident = {"objects": str(Path(self.objects).resolve()),
+                 "backgrounds": str(Path(self.backgrounds).resolve()) if "{" not in self.backgrounds
+                 else self.backgrounds,
+                 "num_samples": self.num_samples, "samples_per_shard": self.samples_per_shard,
+                 "params": self.params.to_dict(), "schema": SCENE_SCHEMA}
+        if self.extra_object_roots:
+            ident["extra_object_roots"] = [str(Path(r).resolve()) for r in self.extra_object_roots]
+        if inputs is not None:
+            ident["inputs"] = inputs
+        return ident
 
 
 @lru_cache(maxsize=4)
-def _open_bank(path: str, max_side: int):
+def _open_bank(path: str, max_side: int, extra_roots: tuple[str, ...] = ()):
     from synthgen.compose.bank import ObjectBank
 
-    return ObjectBank.open(path, max_side=max_side)
+    return ObjectBank.open(path, extra_roots=extra_roots, max_side=max_side)
+
+
+@dataclass
+class Inputs:
+    """What a run reads: the background listing, what was refused when listing the inputs, and
+    the identity of their contents (counts, sizes and a digest of the listings) for run.json."""
+
+    backgrounds: list[str]
+    skipped_backgrounds: dict[str, dict[str, str]]
+    skipped_objects: dict[str, dict[str, str]]
+    identity: dict[str, Any]
+
+
+def _digest(lines: list[str]) -> str:
+    import hashlib
+
+    h = hashlib.sha256()
+    for line in lines:
+        h.update(line.encode("utf-8", "backslashreplace") + b"\n")
+    return h.hexdigest()
+
+
+def _size(path: str) -> int:
+    try:
+        return os.stat(path).st_size
+    except OSError:
+        return -1
+
+
+def inputs_identity(bank, backgrounds: list[str]) -> dict[str, Any]:
+    """Counts, total bytes and a digest of (name, size) of the objects and backgrounds: a
+    resume over inputs that changed is refused (naming what changed)."""
+    from synthgen.compose.backgrounds import item_size
+
+    bg = [(item, item_size(item)) for item in backgrounds]
+    obj = [(e.id, e.path, _size(os.path.join(bank.root, e.path))) for e in bank.entries]
+    return {"backgrounds": {"count": len(bg), "bytes": sum(max(n, 0) for _, n in bg),
+                            "sha256": _digest([f"{i}\t{n}" for i, n in bg])},
+            "objects": {"count": len(obj), "bytes": sum(max(n, 0) for *_, n in obj),
+                        "sha256": _digest([f"{i}\t{p}\t{n}" for i, p, n in obj])}}
 
 
 def compose_shard(job: ComposeJob, shard: int, backgrounds: list[str]) -> dict[str, Any]:
     """Write shard ``shard`` and its stats; runs in a worker. Returns the stats."""
     t0 = time.time()
-    bank = _open_bank(job.objects, job.params.size)
+    bank = _open_bank(job.objects, job.params.size, tuple(job.extra_object_roots))
     composer = Composer(job.params, bank, backgrounds)
     out = Path(job.out)
     stats = SceneStats()
@@ -99,29 +146,48 @@ def compose_shard(job: ComposeJob, shard: int, backgrounds: list[str]) -> dict[s
     return rec
 
 
-def check_inputs(job: ComposeJob) -> list[str]:
-    """Fail fast (before any work) on bad options and unusable inputs; returns the backgrounds."""
+def _refuse_nesting(job: ComposeJob, roots: list[str]) -> None:
+    """``--out`` inside an input (or an input inside ``--out``) would feed a resumed run its own
+    scenes: refused before anything is written."""
+    from synthgen.compose.bank import inside
+
+    out = os.path.realpath(job.out)
+    for option, root in roots:
+        real = os.path.realpath(root)
+        if inside(out, [real]) or inside(real, [out]):
+            raise UserError(f"--out {job.out} and {option} {root} overlap: a resumed run would read "
+                            f"its own output as input; choose an --out outside the inputs")
+
+
+def check_inputs(job: ComposeJob) -> Inputs:
+    """Fail fast (before any work) on bad options and unusable inputs; list the backgrounds."""
     from synthgen.compose.backgrounds import list_backgrounds
 
     raise_problems(job.problems())
-    bank = _open_bank(job.objects, job.params.size)
+    bank = _open_bank(job.objects, job.params.size, tuple(job.extra_object_roots))
+    listing = list_backgrounds(job.backgrounds)
+    _refuse_nesting(job, [("--objects", bank.root)] + [("--backgrounds", r) for r in listing.roots]
+                    + [("--extra-object-root", r) for r in job.extra_object_roots])
     if bank.first_usable(limit=min(len(bank), 2000)) is None:
         raise UserError(f"object bank {job.objects}: none of the first {min(len(bank), 2000)} "
                         "cut-outs is usable (RGBA PNGs with some opaque pixels are needed)")
-    return list_backgrounds(job.backgrounds)
+    return Inputs(listing.items, listing.skipped, bank.rejected, inputs_identity(bank, listing.items))
 
 
-def shards_to_do(job: ComposeJob, folder: RunFolder) -> list[int]:
+def shards_to_do(job: ComposeJob, folder: RunFolder, inputs: Inputs) -> list[int]:
     """Check the folder's run identity (recording it on a new run); the shards still to do."""
-    folder.check_identity(RUN_FILE, job.identity(), what="options")
+    folder.check_identity(RUN_FILE, job.identity(inputs.identity), what="options",
+                          optional=("inputs", "extra_object_roots"))
     return [s for s in range(job.num_shards) if not (folder.path / stats_name(s)).exists()]
 
 
-def write_manifest(job: ComposeJob, workers: int | None, ray_address: str | None) -> dict[str, Any]:
+def write_manifest(job: ComposeJob, inputs: Inputs, workers: int | None,
+                   ray_address: str | None) -> dict[str, Any]:
     out = Path(job.out)
     totals: dict[str, Any] = {"samples": 0, "objects": 0, "objects_per_scene": {}, "dropped_objects": {},
-                              "scene_resamples": {}, "skipped_backgrounds": {}, "skipped_objects": {},
-                              "shard_seconds": 0.0}
+                              "scene_resamples": {}, "shard_seconds": 0.0,
+                              "skipped_backgrounds": {r: dict(n) for r, n in inputs.skipped_backgrounds.items()},
+                              "skipped_objects": {r: dict(n) for r, n in inputs.skipped_objects.items()}}
     for s in range(job.num_shards):
         st = json.loads((out / stats_name(s)).read_text())
         totals["samples"] += st["samples"]
@@ -138,7 +204,7 @@ def write_manifest(job: ComposeJob, workers: int | None, ray_address: str | None
                                      for r, n in totals[f"skipped_{kind}"].items()}
     manifest = {"synthgen_version": __version__, "schema": SCENE_SCHEMA,
                 "shards": [shard_name(s) for s in range(job.num_shards)],
-                "options": {**job.identity(), "workers": workers, "ray_address": ray_address},
+                "options": {**job.identity(inputs.identity), "workers": workers, "ray_address": ray_address},
                 "totals": totals}
     atomic_write_json(out / MANIFEST_FILE, manifest)
     return manifest
@@ -153,13 +219,13 @@ def run_compose(job: ComposeJob, *, workers: int | None = None, ray_address: str
     if executor not in ("ray", "serial"):
         raise UserError(f"--executor must be ray or serial (got {executor!r})")
     workers = workers or os.cpu_count() or 1
-    backgrounds = check_inputs(job)
+    inputs = check_inputs(job)
     with RunFolder(job.out, "compose") as folder:
-        todo = shards_to_do(job, folder)
-        return _run(job, todo, backgrounds, workers, ray_address, executor, progress)
+        todo = shards_to_do(job, folder, inputs)
+        return _run(job, todo, inputs, workers, ray_address, executor, progress)
 
 
-def _run(job: ComposeJob, todo: list[int], backgrounds: list[str], workers: int | None,
+def _run(job: ComposeJob, todo: list[int], inputs: Inputs, workers: int | None,
          ray_address: str | None, executor: str, progress: bool) -> dict[str, Any]:
     from synthgen.executors import run_ray, run_serial
 
@@ -186,7 +252,7 @@ def _run(job: ComposeJob, todo: list[int], backgrounds: list[str], workers: int 
                 prog.update(task, advance=1, samples=done_samples[0])
 
             jobs = [(job, s) for s in todo]
-            shared = {"backgrounds": backgrounds}
+            shared = {"backgrounds": inputs.backgrounds}
             if executor == "serial":
                 failures = run_serial(compose_shard, jobs, on_result, shared=shared)
             else:
@@ -196,4 +262,4 @@ def _run(job: ComposeJob, todo: list[int], backgrounds: list[str], workers: int 
         lines = "; ".join(f"{shard_name(todo[i])}: {msg}" for i, msg in sorted(failures.items()))
         raise UserError(f"{len(failures)} of {len(todo)} shard(s) failed ({lines}); "
                         "the others are complete — re-run the same command to retry the failed ones")
-    return write_manifest(job, workers, ray_address)
+    return write_manifest(job, inputs, workers, ray_address)

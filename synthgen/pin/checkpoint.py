@@ -54,10 +54,19 @@ def _tuplify(x):
 
 
 def read_log(path: Path) -> list[dict]:
-    """The records of a run's ``log.jsonl``."""
+    """The records of a run's ``log.jsonl``; a line a kill cut short (or any line that is not a
+    JSON object) is dropped."""
     if not path.is_file():
         return []
-    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+    out = []
+    for line in path.read_bytes().decode("utf-8", "replace").splitlines():
+        try:
+            rec = json.loads(line)
+        except ValueError:
+            continue
+        if isinstance(rec, dict):
+            out.append(rec)
+    return out
 
 
 # --- checkpoint ----------------------------------------------------------------------------
@@ -94,8 +103,25 @@ def save_checkpoint(out: Path, pin, optimizer, scaler, step: int, meta: dict,
 
 
 def load_state(out: Path) -> dict:
-    """The resume state, read with ``torch.load(weights_only=True)`` (no arbitrary pickles)."""
-    return torch.load(out / TRAIN_STATE_FILE, map_location="cpu", weights_only=True)
+    """The resume state, read with ``torch.load(weights_only=True)`` (no arbitrary pickles): a
+    file holding anything else is refused with one line."""
+    import pickle
+    import warnings
+
+    path = out / TRAIN_STATE_FILE
+    try:
+        with warnings.catch_warnings():  # (torch warns about pickle protocols it reads anyway)
+            warnings.simplefilter("ignore", UserWarning)
+            state = torch.load(path, map_location="cpu", weights_only=True)
+    except (pickle.UnpicklingError, RuntimeError, EOFError, ValueError, AttributeError) as exc:
+        kind = "holds objects other than tensors and plain containers" if isinstance(
+            exc, pickle.UnpicklingError) else "is damaged or not a torch file"
+        raise UserError(f"{path} is not a synthgen checkpoint: it {kind}; it was not loaded (only "
+                        "tensors and plain containers are ever unpickled). Start a new run with "
+                        "another --out, or remove that file") from None
+    if not isinstance(state, dict) or "step" not in state:
+        raise UserError(f"{path} is not a synthgen checkpoint (no step); start a new run with another --out")
+    return state
 
 
 def saved_step(out: Path) -> tuple[int | None, int | None]:

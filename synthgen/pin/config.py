@@ -41,6 +41,7 @@ class TrainConfig:
     table_dim: int = 64
     hidden: tuple[int, ...] = (512, 768)
     shuffle_buffer: int = 1000
+    max_bad_samples: float = 0.01   # share of bad samples (skipped, counted) before a stop
     progress: bool = True
     device: str | None = None
 
@@ -67,4 +68,6 @@ class TrainConfig:
             out.append("--shuffle-buffer must be >= 0")
         if self.seed < 0:
             out.append("--seed must be >= 0")
+        if not 0 <= self.max_bad_samples <= 1:
+            out.append(f"--max-bad-samples must lie in [0, 1] (got {self.max_bad_samples})")
         return out

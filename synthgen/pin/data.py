@@ -13,8 +13,13 @@ The stream is a deterministic function of ``(seed, rank, worker, position)``:
 - Each time a scene is read one of its objects is drawn as the target (seeded by
   ``(seed, epoch, split, position)``), so one scene teaches every object over epochs.
 - Workers batch internally and the DataLoader returns worker batches round-robin; resuming at
-  step ``s`` rotates the worker roles and skips the raw (undecoded) samples already used, so the
-  batches after a resume are exactly those the uninterrupted run would have seen.
+  step ``s`` rotates the worker roles and skips the samples already used (checked like the
+  others, not tokenised), so the batches after a resume are exactly those the uninterrupted run
+  would have seen.
+- A bad sample (json that is not a scene record, a missing or undecodable image, a canvas other
+  than the model's, a damaged shard) is skipped and counted by reason; the counts travel with
+  each batch (``batch["bad"]``) to ``log.jsonl``. A split stops with a one-line error naming the
+  shard and key once more than ``max(10, max_bad_samples x samples read)`` are bad.
 
 Workers yield uint8 images (normalisation happens on the device) plus token ids and labels.
 """
@@ -31,17 +36,42 @@ from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
 from synthgen.errors import CarriedError, UserError, recover
 from synthgen.grounding import format_box
-from synthgen.schema import SceneRecord
+from synthgen.schema import SceneRecord, SchemaError
 from synthgen.shards import iter_tar
 
+BAD_FLOOR = 10  # bad samples always tolerated before --max-bad-samples applies
 
-def read_header(shards: Sequence[str]) -> dict:
-    """The json of the first scene of the first shard (canvas size, grid, schema)."""
-    for sample in iter_tar(shards[0], want=("json",)):
-        if "json" in sample:
-            rec = SceneRecord.from_json(sample["json"], f"{shards[0]}: scene {sample['__key__']}")
-            return rec.to_dict()
-    raise UserError(f"{shards[0]}: no scene json found")
+
+class BadSample(Exception):
+    """A sample that cannot be used; ``reason`` is a short word, the message names it."""
+
+    def __init__(self, message: str, reason: str):
+        super().__init__(message)
+        self.reason = reason
+
+
+def read_header(shards: Sequence[str], look: int = 100) -> dict:
+    """The json of the first valid scene record among the first ``look`` samples (canvas size,
+    grid, schema): what the shards were composed for. Bad samples before it are passed over (the
+    stream skips and counts them); none valid is a one-line error naming the first fault."""
+    first_error = None
+    seen = 0
+    for url in shards:
+        try:
+            for sample in iter_tar(url, want=("json",)):
+                seen += 1
+                try:
+                    return _record(sample).to_dict()
+                except BadSample as exc:
+                    first_error = first_error or str(exc)
+                if seen >= look:
+                    break
+        except UserError as exc:  # a damaged shard
+            first_error = first_error or str(exc)
+        if seen >= look:
+            break
+    raise UserError(f"no valid scene record in the first {seen} samples of {shards[0]}"
+                    + (f"...: {first_error}" if first_error else ""))
 
 
 def check_canvas(header: dict, shards_desc: str, input_size: int, model_desc: str) -> None:
@@ -53,23 +83,32 @@ def check_canvas(header: dict, shards_desc: str, input_size: int, model_desc: st
 
 # --- decoding ------------------------------------------------------------------------------
 
-def decode_image(data: bytes, size: int | None = None) -> torch.Tensor:
-    """JPEG/PNG bytes -> uint8 ``[3,H,W]`` RGB."""
+def decode_image(data: bytes, size: int | None = None, where: str = "scene") -> torch.Tensor:
+    """JPEG/PNG bytes -> uint8 ``[3,H,W]`` RGB; :class:`BadSample` when they are not an image of
+    ``size`` x ``size``."""
     from PIL import Image
 
-    with Image.open(io.BytesIO(data)) as im:
-        im = im.convert("RGB")
-        if size is not None and im.size != (size, size):
-            raise UserError(f"scene image is {im.size[0]}x{im.size[1]}, expected {size}x{size}")
-        arr = np.asarray(im)
+    try:
+        with Image.open(io.BytesIO(data)) as im:
+            im = im.convert("RGB")
+            arr = np.asarray(im)
+    except Exception as exc:  # noqa: BLE001 - any decoder failure is a bad sample
+        raise BadSample(f"{where}: the image cannot be decoded ({type(exc).__name__})", "bad_image") from None
+    if size is not None and arr.shape[:2] != (size, size):
+        raise BadSample(f"{where}: the image is {arr.shape[1]}x{arr.shape[0]}, the model takes "
+                        f"{size}x{size}", "wrong_canvas")
     return torch.from_numpy(arr.copy()).permute(2, 0, 1).contiguous()
+
+
+def _where(raw: dict) -> str:
+    return f"{raw.get('__url__')}: scene {raw.get('__key__')!s:.60}"
 
 
 def _image_bytes(sample: dict) -> bytes:
     for ext in ("jpg", "jpeg", "png", "webp"):
         if ext in sample:
             return sample[ext]
-    raise UserError(f"{sample.get('__url__')}: sample {sample['__key__']} has no image")
+    raise BadSample(f"{_where(sample)} has no image", "no_image")
 
 
 # --- training stream -----------------------------------------------------------------------
@@ -84,6 +123,7 @@ class StreamConfig:
     shuffle_buffer: int = 1000
     image_size: int | None = None
     name_loss: bool = False
+    max_bad_samples: float = 0.01   # fraction of the samples read (beyond BAD_FLOOR)
 
 
 def _rng(*words: int) -> np.random.Generator:
@@ -99,6 +139,21 @@ class SceneStream(IterableDataset):
         self.cfg = cfg
         self.codec = codec
         self.start_batch = int(start_batch)
+        self.read = 0                       # samples read by this split, good and bad
+        self.bad: dict[str, int] = {}       # reason -> count, since the start
+        self.bad_since: dict[str, int] = {}  # reason -> count, since the last batch
+        self.bad_examples: dict[str, str] = {}  # reason -> the first one seen
+
+    def _count_bad(self, exc: BadSample) -> None:
+        for table in (self.bad, self.bad_since):
+            table[exc.reason] = table.get(exc.reason, 0) + 1
+        self.bad_examples.setdefault(exc.reason, str(exc))
+        total = sum(self.bad.values())
+        if total > max(BAD_FLOOR, self.cfg.max_bad_samples * self.read):
+            counts = ", ".join(f"{k} {v}" for k, v in sorted(self.bad.items()))
+            raise UserError(f"{exc} — {total} of {self.read} samples read are bad ({counts}), more "
+                            f"than --max-bad-samples {self.cfg.max_bad_samples:g} allows; fix or remove "
+                            "those shards, or raise --max-bad-samples")
 
     # which samples a split reads
     def _split_plan(self, split: int, n_splits: int) -> list[tuple[int, bool]]:
@@ -130,10 +185,15 @@ class SceneStream(IterableDataset):
         def source():
             for pi in order:
                 shard_index, by_sample = plan[pi]
-                for pos, sample in enumerate(iter_tar(self.cfg.shards[shard_index])):
-                    if by_sample and (pos + shard_index) % n_splits != split:
-                        continue
-                    yield sample
+                url = self.cfg.shards[shard_index]
+                try:
+                    for pos, sample in enumerate(iter_tar(url)):
+                        if by_sample and (pos + shard_index) % n_splits != split:
+                            continue
+                        yield sample
+                except UserError as exc:  # a damaged tar: its samples before the damage are used
+                    self.read += 1
+                    self._count_bad(BadSample(str(exc), "damaged_shard"))
 
         for sample in source():
             if len(buf) < size:
@@ -148,33 +208,50 @@ class SceneStream(IterableDataset):
             yield buf.pop()
 
     def samples(self, split: int, n_splits: int, skip: int = 0) -> Iterator[dict]:
-        """Endless decoded training samples of one split, after skipping ``skip`` raw samples."""
+        """Endless decoded training samples of one split, after skipping ``skip`` good ones (bad
+        samples are skipped and counted; they do not count towards ``skip``)."""
         epoch = 0
-        epoch_len: int | None = None
+        epoch_good: int | None = None
         while True:
-            if epoch_len and skip >= epoch_len:  # skip whole epochs without reading them
-                epoch += skip // epoch_len
-                skip %= epoch_len
-            count = 0
+            if epoch_good and skip >= epoch_good:  # skip whole epochs without reading them
+                epoch += skip // epoch_good
+                skip %= epoch_good
+            count = good = 0
             for pos, raw in enumerate(self.raw_epoch(split, n_splits, epoch)):
                 count += 1
+                self.read += 1
+                try:
+                    sample = self._decode(raw, split, epoch, pos, tokenize=skip == 0)
+                except BadSample as exc:
+                    self._count_bad(exc)
+                    continue
+                good += 1
                 if skip > 0:
                     skip -= 1
                     continue
-                yield self._decode(raw, split, epoch, pos)
+                yield sample
             if count == 0:
                 raise UserError(f"data split {split} of {n_splits} has no samples; use fewer "
                                 "workers/GPUs or more shards")
-            epoch_len = count
+            if good == 0:
+                example = next(iter(self.bad_examples.values()), "")
+                raise UserError(f"data split {split} of {n_splits} has no usable sample: all {count} "
+                                f"are bad ({', '.join(f'{k} {v}' for k, v in sorted(self.bad.items()))}), "
+                                f"e.g. {example}")
+            epoch_good = good
             epoch += 1
 
-    def _decode(self, raw: dict, split: int, epoch: int, pos: int) -> dict:
+    def _decode(self, raw: dict, split: int, epoch: int, pos: int, tokenize: bool = True) -> dict:
         rec = _record(raw)
+        if self.cfg.image_size is not None and (rec.width, rec.height) != (self.cfg.image_size,) * 2:
+            raise BadSample(f"{_where(raw)}: canvas {rec.width}x{rec.height}, the model takes "
+                            f"{self.cfg.image_size}x{self.cfg.image_size}", "wrong_canvas")
+        pixels = decode_image(_image_bytes(raw), self.cfg.image_size, _where(raw))
         target = int(_rng(self.cfg.seed, epoch, split, pos, 2).integers(len(rec.objects)))
         referral, box = rec.query(target)
-        ids, labels = self.codec.encode(referral, format_box(box), name_loss=self.cfg.name_loss)
-        return {"pixels": decode_image(_image_bytes(raw), self.cfg.image_size),
-                "ids": ids, "labels": labels, "box": box, "key": raw["__key__"]}
+        ids, labels = (self.codec.encode(referral, format_box(box), name_loss=self.cfg.name_loss)
+                       if tokenize else ([], []))
+        return {"pixels": pixels, "ids": ids, "labels": labels, "box": box, "key": raw["__key__"]}
 
     def batches(self, split: int, n_splits: int, skip_batches: int = 0) -> Iterator[dict]:
         bs = self.cfg.batch_size
@@ -190,6 +267,8 @@ class SceneStream(IterableDataset):
         out["pixels"] = torch.stack([s["pixels"] for s in chunk])
         out["boxes"] = torch.tensor([s["box"] for s in chunk], dtype=torch.float32)
         out["keys"] = [s["key"] for s in chunk]
+        out["bad"] = {"counts": self.bad_since, "examples": dict(self.bad_examples)}
+        self.bad_since = {}
         return out
 
     def __iter__(self) -> Iterator[dict]:
@@ -239,20 +318,29 @@ def make_loader(cfg: StreamConfig, codec, *, workers: int = 0, start_batch: int 
 # --- evaluation on scene shards ------------------------------------------------------------
 
 def _record(raw: dict) -> SceneRecord:
-    where = f"{raw.get('__url__')}: scene {raw['__key__']}"
     if "json" not in raw:
-        raise UserError(f"{where} has no json")
-    return SceneRecord.from_json(raw["json"], where)
+        raise BadSample(f"{_where(raw)} has no json", "no_json")
+    try:
+        return SceneRecord.from_json(raw["json"], _where(raw))
+    except SchemaError as exc:
+        raise BadSample(str(exc), exc.reason) from None
 
 
-def iter_scene_queries(shards: Sequence[str], limit: int | None = None, image_size: int | None = None
+def iter_scene_queries(shards: Sequence[str], limit: int | None = None, image_size: int | None = None,
+                       bad: dict[str, int] | None = None
                        ) -> Iterator[tuple[torch.Tensor, str, list[float], str]]:
-    """``(image uint8 [3,H,W], referral, box, key)`` for every object of every scene, in order."""
+    """``(image uint8 [3,H,W], referral, box, key)`` for every object of every scene, in order;
+    bad scenes are skipped and counted in ``bad`` (reason -> count)."""
     n = 0
     for url in shards:
         for raw in iter_tar(url):
-            rec = _record(raw)
-            img = decode_image(_image_bytes(raw), image_size)
+            try:
+                rec = _record(raw)
+                img = decode_image(_image_bytes(raw), image_size, _where(raw))
+            except BadSample as exc:
+                if bad is not None:
+                    bad[exc.reason] = bad.get(exc.reason, 0) + 1
+                continue
             for i in range(len(rec.objects)):
                 referral, box = rec.query(i)
                 yield img, referral, box, raw["__key__"]

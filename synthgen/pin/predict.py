@@ -23,8 +23,10 @@ def predict(run_dir, image, text: str, *, out=None, model: str | None = None,
         raise UserError(f"no such image: {path}")
     if not text.strip():
         raise UserError("the object text is empty")
+    from synthgen.pin.checkpoint import read_run
+
+    arr, (w, h) = load_canvas(path, read_run(run_dir).canvas, what=f"image {path}")  # before the model
     run, adapter = load_run(run_dir, model=model, device=device)
-    arr, (w, h) = load_canvas(path, run.canvas, what=f"image {path}")
     px = torch.from_numpy(arr).permute(2, 0, 1).contiguous()
     (raw, box, ok), = generate_boxes(adapter, [px], [text.strip()], canvas=run.canvas, grid=run.grid)
     orig = scale_box(box, w / run.canvas, h / run.canvas)
@@ -34,8 +36,9 @@ def predict(run_dir, image, text: str, *, out=None, model: str | None = None,
         with Image.open(path) as im:
             im = ImageOps.exif_transpose(im).convert("RGB")  # the frame the box is in
             draw = ImageDraw.Draw(im)
-            lw = max(2, round(min(w, h) / 150))
-            draw.rectangle([orig[0], orig[1], orig[2] - 1, orig[3] - 1], outline=(255, 32, 32), width=lw)
+            lw = max(1, round(min(w, h) / 150))
+            x1, y1 = orig[0], orig[1]
+            draw.rectangle([x1, y1, max(x1, orig[2] - 1), max(y1, orig[3] - 1)], outline=(255, 32, 32), width=lw)
             draw.text((orig[0] + lw + 1, orig[1] + lw + 1), text, fill=(255, 32, 32))
             Path(out).parent.mkdir(parents=True, exist_ok=True)
             im.save(out)

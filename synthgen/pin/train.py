@@ -320,7 +320,8 @@ class _Loop:
         cfg, env = self.cfg, self.env
         stream = StreamConfig(shards=shards, batch_size=cfg.batch_size, seed=cfg.seed, rank=env.rank,
                               world_size=env.world, shuffle_buffer=cfg.shuffle_buffer,
-                              image_size=self.adapter.input_size, name_loss=cfg.name_loss)
+                              image_size=self.adapter.input_size, name_loss=cfg.name_loss,
+                              max_bad_samples=cfg.max_bad_samples)
         loader = make_loader(stream, self.adapter.codec, workers=cfg.workers, start_batch=step,
                              pin_memory=env.device.type == "cuda")
         progress = Progress(
@@ -328,11 +329,14 @@ class _Loop:
             TextColumn("loss {task.fields[loss]}"), TextColumn("{task.fields[sps]} samples/s"),
             TimeElapsedColumn(), TimeRemainingColumn(), disable=not (cfg.progress and env.main))
         last_loss, losses, n_since, t_log, val = float("nan"), [], 0, time.perf_counter(), None
+        self.bad: dict[str, int] = {}
         with progress:
             task = progress.add_task("train", total=cfg.steps, completed=step, loss="-", sps="-")
             it = iter(loader)
             while step < cfg.steps:
                 batch = next(it)
+                for reason, n in batch.get("bad", {}).get("counts", {}).items():
+                    self.bad[reason] = self.bad.get(reason, 0) + n
                 last_loss = self.step(batch)
                 step += 1
                 if self.scaler is None:  # (fp16's scaler skips non-finite steps itself)
@@ -357,6 +361,9 @@ class _Loop:
                 if env.ddp and step % cfg.save_every == 0:
                     torch.distributed.barrier()
         del it, loader
+        if self.bad:
+            env.say("skipped bad samples (this rank): "
+                    + ", ".join(f"{k} {v}" for k, v in sorted(self.bad.items())) + " (see log.jsonl)")
         return step, last_loss, val
 
     def _log_train(self, step: int, losses: list[float], n: int, dt: float) -> tuple[float, float]:
@@ -366,6 +373,9 @@ class _Loop:
             t = torch.tensor([mean], device=self.env.device)
             torch.distributed.all_reduce(t)
             mean = float(t) / self.env.world
-        self.log({"step": step, "loss": mean, "samples_per_s": round(sps, 2), "lr": self.cfg.lr,
-                  "time": time.time()})
+        rec = {"step": step, "loss": mean, "samples_per_s": round(sps, 2), "lr": self.cfg.lr,
+               "time": time.time()}
+        if self.bad:
+            rec["bad_samples"] = dict(sorted(self.bad.items()))
+        self.log(rec)
         return mean, sps

@@ -75,6 +75,37 @@ class Selection:
         return "; ".join(parts)
 
 
+MAX_NAME_CHARS = 100  # a category's folder and file names must fit every file system (255 bytes)
+
+
+def name_problem(name: str) -> str | None:
+    """Why ``name`` cannot be a category (too long, control characters, not UTF-8), or None."""
+    import unicodedata
+
+    if len(name) > MAX_NAME_CHARS:
+        return f"the name is {len(name)} characters long (at most {MAX_NAME_CHARS})"
+    if any(unicodedata.category(ch) in ("Cc", "Cs") for ch in name):
+        return "the name holds control characters or is not valid UTF-8"
+    if not clean_name(name):
+        return "the name is empty"
+    return None
+
+
+def check_names(cats: Sequence[Category], source: str = "the list") -> None:
+    """Refuse (one line, before any model loads) names that cannot become folders: too long,
+    control characters, empty, or two names that map to the same folder."""
+    slugs: dict[str, str] = {}
+    for c in cats:
+        problem = name_problem(c.name)
+        if problem:
+            raise UserError(f"category {c.name[:60]!r}{'...' if len(c.name) > 60 else ''} in {source}: "
+                            f"{problem}; rename it (nothing was rendered)")
+        if c.slug in slugs and slugs[c.slug] != c.name:
+            raise UserError(f"categories {slugs[c.slug]!r} and {c.name!r} map to the same folder "
+                            f"name {c.slug!r}; rename one")
+        slugs[c.slug] = c.name
+
+
 def _norm(name: str) -> str:
     return clean_name(name).lower()
 
@@ -278,12 +309,7 @@ def select_categories(source: str = "lvis", *, categories_file: str | Path | Non
     for c in cats:
         seen.setdefault(c.name, c)
     cats = list(seen.values())
-    slugs: dict[str, str] = {}
-    for c in cats:
-        if c.slug in slugs:
-            raise UserError(f"categories {slugs[c.slug]!r} and {c.name!r} map to the same folder "
-                            f"name {c.slug!r}; rename one")
-        slugs[c.slug] = c.name
+    check_names(cats, label)
 
     sel = Selection(categories=cats, source=label)
     if only:

@@ -23,7 +23,7 @@ from typing import Callable, Iterator, Sequence
 import numpy as np
 
 from synthgen.errors import raise_problems, recover
-from synthgen.render.categories import Category
+from synthgen.render.categories import Category, check_names
 from synthgen.render.config import RenderConfig
 from synthgen.render.plan import plan_resources
 from synthgen.render.records import finish_category, unpack
@@ -125,6 +125,7 @@ def render(categories: Sequence[Category], cfg: RenderConfig, *, use_ray: bool =
     from synthgen.render.bank_writer import BankWriter
 
     raise_problems(cfg.problems())
+    check_names(categories)
     t0 = time.monotonic()
     with RunFolder(cfg.out, "render", clean="recursive") as folder:
         # 1. a bank rendered with other settings is refused before any model loads

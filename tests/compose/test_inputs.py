@@ -87,7 +87,7 @@ def test_unusable_objects_are_skipped_counted_and_named(tmp_path, backgrounds):
     reasons = {b.entries[i].id: b.load(i).reason for i in range(len(b)) if isinstance(b.load(i), Skip)}
     assert reasons == {"bad/no_alpha.png": "no_alpha", "bad/broken.png": "unreadable",
                        "bad/empty.png": "transparent"}
-    comp = Composer(ComposeParams(), b, list_backgrounds(str(backgrounds)))
+    comp = Composer(ComposeParams(), b, list_backgrounds(str(backgrounds)).items)
     stats = SceneStats()
     for k in range(30):
         for o in comp.scene(k, stats).record.to_dict()["objects"]:
@@ -169,7 +169,7 @@ def test_decompression_bomb_is_skipped_but_large_image_is_used(tmp_path, monkeyp
 
 def test_composer_survives_odd_backgrounds_and_counts_skips(tmp_path, bank):
     root = _odd_backgrounds(tmp_path / "odd")
-    comp = Composer(ComposeParams(), ObjectBank.open(bank), list_backgrounds(str(root)))
+    comp = Composer(ComposeParams(), ObjectBank.open(bank), list_backgrounds(str(root)).items)
     stats = SceneStats()
     used = {comp.scene(k, stats).record.to_dict()["background"]["source"] for k in range(80)}
     assert not any(n in u for u in used for n in ("tiny", "truncated", "garbage"))
@@ -182,7 +182,7 @@ def test_all_backgrounds_unusable_is_an_error(tmp_path, bank):
     root = tmp_path / "bad"
     root.mkdir()
     (root / "a.jpg").write_bytes(b"nope")
-    comp = Composer(ComposeParams(), ObjectBank.open(bank), list_backgrounds(str(root)))
+    comp = Composer(ComposeParams(), ObjectBank.open(bank), list_backgrounds(str(root)).items)
     with pytest.raises(UserError, match="no usable background"):
         comp.scene(0)
 
@@ -197,11 +197,11 @@ def test_webdataset_shards_as_background_source(tmp_path):
             data = b"{}"
             info.size = len(data)
             tf.addfile(info, io.BytesIO(data))
-    items = list_backgrounds(str(tmp_path / "bg-{000000..000000}.tar"))
+    items = list_backgrounds(str(tmp_path / "bg-{000000..000000}.tar")).items
     assert len(items) == 3 and all(i.endswith(".jpg") is False for i in items)
     data = read_background(items[1])
     assert Image.open(io.BytesIO(data)).size == (320, 240)
-    assert list_backgrounds(str(tar)) == items
+    assert list_backgrounds(str(tar)).items == items
 
 
 def test_backgrounds_errors(tmp_path):

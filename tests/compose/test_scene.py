@@ -21,7 +21,7 @@ from tests.helpers import SOLID_COLOURS
 def _composer(bank, backgrounds, **kw) -> Composer:
     lay = kw.pop("layout", LayoutParams())
     params = ComposeParams(layout=lay, masks=True, **kw)
-    return Composer(params, ObjectBank.open(bank), list_backgrounds(str(backgrounds)))
+    return Composer(params, ObjectBank.open(bank), list_backgrounds(str(backgrounds)).items)
 
 
 def _colour_mask(img: np.ndarray, rgb) -> np.ndarray:

@@ -295,24 +295,28 @@ def test_user_error_in_a_dataloader_worker_is_one_line(vlm_dir, tmp_path):
 
     from synthgen.cli import app
 
-    # a shard whose scenes have no objects: the worker raises UserError while decoding
-    shard = write_shards(tmp_path / "ok", 2, canvas=CANVAS, grid=GRID)[0]
+    # a shard whose scenes but the first have no objects: the worker skips and counts them, and
+    # stops with a UserError once more than --max-bad-samples (and 10) are bad
+    shard = write_shards(tmp_path / "ok", 14, canvas=CANVAS, grid=GRID, per_shard=14)[0]
     (tmp_path / "bad").mkdir()
     with tarfile.open(shard) as src, tarfile.open(tmp_path / "bad" / "scenes-000000.tar", "w") as dst:
         for m in src.getmembers():
             data = src.extractfile(m).read()
-            if m.name.endswith(".json"):
+            if m.name.endswith(".json") and not m.name.startswith("000000000."):
                 data = json.dumps(dict(json.loads(data), objects=[])).encode()
             m.size = len(data)
             dst.addfile(m, io.BytesIO(data))
     r = CliRunner().invoke(app, ["train-pin", str(tmp_path / "bad"), "--model", str(vlm_dir),
                                  "--out", str(tmp_path / "run"), "--steps", "1", "--batch-size", "2",
-                                 "--workers", "1", "--hidden", "16,16", "--no-progress"])
+                                 "--workers", "1", "--hidden", "16,16", "--no-progress",
+                                 "--max-bad-samples", "0", "--shuffle-buffer", "1"])
     assert r.exit_code == 2, r.output
     assert "Traceback" not in r.output and "Traceback" not in r.stderr
     err = r.stderr.strip().splitlines()
     assert len(err) == 1 and "worker" not in err[0], err
-    assert re.fullmatch(r"error: \S+scenes-000000\.tar: scene 00000000[01] has no objects", err[0]), err
+    assert re.fullmatch(r"error: \S+scenes-000000\.tar: scene 0000000\d\d has no objects — 11 of 1[12] "
+                        r"samples read are bad \(no_objects 11\), more than --max-bad-samples 0 allows; "
+                        r"fix or remove those shards, or raise --max-bad-samples", err[0]), err
     # the worker is stopped at once (left to the garbage collector its shutdown waited 5 s)
     assert not multiprocessing.active_children()
 

@@ -13,7 +13,9 @@ import torch
 
 from synthgen.errors import UserError  # noqa: E402
 from synthgen.grounding import iou  # noqa: E402
+from synthgen.pin import eval_sets as S  # noqa: E402
 from synthgen.pin import evaluate as ev  # noqa: E402
+from synthgen.pin import protocol as P  # noqa: E402
 from synthgen.pin.data import SceneStream, StreamConfig, make_loader  # noqa: E402
 from synthgen.pin.module import PIN, sinusoid_table  # noqa: E402
 from synthgen.shards import find_shards as list_shards  # noqa: E402
@@ -53,20 +55,20 @@ def test_pin_config_round_trip():
 # --- metrics -------------------------------------------------------------------------------
 
 def test_size_buckets_scale_with_canvas():
-    assert ev.size_bucket([0, 0, 31, 31], 224) == "small"
-    assert ev.size_bucket([0, 0, 32, 32], 224) == "medium"
-    assert ev.size_bucket([0, 0, 95, 96], 224) == "medium"
-    assert ev.size_bucket([0, 0, 96, 96], 224) == "large"
+    assert P.size_bucket([0, 0, 31, 31], 224) == "small"
+    assert P.size_bucket([0, 0, 32, 32], 224) == "medium"
+    assert P.size_bucket([0, 0, 95, 96], 224) == "medium"
+    assert P.size_bucket([0, 0, 96, 96], 224) == "large"
     # thresholds scale with canvas/224: at 448 a 64x64 box is the smallest medium one
-    assert ev.size_bucket([0, 0, 63, 64], 448) == "small"
-    assert ev.size_bucket([0, 0, 64, 64], 448) == "medium"
-    assert ev.size_bucket([0, 0, 192, 192], 448) == "large"
+    assert P.size_bucket([0, 0, 63, 64], 448) == "small"
+    assert P.size_bucket([0, 0, 64, 64], 448) == "medium"
+    assert P.size_bucket([0, 0, 192, 192], 448) == "large"
 
 
 def test_unparseable_output_is_one_cell_at_origin():
-    assert ev.box_from_text("[28,42,126,154]", 224, 16) == ([28, 42, 126, 154], True)
-    assert ev.box_from_text("no box here", 224, 16) == ([0.0, 0.0, 14.0, 14.0], False)
-    assert ev.box_from_text("[1,2,3", 224, 14) == ([0.0, 0.0, 16.0, 16.0], False)
+    assert P.box_from_text("[28,42,126,154]", 224, 16) == ([28, 42, 126, 154], True)
+    assert P.box_from_text("no box here", 224, 16) == ([0.0, 0.0, 14.0, 14.0], False)
+    assert P.box_from_text("[1,2,3", 224, 14) == ([0.0, 0.0, 16.0, 16.0], False)
 
 
 def test_summarize_against_hand_computed_ious():
@@ -81,7 +83,7 @@ def test_summarize_against_hand_computed_ious():
         {"iou": iou([0, 0, 14, 14], [0, 0, 112, 112]), "bucket": "large", "parsed": False},
     ]
     assert recs[0]["iou"] == pytest.approx(1 / 7)
-    m = ev.summarize(recs)
+    m = P.summarize(recs)
     assert m["n"] == 4 and m["unparseable"] == 1
     assert m["miou"] == pytest.approx((1 / 7 + 1 + 0.5 + 196 / 12544) / 4)
     assert m["miou_M"] == pytest.approx(1.0) and m["n_M"] == 1
@@ -208,12 +210,12 @@ def test_restricted_unpickler_refuses_code(tmp_path):
         target.unlink()
     payload = pickle.dumps([{"ref_id": 1, "x": _Evil()}])
     with pytest.raises(UserError, match="refusing"):
-        ev.safe_load_pickle(payload)
+        S.safe_load_pickle(payload)
     assert not target.exists()
     import os
     payload2 = pickle.dumps((os.system, ("true",)))
     with pytest.raises(UserError, match="posix.system|os.system|refusing"):
-        ev.safe_load_pickle(payload2)
+        S.safe_load_pickle(payload2)
 
 
 def test_restricted_unpickler_reads_plain_refs(tmp_path):
@@ -223,7 +225,7 @@ def test_restricted_unpickler_reads_plain_refs(tmp_path):
     for proto in (2, pickle.HIGHEST_PROTOCOL):
         p = tmp_path / f"refs{proto}.p"
         p.write_bytes(pickle.dumps(refs, protocol=proto))
-        assert ev.safe_load_pickle(p) == refs
+        assert S.safe_load_pickle(p) == refs
 
 
 def test_cuda_rng_is_saved_and_restored_for_the_current_device_only(monkeypatch):
