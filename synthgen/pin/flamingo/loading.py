@@ -89,12 +89,17 @@ def load_vision(vision: str, pretrained: str | None, dtype: torch.dtype):
 def load_tokenizer(tokenizer: str):
     """The LM's tokenizer with OpenFlamingo's special tokens added (in the package's order)."""
     from transformers import AutoTokenizer
+    from transformers.utils import logging as hf_logging
 
+    before = hf_logging.get_verbosity()
+    hf_logging.set_verbosity_error()  # (a mosaic_gpt config.json beside the tokenizer draws a warning)
     try:
         tok = AutoTokenizer.from_pretrained(tokenizer, trust_remote_code=False)
     except (OSError, ValueError, KeyError) as exc:
         raise ModelLoadError(f"cannot load the tokenizer {tokenizer!r}: {_first_line(exc)}; pass "
                              "tokenizer=/path/to/local/dir") from None
+    finally:
+        hf_logging.set_verbosity(before)
     tok.add_special_tokens({"additional_special_tokens": [EOC_TOKEN, MEDIA_TOKEN]})
     if tok.pad_token is None:
         tok.add_special_tokens({"pad_token": PAD_TOKEN})
