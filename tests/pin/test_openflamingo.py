@@ -665,3 +665,78 @@ def test_import_refuses_a_pickle_that_runs_code(tmp_path):
         import_pin(tmp_path / "evil.pt", tmp_path / "run")
     assert "\n" not in str(exc.value)
     assert not (tmp_path / "marker").exists() and not (tmp_path / "run").exists()
+
+
+def test_openai_clip_weights_get_quick_gelu():
+    """open_clip 3.x builds ViT-L-14 with GELU even for the QuickGELU-trained openai weights (a
+    warning only); OpenFlamingo's encoder is the QuickGELU one."""
+    from synthgen.pin.flamingo.loading import geometry, open_clip_kwargs
+
+    assert open_clip_kwargs("ViT-L-14", "openai") == {"force_quick_gelu": True}
+    assert open_clip_kwargs("ViT-L-14", "laion2b_s32b_b82k") == {"force_quick_gelu": False}
+    assert open_clip_kwargs("ViT-L-14", None) == {}
+    with pytest.raises(UserError, match="unknown open_clip weights 'nope' for ViT-L-14; known: .*openai"):
+        open_clip_kwargs("ViT-L-14", "nope")
+    assert geometry("ViT-L-14") == {"input_size": 224, "patch_grid": 16, "num_positions": 256, "vision_width": 1024}
+    with pytest.raises(UserError, match="not an open_clip model name"):
+        geometry("ViT-Q-99")
+
+
+def _released_checkpoint(pkg) -> dict:
+    """What OpenFlamingo's training saves as checkpoint.pt (its filter_state_dict_to_trainable):
+    trainable parameters and every embedding, minus the alias and vision-encoder keys."""
+    state = pkg.state_dict()
+    for name, p in pkg.named_parameters():
+        if "embed" not in name and not p.requires_grad:
+            state.pop(name, None)
+    return {k: v for k, v in state.items()
+            if not any(s in k for s in ("lang_encoder.old_decoder_blocks", "lang_encoder.gated_cross_attn_layers",
+                                         "vision_encoder"))}
+
+
+@pytest.mark.slow
+def test_gpt_neox_lm_as_in_openflamingo_4b(tmp_path):
+    """The 4B variants' LM family (RedPajama-INCITE, GPT-NeoX: untied embed_in / embed_out, cross-attention
+    every 2nd layer): a checkpoint.pt saved the way OpenFlamingo saves it loads by key and runs the same."""
+    pytest.importorskip("open_flamingo", reason="pip install --no-deps open-flamingo==2.0.1")
+    import open_clip
+    from open_flamingo import create_model_and_transforms
+    from transformers import GPTNeoXConfig, GPTNeoXForCausalLM
+
+    from synthgen.pin.adapters import load_adapter
+    from synthgen.pin.module import PIN
+    from synthgen.pin.tiny_flamingo import _write_vision, build_lm_tokenizer
+
+    _write_vision(tmp_path / "vision", CANVAS, 14, VISION_WIDTH, 1, seed=0)
+    tok = build_lm_tokenizer()
+    torch.manual_seed(0)
+    GPTNeoXForCausalLM(GPTNeoXConfig(vocab_size=len(tok), hidden_size=64, num_hidden_layers=4, num_attention_heads=2,
+                                     intermediate_size=128, max_position_embeddings=128, tie_word_embeddings=False)
+                       ).save_pretrained(tmp_path / "neox")
+    tok.save_pretrained(tmp_path / "neox")
+    cfg = json.loads((tmp_path / "vision" / "open_clip_config.json").read_text())["model_cfg"]
+    (tmp_path / "configs").mkdir()
+    (tmp_path / "configs" / "TinyNeoXFlamingoViT.json").write_text(json.dumps(cfg))
+    open_clip.add_model_config(tmp_path / "configs")
+    weights = str(tmp_path / "vision" / "open_clip_model.safetensors")
+    pkg, _, _ = create_model_and_transforms("TinyNeoXFlamingoViT", weights, str(tmp_path / "neox"),
+                                            str(tmp_path / "neox"), cross_attn_every_n_layers=2)
+    with torch.no_grad():  # an OpenFlamingo after training: images matter (gates open)
+        for name, p in pkg.named_parameters():
+            if name.endswith("_gate"):
+                p.fill_(0.7)
+    (tmp_path / "of4b").mkdir()
+    released = _released_checkpoint(pkg)
+    # transformers 4.x (2023, when the OpenFlamingo-4B checkpoint was saved) named GPT-NeoX's output
+    # embedding embed_out, which the "embed" rule kept; transformers 5 calls it lm_head
+    released["lang_encoder.embed_out.weight"] = pkg.state_dict()["lang_encoder.lm_head.weight"]
+    assert "lang_encoder.gpt_neox.embed_in.weight" in released and "lang_encoder.lm_head.weight" not in released
+    torch.save(released, tmp_path / "of4b" / "checkpoint.pt")
+    pkg.eval()
+    a = load_adapter("openflamingo", str(tmp_path / "of4b"), lm=str(tmp_path / "neox"),
+                     vision="TinyNeoXFlamingoViT", vision_pretrained=weights, vision_tokens="ln_post")
+    assert a.model.decoder_layers == "gpt_neox.layers" and a.vlm_options["cross_attn_every"] == 2
+    torch.manual_seed(2)
+    px = torch.randint(0, 256, (2, 3, CANVAS, CANVAS), dtype=torch.uint8)
+    _compare(a, pkg, px, None)
+    _compare(a, pkg, px, PIN(a.num_positions, a.vision_width)().detach())

@@ -60,19 +60,28 @@ def geometry(vision: str) -> dict:
             "vision_width": int(vc["width"])}
 
 
+def open_clip_kwargs(vision: str, pretrained: str | None) -> dict:
+    """Extra ``open_clip.create_model`` arguments for weights ``pretrained`` of ``vision``: QuickGELU
+    for tags trained with it (``openai``: open_clip 3.x only warns about the mismatch, while 2.x
+    built the OpenAI models, OpenFlamingo's ViT-L/14 among them, with QuickGELU)."""
+    import open_clip
+
+    if not pretrained or Path(pretrained).exists():
+        return {}
+    tag = open_clip.get_pretrained_cfg(vision, pretrained)
+    if not tag:
+        raise UserError(f"unknown open_clip weights {pretrained!r} for {vision}; known: "
+                        f"{', '.join(open_clip.list_pretrained_tags_by_model(vision)) or 'none'}, or a file path")
+    return {"force_quick_gelu": bool(tag.get("quick_gelu", False))}
+
+
 def load_vision(vision: str, pretrained: str | None, dtype: torch.dtype):
     """``(visual, mean, std)``: the open_clip ViT of ``vision`` with weights ``pretrained`` (a tag,
     a file, or None for ``local-dir:``)."""
     import open_clip
 
     vision_config(vision)  # refuse unknown names / timm towers before loading anything
-    kwargs = {}
-    if pretrained and not Path(pretrained).exists():
-        tag = open_clip.get_pretrained_cfg(vision, pretrained)
-        if not tag:
-            raise UserError(f"unknown open_clip weights {pretrained!r} for {vision}; known: "
-                            f"{', '.join(open_clip.list_pretrained_tags_by_model(vision))}, or a file path")
-        kwargs["force_quick_gelu"] = bool(tag.get("quick_gelu", False))
+    kwargs = open_clip_kwargs(vision, pretrained)
     try:
         clip = open_clip.create_model(vision, pretrained=pretrained, **kwargs)
     except (RuntimeError, OSError, ValueError) as exc:
@@ -183,10 +192,24 @@ def _alias(model: Flamingo, key: str) -> str:
     return f"lang_encoder.gated_cross_attn_layers.{i}.{rest}"
 
 
+# names that changed in transformers since the checkpoints were saved (transformers 4.x, 2023)
+_RENAMED = (("lang_encoder.embed_out.", "lang_encoder.lm_head."),)  # GPT-NeoX's output embedding (OpenFlamingo-4B)
+
+
+def _renamed(key: str, own: dict) -> str:
+    if key in own:
+        return key
+    for old, new in _RENAMED:
+        if key.startswith(old) and new + key[len(old):] in own:
+            return new + key[len(old):]
+    return key
+
+
 def load_checkpoint_state(model: Flamingo, sd: dict[str, torch.Tensor], where: str) -> None:
     """Copy ``sd`` into ``model`` by key: every perceiver and cross-attention weight must be there
     (under either of open_flamingo's names), nothing may be unknown, and shapes must agree."""
     own = model.state_dict()
+    sd = {_renamed(k, own): v for k, v in sd.items()}
     unknown = sorted(k for k in sd if k not in own)
     if unknown:
         raise UserError(f"{where}: {len(unknown)} weights this Flamingo does not have, e.g. {unknown[:3]} "
