@@ -447,6 +447,13 @@ def test_mosaic_gpt_mpt_maps_onto_transformers_mpt(tmp_path):
     ref = _mosaic_reference(config, sd, ids, mask)
     real = mask.bool()
     assert torch.allclose(ours[real], ref[real], atol=1e-4), (ours[real] - ref[real]).abs().max()
+    # greedy decoding with transformers' KV cache = the reference recomputed from scratch each step
+    seq = ids[:1, :4]
+    for _ in range(5):
+        seq = torch.cat([seq, _mosaic_reference(config, sd, seq, torch.ones_like(seq))[:, -1:].argmax(-1)], 1)
+    with torch.no_grad():
+        cached = lm.generate(ids[:1, :4], max_new_tokens=5, do_sample=False, pad_token_id=0)
+    assert torch.equal(cached, seq), (cached, seq)
     # without QK-LayerNorm the logits differ: the q_ln/k_ln weights are really used
     plain = dict(config, attn_qk_ln=False)
     ref_plain = _mosaic_reference(plain, {**sd, **{k: torch.ones_like(v) for k, v in sd.items() if "_ln." in k}},
@@ -613,6 +620,26 @@ def test_import_pin_gives_a_run_that_evaluates_and_export_round_trips(tiny_dir, 
     r = runner.invoke(app, ["import-pin", str(tmp_path / "back.pt"), "--model", str(tiny_dir), "--out",
                             str(tmp_path / "run")])
     assert r.exit_code == 2 and "already holds a PIN run" in r.output
+
+
+def test_import_pin_of_for_the_released_openflamingo_and_back(tmp_path):
+    """PIN_OF.pt's own shapes (256 x 1024) for the default OpenFlamingo-3B: imported from the configs
+    alone (no weights needed), exported back bit for bit."""
+    from synthgen.pin.config import DEFAULT_MODELS
+    from synthgen.pin.portable import export_pin, import_pin
+
+    src = _authors_file(tmp_path / "PIN_OF.pt", n=256, out_dim=1024)
+    meta = import_pin(tmp_path / "PIN_OF.pt", tmp_path / "pin-of", vlm="openflamingo")
+    assert meta["model"] == DEFAULT_MODELS["openflamingo"]
+    assert (meta["canvas"], meta["grid"], meta["num_positions"], meta["vision_width"]) == (224, 16, 256, 1024)
+    assert meta["vlm_options"] == {"lm": "anas-awadalla/mpt-1b-redpajama-200b-dolly",
+                                   "tokenizer": "anas-awadalla/mpt-1b-redpajama-200b-dolly", "vision": "ViT-L-14",
+                                   "vision_pretrained": "openai", "cross_attn_every": 1, "vision_tokens": "ln_post"}
+    assert 1.1e6 < meta["pin_parameters"] < 1.3e6  # ~1.2M (SPEC section 3)
+    back = torch.load(export_pin(tmp_path / "pin-of", tmp_path / "back.pt"), weights_only=True)
+    assert back["mlp"].keys() == src["mlp"].keys() and back["pos_enc"].shape == (1, 256, 64)
+    assert all(torch.equal(back["mlp"][k], v) for k, v in src["mlp"].items())
+    assert torch.equal(back["pos_enc"], src["pos_enc"])
 
 
 @pytest.mark.parametrize("case, message", [

@@ -106,7 +106,7 @@ def load_tokenizer(tokenizer: str):
         tok = AutoTokenizer.from_pretrained(tokenizer, trust_remote_code=False)
     except (OSError, ValueError, KeyError) as exc:
         raise ModelLoadError(f"cannot load the tokenizer {tokenizer!r}: {_first_line(exc)}; pass "
-                             "tokenizer=/path/to/local/dir") from None
+                             "lm=/path/to/local/dir (or tokenizer=, when it lives elsewhere)") from None
     finally:
         hf_logging.set_verbosity(before)
     tok.add_special_tokens({"additional_special_tokens": [EOC_TOKEN, MEDIA_TOKEN]})

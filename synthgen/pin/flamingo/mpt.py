@@ -152,13 +152,16 @@ def fetch(repo_or_dir: str, filename: str, what: str) -> Path | None:
     if local.is_dir():
         return local / filename if (local / filename).is_file() else None
     from huggingface_hub import hf_hub_download
-    from huggingface_hub.errors import EntryNotFoundError
+    from huggingface_hub.errors import EntryNotFoundError, LocalEntryNotFoundError
 
     try:
         return Path(hf_hub_download(repo_or_dir, filename))
+    except LocalEntryNotFoundError:  # (a subclass of EntryNotFoundError): no network and not cached
+        raise ModelLoadError(f"cannot fetch {filename} of {what} {repo_or_dir!r}: the hub is unreachable and it "
+                             "is not in the local cache; pass a local directory instead") from None
     except EntryNotFoundError:
         return None
-    except Exception as exc:  # noqa: BLE001 - offline, gated, wrong id: all one message
+    except Exception as exc:  # noqa: BLE001 - gated, wrong id, ...: all one message
         raise ModelLoadError(f"cannot fetch {filename} of {what} {repo_or_dir!r}: {_first_line(exc)}; "
                              "pass a local directory instead") from None
 
