@@ -532,6 +532,11 @@ def test_variants_by_hub_id_and_overrides(tmp_path):
         resolve_parts(str(tmp_path))
     with pytest.raises(UserError, match="cross_attn_every must be a positive integer"):
         resolve_parts(None, cross_attn_every=0)
+    # a vision encoder by name alone would be random: its weights must be named too
+    assert resolve_parts(None, vision="ViT-L-14").vision_pretrained == "openai"
+    assert resolve_parts(None, vision="ViT-B-32", vision_pretrained="openai").vision_pretrained == "openai"
+    with pytest.raises(UserError, match="vision=ViT-B-32 needs its weights: vision_pretrained=TAG"):
+        resolve_parts(None, vision="ViT-B-32")
 
 
 @pytest.mark.slow

@@ -169,13 +169,17 @@ def resolve_parts(model: str | None = None, **options) -> FlamingoParts:
         raise UserError(f"{model_id} is not a known OpenFlamingo variant: say which language model it was "
                         f"trained with (option lm=HUB_ID_OR_DIR, or \"lm\" in {MANIFEST_FILE} beside "
                         f"{CHECKPOINT_FILE}); known variants: {', '.join(VARIANTS)}")
-    vision = chosen.get("vision") or (variant.vision if variant else DEFAULT_VISION)
-    if "vision_pretrained" in chosen:
+    own_vision = variant.vision if variant else DEFAULT_VISION
+    vision = chosen.get("vision") or own_vision
+    if chosen.get("vision_pretrained"):
         pretrained = chosen["vision_pretrained"]
-    elif "vision" in chosen:
-        pretrained = None  # a vision encoder given without weights: local-dir: carries its own
-    else:
+    elif vision.startswith(("local-dir:", "hf-hub:")):
+        pretrained = None  # the folder / hub repo carries its weights
+    elif vision == own_vision:
         pretrained = variant.vision_pretrained if variant else DEFAULT_VISION_PRETRAINED
+    else:  # an open_clip name alone would build random weights
+        raise UserError(f"vision={vision} needs its weights: vision_pretrained=TAG (see "
+                        f"open_clip.list_pretrained_tags_by_model({vision!r})) or a file, or use vision=local-dir:DIR")
     every = chosen.get("cross_attn_every", variant.cross_attn_every if variant and not local else None)
     return FlamingoParts(model_id=model_id, checkpoint=checkpoint, lm=lm, tokenizer=chosen.get("tokenizer") or lm,
                          vision=vision, vision_pretrained=pretrained, cross_attn_every=every,
