@@ -66,9 +66,9 @@ def _root(
 
 
 def _register() -> None:
-    from synthgen.cli import compose, demo, pin, render
+    from synthgen.cli import compose, demo, pin, pin_io, render
 
-    for stage in (render, compose, pin, demo):
+    for stage in (render, compose, pin, pin_io, demo):
         stage.register(app, user_errors)
 
 

@@ -232,8 +232,10 @@ def read_run(run_dir: str | os.PathLike) -> Run:
     return Run(d, json.loads(meta_path.read_text()))
 
 
-def load_run(run_dir: str | os.PathLike, model: str | None = None, device: str | None = None):
-    """``(run, adapter)``: the frozen VLM of the run with its trained PIN attached."""
+def load_run(run_dir: str | os.PathLike, model: str | None = None, device: str | None = None,
+             vlm_options: dict | None = None):
+    """``(run, adapter)``: the frozen VLM of the run (its ``pin.json``'s ``vlm``, ``model`` and
+    ``vlm_options``, each overridable) with its trained PIN attached."""
     from safetensors.torch import load_file
 
     from synthgen.pin.adapters import load_adapter
@@ -242,7 +244,8 @@ def load_run(run_dir: str | os.PathLike, model: str | None = None, device: str |
     run = read_run(run_dir)
     dev = device or ("cuda" if torch.cuda.is_available() else "cpu")
     dtype = torch.float32 if dev == "cpu" else torch.bfloat16
-    adapter = load_adapter(run.meta["vlm"], model or run.meta["model"], device=dev, dtype=dtype)
+    options = {**run.meta.get("vlm_options", {}), **(vlm_options or {})}
+    adapter = load_adapter(run.meta["vlm"], model or run.meta["model"], device=dev, dtype=dtype, **options)
     pin = PIN.from_config(run.meta["pin"])
     pin.load_state_dict(load_file(str(run.dir / PIN_WEIGHTS_FILE)))
     pin.to(adapter.device).eval()

@@ -5,12 +5,42 @@ The CLI takes its defaults from :class:`TrainConfig`. Light: no torch import.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Sequence
 
 # VLM family -> default checkpoint (hub id); the adapters live in synthgen.pin.adapters
-DEFAULT_MODELS = {"blip2": "Salesforce/blip2-opt-2.7b"}
+DEFAULT_MODELS = {"blip2": "Salesforce/blip2-opt-2.7b",
+                  "openflamingo": "openflamingo/OpenFlamingo-3B-vitl-mpt1b-langinstruct"}
 VLMS = tuple(DEFAULT_MODELS)
+
+# VLM family -> the extra options its adapter takes (name -> str | int | tuple of allowed values);
+# see synthgen.pin.flamingo.variants for what the OpenFlamingo ones choose
+VLM_OPTIONS: dict[str, dict] = {
+    "blip2": {},
+    "openflamingo": {"lm": str, "tokenizer": str, "vision": str, "vision_pretrained": str,
+                     "cross_attn_every": int, "vision_tokens": ("raw", "ln_post")},
+}
+
+
+def vlm_option_problems(vlm: str, options) -> list[str]:
+    """Problems with the extra options of ``vlm`` (their names and value types)."""
+    if not isinstance(options, dict):
+        return [f"VLM options must be a mapping of names to values, got {type(options).__name__}"]
+    allowed = VLM_OPTIONS.get(vlm, {})
+    if options and not allowed:
+        return [f"--vlm {vlm} takes no VLM options, got {', '.join(map(str, options))}"]
+    out = [f"unknown {vlm} option {k!r}; the options are {', '.join(allowed)}" for k in options if k not in allowed]
+    for k, v in options.items():
+        kind = allowed.get(k)
+        if v is None:  # not set
+            continue
+        if isinstance(kind, tuple) and v not in kind:
+            out.append(f"{vlm} option {k} must be one of {', '.join(kind)}, got {v!r}")
+        elif kind is int and (isinstance(v, bool) or not isinstance(v, int) or v < 1):
+            out.append(f"{vlm} option {k} must be a positive integer, got {v!r}")
+        elif kind is str and not (isinstance(v, str) and v.strip()):
+            out.append(f"{vlm} option {k} must be a non-empty string, got {v!r}")
+    return out
 
 PRECISIONS = ("auto", "bf16", "fp16", "fp32")
 ACTIVATIONS = ("silu", "swiglu")
@@ -23,6 +53,7 @@ class TrainConfig:
     out: str = "runs/pin"
     vlm: str = "blip2"
     model: str | None = None
+    vlm_options: dict = field(default_factory=dict)  # extra VLM options, e.g. OpenFlamingo's lm=
     steps: int = 75_000          # paper: 160 epochs x 60k scenes at 2 GPUs x 64
     batch_size: int = 64         # per GPU
     lr: float = 1e-3
@@ -64,6 +95,8 @@ class TrainConfig:
             out.append(f"--hidden must be positive integers, got {','.join(map(str, self.hidden))}")
         if self.vlm not in DEFAULT_MODELS:
             out.append(f"unknown --vlm {self.vlm!r}; choose one of: {', '.join(VLMS)}")
+        else:
+            out += vlm_option_problems(self.vlm, self.vlm_options)
         if self.shuffle_buffer < 0:
             out.append("--shuffle-buffer must be >= 0")
         if self.seed < 0:

@@ -37,8 +37,8 @@ def predict(run_dir, image, text: str, *, out=None, model: str | None = None,
             im = ImageOps.exif_transpose(im).convert("RGB")  # the frame the box is in
             draw = ImageDraw.Draw(im)
             lw = max(1, round(min(w, h) / 150))
-            x1, y1 = orig[0], orig[1]
-            draw.rectangle([x1, y1, max(x1, orig[2] - 1), max(y1, orig[3] - 1)], outline=(255, 32, 32), width=lw)
+            x1, y1, x2, y2 = orig  # a parsed box may be empty ([56,70,112,70]): draw it as a line
+            draw.rectangle([x1, y1, max(x1, x2 - 1), max(y1, y2 - 1)], outline=(255, 32, 32), width=lw)
             draw.text((orig[0] + lw + 1, orig[1] + lw + 1), text, fill=(255, 32, 32))
             Path(out).parent.mkdir(parents=True, exist_ok=True)
             im.save(out)

@@ -210,11 +210,16 @@ def train(cfg: TrainConfig, echo: Callable[[str], None] = print, adapter=None) -
         # 4. the frozen VLM, which must take the shards' canvas
         if adapter is None:
             model_id = prev["model"] if prev is not None else cfg.model
-            adapter = load_adapter(cfg.vlm, model_id, device=env.device, dtype=_DTYPES[precision])
+            options = {**(prev or {}).get("vlm_options", {}), **cfg.vlm_options}
+            adapter = load_adapter(cfg.vlm, model_id, device=env.device, dtype=_DTYPES[precision], **options)
         elif adapter.name != cfg.vlm:
             raise UserError(f"adapter is {adapter.name} but the config says --vlm {cfg.vlm}")
         else:
             env.device = adapter.device
+        vlm_options = dict(getattr(adapter, "vlm_options", {}))
+        if prev is not None and prev.get("vlm_options", vlm_options) != vlm_options:
+            raise UserError(f"{out} was trained on {prev['vlm']} with VLM options {prev['vlm_options']}, not "
+                            f"{vlm_options}; resume with the run's options or start a new run with another --out")
         model_desc = f"{cfg.vlm} ({adapter.model_id})"
         check_canvas(header, str(cfg.shards), adapter.input_size, model_desc)
         if val_shards:
@@ -240,7 +245,7 @@ def train(cfg: TrainConfig, echo: Callable[[str], None] = print, adapter=None) -
             env.say(f"nothing to resume in {out}; starting a new run")
         canvas, grid = int(header["width"]), int(header.get("grid", 0)) or None
         meta = {"format": PIN_FORMAT, "synthgen_version": __version__, "vlm": cfg.vlm,
-                "model": adapter.model_id, "canvas": canvas, "grid": grid,
+                "model": adapter.model_id, "vlm_options": vlm_options, "canvas": canvas, "grid": grid,
                 "patch_grid": adapter.patch_grid, "vision_width": adapter.vision_width,
                 "num_positions": adapter.num_positions, "pin": pin.config(),
                 "pin_parameters": pin.num_parameters(), "precision": precision, **settings,

@@ -96,6 +96,12 @@ class VLMAdapter:
     dtype: torch.dtype = torch.float32
     codec: TextCodec
 
+    @property
+    def vlm_options(self) -> dict:
+        """Extra options that rebuild this VLM with :func:`~synthgen.pin.adapters.load_adapter`
+        (recorded in a run's ``pin.json``); none by default."""
+        return {}
+
     # --- PIN -----------------------------------------------------------------------------
     def attach_pin(self, pin: PinFn) -> None:
         raise NotImplementedError
