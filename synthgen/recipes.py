@@ -30,20 +30,25 @@ def load_recipe(path: str | Path, section: str) -> dict[str, Any]:
     return dict(doc.get(section) or {})
 
 
-def apply_recipe(ctx, path: str | Path | None, section: str, allowed: tuple[str, ...]) -> dict[str, Any]:
+def apply_recipe(ctx, path: str | Path | None, section: str, allowed: tuple[str, ...],
+                 raw: tuple[str, ...] = ()) -> dict[str, Any]:
     """The command's option values (``ctx.params``) with the recipe's ``section`` applied wherever
     the user left the option at its default. Only ``allowed`` options may be set; each value is
     converted with the option's own type (a wrong type is a one-line error); lists become
-    ``a,b,c``."""
+    ``a,b,c``. Keys in ``raw`` (mappings with no single option, e.g. ``vlm_options``) are
+    returned as they are under their own name (None when absent)."""
     values = dict(ctx.params)
+    values.update({k: None for k in raw})
     if path is None:
         return values
     rec = load_recipe(path, section)
+    for k in raw:
+        values[k] = rec.pop(k, None)
     params = {p.name: p for p in ctx.command.params}
     unknown = sorted(k for k in rec if k not in params or k not in allowed)
     if unknown:
         raise UserError(f"recipe {path}: unknown option(s) in `{section}:`: {', '.join(unknown)} "
-                        f"(settable: {', '.join(sorted(allowed))})")
+                        f"(settable: {', '.join(sorted(allowed + raw))})")
     for key, val in rec.items():
         src = ctx.get_parameter_source(key)
         if src is not None and getattr(src, "name", "") not in ("DEFAULT", "DEFAULT_MAP"):

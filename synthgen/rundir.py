@@ -136,13 +136,21 @@ def _flat(d: dict, prefix: str = "") -> dict[str, Any]:
 
 def identity_diff(old: dict, new: dict, labels: dict[str, str] | None = None,
                   keys: Iterable[str] | None = None) -> list[str]:
-    """``"label old -> new"`` for every leaf (nested keys joined by dots) of ``keys`` (default:
-    all of both) whose value differs; ``labels`` names keys as the user knows them (options)."""
+    """``"label old -> new"`` for every leaf (nested keys joined by dots) under ``keys`` (default:
+    all of both) whose value differs; ``labels`` names top-level keys as the user knows them
+    (options): ``--seed 0 -> 5``, ``compose settings (layout.o_max) 0.5 -> 0.2``."""
     labels = labels or {}
     a, b = _flat(old), _flat(new)
-    keys = list(keys) if keys is not None else sorted(set(a) | set(b))
-    return [f"{labels.get(k, k)} {_show(a.get(k))} -> {_show(b.get(k))}"
-            for k in keys if a.get(k) != b.get(k)]
+    names = sorted(set(a) | set(b))
+    tops = list(keys) if keys is not None else list(dict.fromkeys(n.partition(".")[0] for n in names))
+    out = []
+    for top in tops:
+        for n in names:
+            if (n == top or n.startswith(top + ".")) and a.get(n) != b.get(n):
+                rest = n[len(top) + 1:]
+                label = (f"{labels[top]} ({rest})" if rest else labels[top]) if top in labels else n
+                out.append(f"{label} {_show(a.get(n))} -> {_show(b.get(n))}")
+    return out
 
 
 def _show(v: Any) -> str:

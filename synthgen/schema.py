@@ -58,9 +58,12 @@ class SchemaError(UserError):
 
 @dataclass(frozen=True)
 class SceneObject:
-    """One pasted object. ``box`` is ``[x1, y1, x2, y2]`` in canvas pixels (x2/y2 exclusive),
-    ``cells`` the same box in grid cells, ``visible`` the fraction of its opaque pixels left
-    visible by later objects; objects are listed in paste order."""
+    """One pasted object. ``category`` / ``category_id`` are the bank's; ``name`` is the text it
+    is asked for by (``bow`` for ``bow (weapon)``; absent in early records: the category);
+    ``referral`` the name with its position word when the name repeats in the scene. ``box`` is
+    ``[x1, y1, x2, y2]`` in canvas pixels (x2/y2 exclusive), ``cells`` the same box in grid
+    cells, ``visible`` the fraction of its pixels (alpha >= the paste threshold) left visible by
+    later objects; objects are listed in paste order."""
 
     category: str
     category_id: int | None
@@ -69,11 +72,13 @@ class SceneObject:
     cells: tuple[int, ...]
     visible: float
     referral: str
+    name: str = ""   # the name it is asked for by (the category without its qualifier)
 
     def to_dict(self) -> dict[str, Any]:
         return {"category": self.category, "category_id": self.category_id,
-                "object_id": self.object_id, "box": list(self.box), "cells": list(self.cells),
-                "visible": self.visible, "referral": self.referral}
+                "name": self.name or self.category, "object_id": self.object_id,
+                "box": list(self.box), "cells": list(self.cells), "visible": self.visible,
+                "referral": self.referral}
 
 
 @dataclass(frozen=True)
@@ -197,7 +202,8 @@ def _object(o: Any, where: str) -> SceneObject:
                        object_id=_str(str(o.get("object_id", "")), f"{where} object_id"),
                        box=_box(o["box"], f"{where} box"),
                        cells=tuple(o.get("cells") or ()), visible=vis,
-                       referral=_str(o.get("referral") or o["category"], f"{where} referral"))
+                       referral=_str(o.get("referral") or o["category"], f"{where} referral"),
+                       name=_str(o.get("name") or o["category"], f"{where} name"))
 
 
 # --- 2. object banks -----------------------------------------------------------------------

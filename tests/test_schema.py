@@ -35,7 +35,7 @@ def test_composed_records_round_trip_byte_for_byte(bank, backgrounds):
         assert list(d) == ["schema", "key", "seed", "width", "height", "grid", "background", "objects",
                            "target", "prompt", "answer"]
         assert d["schema"] == SCENE_SCHEMA and list(d["objects"][0]) == [
-            "category", "category_id", "object_id", "box", "cells", "visible", "referral"]
+            "category", "category_id", "name", "object_id", "box", "cells", "visible", "referral"]
         ref, box = rec.query(rec.target)
         assert ref == rec.objects[rec.target].referral and box == [float(v) for v in rec.objects[rec.target].box]
 

@@ -42,11 +42,12 @@ def recipe_option(section: str, example: str) -> Any:
              f"{example}); options given on the command line win.")
 
 
-def options(ctx: typer.Context, recipe: Optional[Path], section: str, allowed: tuple[str, ...]) -> dict:
+def options(ctx: typer.Context, recipe: Optional[Path], section: str, allowed: tuple[str, ...],
+            raw: tuple[str, ...] = ()) -> dict:
     """The command's option values with ``recipe``'s section applied (see :mod:`synthgen.recipes`)."""
     from synthgen.recipes import apply_recipe
 
-    return apply_recipe(ctx, recipe, section, allowed)
+    return apply_recipe(ctx, recipe, section, allowed, raw)
 
 
 WORKERS_HELP = ("CPUs of the local Ray started for this run (default: all CPUs of this machine; "

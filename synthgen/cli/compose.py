@@ -13,8 +13,9 @@ from synthgen.compose.config import LayoutParams as L
 
 # options of `compose` that a recipe's `compose:` section may set (what decides the dataset)
 RECIPE_KEYS = ("num_samples", "a_max", "fixed_count", "s_min", "s_max", "o_max", "min_visible",
-               "max_aspect_error", "size", "grid", "same_category_p", "absolute_referral_p",
-               "background_fit", "masks", "samples_per_shard", "jpeg_quality", "seed")
+               "max_aspect_error", "size", "grid", "same_category_p", "repeat_rule", "object_sampling",
+               "strip_qualifiers", "paste", "paste_alpha", "absolute_referral_p", "background_fit", "masks",
+               "samples_per_shard", "jpeg_quality", "seed")
 SAMPLES_PER_SHARD = 1000
 
 
@@ -31,6 +32,8 @@ def compose_job(o: dict):
                           o_max=o["o_max"], min_visible=o["min_visible"],
                           max_aspect_error=o["max_aspect_error"])
     params = ComposeParams(layout=layout, size=o["size"], same_category_p=o["same_category_p"],
+                           repeat_rule=o["repeat_rule"], object_sampling=o["object_sampling"],
+                           strip_qualifiers=o["strip_qualifiers"], paste=o["paste"], paste_alpha=o["paste_alpha"],
                            absolute_referral_p=o["absolute_referral_p"],
                            background_fit=o["background_fit"], masks=o["masks"],
                            jpeg_quality=o["jpeg_quality"], seed=o["seed"])
@@ -59,7 +62,12 @@ def register(app: typer.Typer, user_errors) -> None:
         max_aspect_error: float = typer.Option(L.max_aspect_error, "--max-aspect-error", help="Prefer object sizes whose rounding to whole cells changes the aspect ratio by at most this fraction."),
         size: int = typer.Option(P.size, "--size", help="Canvas side in pixels: the VLM's input size (224; 364/448 for high-resolution variants)."),
         grid: int = typer.Option(L.grid, "--grid", help="Grid cells per side (16 for ViT-L/14 at 224 = 14-px cells). --size must be divisible by it."),
-        same_category_p: float = typer.Option(P.same_category_p, "--same-category-p", help="Probability that the next object repeats a category already in the scene (paper: 0.7, for positional referrals)."),
+        same_category_p: float = typer.Option(P.same_category_p, "--same-category-p", help="Probability that the next object repeats a category of the scene, for positional referrals (Table 1: 0, no referrals; Table 2 / RefCOCO: 0.7, recipes/pin-refcoco.yaml)."),
+        repeat_rule: str = typer.Option(P.repeat_rule, "--repeat-rule", help="previous: repeat the previous object's category if it has not repeated yet, so pairs and never triples (the authors'); any: any category of the scene."),
+        object_sampling: str = typer.Option(P.object_sampling, "--object-sampling", help="pairs: every object of the bank equally likely (the authors'); category: a category first, then one of its objects."),
+        strip_qualifiers: bool = typer.Option(P.strip_qualifiers, "--strip-qualifiers/--keep-qualifiers", help="Ask for 'bow (weapon)' as 'bow' (the authors'); the json keeps the category as it is, the asked-for name in each object's 'name'."),
+        paste: str = typer.Option(P.paste, "--paste", help="soft: blend with the cut-out's alpha (the authors'); hard: copy the pixels whose alpha reaches --paste-alpha."),
+        paste_alpha: int = typer.Option(P.paste_alpha, "--paste-alpha", help="Alpha (1-255) from which a pixel belongs to its object: the box is the extent of those pixels, masks and 'visible' count them."),
         absolute_referral_p: float = typer.Option(P.absolute_referral_p, "--absolute-referral-p", help="Probability that an object whose category is unique gets an absolute position (e.g. 'apple at the left')."),
         background_fit: str = typer.Option(P.background_fit, "--background-fit", help="squash: resize to the square canvas ignoring aspect (paper); crop: random square crop first."),
         masks: bool = typer.Option(P.masks, "--masks", help="Also write {key}.mask.png: 0 background, i+1 = visible pixels of objects\\[i]."),

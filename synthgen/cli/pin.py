@@ -21,9 +21,10 @@ _MODEL_HELP = ("Hub id or local directory of the VLM weights (default: "
                + "; for eval/predict the run's own model).")
 
 # options a recipe's `train:` section may set
-RECIPE_KEYS = ("vlm", "model", "steps", "batch_size", "lr", "precision", "workers", "eval_every",
-               "val_limit", "save_every", "log_every", "seed", "name_loss", "activation", "table",
-               "hidden", "shuffle_buffer", "max_bad_samples")
+RECIPE_KEYS = ("vlm", "model", "steps", "epochs", "epoch_size", "warmup_epochs",
+               "batch_size", "lr", "precision", "workers", "eval_every", "val_limit", "save_every",
+               "log_every", "seed", "name_loss", "activation", "table", "hidden", "shuffle_buffer",
+               "max_bad_samples")
 
 
 def _fmt(v) -> str:
@@ -50,17 +51,24 @@ def register(app, user_errors) -> None:
     @user_errors
     def train_pin(
         ctx: typer.Context,
-        shards: str = typer.Argument(..., help="Scene shards: a directory of .tar, a glob, a brace "
-                                               "pattern (scenes-{000000..000099}.tar) or a URL."),
+        shards: Optional[str] = typer.Argument(None, help="Scene shards: a directory of .tar, a glob, a brace "
+                                                          "pattern (scenes-{000000..000099}.tar) or a URL. "
+                                                          "Or give --objects and --backgrounds instead."),
+        objects: Optional[Path] = typer.Option(None, "--objects", help="Compose the training scenes on the fly in the DataLoader workers (the authors' way: fresh scenes every step) from this object bank; the compose settings are the `compose:` section of --recipe (default: compose's defaults, the paper's)."),
+        backgrounds: Optional[str] = typer.Option(None, "--backgrounds", help="Backgrounds for --objects (a folder, tar shards or a pattern, as for compose)."),
+        extra_object_root: Optional[list[Path]] = typer.Option(None, "--extra-object-root", help="With --objects: a folder outside the bank that object paths may point into (repeatable)."),
         vlm: str = typer.Option(T.vlm, help=_VLM_HELP),
         model: Optional[str] = typer.Option(None, help=_MODEL_HELP),
+        vlm_option: Optional[list[str]] = typer.Option(None, "--vlm-option", metavar="KEY=VALUE", help="An option of the VLM family (repeatable), e.g. openflamingo: lm=DIR, vision=NAME, vision_pretrained=TAG|PATH, cross_attn_every=N, vision_tokens=ln_post|raw."),
         out: Path = typer.Option(Path(T.out), "--out", "-o", help="Run directory (checkpoints, log)."),
-        steps: int = typer.Option(T.steps, help="Total optimiser steps (paper: 160 epochs x 60k samples "
-                                               "at 2 GPUs x 64 = 75k)."),
+        steps: int = typer.Option(T.steps, help="Total optimiser steps, when --epochs is not given (the paper's 160 x 60,000 scenes at 2 GPUs x 64 is 74,880)."),
+        epochs: Optional[int] = typer.Option(T.epochs, help="Length in epochs of --epoch-size scenes (paper: 160); replaces --steps."),
+        epoch_size: int = typer.Option(T.epoch_size, help="Scenes an epoch over all GPUs (paper: 60,000), split over the ranks like a DistributedSampler."),
+        warmup_epochs: int = typer.Option(T.warmup_epochs, help="The authors' warm-up (40 in their script): for these first epochs every scene has a_max objects and the loss also covers '{name} located at'. Needs --epochs; with shards also --warmup-shards."),
+        warmup_shards: Optional[str] = typer.Option(None, help="Shards for the warm-up phase when training from shards (compose them with --fixed-count)."),
         batch_size: int = typer.Option(T.batch_size, help="Scenes per step per GPU (paper: 64)."),
         lr: float = typer.Option(T.lr, help="Adam learning rate, no weight decay (paper: 1e-3)."),
-        precision: str = typer.Option(T.precision, help="auto|bf16|fp16|fp32: autocast on GPU "
-                                                   "(auto = bf16 where supported); CPU always fp32."),
+        precision: str = typer.Option(T.precision, help="On GPU: fp16 = fp16 autocast over fp32 weights with a grad scaler (the authors'); bf16 = the frozen VLM in bf16 too (half its memory, no scaler); auto = bf16 where supported, else fp16; fp32. The CPU always trains in fp32."),
         workers: int = typer.Option(T.workers, help="DataLoader workers per GPU (0 = in the main process)."),
         val: Optional[str] = typer.Option(None, help="Validation scene shards: mIoU every --eval-every steps."),
         eval_every: int = typer.Option(T.eval_every, help="Steps between validations."),
@@ -69,29 +77,38 @@ def register(app, user_errors) -> None:
         log_every: int = typer.Option(T.log_every, help="Steps between log.jsonl lines."),
         resume: bool = typer.Option(False, "--resume", help="Continue the run in --out (PIN, optimiser, "
                                                             "step, RNG) along the same curve."),
-        seed: int = typer.Option(T.seed, help="Seed for PIN init, data order and target draws."),
+        seed: int = typer.Option(T.seed, help="Seed for PIN init, data order, target draws and composed scenes."),
         name_loss: bool = typer.Option(False, "--name-loss", help="Also put the loss on the object "
-                                                                  "name tokens (default: box only)."),
+                                                                  "name tokens after the warm-up (default: box only)."),
         activation: str = typer.Option(T.activation, help="PIN MLP activation: silu (authors' code) | "
                                                     "swiglu (as the paper describes)."),
         table: str = typer.Option(T.table, help="PIN input table: sinusoid (fixed) | learned."),
         hidden: str = typer.Option(csv(T.hidden), help="PIN MLP hidden widths (paper: 2 layers)."),
-        shuffle_buffer: int = typer.Option(T.shuffle_buffer, help="Sample shuffle buffer per data worker."),
+        shuffle_buffer: int = typer.Option(T.shuffle_buffer, help="Sample shuffle buffer per data worker (shards)."),
         max_bad_samples: float = typer.Option(T.max_bad_samples, help="Share of the samples read that may be bad (not a scene record, no or broken image, other canvas, damaged shard): they are skipped and counted in log.jsonl; past it (and past 10) train-pin stops, naming the shard and key."),
         progress: bool = typer.Option(True, "--progress/--no-progress", help="Show the progress bar."),
         recipe: Optional[Path] = recipe_option("train", "recipes/pin-paper.yaml"),
     ) -> None:
-        """Train PIN on a frozen VLM from scene shards (torchrun for several GPUs)."""
+        """Train PIN on a frozen VLM from scene shards, or from scenes composed on the fly
+        (torchrun for several GPUs)."""
+        from synthgen.cli.pin_io import parse_vlm_options
         from synthgen.pin.train import TrainConfig, train
+        from synthgen.recipes import load_recipe
 
-        o = options(ctx, recipe, "train", RECIPE_KEYS)
+        o = options(ctx, recipe, "train", RECIPE_KEYS, raw=("vlm_options",))
+        compose = load_recipe(recipe, "compose") if (recipe is not None and objects is not None) else {}
+        vlm_options = {**(o["vlm_options"] or {}), **parse_vlm_options(o["vlm_option"], o["vlm"])}
         cfg = TrainConfig(
-            shards=shards, out=str(out), vlm=o["vlm"], model=o["model"], steps=o["steps"],
-            batch_size=o["batch_size"], lr=o["lr"], precision=o["precision"], workers=o["workers"],
-            val=val, eval_every=o["eval_every"], val_limit=o["val_limit"], save_every=o["save_every"],
-            log_every=o["log_every"], resume=resume, seed=o["seed"], name_loss=o["name_loss"],
-            activation=o["activation"], table=o["table"], hidden=ints(o["hidden"], "--hidden"),
-            shuffle_buffer=o["shuffle_buffer"], max_bad_samples=o["max_bad_samples"], progress=progress,
+            shards=shards, objects=str(objects) if objects is not None else None, backgrounds=backgrounds,
+            compose=compose, extra_object_roots=tuple(str(r) for r in extra_object_root or ()),
+            out=str(out), vlm=o["vlm"], model=o["model"], vlm_options=vlm_options,
+            steps=o["steps"], epochs=o["epochs"], epoch_size=o["epoch_size"], warmup_epochs=o["warmup_epochs"],
+            warmup_shards=warmup_shards, batch_size=o["batch_size"], lr=o["lr"], precision=o["precision"],
+            workers=o["workers"], val=val, eval_every=o["eval_every"], val_limit=o["val_limit"],
+            save_every=o["save_every"], log_every=o["log_every"], resume=resume, seed=o["seed"],
+            name_loss=o["name_loss"], activation=o["activation"], table=o["table"],
+            hidden=ints(o["hidden"], "--hidden"), shuffle_buffer=o["shuffle_buffer"],
+            max_bad_samples=o["max_bad_samples"], progress=progress,
         )
         res = train(cfg, echo=typer.echo)
         if res.get("loss") is not None and res.get("main", True):

@@ -59,7 +59,12 @@ class ComposeParams:
 
     layout: LayoutParams = field(default_factory=LayoutParams)
     size: int = 224
-    same_category_p: float = 0.7
+    same_category_p: float = 0.0      # Table 1 (recipes/pin-refcoco.yaml: 0.7 for RefCOCO)
+    repeat_rule: str = "previous"     # the authors': repeat the previous category, pairs only
+    object_sampling: str = "pairs"    # the authors': uniform over (category, image) pairs
+    strip_qualifiers: bool = True     # the authors': "bow (weapon)" is asked for as "bow"
+    paste: str = "soft"               # the authors': blend with the cut-out's soft alpha
+    paste_alpha: int = 64             # alpha from which a pixel belongs to the object (box, mask)
     absolute_referral_p: float = 0.0
     depth_overlap: float = 0.75
     background_fit: str = "squash"
@@ -83,6 +88,15 @@ class ComposeParams:
             out.append(f"--same-category-p must lie in [0, 1] (got {self.same_category_p})")
         if not (0.0 <= self.absolute_referral_p <= 1.0):
             out.append(f"--absolute-referral-p must lie in [0, 1] (got {self.absolute_referral_p})")
+        if self.repeat_rule not in REPEAT_RULES:
+            out.append(f"--repeat-rule must be one of {', '.join(REPEAT_RULES)} (got {self.repeat_rule!r})")
+        if self.object_sampling not in OBJECT_SAMPLING:
+            out.append(f"--object-sampling must be one of {', '.join(OBJECT_SAMPLING)} "
+                       f"(got {self.object_sampling!r})")
+        if self.paste not in PASTES:
+            out.append(f"--paste must be one of {', '.join(PASTES)} (got {self.paste!r})")
+        if not (1 <= self.paste_alpha <= 255):
+            out.append(f"--paste-alpha must lie in 1..255 (got {self.paste_alpha})")
         if self.background_fit not in BACKGROUND_FITS:
             out.append(f"--background-fit must be squash or crop (got {self.background_fit!r})")
         if not (0 <= self.seed < 2**63):
@@ -99,6 +113,12 @@ class ComposeParams:
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
 
+    def text_name(self, category: str) -> str:
+        """The name a category is asked for by (qualifier stripped: ``bow (weapon)`` -> ``bow``)."""
+        if not self.strip_qualifiers:
+            return category
+        return category.split(" (")[0].strip() or category
+
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> "ComposeParams":
         d = dict(d)
@@ -109,3 +129,57 @@ class ComposeParams:
 
 
 BACKGROUND_FITS = ("squash", "crop")
+REPEAT_RULES = ("previous", "any")     # repeat the previous object's category once / any category
+OBJECT_SAMPLING = ("pairs", "category")  # uniform over objects / a category, then one of its objects
+PASTES = ("soft", "hard")              # alpha blending / pixels with alpha >= paste_alpha
+
+
+# options of a `compose:` recipe section that decide the shards, not a scene's content
+SHARD_KEYS = ("num_samples", "samples_per_shard")
+
+
+def params_from_options(values: dict[str, Any], where: str = "compose options") -> ComposeParams:
+    """A :class:`ComposeParams` from option values named as ``synthgen compose``'s options
+    (``a_max``, ``s_min`` as a list or ``0.3,0.2,0.1``, ``same_category_p``, ...: a recipe's
+    ``compose:`` section), checked by type; keys that only shape the shards are ignored."""
+    from dataclasses import fields
+
+    from synthgen.errors import UserError
+
+    layout_f = {f.name: f for f in fields(LayoutParams)}
+    params_f = {f.name: f for f in fields(ComposeParams) if f.name != "layout"}
+    lay: dict[str, Any] = {}
+    par: dict[str, Any] = {}
+    for key, val in values.items():
+        if key in SHARD_KEYS:
+            continue
+        target, fieldset = (lay, layout_f) if key in layout_f else (par, params_f)
+        if key not in fieldset:
+            raise UserError(f"{where}: unknown option {key!r}")
+        default = fieldset[key].default
+        try:
+            if isinstance(default, tuple):
+                items = val.split(",") if isinstance(val, str) else list(val)
+                val = tuple(float(v) for v in items)
+            elif isinstance(default, bool):
+                if not isinstance(val, bool):
+                    raise TypeError
+            elif isinstance(default, int):
+                if isinstance(val, bool) or int(val) != val:
+                    raise TypeError
+                val = int(val)
+            elif isinstance(default, float):
+                if isinstance(val, bool) or isinstance(val, str):
+                    raise TypeError
+                val = float(val)
+            elif isinstance(default, str) and not isinstance(val, str):
+                raise TypeError
+        except (TypeError, ValueError):
+            kind = ("comma-separated numbers" if isinstance(default, tuple) else "true or false"
+                    if isinstance(default, bool) else "an integer" if isinstance(default, int)
+                    else "a number" if isinstance(default, float) else "a string")
+            raise UserError(f"{where}: {key} must be {kind} (got {val!r})") from None
+        target[key] = val
+    params = ComposeParams(layout=LayoutParams(**lay), **par)
+    raise_problems(params.problems())
+    return params

@@ -3,9 +3,11 @@
 Everything is in whole grid cells. A box is ``(c1, r1, c2, r2)`` in cells with ``c2``/``r2``
 exclusive, so in canvas pixels it is ``cells * cell_size`` and lies on grid lines.
 
-For a scene of ``n`` objects the longer side ``L`` of each object is drawn from
-``[round(s_min[n-1]*G), round(s_max[n-1]*G))`` cells (the authors' ``randint(min, max-1)``);
-the shorter side follows the cut-out's aspect ratio (at least one cell). A position is valid
+For a scene of ``n`` objects the longer side ``L`` of each object spans
+``round(s_min[n-1]*G) + 1 .. round(s_max[n-1]*G)`` cells, as in the authors' code (which draws
+``s = randint(gmin, gmax - 1)`` and pastes ``s + 1`` cells): 6-16 / 4-16 / 3-16 cells for
+n = 1 / 2 / 3 at G = 16, full-canvas objects included. The shorter side follows the cut-out's
+aspect ratio (at least one cell; the authors add one cell to it as well, which distorts it). A position is valid
 when the box lies inside the canvas and ``sum_j max(inter/area_new, inter/area_j) <= o_max``
 over the already placed boxes. Unlike the authors' code, a new box may also not leave any
 earlier box with less than ``min_visible`` of its cells uncovered, and when no valid position
@@ -41,10 +43,10 @@ def draw_count(rng: np.random.Generator, p: LayoutParams) -> int:
 
 
 def long_side_range(n: int, p: LayoutParams) -> tuple[int, int]:
-    """``[lo, hi)`` range of the longer side in cells for a scene of ``n`` objects."""
-    lo = max(1, int(round(p.s_min[n - 1] * p.grid)))
-    hi = int(round(p.s_max[n - 1] * p.grid))
-    lo = min(lo, p.grid)
+    """``[lo, hi)`` range of the longer side in cells for a scene of ``n`` objects: the
+    authors' ``round(s_min*G) + 1 .. round(s_max*G)`` (see the module doc), within the grid."""
+    lo = min(int(round(p.s_min[n - 1] * p.grid)) + 1, p.grid)
+    hi = min(int(round(p.s_max[n - 1] * p.grid)) + 1, p.grid + 1)
     return lo, max(hi, lo + 1)
 
 

@@ -29,11 +29,12 @@ PASTE_ALPHA = 64          # resized alpha at or above this is pasted (hard paste
 DROP_EMPTY = "empty_after_resize"
 
 
-def fit_cutout(rgba: np.ndarray, w: int, h: int, passes: int = 3) -> tuple[np.ndarray, np.ndarray]:
+def fit_cutout(rgba: np.ndarray, w: int, h: int, passes: int = 3,
+               alpha_min: int = PASTE_ALPHA) -> tuple[np.ndarray, np.ndarray]:
     """Resize a cut-out to its ``w`` x ``h`` box and return ``(rgba, opaque)``.
 
-    Downscaling averages area (thin parts fade instead of vanishing) and the paste mask keeps
-    alpha >= PASTE_ALPHA. When thin borders still fade out so that the opaque extent no longer
+    Downscaling averages area (thin parts fade instead of vanishing); ``opaque`` (the object's
+    pixels: its box, mask and visible fraction) is alpha >= ``alpha_min``. When thin borders still fade out so that the opaque extent no longer
     reaches every edge of the box, the source is cropped to the part that produced the extent
     and resized again, so the pasted object fills its box: the box is its opaque extent.
     """
@@ -43,7 +44,7 @@ def fit_cutout(rgba: np.ndarray, w: int, h: int, passes: int = 3) -> tuple[np.nd
         sh, sw = src.shape[:2]
         method = Image.Resampling.BOX if (sw >= w and sh >= h) else Image.Resampling.BILINEAR
         out = np.asarray(Image.fromarray(src, "RGBA").resize((w, h), method))
-        opaque = out[:, :, 3] >= PASTE_ALPHA
+        opaque = out[:, :, 3] >= alpha_min
         if not opaque.any():
             break
         ys, xs = np.nonzero(opaque)
@@ -108,6 +109,7 @@ class Composer:
         self.bank = bank
         self.backgrounds = backgrounds
         self._bad_backgrounds: dict[int, Skip] = {}
+        self._category_index = {c: k for k, c in enumerate(bank.categories)}
 
     # -- inputs ----------------------------------------------------------------------------
     def _background(self, rng: np.random.Generator, stats: SceneStats) -> tuple[np.ndarray, str]:
@@ -129,6 +131,7 @@ class Composer:
                         f"({len(self._bad_backgrounds)} of {len(self.backgrounds)} are unusable)")
 
     def _object(self, rng: np.random.Generator, cat: int, stats: SceneStats) -> tuple[int, CutOut]:
+        """A usable object of category ``cat`` (index -1 when it has none)."""
         members = self.bank.by_category[cat]
         for _ in range(MAX_INPUT_DRAWS):
             i = members[int(rng.integers(len(members)))]
@@ -140,23 +143,50 @@ class Composer:
                 break
         return -1, None  # type: ignore[return-value]
 
+    def _any_object(self, rng: np.random.Generator, stats: SceneStats) -> tuple[int, CutOut]:
+        """One draw uniform over every object of the bank (index -1 when it is unusable)."""
+        i = int(rng.integers(len(self.bank.entries)))
+        item = self.bank.load(i)
+        if isinstance(item, CutOut):
+            return i, item
+        stats.skip("object", self.bank.entries[i].id, item)
+        return -1, None  # type: ignore[return-value]
+
+    def _repeat(self, rng: np.random.Generator, cats: list[int]) -> int | None:
+        """The category to repeat for the next object, or None (a new draw). With probability
+        ``same_category_p``: rule ``previous`` repeats the previous object's category unless it
+        repeats already (pairs, never triples: the authors'); rule ``any`` any earlier one."""
+        same = rng.random() < self.p.same_category_p
+        if not (same and cats):
+            return None
+        if self.p.repeat_rule == "any":
+            return cats[int(rng.integers(len(cats)))]
+        return cats[-1] if cats[:-1].count(cats[-1]) == 0 else None
+
     def _pick_objects(self, rng: np.random.Generator, n: int, stats: SceneStats) -> list[tuple[int, CutOut]]:
         chosen: list[tuple[int, CutOut]] = []
         cats: list[int] = []
-        ncat = len(self.bank.categories)
         for _attempt in range(MAX_INPUT_DRAWS):
             if len(chosen) == n:
                 break
-            same = rng.random() < self.p.same_category_p
-            if cats and same:
-                cat = cats[int(rng.integers(len(cats)))]
+            cat = self._repeat(rng, cats)
+            if cat is not None:
+                idx, cut = self._object(rng, cat, stats)
+            elif self.p.object_sampling == "pairs":
+                idx, cut = self._any_object(rng, stats)
             else:
-                cat = int(rng.integers(ncat))
-            idx, cut = self._object(rng, cat, stats)
+                idx, cut = self._object(rng, int(rng.integers(len(self.bank.categories))), stats)
             if idx < 0:
                 continue
+            k = self._category_index[self.bank.entries[idx].category]
+            if self.p.repeat_rule == "previous" and cats.count(k) >= 2:
+                continue  # pairs, never triples (a fresh draw may hit a category twice present)
+            if (cat is None and k in cats and self.p.same_category_p == 0
+                    and len(self.bank.categories) > len(set(cats))):
+                continue  # no repeats asked for: a fresh draw of a present category is redrawn
+                # (the authors keep it, and then ask for it by an ambiguous name)
             chosen.append((idx, cut))
-            cats.append(cat)
+            cats.append(k)
         if not chosen:
             raise UserError(f"object bank {self.bank.source}: no usable cut-out found after "
                             f"{MAX_INPUT_DRAWS} draws (see skipped objects in the shard stats)")
@@ -181,7 +211,8 @@ class Composer:
             objs, boxes, cboxes, fitted = [], [], [], []
             for i, cbox in zip(layout.placed, layout.boxes):
                 box = cells_to_pixels(cbox, cell)
-                rgba, opaque = fit_cutout(picks[i][1].rgba, box[2] - box[0], box[3] - box[1])
+                rgba, opaque = fit_cutout(picks[i][1].rgba, box[2] - box[0], box[3] - box[1],
+                                          alpha_min=p.paste_alpha)
                 if not opaque.any():
                     drops.append(DROP_EMPTY)  # nothing of it would be drawn: never label it
                     continue
@@ -189,7 +220,7 @@ class Composer:
                 boxes.append(box)
                 cboxes.append(cbox)
                 fitted.append((rgba, opaque))
-            names = [self.bank.entries[i].category for i, _ in objs]
+            names = [p.text_name(self.bank.entries[i].category) for i, _ in objs]
             refs = [make_referral(rng, t, names, boxes, width=p.size, height=p.size, margin=cell,
                                   absolute_p=p.absolute_referral_p, depth_overlap=p.depth_overlap)
                     for t in range(len(objs))]
@@ -202,23 +233,14 @@ class Composer:
         for reason in drops:
             stats.drop(reason)
 
-        canvas = bg.copy()
-        owner = np.zeros((p.size, p.size), dtype=np.uint8)
-        opaque_counts = []
-        for k, ((rgba, opaque), box) in enumerate(zip(fitted, boxes)):
-            region = canvas[box[1]:box[3], box[0]:box[2]]
-            region[opaque] = rgba[:, :, :3][opaque]
-            owner[box[1]:box[3], box[0]:box[2]][opaque] = k + 1
-            opaque_counts.append(int(opaque.sum()))
-        visible_counts = np.bincount(owner.ravel(), minlength=len(objs) + 1)[1:]
-
+        canvas, owner, visible = self._paint(bg, fitted, boxes)
         objects = []
         for k, ((bi, _), box, cbox, ref) in enumerate(zip(objs, boxes, cboxes, refs)):
             e = self.bank.entries[bi]
-            vis = float(visible_counts[k]) / opaque_counts[k] if opaque_counts[k] else 0.0
             objects.append(SceneObject(category=e.category, category_id=e.category_id,
                                        object_id=e.id, box=tuple(box), cells=tuple(cbox),
-                                       visible=round(vis, 4), referral=ref.text))
+                                       visible=visible[k], referral=ref.text,
+                                       name=p.text_name(e.category)))
         target = int(rng.integers(len(objects)))
         key = f"{index:09d}"
         record = SceneRecord(
@@ -227,3 +249,26 @@ class Composer:
             target=target, prompt=query_prompt(objects[target].referral),
             answer=format_box(objects[target].box))
         return Scene(key, canvas, owner if p.masks else None, record)
+
+    def _paint(self, bg: np.ndarray, fitted: list[tuple[np.ndarray, np.ndarray]], boxes: list[list[int]]
+               ) -> tuple[np.ndarray, np.ndarray, list[float]]:
+        """Paste in order (later objects occlude earlier ones): ``(canvas, owner map, visible
+        fraction per object)``. ``soft`` blends with the cut-out's alpha (the authors' paste),
+        ``hard`` copies the pixels with alpha >= ``paste_alpha``; either way a pixel belongs to
+        an object (mask, visibility) when its alpha is >= ``paste_alpha``."""
+        canvas = bg.copy()
+        owner = np.zeros(canvas.shape[:2], dtype=np.uint8)
+        opaque_counts = []
+        for k, ((rgba, opaque), box) in enumerate(zip(fitted, boxes)):
+            region = canvas[box[1]:box[3], box[0]:box[2]]
+            if self.p.paste == "soft":
+                a = rgba[:, :, 3:4].astype(np.uint32)
+                mixed = (rgba[:, :, :3].astype(np.uint32) * a + region.astype(np.uint32) * (255 - a) + 127) // 255
+                region[...] = mixed.astype(np.uint8)
+            else:
+                region[opaque] = rgba[:, :, :3][opaque]
+            owner[box[1]:box[3], box[0]:box[2]][opaque] = k + 1
+            opaque_counts.append(int(opaque.sum()))
+        visible_counts = np.bincount(owner.ravel(), minlength=len(fitted) + 1)[1:]
+        visible = [round(float(v) / n, 4) if n else 0.0 for v, n in zip(visible_counts, opaque_counts)]
+        return canvas, owner, visible

@@ -178,7 +178,11 @@ DATA_SPLIT = 2  # how shards are dealt to data splits (synthgen.pin.data.SceneSt
 # option that sets it; a resume must keep these
 RESUME_SETTINGS = {"seed": "--seed", "batch_size": "--batch-size", "lr": "--lr",
                    "world_size": "world size", "workers": "--workers",
-                   "shuffle_buffer": "--shuffle-buffer", "name_loss": "--name-loss"}
+                   "shuffle_buffer": "--shuffle-buffer", "name_loss": "--name-loss",
+                   "epoch_size": "--epoch-size", "warmup_epochs": "--warmup-epochs",
+                   "warmup_shards_sha256": "--warmup-shards", "train_source": "the scene source",
+                   "train_objects": "--objects", "train_backgrounds": "--backgrounds",
+                   "compose": "compose settings", "inputs": "the inputs"}
 
 
 def shard_list_digest(shards: Sequence[str]) -> str:
@@ -197,9 +201,10 @@ def resume_conflicts(prev: dict, now: dict) -> list[str]:
     from synthgen.rundir import identity_diff
 
     def differs(k: str) -> bool:
-        old, new = prev[k], now[k]
+        old, new = prev[k], now.get(k)
         return max(old, 1) != max(new, 1) if k == "workers" else old != new
 
+    now = json.loads(json.dumps({k: now.get(k) for k in set(now) | set(prev)}))  # tuples -> lists, as stored
     out = identity_diff(prev, now, RESUME_SETTINGS, [k for k in RESUME_SETTINGS if k in prev and differs(k)])
     if "train_shards_sha256" in prev and (prev["train_shards_sha256"], prev.get("train_shard_count")) != (
             now["train_shards_sha256"], now["train_shard_count"]):

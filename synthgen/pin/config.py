@@ -49,15 +49,23 @@ TABLES = ("sinusoid", "learned")
 
 @dataclass
 class TrainConfig:
-    shards: str | Sequence[str]
+    shards: str | Sequence[str] | None = None   # scene shards, or compose on the fly:
+    objects: str | None = None                  # an object bank, and
+    backgrounds: str | None = None              # backgrounds (with the compose settings below)
+    compose: dict = field(default_factory=dict)  # compose options (a recipe's compose: section)
+    extra_object_roots: tuple[str, ...] = ()
     out: str = "runs/pin"
     vlm: str = "blip2"
     model: str | None = None
     vlm_options: dict = field(default_factory=dict)  # extra VLM options, e.g. OpenFlamingo's lm=
-    steps: int = 75_000          # paper: 160 epochs x 60k scenes at 2 GPUs x 64
+    steps: int = 75_000          # paper: 160 epochs x 60k scenes at 2 GPUs x 64 (used without --epochs)
+    epochs: int | None = None    # the length in the paper's units (160), with epoch_size
+    epoch_size: int = 60_000     # scenes an epoch, over all ranks
+    warmup_epochs: int = 0       # the authors' 40: a_max objects, loss on "{name} located at" too
+    warmup_shards: str | Sequence[str] | None = None  # the warm-up's scenes when reading shards
     batch_size: int = 64         # per GPU
     lr: float = 1e-3
-    precision: str = "auto"
+    precision: str = "fp16"      # the authors': fp16 autocast over fp32 weights (on GPU)
     workers: int = 4             # DataLoader workers per GPU
     val: str | Sequence[str] | None = None
     eval_every: int = 1000
@@ -103,4 +111,24 @@ class TrainConfig:
             out.append("--seed must be >= 0")
         if not 0 <= self.max_bad_samples <= 1:
             out.append(f"--max-bad-samples must lie in [0, 1] (got {self.max_bad_samples})")
+        out += self._data_problems()
+        return out
+
+    def _data_problems(self) -> list[str]:
+        out = []
+        if (self.shards is None) == (self.objects is None):
+            out.append("give scene shards (SHARDS) or --objects and --backgrounds to compose scenes "
+                       "on the fly, not both" if self.shards is not None else
+                       "no training data: give scene shards (SHARDS), or --objects BANK and "
+                       "--backgrounds BG to compose scenes on the fly")
+        if (self.objects is None) != (self.backgrounds is None):
+            out.append("--objects and --backgrounds go together (scenes composed on the fly)")
+        if self.epochs is not None and self.epochs < 1:
+            out.append(f"--epochs must be >= 1 (got {self.epochs})")
+        if self.epoch_size < 1:
+            out.append(f"--epoch-size must be >= 1 (got {self.epoch_size})")
+        if self.warmup_epochs < 0 or (self.epochs is not None and self.warmup_epochs >= self.epochs):
+            out.append(f"--warmup-epochs must lie in 0..epochs-1 (got {self.warmup_epochs})")
+        if self.warmup_shards is not None and self.objects is not None:
+            out.append("--warmup-shards is for shard input; on the fly the warm-up scenes are composed")
         return out

@@ -122,7 +122,7 @@ class StreamConfig:
     world_size: int = 1
     shuffle_buffer: int = 1000
     image_size: int | None = None
-    name_loss: bool = False
+    name_loss: bool | str = False   # the loss span beyond the box: False, "name", "name_prompt"
     max_bad_samples: float = 0.01   # fraction of the samples read (beyond BAD_FLOOR)
 
 
@@ -130,9 +130,10 @@ def _rng(*words: int) -> np.random.Generator:
     return np.random.default_rng(np.random.SeedSequence([int(w) & 0xFFFFFFFF for w in words]))
 
 
-class SceneStream(IterableDataset):
+class BatchStream(IterableDataset):
     """Endless batches of ``{"pixels" uint8 [B,3,H,W], "input_ids", "attention_mask", "labels",
-    "boxes" [B,4], "keys"}`` for one DDP rank; see the module docstring for the order."""
+    "boxes" [B,4], "n_objects" [B], "keys", "bad"}`` for one DDP rank, split over the DataLoader
+    workers; subclasses say where the samples come from (:meth:`batches`)."""
 
     def __init__(self, cfg: StreamConfig, codec, start_batch: int = 0) -> None:
         super().__init__()
@@ -154,6 +155,40 @@ class SceneStream(IterableDataset):
             raise UserError(f"{exc} — {total} of {self.read} samples read are bad ({counts}), more "
                             f"than --max-bad-samples {self.cfg.max_bad_samples:g} allows; fix or remove "
                             "those shards, or raise --max-bad-samples")
+
+    def batches(self, split: int, n_splits: int, skip_batches: int = 0) -> Iterator[dict]:
+        raise NotImplementedError
+
+    def collate(self, chunk: list[dict]) -> dict:
+        out = self.codec.collate([(s["ids"], s["labels"]) for s in chunk])
+        out["pixels"] = torch.stack([s["pixels"] for s in chunk])
+        out["boxes"] = torch.tensor([s["box"] for s in chunk], dtype=torch.float32)
+        out["n_objects"] = torch.tensor([s["n_objects"] for s in chunk])
+        out["keys"] = [s["key"] for s in chunk]
+        out["bad"] = {"counts": self.bad_since, "examples": dict(self.bad_examples)}
+        self.bad_since = {}
+        return out
+
+    def __iter__(self) -> Iterator[dict]:
+        info = get_worker_info()
+        n_workers = info.num_workers if info is not None else 1
+        physical = info.id if info is not None else 0
+        # after s batches the DataLoader starts again at worker 0: rotate roles so that the
+        # batch order is the one of the uninterrupted run
+        logical = (physical + self.start_batch) % n_workers
+        done = max(0, -(-(self.start_batch - logical) // n_workers))  # batches b<s with b%W==l
+        split = self.cfg.rank * n_workers + logical
+        n_splits = self.cfg.world_size * n_workers
+        try:
+            yield from self.batches(split, n_splits, skip_batches=done)
+        except UserError as exc:
+            if info is None:
+                raise
+            yield CarriedError.of(exc)  # to the main process as a value: no worker traceback
+
+
+class SceneStream(BatchStream):
+    """Batches from scene shards; see the module docstring for the order."""
 
     # which samples a split reads
     def _split_plan(self, split: int, n_splits: int) -> list[tuple[int, bool]]:
@@ -251,7 +286,8 @@ class SceneStream(IterableDataset):
         referral, box = rec.query(target)
         ids, labels = (self.codec.encode(referral, format_box(box), name_loss=self.cfg.name_loss)
                        if tokenize else ([], []))
-        return {"pixels": pixels, "ids": ids, "labels": labels, "box": box, "key": raw["__key__"]}
+        return {"pixels": pixels, "ids": ids, "labels": labels, "box": box, "key": raw["__key__"],
+                "n_objects": len(rec.objects)}
 
     def batches(self, split: int, n_splits: int, skip_batches: int = 0) -> Iterator[dict]:
         bs = self.cfg.batch_size
@@ -261,32 +297,6 @@ class SceneStream(IterableDataset):
             if len(chunk) == bs:
                 yield self.collate(chunk)
                 chunk = []
-
-    def collate(self, chunk: list[dict]) -> dict:
-        out = self.codec.collate([(s["ids"], s["labels"]) for s in chunk])
-        out["pixels"] = torch.stack([s["pixels"] for s in chunk])
-        out["boxes"] = torch.tensor([s["box"] for s in chunk], dtype=torch.float32)
-        out["keys"] = [s["key"] for s in chunk]
-        out["bad"] = {"counts": self.bad_since, "examples": dict(self.bad_examples)}
-        self.bad_since = {}
-        return out
-
-    def __iter__(self) -> Iterator[dict]:
-        info = get_worker_info()
-        n_workers = info.num_workers if info is not None else 1
-        physical = info.id if info is not None else 0
-        # after s batches the DataLoader starts again at worker 0: rotate roles so that the
-        # batch order is the one of the uninterrupted run
-        logical = (physical + self.start_batch) % n_workers
-        done = max(0, -(-(self.start_batch - logical) // n_workers))  # batches b<s with b%W==l
-        split = self.cfg.rank * n_workers + logical
-        n_splits = self.cfg.world_size * n_workers
-        try:
-            yield from self.batches(split, n_splits, skip_batches=done)
-        except UserError as exc:
-            if info is None:
-                raise
-            yield CarriedError.of(exc)  # to the main process as a value: no worker traceback
 
 
 class SceneLoader(DataLoader):
@@ -309,8 +319,9 @@ class SceneLoader(DataLoader):
 
 
 def make_loader(cfg: StreamConfig, codec, *, workers: int = 0, start_batch: int = 0,
-                pin_memory: bool = False) -> DataLoader:
-    ds = SceneStream(cfg, codec, start_batch=start_batch)
+                pin_memory: bool = False, stream: type[BatchStream] | None = None) -> DataLoader:
+    """The DataLoader of a stream (default: :class:`SceneStream` over ``cfg.shards``)."""
+    ds = (stream or SceneStream)(cfg, codec, start_batch=start_batch)
     return SceneLoader(ds, batch_size=None, num_workers=workers, pin_memory=pin_memory,
                        prefetch_factor=4 if workers > 0 else None, persistent_workers=False)
 

@@ -5,7 +5,7 @@ reads, exactly what a user makes for an offline machine::
 
     DIR/checkpoint.pt   perceiver, gated cross-attention and token embeddings, keyed like the
                         released OpenFlamingo checkpoint.pt files (plain tensors)
-    DIR/flamingo.json   {"lm": "lm", "vision": "local-dir:vision", "cross_attn_every": K}
+    DIR/flamingo.json   {"lm": "lm", "vision": "local-dir:vision", "cross_attn_every": K, "vision_tokens": "raw"}
     DIR/lm/             an MPT language model in MosaicML's ``mosaic_gpt`` layout (config.json +
                         pytorch_model.bin, QK-LayerNorm, ALiBi, no biases, a vocabulary padded past
                         the tokenizer like MPT-1B's) or in transformers' ``mpt`` layout, and its
@@ -198,7 +198,10 @@ def build_tiny_openflamingo(
     _write_vision(out / "vision", image_size, patch_size, vision_width, vision_layers, seed)
     _write_lm(out / "lm", build_lm_tokenizer(), width=lm_width, layers=lm_layers, heads=lm_heads, qk_ln=qk_ln,
               lm_format=lm_format, seed=seed, lm_steps=lm_steps)
-    manifest = {"lm": "lm", "vision": "local-dir:vision", "cross_attn_every": cross_attn_every}
+    # the tiny stand-in names its token choice: its random ViT's raw tokens carry more of the
+    # image than LayerNorm-ed ones, so a few CPU steps visibly teach PIN the answer format
+    manifest = {"lm": "lm", "vision": "local-dir:vision", "cross_attn_every": cross_attn_every,
+                "vision_tokens": "raw"}
     (out / MANIFEST_FILE).write_text(json.dumps(manifest, indent=2) + "\n")
     parts = FlamingoParts(model_id=str(out), checkpoint=str(out / CHECKPOINT_FILE), lm=str(out / "lm"),
                           tokenizer=str(out / "lm"), vision=f"local-dir:{out / 'vision'}", vision_pretrained=None,

@@ -11,9 +11,7 @@ from __future__ import annotations
 import contextlib
 import inspect
 import json
-import math
 import os
-import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
@@ -26,10 +24,8 @@ from synthgen.pin.checkpoint import (
     DATA_SPLIT,
     read_checkpoint,
     resume_conflicts,
-    save_checkpoint,
     saved_step,
     set_rng_state,
-    shard_list_digest,
 )
 from synthgen.pin.config import PRECISIONS, TrainConfig
 from synthgen.rundir import RunFolder, atomic_write
@@ -37,7 +33,6 @@ from synthgen.schema import PIN_FORMAT, PIN_META_FILE, TRAIN_LOG_FILE, TRAIN_STA
 
 __all__ = ["TrainConfig", "train"]
 
-_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}
 
 
 @dataclass
@@ -81,23 +76,7 @@ def resolve_precision(precision: str, device: torch.device) -> str:
     return precision
 
 
-def check_finite(loss: float, step: int, device: torch.device | None = None) -> None:
-    """Raise RuntimeError when the loss is not finite. Under DDP (``device`` given) the ranks first
-    agree through a one-element all-reduce, so that all of them raise at the same step: a rank
-    raising alone would leave the others waiting in their next collective."""
-    finite = math.isfinite(loss)
-    everywhere = finite
-    if device is not None:
-        flag = torch.tensor([1 if finite else 0], dtype=torch.int32, device=device)
-        torch.distributed.all_reduce(flag, op=torch.distributed.ReduceOp.MIN)
-        everywhere = bool(flag.item())
-    if not finite:
-        raise RuntimeError(f"loss is {loss} at step {step}")
-    if not everywhere:
-        raise RuntimeError(f"loss is not finite on another rank at step {step}")
-
-
-def _resume_point(cfg: TrainConfig, env: _Env, shards: list[str]):
+def _resume_point(cfg: TrainConfig, env: _Env, plan):
     """``(prev meta, state, weights, settings)``: the checkpoint to continue (Nones for a new
     run) and this run's settings, refused when they differ from the checkpoint's."""
     out = Path(cfg.out)
@@ -105,8 +84,7 @@ def _resume_point(cfg: TrainConfig, env: _Env, shards: list[str]):
     prev, state, weights = ckpt if ckpt is not None else (None, None, None)
     settings = {"seed": cfg.seed, "lr": cfg.lr, "batch_size": cfg.batch_size, "world_size": env.world,
                 "workers": cfg.workers, "shuffle_buffer": cfg.shuffle_buffer, "name_loss": cfg.name_loss,
-                "train_shards": str(cfg.shards), "train_shard_count": len(shards),
-                "train_shards_sha256": shard_list_digest(shards), "data_split": DATA_SPLIT}
+                **plan.settings}
     if prev is None:
         return None, None, None, settings
     changed = resume_conflicts(prev, settings)
@@ -114,9 +92,9 @@ def _resume_point(cfg: TrainConfig, env: _Env, shards: list[str]):
         raise UserError(f"{out} was trained with other settings: {'; '.join(changed)}. Resume with "
                         "the run's settings (they fix the data order and the curve) or start a "
                         "new run with another --out")
-    n_splits = env.world * max(cfg.workers, 1)
-    if prev.get("data_split") != DATA_SPLIT and len(shards) >= n_splits and len(shards) % n_splits:
-        env.say(f"note: {out} was started by a synthgen that dealt {len(shards)} shards over "
+    n_splits, n_shards = env.world * max(cfg.workers, 1), settings.get("train_shard_count") or 0
+    if "data_split" in settings and prev.get("data_split") != DATA_SPLIT and n_shards >= n_splits and n_shards % n_splits:
+        env.say(f"note: {out} was started by a synthgen that dealt {n_shards} shards over "
                 f"{n_splits} data splits differently; after this resume the data order is not the "
                 "one the original run would have seen")
     if cfg.vlm != prev["vlm"] or (cfg.model and cfg.model != prev["model"]):
@@ -180,6 +158,8 @@ def train(cfg: TrainConfig, echo: Callable[[str], None] = print, adapter=None) -
     """
     from synthgen.pin.adapters import load_adapter
     from synthgen.pin.data import check_canvas, read_header
+    from synthgen.pin.loop import WEIGHTS, Loop
+    from synthgen.pin.sources import plan_data
     from synthgen.shards import find_shards
 
     # 1. settings, this process's rank and device
@@ -191,10 +171,9 @@ def train(cfg: TrainConfig, echo: Callable[[str], None] = print, adapter=None) -
         env.say(f"note: --precision {cfg.precision} is for GPUs; training in {precision} on "
                 f"{env.device.type}")
 
-    # 2. the data: shard lists and the canvas they were composed at
-    shards = find_shards(cfg.shards)
+    # 2. the data: shards or scenes composed on the fly, the canvas, the length and the phases
+    plan = plan_data(cfg, env.world)
     val_shards = find_shards(cfg.val) if cfg.val else None
-    header = read_header(shards)
 
     # 3. the run folder (locked by the main rank): a new run, or the checkpoint to resume
     if not cfg.resume and ((out / PIN_META_FILE).is_file() or (out / TRAIN_STATE_FILE).is_file()):
@@ -202,7 +181,7 @@ def train(cfg: TrainConfig, echo: Callable[[str], None] = print, adapter=None) -
         raise UserError(f"{out} already holds a PIN run{f' (step {at})' if at is not None else ''}; "
                         "pass --resume to continue it or choose another --out")
     with RunFolder(out, "train-pin") if env.main else contextlib.nullcontext():
-        prev, state, weights, settings = _resume_point(cfg, env, shards)
+        prev, state, weights, settings = _resume_point(cfg, env, plan)
         own_group = env.ddp and not torch.distributed.is_initialized()
         if own_group:
             torch.distributed.init_process_group("nccl" if env.device.type == "cuda" else "gloo")
@@ -211,7 +190,7 @@ def train(cfg: TrainConfig, echo: Callable[[str], None] = print, adapter=None) -
         if adapter is None:
             model_id = prev["model"] if prev is not None else cfg.model
             options = {**(prev or {}).get("vlm_options", {}), **cfg.vlm_options}
-            adapter = load_adapter(cfg.vlm, model_id, device=env.device, dtype=_DTYPES[precision], **options)
+            adapter = load_adapter(cfg.vlm, model_id, device=env.device, dtype=WEIGHTS[precision], **options)
         elif adapter.name != cfg.vlm:
             raise UserError(f"adapter is {adapter.name} but the config says --vlm {cfg.vlm}")
         else:
@@ -221,7 +200,7 @@ def train(cfg: TrainConfig, echo: Callable[[str], None] = print, adapter=None) -
             raise UserError(f"{out} was trained on {prev['vlm']} with VLM options {prev['vlm_options']}, not "
                             f"{vlm_options}; resume with the run's options or start a new run with another --out")
         model_desc = f"{cfg.vlm} ({adapter.model_id})"
-        check_canvas(header, str(cfg.shards), adapter.input_size, model_desc)
+        check_canvas({"width": plan.canvas, "height": plan.canvas}, plan.describe, adapter.input_size, model_desc)
         if val_shards:
             check_canvas(read_header(val_shards), str(cfg.val), adapter.input_size, model_desc)
 
@@ -243,22 +222,24 @@ def train(cfg: TrainConfig, echo: Callable[[str], None] = print, adapter=None) -
             env.say(f"resuming {out} at step {step}")
         elif cfg.resume:
             env.say(f"nothing to resume in {out}; starting a new run")
-        canvas, grid = int(header["width"]), int(header.get("grid", 0)) or None
+        canvas, grid = plan.canvas, plan.grid
         meta = {"format": PIN_FORMAT, "synthgen_version": __version__, "vlm": cfg.vlm,
                 "model": adapter.model_id, "vlm_options": vlm_options, "canvas": canvas, "grid": grid,
                 "patch_grid": adapter.patch_grid, "vision_width": adapter.vision_width,
                 "num_positions": adapter.num_positions, "pin": pin.config(),
                 "pin_parameters": pin.num_parameters(), "precision": precision, **settings,
-                "steps_planned": cfg.steps}
+                "steps_planned": plan.steps}
         log = _Log(out / TRAIN_LOG_FILE, step, env.main)
-        if step >= cfg.steps:
-            env.say(f"{out} is already at step {step} >= --steps {cfg.steps}")
+        if step >= plan.steps:
+            env.say(f"{out} is already at step {step} >= the {plan.steps} steps planned")
             return {"step": step, "out": str(out), "loss": None, "main": env.main}
 
-        # 7. the loop
-        loop = _Loop(cfg, env, adapter, pin, pin_fn, optimizer, scaler, precision, log,
-                     meta, val_shards, canvas, grid or adapter.patch_grid)
-        step, last_loss, val_metrics = loop.run(shards, step)
+        # 7. the loop, phase by phase (the warm-up, then the main phase)
+        env.say(f"training on {plan.describe}: {plan.steps} steps"
+                + "".join(f", {p.name} {p.start}-{p.end}" for p in plan.phases if len(plan.phases) > 1))
+        loop = Loop(cfg, env, adapter, pin, pin_fn, optimizer, scaler, precision, log,
+                    meta, val_shards, canvas, grid or adapter.patch_grid)
+        step, last_loss, val_metrics = loop.run(plan, step)
 
         # 8. the end: the VLM untouched, every rank done
         adapter.assert_frozen()
@@ -269,118 +250,3 @@ def train(cfg: TrainConfig, echo: Callable[[str], None] = print, adapter=None) -
     env.say(f"saved {out / 'pin.safetensors'} at step {step}")
     return {"step": step, "loss": last_loss, "out": str(out), "val": val_metrics,
             "pin_parameters": pin.num_parameters(), "main": env.main}
-
-
-class _Loop:
-    """Optimiser steps over the scene stream, with logging, validation and checkpoints."""
-
-    def __init__(self, cfg, env, adapter, pin, pin_fn, optimizer, scaler, precision, log, meta,
-                 val_shards, canvas, grid):
-        self.cfg, self.env, self.adapter, self.pin, self.pin_fn = cfg, env, adapter, pin, pin_fn
-        self.optimizer, self.scaler, self.precision, self.log, self.meta = (
-            optimizer, scaler, precision, log, meta)
-        self.val_shards, self.canvas, self.grid = val_shards, canvas, grid
-        self.amp = precision != "fp32"
-
-    def validate(self) -> dict | None:
-        from synthgen.pin.evaluate import evaluate_scenes
-
-        if not self.val_shards or not self.env.main:
-            return None
-        self.adapter.attach_pin(self.pin)  # the bare module: no DDP collectives on one rank
-        self.pin.eval()
-        with torch.autocast(self.env.device.type, dtype=_DTYPES[self.precision], enabled=self.amp):
-            m = evaluate_scenes(self.adapter, self.val_shards, canvas=self.canvas, grid=self.grid,
-                                limit=self.cfg.val_limit, batch_size=min(self.cfg.batch_size, 32))
-        self.pin.train()
-        self.adapter.attach_pin(self.pin_fn)
-        return m
-
-    def step(self, batch: dict) -> float:
-        """One optimiser step; the loss before it."""
-        with torch.autocast(self.env.device.type, dtype=_DTYPES[self.precision], enabled=self.amp):
-            loss = self.adapter.loss(batch)
-        self.optimizer.zero_grad(set_to_none=True)
-        if self.scaler is not None:
-            self.scaler.scale(loss).backward()
-            self.scaler.step(self.optimizer)
-            self.scaler.update()
-        else:
-            loss.backward()
-            self.optimizer.step()
-        return float(loss.detach())
-
-    def run(self, shards: list[str], step: int) -> tuple[int, float, dict | None]:
-        from rich.progress import (
-            BarColumn,
-            MofNCompleteColumn,
-            Progress,
-            TextColumn,
-            TimeElapsedColumn,
-            TimeRemainingColumn,
-        )
-
-        from synthgen.pin.data import StreamConfig, make_loader
-
-        cfg, env = self.cfg, self.env
-        stream = StreamConfig(shards=shards, batch_size=cfg.batch_size, seed=cfg.seed, rank=env.rank,
-                              world_size=env.world, shuffle_buffer=cfg.shuffle_buffer,
-                              image_size=self.adapter.input_size, name_loss=cfg.name_loss,
-                              max_bad_samples=cfg.max_bad_samples)
-        loader = make_loader(stream, self.adapter.codec, workers=cfg.workers, start_batch=step,
-                             pin_memory=env.device.type == "cuda")
-        progress = Progress(
-            TextColumn("[bold]train-pin"), BarColumn(), MofNCompleteColumn(),
-            TextColumn("loss {task.fields[loss]}"), TextColumn("{task.fields[sps]} samples/s"),
-            TimeElapsedColumn(), TimeRemainingColumn(), disable=not (cfg.progress and env.main))
-        last_loss, losses, n_since, t_log, val = float("nan"), [], 0, time.perf_counter(), None
-        self.bad: dict[str, int] = {}
-        with progress:
-            task = progress.add_task("train", total=cfg.steps, completed=step, loss="-", sps="-")
-            it = iter(loader)
-            while step < cfg.steps:
-                batch = next(it)
-                for reason, n in batch.get("bad", {}).get("counts", {}).items():
-                    self.bad[reason] = self.bad.get(reason, 0) + n
-                last_loss = self.step(batch)
-                step += 1
-                if self.scaler is None:  # (fp16's scaler skips non-finite steps itself)
-                    check_finite(last_loss, step, env.device if env.ddp else None)
-                losses.append(last_loss)
-                n_since += batch["input_ids"].shape[0] * env.world
-                if step % cfg.log_every == 0 or step == cfg.steps:
-                    mean, sps = self._log_train(step, losses, n_since, time.perf_counter() - t_log)
-                    progress.update(task, loss=f"{mean:.4f}", sps=f"{sps:.1f}")
-                    losses, n_since, t_log = [], 0, time.perf_counter()
-                progress.update(task, completed=step)
-                if self.val_shards and (step % cfg.eval_every == 0 or step == cfg.steps):
-                    val = self.validate()
-                    if val is not None:
-                        self.log({"step": step, "val_miou": val["miou"], "val_n": val["n"],
-                                  "val_unparseable": val["unparseable"]})
-                        progress.console.print(f"step {step}: val mIoU {val['miou']:.4f} "
-                                               f"({val['n']} queries, {val['unparseable']} unparseable)")
-                if env.main and (step % cfg.save_every == 0 or step == cfg.steps):
-                    save_checkpoint(Path(cfg.out), self.pin, self.optimizer, self.scaler, step,
-                                    self.meta, env.device)
-                if env.ddp and step % cfg.save_every == 0:
-                    torch.distributed.barrier()
-        del it, loader
-        if self.bad:
-            env.say("skipped bad samples (this rank): "
-                    + ", ".join(f"{k} {v}" for k, v in sorted(self.bad.items())) + " (see log.jsonl)")
-        return step, last_loss, val
-
-    def _log_train(self, step: int, losses: list[float], n: int, dt: float) -> tuple[float, float]:
-        sps = n / dt if dt > 0 else float("nan")
-        mean = sum(losses) / len(losses)
-        if self.env.ddp:  # log the mean over all ranks
-            t = torch.tensor([mean], device=self.env.device)
-            torch.distributed.all_reduce(t)
-            mean = float(t) / self.env.world
-        rec = {"step": step, "loss": mean, "samples_per_s": round(sps, 2), "lr": self.cfg.lr,
-               "time": time.time()}
-        if self.bad:
-            rec["bad_samples"] = dict(sorted(self.bad.items()))
-        self.log(rec)
-        return mean, sps

@@ -24,14 +24,15 @@ def test_help_is_light_and_lists_commands(cli_env):
 
 
 def test_every_compose_option_has_help(cli_env):
-    r = subprocess.run([sys.executable, "-m", "synthgen", "compose", "--help"], env=cli_env,
+    r = subprocess.run([sys.executable, "-m", "synthgen", "compose", "--help"], env=dict(cli_env, COLUMNS="200"),
                        capture_output=True, text=True, check=True)
     import re
 
     opts = set(re.findall(r"--[a-z][a-z-]+", r.stdout))
     for opt in ("--a-max", "--s-min", "--s-max", "--o-max", "--size", "--grid", "--same-category-p",
                 "--background-fit", "--masks", "--samples-per-shard", "--seed", "--workers",
-                "--ray-address", "--recipe", "--fixed-count", "--absolute-referral-p"):
+                "--ray-address", "--recipe", "--fixed-count", "--absolute-referral-p", "--repeat-rule",
+                "--object-sampling", "--strip-qualifiers", "--paste", "--paste-alpha"):
         assert opt in opts
 
 

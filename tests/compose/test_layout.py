@@ -24,10 +24,11 @@ PAPER = LayoutParams()
 
 
 def test_paper_size_ranges():
-    # longer side in [round(s_min*G), round(s_max*G)) cells, as the authors' randint(min, max-1)
-    assert long_side_range(1, PAPER) == (5, 16)
-    assert long_side_range(2, PAPER) == (3, 16)
-    assert long_side_range(3, PAPER) == (2, 16)
+    # the authors paste randint(round(s_min*G), round(s_max*G) - 1) + 1 cells: 6-16 / 4-16 / 3-16
+    assert long_side_range(1, PAPER) == (6, 17)
+    assert long_side_range(2, PAPER) == (4, 17)
+    assert long_side_range(3, PAPER) == (3, 17)
+    assert long_side_range(1, LayoutParams(grid=16, s_min=(1.0,), s_max=(1.0,), a_max=1)) == (16, 17)
 
 
 def test_box_shape_follows_aspect():

@@ -79,7 +79,7 @@ def test_visible_fraction_counts_occluded_pixels(bank, backgrounds):
 
 
 def test_same_category_repeats_and_positional_referrals(bank, backgrounds):
-    comp = _composer(bank, backgrounds, same_category_p=1.0,
+    comp = _composer(bank, backgrounds, same_category_p=1.0, repeat_rule="any",
                      layout=LayoutParams(fixed_count=True))
     positional = 0
     for k in range(30):

@@ -515,7 +515,7 @@ def test_variants_by_hub_id_and_overrides(tmp_path):
     assert p.model_id == DEFAULT_MODELS["openflamingo"] == "openflamingo/OpenFlamingo-3B-vitl-mpt1b-langinstruct"
     assert (p.lm, p.tokenizer, p.vision, p.vision_pretrained, p.cross_attn_every, p.vision_tokens) == (
         "anas-awadalla/mpt-1b-redpajama-200b-dolly", "anas-awadalla/mpt-1b-redpajama-200b-dolly", "ViT-L-14",
-        "openai", 1, "raw")
+        "openai", 1, "ln_post")
     assert resolve_parts("openflamingo/OpenFlamingo-9B-vitl-mpt7b").options()["cross_attn_every"] == 4
     p4 = resolve_parts("openflamingo/OpenFlamingo-4B-vitl-rpj3b-langinstruct", lm=str(tmp_path))
     assert (p4.lm, p4.cross_attn_every) == (str(tmp_path.resolve()), 2)  # local override made absolute

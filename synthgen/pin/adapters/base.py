@@ -19,6 +19,18 @@ from synthgen.grounding import prompt_parts
 
 PinFn = Callable[[], torch.Tensor]
 
+LOSS_SPANS = ("box", "name", "name_prompt")
+
+
+def loss_span(name_loss: bool | str) -> tuple[bool, bool]:
+    """Whether the loss covers the name, and the prompt after it (`` located at``), beyond the
+    answer: ``False``/``"box"`` neither, ``True``/``"name"`` the name, ``"name_prompt"`` both
+    (the authors' first 40 epochs: ``{name} located at [box]``)."""
+    span = "name" if name_loss is True else "box" if not name_loss else str(name_loss)
+    if span not in LOSS_SPANS:
+        raise ValueError(f"loss span must be one of {LOSS_SPANS}, got {name_loss!r}")
+    return span in ("name", "name_prompt"), span == "name_prompt"
+
 
 @dataclass
 class TextCodec:
@@ -37,14 +49,15 @@ class TextCodec:
     def _ids(self, text: str, special: bool = False) -> list[int]:
         return list(self.tokenizer(text, add_special_tokens=special)["input_ids"])
 
-    def encode(self, referral: str, answer: str | None = None, name_loss: bool = False,
+    def encode(self, referral: str, answer: str | None = None, name_loss: bool | str = False,
                art: str | None = None) -> tuple[list[int], list[int]]:
         """``(input_ids, labels)``: image tokens + BOS + prompt (+ `` answer`` + EOS when given).
 
         Labels are -100 on the image tokens and the prompt, so the loss covers only the answer
-        (the box text and EOS), and also the object name when ``name_loss``. ``art`` forces the
-        article (default a/an by the first letter).
+        (the box text and EOS), and also the parts of the prompt ``name_loss`` names
+        (:func:`loss_span`). ``art`` forces the article (default a/an by the first letter).
         """
+        on_name, on_post = loss_span(name_loss)
         pre, name, post = prompt_parts(referral, art)
         ids = [self.image_token_id] * self.num_query_tokens
         labels = [-100] * self.num_query_tokens
@@ -53,10 +66,10 @@ class TextCodec:
         labels += [-100] * len(head)
         n = self._ids(name)
         ids += n
-        labels += n if name_loss else [-100] * len(n)
+        labels += n if on_name else [-100] * len(n)
         p = self._ids(post)
         ids += p
-        labels += [-100] * len(p)
+        labels += p if on_post else [-100] * len(p)
         if answer is not None:
             a = self._ids(" " + answer)
             if self.add_eos and self.tokenizer.eos_token_id is not None:

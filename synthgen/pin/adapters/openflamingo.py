@@ -22,7 +22,7 @@ import torch
 
 from synthgen.errors import UserError
 from synthgen.grounding import prompt_parts
-from synthgen.pin.adapters.base import PinFn, TextCodec, VLMAdapter
+from synthgen.pin.adapters.base import PinFn, TextCodec, VLMAdapter, loss_span
 from synthgen.pin.config import DEFAULT_MODELS
 
 
@@ -36,7 +36,7 @@ class FlamingoCodec(TextCodec):
 
     eoc_token_id: int = -1
 
-    def encode(self, referral: str, answer: str | None = None, name_loss: bool = False,
+    def encode(self, referral: str, answer: str | None = None, name_loss: bool | str = False,
                art: str | None = None) -> tuple[list[int], list[int]]:
         """``(input_ids, labels)`` of ``<image>`` + prompt (+ `` {answer}.<|endofchunk|>``).
 
@@ -44,11 +44,13 @@ class FlamingoCodec(TextCodec):
         never merges across, so the ids are those of the whole string; labels are -100 but on the
         answer, its ``.`` and ``<|endofchunk|>`` (and the name with ``name_loss``).
         """
+        on_name, on_post = loss_span(name_loss)
         pre, name, post = prompt_parts(referral, art)
         head = self._ids(self.tokenizer.convert_ids_to_tokens(self.image_token_id) + pre, special=True)
         n, p = self._ids(name), self._ids(post)
         ids = head + n + p
-        labels = [-100] * len(head) + (n if name_loss else [-100] * len(n)) + [-100] * len(p)
+        labels = ([-100] * len(head) + (n if on_name else [-100] * len(n))
+                  + (p if on_post else [-100] * len(p)))
         if answer is not None:
             a = self._ids(f" {answer}.") + [self.eoc_token_id]
             ids, labels = ids + a, labels + a

@@ -27,7 +27,9 @@ an offline machine::
 
 Order: explicit options > ``flamingo.json`` > the variant's parts (by hub id, or by a known
 variant name in the local path, such as a hub cache folder) > defaults (ViT-L-14/openai,
-``vision_tokens="raw"``). ``cross_attn_every`` left unset is read off the checkpoint's keys.
+``vision_tokens="ln_post"``: the tokens the PIN authors trained on, with open_clip 2.23, which
+produced the paper's numbers; ``raw`` gives the tokens OpenFlamingo itself was pretrained on).
+``cross_attn_every`` left unset is read off the checkpoint's keys.
 """
 
 from __future__ import annotations
@@ -39,6 +41,8 @@ from pathlib import Path
 
 from synthgen.errors import UserError
 from synthgen.pin.config import DEFAULT_MODELS, vlm_option_problems
+
+DEFAULT_VISION_TOKENS = "ln_post"   # what PIN_OF.pt and the paper's numbers were trained on
 
 DEFAULT_MODEL = DEFAULT_MODELS["openflamingo"]
 CHECKPOINT_FILE = "checkpoint.pt"
@@ -183,4 +187,4 @@ def resolve_parts(model: str | None = None, **options) -> FlamingoParts:
     every = chosen.get("cross_attn_every", variant.cross_attn_every if variant and not local else None)
     return FlamingoParts(model_id=model_id, checkpoint=checkpoint, lm=lm, tokenizer=chosen.get("tokenizer") or lm,
                          vision=vision, vision_pretrained=pretrained, cross_attn_every=every,
-                         vision_tokens=chosen.get("vision_tokens", "raw"))
+                         vision_tokens=chosen.get("vision_tokens", DEFAULT_VISION_TOKENS))
