@@ -143,8 +143,28 @@ def render_demo(con, out: Path, workers: int) -> Path:
     return bank
 
 
+def _tiny_vlm(con, out: Path, vlm: str) -> Path:
+    """A tiny random VLM of the family ``vlm`` saved under ``out/models`` (loaded by path)."""
+    if vlm == "openflamingo":
+        from synthgen.pin.tiny_flamingo import build_tiny_openflamingo
+
+        model = out / "models" / "tiny-openflamingo"
+        if not (model / "checkpoint.pt").exists():
+            con.print(f"[bold]3. a tiny random OpenFlamingo[/] saved to {model} (checkpoint.pt, a MosaicML-format "
+                      "MPT, an open_clip ViT: loaded by path, like the real one)")
+            build_tiny_openflamingo(model, perceiver_depth=1, heads=2, num_latents=8)
+        return model
+    from synthgen.pin.tiny import build_tiny_blip2
+
+    model = out / "models" / "tiny-blip2"
+    if not (model / "config.json").exists():
+        con.print(f"[bold]3. a tiny random BLIP-2[/] saved to {model} (loaded by path, like a real checkpoint)")
+        build_tiny_blip2(str(model))
+    return model
+
+
 def run_demo(out: Path, num_samples: int = 256, workers: int = 2, steps: int = 150,
-             train: bool = True, render: bool = True) -> None:
+             train: bool = True, render: bool = True, vlm: str = "blip2") -> None:
     from rich.console import Console
 
     from synthgen.compose.config import ComposeParams
@@ -175,16 +195,13 @@ def run_demo(out: Path, num_samples: int = 256, workers: int = 2, steps: int = 1
                                num_samples=16, samples_per_shard=16), workers=workers)
     if not train:
         return
-    from synthgen.pin.tiny import build_tiny_blip2
-
-    model = out / "models" / "tiny-blip2"
-    if not (model / "config.json").exists():
-        con.print(f"[bold]3. a tiny random BLIP-2[/] saved to {model} (loaded by path, like a real checkpoint)")
-        build_tiny_blip2(str(model))
-    run = out / "runs" / "pin"
-    con.print("[bold]4. train PIN[/] on the frozen tiny BLIP-2 (random weights: this shows the "
+    if vlm not in ("blip2", "openflamingo"):
+        raise UserError(f"--vlm must be blip2 or openflamingo (got {vlm!r})")
+    model = _tiny_vlm(con, out, vlm)
+    run = out / "runs" / f"pin-{vlm}"
+    con.print(f"[bold]4. train PIN[/] on the frozen tiny {vlm} (random weights: this shows the "
               "pipeline end to end; its numbers are a smoke test, not results)")
-    _run(con, ["train-pin", str(out / "shards"), "--model", str(model), "--out", str(run),
+    _run(con, ["train-pin", str(out / "shards"), "--vlm", vlm, "--model", str(model), "--out", str(run),
                "--steps", str(steps), "--batch-size", "16", "--workers", "1", "--hidden", "64,64",
                "--val", str(out / "val-shards"), "--eval-every", str(max(1, steps // 2)),
                *(["--resume"] if (run / "pin.json").exists() else [])])

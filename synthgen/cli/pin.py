@@ -165,11 +165,15 @@ def register(app, user_errors) -> None:
         text: str = typer.Argument(..., help="What to find, e.g. \"cat\" or \"left teddy bear\"."),
         out: Optional[Path] = typer.Option(None, "--out", "-o", help="Write the image with the box drawn."),
         model: Optional[str] = typer.Option(None, help=_MODEL_HELP),
+        vlm_option: Optional[list[str]] = typer.Option(None, "--vlm-option", metavar="KEY=VALUE", help="Override a VLM option the run recorded (repeatable), e.g. lm=DIR for a local copy of OpenFlamingo's language model."),
     ) -> None:
         """Print the box of TEXT in IMAGE (original pixels) and optionally draw it."""
+        from synthgen.cli.pin_io import parse_vlm_options
+        from synthgen.pin.checkpoint import read_run
         from synthgen.pin.predict import predict as run_predict
 
-        r = run_predict(run, image, text, out=out, model=model)
+        options = parse_vlm_options(vlm_option, read_run(run).meta.get("vlm", "")) if vlm_option else None
+        r = run_predict(run, image, text, out=out, model=model, vlm_options=options)
         note = "" if r["parsed"] else f"  (no box in output {r['output']!r}: one-cell box at the origin)"
         typer.echo(f"{r['box_text']}{note}")
         if out:

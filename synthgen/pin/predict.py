@@ -9,7 +9,7 @@ from synthgen.grounding import format_box, scale_box
 
 
 def predict(run_dir, image, text: str, *, out=None, model: str | None = None,
-            device: str | None = None) -> dict:
+            device: str | None = None, vlm_options: dict | None = None) -> dict:
     """Box for ``text`` in ``image`` (original pixels); draws it to ``out`` when given."""
     import torch
     from PIL import Image, ImageDraw, ImageOps
@@ -26,7 +26,7 @@ def predict(run_dir, image, text: str, *, out=None, model: str | None = None,
     from synthgen.pin.checkpoint import read_run
 
     arr, (w, h) = load_canvas(path, read_run(run_dir).canvas, what=f"image {path}")  # before the model
-    run, adapter = load_run(run_dir, model=model, device=device)
+    run, adapter = load_run(run_dir, model=model, device=device, vlm_options=vlm_options)
     px = torch.from_numpy(arr).permute(2, 0, 1).contiguous()
     (raw, box, ok), = generate_boxes(adapter, [px], [text.strip()], canvas=run.canvas, grid=run.grid)
     orig = scale_box(box, w / run.canvas, h / run.canvas)
