@@ -28,7 +28,7 @@ from synthgen.grounding import iou, query_prompt, scale_box
 from synthgen.pin.eval_sets import Skips, coco_queries, find_image, refcoco_queries, safe_load_pickle
 
 __all__ = ["evaluate_coco", "evaluate_refcoco", "evaluate_scenes", "safe_load_pickle", "score_queries"]
-from synthgen.pin.protocol import box_from_text, random_box, size_bucket, summarize
+from synthgen.pin.protocol import box_from_text, size_bucket, summarize, uniform_box
 from synthgen.rundir import atomic_write
 
 BASELINES = ("random",)
@@ -64,7 +64,7 @@ def score_queries(items: Iterable[tuple[object, str, list[float], dict]], adapte
 
     def flush() -> None:
         if adapter is None:
-            preds = [("", random_box(rng, canvas, grid), True) for _ in chunk]
+            preds = [("", uniform_box(rng, canvas, grid), True) for _ in chunk]
         else:
             preds = generate_boxes(adapter, [c[0] for c in chunk], [c[1] for c in chunk],
                                    canvas=canvas, grid=grid, batch_size=batch_size,
