@@ -38,8 +38,10 @@ BASELINES = ("random",)
 
 def generate_boxes(adapter, images: Sequence, referrals: Sequence[str], *, canvas: int, grid: int,
                    batch_size: int = 16, num_beams: int = 3, max_new_tokens: int = 12,
-                   art: str | None = None) -> list[tuple[str, list[float], bool]]:
-    """``(text, box, parsed)`` for each (uint8 ``[3,H,W]`` image, referral) pair."""
+                   art: str | None = None, parse: str = "strict") -> list[tuple[str, list[float], bool]]:
+    """``(text, box, parsed)`` for each (uint8 ``[3,H,W]`` image, referral) pair: the raw
+    continuation, its box by the ``parse`` rule (:func:`~synthgen.pin.protocol.box_from_text`)
+    and whether that rule accepted it."""
     import torch
 
     out = []
@@ -48,7 +50,7 @@ def generate_boxes(adapter, images: Sequence, referrals: Sequence[str], *, canva
         texts = adapter.generate(px, list(referrals[i:i + batch_size]), num_beams=num_beams,
                                  max_new_tokens=max_new_tokens, art=art)
         for t in texts:
-            box, ok = box_from_text(t, canvas, grid)
+            box, ok = box_from_text(t, canvas, grid, parse)
             out.append((t, box, ok))
     return out
 
@@ -68,7 +70,8 @@ def score_queries(items: Iterable[tuple[object, str, list[float], dict]], adapte
         else:
             preds = generate_boxes(adapter, [c[0] for c in chunk], [c[1] for c in chunk],
                                    canvas=canvas, grid=grid, batch_size=batch_size,
-                                   num_beams=num_beams, max_new_tokens=max_new_tokens, art=art)
+                                   num_beams=num_beams, max_new_tokens=max_new_tokens, art=art,
+                                   parse="lenient")
         for (_, _, gt, fields), (text, box, ok) in zip(chunk, preds):
             records.append({**fields, "pred_box": [round(v, 2) for v in box],
                             "gt_box": [round(v, 2) for v in gt], "iou": iou(box, gt),
