@@ -257,3 +257,17 @@ def test_bad_protocol_options_are_one_line(tmp_path):
         ev.evaluate_coco(run, path, images, baseline="uniform", parse="loose")
     with pytest.raises(UserError, match="--baseline must be one of random, uniform"):
         ev.evaluate_coco(run, path, images, baseline="context")
+
+
+def test_eval_pin_cli_defaults_are_the_protocol_defaults():
+    """The CLI spells its defaults out (the dataclass is not imported at CLI load); they must not drift."""
+    import dataclasses
+
+    import typer
+
+    from synthgen.cli import app
+
+    cmd = typer.main.get_command(app).commands["eval-pin"]
+    defaults = {p.name: p.default for p in cmd.params}
+    for f in dataclasses.fields(P.EvalProtocol):
+        assert defaults[f.name] == f.default, f.name
