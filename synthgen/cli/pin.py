@@ -33,6 +33,7 @@ def _fmt(v) -> str:
 
 def _print_metrics(m: dict, title: str) -> None:
     from rich.console import Console
+    from rich.markup import escape
     from rich.table import Table
 
     t = Table(title=title)
@@ -43,7 +44,21 @@ def _print_metrics(m: dict, title: str) -> None:
     c = Console()
     c.print(t)
     c.print(f"medium {m['n_M']}, large {m['n_L']}, small {m['n_S']} queries; "
-            f"preds {m['preds_file']}; metrics {m['metrics_file']}")
+            f"preds {m['preds_file']}; metrics {m['metrics_file']}", soft_wrap=True)
+    proto = m.get("protocol") or {}
+    if proto:
+        line = " ".join(f"{k}={'model' if k == 'baseline' and v is None else v}" for k, v in proto.items())
+        c.print(escape(f"protocol: {line}"), soft_wrap=True)
+    rej = m.get("rejected") or {}
+    notes = [f"rejected answers: strict {rej.get('strict', 0)}, lenient {rej.get('lenient', 0)}"
+             ] if proto.get("baseline") is None and rej else []
+    notes += [f"{k.replace('_', ' ')} {m[k]}" for k in ("crowd_queries", "crowd_not_queried", "difficult_queries",
+                                                        "size_mismatch_images") if k in m]
+    skipped = m.get("skipped") or {}
+    if skipped:
+        notes.append("skipped " + ", ".join(f"{k} {v['count']}" for k, v in skipped.items()))
+    if notes:
+        c.print(escape("; ".join(notes)), soft_wrap=True)
 
 
 def register(app, user_errors) -> None:
@@ -120,42 +135,90 @@ def register(app, user_errors) -> None:
         run: Path = typer.Argument(..., help="Run directory of train-pin (pin.json + pin.safetensors)."),
         coco_json: Optional[Path] = typer.Option(None, help="COCO-format instances json (COCO val2017, "
                                                             "LVIS v1 val, VOC as COCO json)."),
-        images: Optional[Path] = typer.Option(None, help="Directory with the images of the set (LVIS: "
-                                                       "the COCO root holding val2017/, or val2017/ itself)."),
-        max_objects: int = typer.Option(3, help="Keep images with 1..N annotated objects (paper: 3)."),
-        out: Optional[Path] = typer.Option(None, help="preds.jsonl path [default: RUN/eval/SET/preds.jsonl]; "
-                                                      "metrics.json is written next to it."),
-        baseline: Optional[str] = typer.Option(None, help="'random': random boxes on the grid instead of "
-                                                          "the model, on the same queries."),
+        voc: Optional[Path] = typer.Option(None, help="PASCAL VOC folder of one year (VOCdevkit/VOC2007): "
+                                                      "ImageSets/Main/SPLIT.txt, Annotations/*.xml, JPEGImages/; "
+                                                      "raw class names, difficult objects included (the authors')."),
         refcoco: Optional[Path] = typer.Option(None, help="RefCOCO directory (refs(unc).p + instances.json): "
                                                           "report P@0.3 and mIoU."),
-        split: str = typer.Option("testA", help="RefCOCO split."),
+        images: Optional[Path] = typer.Option(None, help="Directory with the images of the set (LVIS: "
+                                                       "the COCO root holding val2017/, or val2017/ itself; "
+                                                       "not used with --voc)."),
+        split: Optional[str] = typer.Option(None, help="RefCOCO split \\[default: testA] or VOC image set "
+                                                       "\\[default: test]."),
+        max_objects: int = typer.Option(3, help="Keep images with 1..N annotated objects, crowd and difficult "
+                                                "ones included (paper: 3; not RefCOCO)."),
+        out: Optional[Path] = typer.Option(None, help="preds.jsonl path \\[default: RUN/eval/SET/preds.jsonl]; "
+                                                      "metrics.json is written next to it."),
+        baseline: Optional[str] = typer.Option(None, help="Score a baseline instead of the model, on the same "
+                                                          "queries: 'random' = the paper's (for each query a "
+                                                          "ground-truth box of another image of the set), "
+                                                          "'uniform' = corners drawn uniformly on the grid."),
+        article: str = typer.Option("auto", help="Query article: 'auto' = a/an by the first letter (the "
+                                                 "authors' and training's), 'a' = always 'a'."),
+        names: str = typer.Option("strip", help="COCO-format class names: 'strip' = '_' -> space and the "
+                                                "qualifier dropped, 'bow_(weapon)' -> 'bow' (the authors' "
+                                                "LVIS rule), 'raw' = 'bow (weapon)'. VOC names are always "
+                                                "the XML's."),
+        crowd: str = typer.Option("query", help="COCO iscrowd annotations, which always count towards "
+                                                "--max-objects: 'query' = queried too (the authors'), "
+                                                "'skip' = not queried."),
+        gt_boxes: str = typer.Option("authors", help="Ground-truth boxes on the canvas: 'authors' = scaled "
+                                                     "and truncated to integers as their loaders (COCO/"
+                                                     "RefCOCO: x, y, w, h each, far corner <= canvas-1; VOC: "
+                                                     "corners, clipped to 1..canvas), 'exact' = scaled as "
+                                                     "floats. Size buckets use the same boxes."),
+        parse: str = typer.Option("strict", help="Answer parser: 'strict' = the authors' (' \\[a,b,c,d]' with a "
+                                                 "space before '[', every value a grid line, a<c, b<d), "
+                                                 "'lenient' = any \\[a,b,c,d]. Rejected answers count as the "
+                                                 "one-cell box at the origin; both rules' counts are reported."),
+        refcoco_sentences: str = typer.Option("last", help="RefCOCO queries: 'last' = one per referred "
+                                                           "object, its last sentence's raw text (the "
+                                                           "authors'), 'all' = one per sentence (its 'sent')."),
+        num_beams: int = typer.Option(3, help="Beam search width (the authors': 3)."),
+        max_new_tokens: int = typer.Option(12, help="Most tokens generated per answer (the authors': 12)."),
         model: Optional[str] = typer.Option(None, help=_MODEL_HELP),
         batch_size: int = typer.Option(16, help="Queries per generate call."),
         limit: Optional[int] = typer.Option(None, help="Evaluate only the first N queries."),
-        article: str = typer.Option("a", help="Query article: 'a' (the protocol's fixed text) or 'auto' "
-                                              "(a/an as in training)."),
-        seed: int = typer.Option(0, help="Seed of the random baseline."),
+        seed: int = typer.Option(0, help="Seed of the baselines."),
     ) -> None:
-        """Evaluate a PIN run: mIoU (all/medium/large) on a COCO-format set, or RefCOCO P@0.3."""
+        """Evaluate a PIN run: mIoU (all/medium/large) on a COCO-format set or VOC, or RefCOCO P@0.3.
+
+        Defaults follow the PIN authors' evaluation code; metrics.json records every choice (protocol).
+        """
         from synthgen.errors import UserError
         from synthgen.pin import evaluate as ev
 
-        if max_objects < 1 or batch_size < 1 or (limit is not None and limit < 1):
-            raise UserError("--max-objects, --batch-size and --limit must be >= 1")
+        proto = ev.EvalProtocol(article=article, names=names, crowd=crowd, gt_boxes=gt_boxes, parse=parse,
+                                baseline=baseline, max_objects=max_objects, refcoco_sentences=refcoco_sentences,
+                                seed=seed, num_beams=num_beams, max_new_tokens=max_new_tokens)
+        problems = proto.problems()
+        if batch_size < 1 or (limit is not None and limit < 1):
+            problems.append("--batch-size and --limit must be >= 1")
+        if problems:
+            raise UserError("; ".join(problems))
+        sets = [flag for flag, v in (("--coco-json", coco_json), ("--voc", voc), ("--refcoco", refcoco))
+                if v is not None]
+        if len(sets) != 1:
+            raise UserError("give one of --coco-json FILE, --voc DIR or --refcoco DIR"
+                            + (f" (got {' and '.join(sets)})" if sets else ""))
+        if split is not None and coco_json is not None:
+            raise UserError("--split applies to --voc and --refcoco only")
+        what = " (random baseline)" if baseline == "random" else " (uniform baseline)" if baseline else ""
+        kw = dict(out=out, model=model, batch_size=batch_size, limit=limit, protocol=proto)
+        if voc is not None:
+            if images is not None:
+                raise UserError("--images does not apply to --voc: its images are read from VOC/JPEGImages")
+            m = ev.evaluate_voc(run, voc, split=split or "test", **kw)
+            _print_metrics(m, f"VOC {voc.name} {split or 'test'}{what}")
+            return
         if images is None:
             raise UserError("--images DIR is required (the images of the set)")
         if refcoco is not None:
-            m = ev.evaluate_refcoco(run, refcoco, images, split=split, out=out, model=model,
-                                    batch_size=batch_size, limit=limit, baseline=baseline, seed=seed)
-            _print_metrics(m, f"RefCOCO {split}")
+            m = ev.evaluate_refcoco(run, refcoco, images, split=split or "testA", **kw)
+            _print_metrics(m, f"RefCOCO {split or 'testA'}{what}")
             return
-        if coco_json is None:
-            raise UserError("give --coco-json FILE (or --refcoco DIR)")
-        m = ev.evaluate_coco(run, coco_json, images, max_objects=max_objects, out=out, baseline=baseline,
-                             model=model, batch_size=batch_size, limit=limit, article_mode=article,
-                             seed=seed)
-        _print_metrics(m, f"{Path(coco_json).name}{' (random baseline)' if baseline else ''}")
+        m = ev.evaluate_coco(run, coco_json, images, **kw)
+        _print_metrics(m, f"{Path(coco_json).name}{what}")
 
     @app.command("predict", no_args_is_help=True)
     @user_errors

@@ -28,9 +28,11 @@ def predict(run_dir, image, text: str, *, out=None, model: str | None = None,
     arr, (w, h) = load_canvas(path, read_run(run_dir).canvas, what=f"image {path}")  # before the model
     run, adapter = load_run(run_dir, model=model, device=device, vlm_options=vlm_options)
     px = torch.from_numpy(arr).permute(2, 0, 1).contiguous()
-    (raw, box, ok), = generate_boxes(adapter, [px], [text.strip()], canvas=run.canvas, grid=run.grid)
+    # predict reads any bracketed box (the lenient rule), as before eval-pin's strict default
+    (raw, box, ok), = generate_boxes(adapter, [px], [text.strip()], canvas=run.canvas, grid=run.grid,
+                                     parse="lenient")
     orig = scale_box(box, w / run.canvas, h / run.canvas)
-    result = {"text": text, "output": raw, "parsed": ok, "box_canvas": box,
+    result = {"text": text, "output": raw.strip(), "parsed": ok, "box_canvas": box,
               "box": [round(v, 1) for v in orig], "box_text": format_box(orig)}
     if out:
         with Image.open(path) as im:

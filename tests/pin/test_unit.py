@@ -66,9 +66,11 @@ def test_size_buckets_scale_with_canvas():
 
 
 def test_unparseable_output_is_one_cell_at_origin():
-    assert P.box_from_text("[28,42,126,154]", 224, 16) == ([28, 42, 126, 154], True)
-    assert P.box_from_text("no box here", 224, 16) == ([0.0, 0.0, 14.0, 14.0], False)
-    assert P.box_from_text("[1,2,3", 224, 14) == ([0.0, 0.0, 16.0, 16.0], False)
+    for rule in ("lenient", "strict"):
+        text = "[28,42,126,154]" if rule == "lenient" else " [28,42,126,154]"
+        assert P.box_from_text(text, 224, 16, rule) == ([28, 42, 126, 154], True)
+        assert P.box_from_text("no box here", 224, 16, rule) == ([0.0, 0.0, 14.0, 14.0], False)
+        assert P.box_from_text("[1,2,3", 224, 14, rule) == ([0.0, 0.0, 16.0, 16.0], False)
 
 
 def test_summarize_against_hand_computed_ious():
@@ -115,29 +117,59 @@ def _coco(tmp_path: Path) -> tuple[Path, Path]:
     return path, images
 
 
-def test_coco_protocol_with_random_baseline(tmp_path):
+def test_coco_protocol_with_the_old_rules_and_uniform_baseline(tmp_path):
+    """Today's rules, now options: 'a' always, exact float boxes, uniform grid boxes."""
     coco_json, images = _coco(tmp_path)
     run = tmp_path / "run"
     run.mkdir()
     (run / "pin.json").write_text(json.dumps({"canvas": 224, "grid": 16, "vlm": "blip2"}))
-    m = ev.evaluate_coco(run, coco_json, images, baseline="random", out=tmp_path / "e" / "preds.jsonl")
+    old = dict(article="a", gt_boxes="exact", baseline="uniform")
+    m = ev.evaluate_coco(run, coco_json, images, out=tmp_path / "e" / "preds.jsonl", **old)
     recs = [json.loads(x) for x in (tmp_path / "e" / "preds.jsonl").read_text().splitlines()]
     assert json.loads((tmp_path / "e" / "metrics.json").read_text())["n"] == 3 == m["n"]
     assert [r["image_id"] for r in recs] == [1, 1, 3]  # image 2 has 4 objects
     assert recs[0]["category"] == "hot dog" and recs[0]["query"] == "In the image is a hot dog located at"
-    assert recs[1]["query"] == "In the image is a apple located at"  # the protocol's fixed article
+    assert recs[1]["query"] == "In the image is a apple located at"  # --article a
     # boxes squashed with the image: 448x224 -> 224x224 halves x; 224x448 halves y
     assert recs[0]["gt_box"] == [0, 0, 224, 224] and recs[0]["bucket"] == "large"
     assert recs[1]["gt_box"] == [112, 112, 168, 168] and recs[1]["bucket"] == "medium"  # 56x56
     assert recs[2]["gt_box"] == [0, 0, 56, 224] and recs[2]["bucket"] == "large"  # 56*224 > 96^2
     for r in recs:
         assert r["iou"] == pytest.approx(iou(r["pred_box"], r["gt_box"]), abs=1e-3)
+        assert all(v % 14 == 0 for v in r["pred_box"])  # uniform boxes lie on the grid
     assert m["miou"] == pytest.approx(sum(r["iou"] for r in recs) / 3)
     assert m["miou_M"] == pytest.approx(recs[1]["iou"])
     assert m["miou_L"] == pytest.approx((recs[0]["iou"] + recs[2]["iou"]) / 2)
-    again = ev.evaluate_coco(run, coco_json, images, baseline="random", out=tmp_path / "f.jsonl")
+    again = ev.evaluate_coco(run, coco_json, images, out=tmp_path / "f.jsonl", **old)
     assert again["miou"] == m["miou"]  # seeded
     assert (tmp_path / "f.metrics.json").is_file()
+    assert m["protocol"]["baseline"] == "uniform" and m["protocol"]["gt_boxes"] == "exact"
+
+
+def test_coco_protocol_defaults_with_random_baseline(tmp_path):
+    """The authors' rules by default: a/an, truncated boxes capped at canvas-1, and the paper's
+    random baseline (a ground-truth box of another image)."""
+    coco_json, images = _coco(tmp_path)
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "pin.json").write_text(json.dumps({"canvas": 224, "grid": 16, "vlm": "blip2"}))
+    m = ev.evaluate_coco(run, coco_json, images, baseline="random", out=tmp_path / "e" / "preds.jsonl")
+    recs = [json.loads(x) for x in (tmp_path / "e" / "preds.jsonl").read_text().splitlines()]
+    assert [r["image_id"] for r in recs] == [1, 1, 3]
+    assert recs[1]["query"] == "In the image is an apple located at"
+    # 448x224: x, w halved and truncated, the far corner capped at 223
+    assert recs[0]["gt_box"] == [0, 0, 223, 223] and recs[0]["bucket"] == "large"
+    assert recs[1]["gt_box"] == [112, 112, 168, 168] and recs[1]["bucket"] == "medium"
+    assert recs[2]["gt_box"] == [0, 0, 56, 223] and recs[2]["bucket"] == "large"
+    # the random baseline answers with a box of the other kept image (image 2 has 4 objects)
+    assert recs[0]["pred_box"] == recs[1]["pred_box"] == [0, 0, 56, 223]
+    assert recs[2]["pred_box"] in ([0, 0, 223, 223], [112, 112, 168, 168])
+    for r in recs:
+        assert r["iou"] == pytest.approx(iou(r["pred_box"], r["gt_box"]), abs=1e-6)
+    assert m["protocol"] == {"set_kind": "coco-json", "article": "auto", "names": "strip", "crowd": "query",
+                             "gt_boxes": "authors", "parse": "strict", "baseline": "random", "max_objects": 3,
+                             "seed": 0, "canvas": 224, "grid": 16}
+    assert m["crowd_queries"] == 0 and m["rejected"] == {"strict": 0, "lenient": 0}
 
 
 def test_coco_bad_inputs_are_user_errors(tmp_path):
@@ -176,12 +208,22 @@ def test_lvis_images_found_by_coco_url(tmp_path):
     lvis, root, run = _lvis(tmp_path)
     # --images as the COCO root (val2017/ inside) or as the val2017 folder itself
     for i, images in enumerate((root, root / "val2017")):
-        m = ev.evaluate_coco(run, lvis, images, baseline="random", out=tmp_path / f"e{i}" / "preds.jsonl")
+        m = ev.evaluate_coco(run, lvis, images, baseline="uniform", out=tmp_path / f"e{i}" / "preds.jsonl")
         recs = [json.loads(x) for x in Path(m["preds_file"]).read_text().splitlines()]
-        assert m["n"] == 1 and recs[0]["image_id"] == 139 and recs[0]["category"] == "bow (weapon)"
-        assert recs[0]["gt_box"] == [3.5, 9.33, 38.5, 102.67]  # 640x480 squashed to 224
+        assert m["n"] == 1 and recs[0]["image_id"] == 139 and recs[0]["category"] == "bow"  # the authors' name
+        assert recs[0]["query"] == "In the image is a bow located at"
+        # 640x480 -> 224: x, y, w, h = int(3.5), int(9.33), int(35), int(93.3)
+        assert recs[0]["gt_box"] == [3, 9, 38, 102]
+    # the old rules as options: the raw name, exact float boxes
+    m = ev.evaluate_coco(run, lvis, root, baseline="uniform", names="raw", gt_boxes="exact",
+                         out=tmp_path / "raw" / "preds.jsonl")
+    rec = json.loads(Path(m["preds_file"]).read_text())
+    assert rec["category"] == "bow (weapon)" and rec["gt_box"] == [3.5, 9.33, 38.5, 102.67]
     with pytest.raises(UserError, match="000000000139.jpg"):
-        ev.evaluate_coco(run, lvis, tmp_path / "run", baseline="random")
+        ev.evaluate_coco(run, lvis, tmp_path / "run", baseline="uniform")
+    # the paper's random baseline needs another image to take a box from
+    with pytest.raises(UserError, match="only 1 image has objects; use --baseline uniform"):
+        ev.evaluate_coco(run, lvis, root, baseline="random")
 
 
 def test_eval_outputs_are_written_atomically(tmp_path):
@@ -403,7 +445,7 @@ def test_list_shards_errors(tmp_path):
         list_shards(str(tmp_path / "x-*.tar"))
 
 
-def test_refcoco_p_at_03_with_random_baseline(tmp_path):
+def test_refcoco_p_at_03_with_uniform_baseline(tmp_path):
     from PIL import Image
 
     d = tmp_path / "refcoco"
@@ -411,9 +453,10 @@ def test_refcoco_p_at_03_with_random_baseline(tmp_path):
     Image.new("RGB", (448, 448)).save(d / "img" / "COCO_train2014_000000000001.jpg")
     refs = [{"ref_id": 1, "ann_id": 7, "image_id": 1, "split": "testA", "category_id": 1,
              "file_name": "COCO_train2014_000000000001_7.jpg",
-             "sentences": [{"sent": "left man"}, {"sent": "man on left"}]},
+             "sentences": [{"sent": "left man", "raw": "Left man"},
+                           {"sent": "man on left", "raw": "Man on the left."}]},
             {"ref_id": 2, "ann_id": 7, "image_id": 1, "split": "val", "category_id": 1,
-             "sentences": [{"sent": "ignored"}]}]
+             "sentences": [{"sent": "ignored", "raw": "ignored"}]}]
     (d / "refs(unc).p").write_bytes(pickle.dumps(refs, protocol=2))
     (d / "instances.json").write_text(json.dumps({
         "images": [{"id": 1, "file_name": "COCO_train2014_000000000001.jpg", "width": 448, "height": 448}],
@@ -421,7 +464,9 @@ def test_refcoco_p_at_03_with_random_baseline(tmp_path):
     run = tmp_path / "run"
     run.mkdir()
     (run / "pin.json").write_text(json.dumps({"canvas": 224, "grid": 16, "vlm": "blip2"}))
-    m = ev.evaluate_refcoco(run, d, d / "img", split="testA", baseline="random")
+    # today's rules as options: every sentence's 'sent', exact boxes
+    m = ev.evaluate_refcoco(run, d, d / "img", split="testA", baseline="uniform", refcoco_sentences="all",
+                            gt_boxes="exact")
     recs = [json.loads(x) for x in Path(m["preds_file"]).read_text().splitlines()]
     assert [r["query"] for r in recs] == ["left man", "man on left"]
     assert all(r["gt_box"] == [0, 0, 224, 224] for r in recs)
@@ -430,3 +475,11 @@ def test_refcoco_p_at_03_with_random_baseline(tmp_path):
         b = r["pred_box"]
         assert r["iou"] == pytest.approx((b[2] - b[0]) * (b[3] - b[1]) / 224 ** 2, abs=1e-3)
     assert m["p@0.3"] == pytest.approx(sum(r["iou"] >= 0.3 for r in recs) / 2)
+    assert m["protocol"]["refcoco_sentences"] == "all"
+    # the authors': one query per ref, its last sentence's raw text, in the same prompt
+    m = ev.evaluate_refcoco(run, d, d / "img", split="testA", baseline="uniform")
+    recs = [json.loads(x) for x in Path(m["preds_file"]).read_text().splitlines()]
+    assert [r["query"] for r in recs] == ["Man on the left."]
+    assert recs[0]["prompt"] == "In the image is a Man on the left. located at"
+    assert recs[0]["gt_box"] == [0, 0, 223, 223]
+    assert m["protocol"]["refcoco_sentences"] == "last" and m["protocol"]["set_kind"] == "refcoco"

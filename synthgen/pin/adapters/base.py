@@ -150,5 +150,7 @@ class VLMAdapter:
 
     def generate(self, pixels: torch.Tensor, referrals: Sequence[str], *, num_beams: int = 3,
                  max_new_tokens: int = 12, art: str | None = None) -> list[str]:
-        """Answer text after ``In the image is {a|an} {referral} located at`` for each image."""
+        """Answer text after ``In the image is {a|an} {referral} located at`` for each image: the
+        decoded continuation as generated, not stripped (a trained answer starts with the space
+        before ``[``, which the authors' strict parser requires); special tokens left out."""
         raise NotImplementedError

@@ -142,4 +142,6 @@ class Blip2Adapter(VLMAdapter):
         )
         if out.shape[1] >= ids.shape[1] and torch.equal(out[:, : ids.shape[1]], ids):
             out = out[:, ids.shape[1]:]
-        return [self.codec.decode(o).strip() for o in out]
+        # the continuation as generated: the answer's leading space stays (the authors' strict
+        # parser wants ` [x1,y1,x2,y2]`); strip it only to show it
+        return [self.codec.decode(o) for o in out]

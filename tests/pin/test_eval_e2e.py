@@ -1,0 +1,123 @@
+"""eval-pin end to end through the CLI on a tiny random BLIP-2 (trained 2 steps by train-pin):
+the authors' protocol by default, the old rules as options, both parsers' counts."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+from PIL import Image
+
+from synthgen.grounding import parse_box
+from synthgen.pin import protocol as P
+from tests.pin.fixtures import write_shards
+
+pytestmark = pytest.mark.slow
+
+CANVAS, GRID = 112, 8
+
+
+@pytest.fixture(scope="module", autouse=True)
+def one_thread():
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+def _coco(tmp_path: Path) -> tuple[Path, Path]:
+    images = tmp_path / "images"
+    images.mkdir()
+    Image.new("RGB", (224, 112), (128, 60, 60)).save(images / "1.jpg")
+    Image.new("RGB", (100, 150), (60, 128, 60)).save(images / "2.jpg")
+    coco = {"images": [{"id": 1, "file_name": "1.jpg", "width": 224, "height": 112},
+                       {"id": 2, "file_name": "2.jpg", "width": 100, "height": 150}],
+            "categories": [{"id": 1, "name": "apple"}, {"id": 2, "name": "bow_(weapon)"}],
+            "annotations": [
+                {"id": 1, "image_id": 1, "category_id": 1, "bbox": [0, 0, 60, 40], "iscrowd": 0},
+                {"id": 2, "image_id": 1, "category_id": 2, "bbox": [100, 50, 124, 62], "iscrowd": 1},
+                {"id": 3, "image_id": 2, "category_id": 2, "bbox": [10.5, 20.5, 50, 90], "iscrowd": 0}]}
+    (tmp_path / "coco.json").write_text(json.dumps(coco))
+    return tmp_path / "coco.json", images
+
+
+def test_eval_pin_cli_end_to_end(tmp_path):
+    from typer.testing import CliRunner
+
+    from synthgen.cli import app
+    from synthgen.pin.checkpoint import load_run
+    from synthgen.pin.tiny import build_tiny_blip2
+    from tests.pin.test_eval_sets import _voc
+
+    vlm = build_tiny_blip2(tmp_path / "vlm", image_size=CANVAS, lm_steps=20)
+    write_shards(tmp_path / "shards", 8, canvas=CANVAS, grid=GRID, per_shard=4)
+    runner = CliRunner()
+    run = tmp_path / "run"
+    r = runner.invoke(app, ["train-pin", str(tmp_path / "shards"), "--model", str(vlm), "--out", str(run),
+                            "--steps", "2", "--batch-size", "4", "--workers", "0", "--hidden", "16,16",
+                            "--no-progress"])
+    assert r.exit_code == 0, r.output
+    coco_json, images = _coco(tmp_path)
+
+    # defaults: the authors' protocol
+    r = runner.invoke(app, ["eval-pin", str(run), "--coco-json", str(coco_json), "--images", str(images),
+                            "--out", str(tmp_path / "ev" / "preds.jsonl")])
+    assert r.exit_code == 0, r.output
+    m = json.loads((tmp_path / "ev" / "metrics.json").read_text())
+    assert m["protocol"] == {"set_kind": "coco-json", "article": "auto", "names": "strip", "crowd": "query",
+                             "gt_boxes": "authors", "parse": "strict", "baseline": None, "max_objects": 3,
+                             "seed": 0, "num_beams": 3, "max_new_tokens": 12, "canvas": CANVAS, "grid": GRID}
+    assert ("protocol: set_kind=coco-json article=auto names=strip crowd=query gt_boxes=authors "
+            "parse=strict baseline=model max_objects=3 seed=0 num_beams=3 max_new_tokens=12 "
+            f"canvas={CANVAS} grid={GRID}") in r.output
+    assert f"rejected answers: strict {m['rejected']['strict']}, lenient {m['rejected']['lenient']}" in r.output
+    recs = [json.loads(x) for x in (tmp_path / "ev" / "preds.jsonl").read_text().splitlines()]
+    assert [r_["query"] for r_ in recs] == ["In the image is an apple located at",
+                                            "In the image is a bow located at",
+                                            "In the image is a bow located at"]
+    assert [r_["crowd"] for r_ in recs] == [False, True, False] and m["crowd_queries"] == 1
+    # 224x112 -> 112: x, w halved, y, h kept; the crowd box's far corner capped at 111
+    assert recs[0]["gt_box"] == [0, 0, 30, 40] and recs[1]["gt_box"] == [50, 50, 111, 111]
+    # 100x150 -> 112: int(10.5*1.12) = 11, int(20.5*.7467) = 15, int(50*1.12) = 56, int(90*.7467) = 67
+    assert recs[2]["gt_box"] == [11, 15, 67, 82]
+    one_cell = P.one_cell_box(CANVAS, GRID, "strict")
+    for rec in recs:
+        out = rec["output"]
+        assert rec["parsed"] == rec["parsed_strict"] == (P.parse_box_strict(out, CANVAS, GRID) is not None)
+        assert rec["parsed_lenient"] == (parse_box(out) is not None)
+        if not rec["parsed"]:
+            assert rec["pred_box"] == one_cell
+    assert m["rejected"] == {"strict": sum(not x["parsed_strict"] for x in recs),
+                             "lenient": sum(not x["parsed_lenient"] for x in recs)}
+    assert m["unparseable"] == m["rejected"]["strict"]
+    # the output is the raw continuation (not stripped), exactly what the adapter generates
+    from synthgen.pin.evaluate import canvas_tensor
+
+    _, adapter = load_run(run, device="cpu")
+    px = canvas_tensor(images / "2.jpg", CANVAS)[0].unsqueeze(0)
+    assert adapter.generate(px, ["bow"]) == [recs[2]["output"]]
+
+    # the old rules, as options
+    r = runner.invoke(app, ["eval-pin", str(run), "--coco-json", str(coco_json), "--images", str(images),
+                            "--article", "a", "--names", "raw", "--crowd", "skip", "--gt-boxes", "exact",
+                            "--parse", "lenient", "--out", str(tmp_path / "old" / "preds.jsonl")])
+    assert r.exit_code == 0, r.output
+    m = json.loads((tmp_path / "old" / "metrics.json").read_text())
+    recs = [json.loads(x) for x in (tmp_path / "old" / "preds.jsonl").read_text().splitlines()]
+    assert [r_["query"] for r_ in recs] == ["In the image is a apple located at",
+                                            "In the image is a bow (weapon) located at"]
+    assert m["crowd_not_queried"] == 1 and m["unparseable"] == m["rejected"]["lenient"]
+    assert recs[0]["gt_box"] == [0, 0, 30, 40] and recs[1]["gt_box"] == [11.76, 15.31, 67.76, 82.51]
+    assert (m["protocol"]["article"], m["protocol"]["names"], m["protocol"]["crowd"], m["protocol"]["gt_boxes"],
+            m["protocol"]["parse"]) == ("a", "raw", "skip", "exact", "lenient")
+
+    # VOC through the CLI, with the model
+    voc = _voc(tmp_path / "vocset")
+    r = runner.invoke(app, ["eval-pin", str(run), "--voc", str(voc), "--split", "test",
+                            "--out", str(tmp_path / "voc" / "preds.jsonl")])
+    assert r.exit_code == 0, r.output
+    m = json.loads((tmp_path / "voc" / "metrics.json").read_text())
+    assert m["n"] == 3 and m["difficult_queries"] == 1 and m["protocol"]["set_kind"] == "voc"
+    assert "unsafe_xml 1" in r.output and "difficult queries 1" in r.output
