@@ -177,6 +177,7 @@ def register(app, user_errors) -> None:
         num_beams: int = typer.Option(3, help="Beam search width (the authors': 3)."),
         max_new_tokens: int = typer.Option(12, help="Most tokens generated per answer (the authors': 12)."),
         model: Optional[str] = typer.Option(None, help=_MODEL_HELP),
+        vlm_option: Optional[list[str]] = typer.Option(None, "--vlm-option", metavar="KEY=VALUE", help="Override a VLM option the run recorded (repeatable), e.g. lm=DIR for a local copy of OpenFlamingo's language model."),
         batch_size: int = typer.Option(16, help="Queries per generate call."),
         limit: Optional[int] = typer.Option(None, help="Evaluate only the first N queries."),
         seed: int = typer.Option(0, help="Seed of the baselines."),
@@ -204,7 +205,11 @@ def register(app, user_errors) -> None:
         if split is not None and coco_json is not None:
             raise UserError("--split applies to --voc and --refcoco only")
         what = " (random baseline)" if baseline == "random" else " (uniform baseline)" if baseline else ""
-        kw = dict(out=out, model=model, batch_size=batch_size, limit=limit, protocol=proto)
+        from synthgen.cli.pin_io import parse_vlm_options
+        from synthgen.pin.checkpoint import read_run
+
+        options = parse_vlm_options(vlm_option, read_run(run).meta.get("vlm", "")) if vlm_option else None
+        kw = dict(out=out, model=model, batch_size=batch_size, limit=limit, protocol=proto, vlm_options=options)
         if voc is not None:
             if images is not None:
                 raise UserError("--images does not apply to --voc: its images are read from VOC/JPEGImages")

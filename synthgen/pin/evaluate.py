@@ -136,7 +136,8 @@ def _protocol(protocol: EvalProtocol | None, options: dict) -> EvalProtocol:
     return proto
 
 
-def _run_and_adapter(run_dir, baseline: str | None, model: str | None, device: str | None):
+def _run_and_adapter(run_dir, baseline: str | None, model: str | None, device: str | None,
+                     vlm_options: dict | None = None):
     """The run's description, and the VLM with PIN attached unless a baseline replaces it."""
     from synthgen.pin.checkpoint import load_run, read_run
 
@@ -145,7 +146,7 @@ def _run_and_adapter(run_dir, baseline: str | None, model: str | None, device: s
                         "images, the paper's) or uniform (uniform boxes on the grid)")
     if baseline is not None:
         return read_run(run_dir), None
-    return load_run(run_dir, model=model, device=device)
+    return load_run(run_dir, model=model, device=device, vlm_options=vlm_options)
 
 
 def _baseline(proto: EvalProtocol, pool: Iterable[tuple[object, list[float]]], canvas: int, grid: int,
@@ -238,7 +239,7 @@ def _extra(kind: str, set_name: str, records: list[dict], run, proto: EvalProtoc
 
 def evaluate_coco(run_dir, coco_json, images_dir, *, out=None, model: str | None = None, batch_size: int = 16,
                   limit: int | None = None, device: str | None = None, protocol: EvalProtocol | None = None,
-                  **options) -> dict:
+                  vlm_options: dict | None = None, **options) -> dict:
     """Run the protocol on a COCO-format set; write ``preds.jsonl`` + ``metrics.json``; return
     the metrics. ``protocol`` (default: the authors') with ``options`` (its fields: article,
     names, crowd, gt_boxes, parse, baseline, max_objects, seed, num_beams, max_new_tokens)."""
@@ -259,7 +260,7 @@ def evaluate_coco(run_dir, coco_json, images_dir, *, out=None, model: str | None
         raise UserError(f"{coco_path}: {exc}") from None
     if not queries:
         raise UserError(f"{coco_path}: no image has 1..{proto.max_objects} annotated objects")
-    run, adapter = _run_and_adapter(run_dir, proto.baseline, model, device)
+    run, adapter = _run_and_adapter(run_dir, proto.baseline, model, device, vlm_options)
 
     def gt(q: dict) -> list[float]:
         if proto.gt_boxes == "exact":  # today's float scaling of the corners
@@ -284,7 +285,7 @@ def evaluate_coco(run_dir, coco_json, images_dir, *, out=None, model: str | None
 
 def evaluate_voc(run_dir, voc_dir, *, split: str = "test", out=None, model: str | None = None,
                  batch_size: int = 16, limit: int | None = None, device: str | None = None,
-                 protocol: EvalProtocol | None = None, **options) -> dict:
+                 protocol: EvalProtocol | None = None, vlm_options: dict | None = None, **options) -> dict:
     """Run the protocol on a PASCAL VOC devkit folder (``VOCdevkit/VOC2007``): the images of
     ``ImageSets/Main/<split>.txt`` with 1..max_objects objects (difficult included), raw class
     names, ``JPEGImages/<id>.jpg``; ``names`` and ``crowd`` do not apply."""
@@ -297,7 +298,7 @@ def evaluate_voc(run_dir, voc_dir, *, split: str = "test", out=None, model: str 
     if not queries:
         why = "; ".join(f"{len(v)} {k}" for k, v in skips.items())
         raise UserError(f"{split_file}: no image has 1..{proto.max_objects} objects" + (f" ({why})" if why else ""))
-    run, adapter = _run_and_adapter(run_dir, proto.baseline, model, device)
+    run, adapter = _run_and_adapter(run_dir, proto.baseline, model, device, vlm_options)
 
     def gt(q: dict) -> list[float]:
         return P.voc_box_on_canvas(q["voc_box"], q["width"], q["height"], run.canvas, proto.gt_boxes)
@@ -319,7 +320,7 @@ def evaluate_voc(run_dir, voc_dir, *, split: str = "test", out=None, model: str 
 
 def evaluate_refcoco(run_dir, refcoco_dir, images_dir, *, split: str = "testA", out=None,
                      model: str | None = None, batch_size: int = 16, limit: int | None = None,
-                     device: str | None = None, protocol: EvalProtocol | None = None, **options) -> dict:
+                     device: str | None = None, protocol: EvalProtocol | None = None, vlm_options: dict | None = None, **options) -> dict:
     """P@0.3 and mIoU on a RefCOCO split (``refs(unc).p`` + ``instances.json`` in
     ``refcoco_dir``): by default one query per referred object, its last sentence's raw text
     (``refcoco_sentences="all"``: one per sentence); boxes by the COCO rule."""
@@ -329,7 +330,7 @@ def evaluate_refcoco(run_dir, refcoco_dir, images_dir, *, split: str = "testA", 
     if not queries:
         why = "; ".join(f"{len(v)} {k}" for k, v in skips.items())
         raise UserError(f"{refs_file}: no referring expressions in split {split!r}" + (f" ({why})" if why else ""))
-    run, adapter = _run_and_adapter(run_dir, proto.baseline, model, device)
+    run, adapter = _run_and_adapter(run_dir, proto.baseline, model, device, vlm_options)
     images_dir = Path(images_dir)
 
     def gt(q: dict) -> list[float]:

@@ -253,9 +253,11 @@ def test_eval_pin_and_predict_read_the_run(trained, tmp_path):
 
     run, _, _ = trained
     coco, images = _coco(tmp_path)
-    m = evaluate_coco(run, coco, images, out=tmp_path / "ev" / "preds.jsonl", device="cpu")
+    # (the tiny model's boxes are not on the grid lines the strict rule wants: parse leniently)
+    m = evaluate_coco(run, coco, images, out=tmp_path / "ev" / "preds.jsonl", device="cpu", parse="lenient")
     rec = json.loads((tmp_path / "ev" / "preds.jsonl").read_text())
     assert m["n"] == 1 and rec["gt_box"] == [0, 0, 30, 40] and rec["parsed"], rec
+    assert m["protocol"]["parse"] == "lenient" and m["rejected"]["lenient"] == 0
     assert re.search(r"\[\d+,\d+,\d+,\d+\]", rec["output"]) and len(rec["pred_box"]) == 4
     r = predict(run, images / "1.jpg", "cat", out=tmp_path / "p.png", device="cpu")
     assert r["parsed"] and re.fullmatch(r"\[\d+,\d+,\d+,\d+\]", r["box_text"]), r
@@ -310,7 +312,7 @@ def _compare(adapter, pkg, px, with_pin: torch.Tensor | None) -> None:
             ref = pkg.generate(x[:, None, None], g["input_ids"], attention_mask=g["attention_mask"], **kw)
             assert torch.equal(ours, ref), (beams, ours, ref)
         texts = a.generate(px, ["cat", "teddy bear"])  # the adapter's own call: 3 beams, 12 tokens
-        assert texts == [a.codec.decode(o[g["input_ids"].shape[1]:]).strip() for o in ref]
+        assert texts == [a.codec.decode(o[g["input_ids"].shape[1]:]) for o in ref]  # as generated
     finally:
         a.detach_pin()
         if hook is not None:

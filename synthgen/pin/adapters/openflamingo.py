@@ -154,4 +154,5 @@ class OpenFlamingoAdapter(VLMAdapter):
         out = self.model.generate(self.preprocess(pixels), ids, attention_mask=enc["attention_mask"].to(self.device),
                                   num_beams=num_beams, max_new_tokens=max_new_tokens, do_sample=False,
                                   pad_token_id=self.codec.pad_id)
-        return [self.codec.decode(o).strip() for o in out[:, ids.shape[1]:]]
+        # the continuation as generated (its leading space kept: the strict parser needs ' [')
+        return [self.codec.decode(o) for o in out[:, ids.shape[1]:]]
