@@ -8,6 +8,14 @@ referrals, json, mask) plus the same decode/encode. Reported as samples/s and ra
 * compose with two Ray workers / one Ray worker (target >= 1.8; needs two idle cores).
 
 Usage: python benchmarks/compose.py [--samples 400] [--megapixels 12] [--workdir /tmp/sgbench]
+       python benchmarks/compose.py --prepared [--real-backgrounds DIR] [--samples 300]
+
+``--prepared`` times prepared backgrounds (``synthgen prepare-backgrounds``) against the raw
+folder, in one run, on one process: compose from the raw folder, compose from the prepared
+shards (goal >= 10x), and the floor on prepared backgrounds (read + decode a prepared background,
+fit, encode the scene: goal compose >= 0.7x of it), then where compose's time goes (cProfile).
+``--real-backgrounds`` uses a folder of real wallpapers (e.g. the 26 of ../shared/data, 1.3-13 MP)
+instead of generated ones.
 """
 
 from __future__ import annotations
@@ -76,8 +84,11 @@ def compose_one_process(bank: Path, backgrounds: list[str], n: int) -> float:
     from synthgen.compose.config import ComposeParams
     from synthgen.compose.scene import Composer
 
-    comp = Composer(ComposeParams(), ObjectBank.open(bank, max_side=224), backgrounds)
-    for k in range(20):  # a few scenes first, like a worker in the middle of a shard
+    b = ObjectBank.open(bank, max_side=224)
+    comp = Composer(ComposeParams(), b, backgrounds)
+    for i in range(len(b)):  # the bank's cut-outs cached, like a worker in the middle of a shard
+        b.load(i)
+    for k in range(20):
         comp.scene(10_000_000 + k)
     t0 = time.perf_counter()
     for k in range(n):
@@ -104,6 +115,37 @@ def compose_ray(bank: Path, bg: Path, out: Path, n: int, workers: int) -> float:
         ray.shutdown()
 
 
+def prepared_comparison(args, bank: Path, bg: Path) -> None:
+    import cProfile
+    import pstats
+
+    from synthgen.compose.backgrounds import list_backgrounds
+    from synthgen.compose.prepare import PrepareJob, prepare_backgrounds
+
+    raw = list_backgrounds(str(bg)).items
+    prep_dir = args.workdir / "prepared"
+    shutil.rmtree(prep_dir, ignore_errors=True)
+    t0 = time.perf_counter()
+    prepare_backgrounds(PrepareJob(source=str(bg), out=str(prep_dir), size=448), executor="serial", progress=False)
+    t_prep = time.perf_counter() - t0
+    prepared = list_backgrounds(str(prep_dir)).items
+    n = args.samples
+    res = {"compose, raw folder": compose_one_process(bank, raw, max(20, n // 10)),
+           "compose, prepared shards": compose_one_process(bank, prepared, n),
+           "floor, prepared (decode+fit+encode)": floor(prepared, n, 224)}
+    for k, v in res.items():
+        print(f"{k:38s} {v:8.1f} samples/s")
+    print(f"prepare-backgrounds: {len(raw)} backgrounds in {t_prep:.1f}s (one-off, {t_prep / len(raw):.2f}s each)")
+    print(f"prepared / raw (1 worker):        {res['compose, prepared shards'] / res['compose, raw folder']:.1f}x  (goal >= 10)")
+    print(f"prepared compose / prepared floor: {res['compose, prepared shards'] / res['floor, prepared (decode+fit+encode)']:.2f}x  (goal >= 0.7)")
+    prof = cProfile.Profile()
+    prof.enable()
+    compose_one_process(bank, prepared, n // 2)
+    prof.disable()
+    print("where compose's time goes (prepared backgrounds, cumulative):")
+    pstats.Stats(prof).sort_stats("tottime").print_stats(12)
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--samples", type=int, default=400)
@@ -112,11 +154,16 @@ def main() -> None:
     ap.add_argument("--objects", type=int, default=120)
     ap.add_argument("--workdir", type=Path, default=Path("/tmp/synthgen-bench-compose"))
     ap.add_argument("--skip-ray", action="store_true")
+    ap.add_argument("--prepared", action="store_true", help="prepared backgrounds against the raw folder")
+    ap.add_argument("--real-backgrounds", type=Path, help="a folder of real backgrounds to use")
     args = ap.parse_args()
 
     from synthgen.compose.backgrounds import list_backgrounds
 
     bank, bg = make_inputs(args.workdir, args.backgrounds, args.megapixels, args.objects)
+    if args.prepared:
+        prepared_comparison(args, bank, args.real_backgrounds or bg)
+        return
     backgrounds = list_backgrounds(str(bg)).items
     res = {}
     res["floor_1proc"] = floor(backgrounds, args.samples, 224)

@@ -12,7 +12,7 @@ from synthgen.compose.config import ComposeParams as P
 from synthgen.compose.config import LayoutParams as L
 
 # options of `compose` that a recipe's `compose:` section may set (what decides the dataset)
-RECIPE_KEYS = ("num_samples", "a_max", "fixed_count", "s_min", "s_max", "o_max", "min_visible",
+RECIPE_KEYS = ("num_samples", "prepare_backgrounds", "a_max", "fixed_count", "s_min", "s_max", "o_max", "min_visible",
                "max_aspect_error", "size", "grid", "same_category_p", "repeat_rule", "object_sampling",
                "strip_qualifiers", "paste", "paste_alpha", "absolute_referral_p", "background_fit", "masks",
                "samples_per_shard", "jpeg_quality", "seed")
@@ -39,7 +39,8 @@ def compose_job(o: dict):
                            jpeg_quality=o["jpeg_quality"], seed=o["seed"])
     return ComposeJob(objects=str(o["objects"]), backgrounds=o["backgrounds"], out=str(o["out"]),
                       num_samples=o["num_samples"], samples_per_shard=o["samples_per_shard"],
-                      params=params, extra_object_roots=tuple(str(r) for r in o["extra_object_root"] or ()))
+                      params=params, extra_object_roots=tuple(str(r) for r in o["extra_object_root"] or ()),
+                      prepare_backgrounds=o["prepare_backgrounds"])
 
 
 def register(app: typer.Typer, user_errors) -> None:
@@ -51,6 +52,7 @@ def register(app: typer.Typer, user_errors) -> None:
         backgrounds: str = typer.Option(..., "--backgrounds", help="Backgrounds: a folder of images (searched recursively; jpg/png/webp/...), a WebDataset .tar, a folder of tars, or a brace pattern like 'bg-{000..009}.tar'. BG-20k in the paper."),
         out: Path = typer.Option(..., "--out", "-o", help="Output folder for scenes-NNNNNN.tar shards, their *_stats.json and manifest.json. Re-running resumes."),
         num_samples: Optional[int] = typer.Option(None, "--num-samples", "-n", help="Number of scenes to write (required unless the recipe sets it)."),
+        prepare_backgrounds: bool = typer.Option(False, "--prepare-backgrounds", help="Decode each background once, shrunk to twice the canvas, into shards beside --out (OUT.backgrounds-SIZE, reused by the next run): several times faster on multi-megapixel backgrounds. Same as running `synthgen prepare-backgrounds` first."),
         extra_object_root: Optional[list[Path]] = typer.Option(None, "--extra-object-root", help="A folder outside the bank that object paths may point into (repeatable; e.g. where an X-Paste pools file's images live). Any other path outside the bank is skipped and counted."),
         recipe: Optional[Path] = recipe_option("compose", "recipes/pin-paper.yaml"),
         a_max: int = typer.Option(L.a_max, "--a-max", help="Maximum number of objects per scene (paper: 3)."),
@@ -95,6 +97,29 @@ def register(app: typer.Typer, user_errors) -> None:
         for kind in ("backgrounds", "objects"):
             for reason, info in t[f"skipped_{kind}"].items():
                 con.print(f"[yellow]skipped {kind}[/] ({reason}): {info['count']}, e.g. {info['examples'][:3]}")
+
+    @app.command("prepare-backgrounds", no_args_is_help=True)
+    @user_errors
+    def prepare_backgrounds_cmd(
+        backgrounds: str = typer.Argument(..., help="Backgrounds: a folder of images (recursive), a WebDataset .tar, a folder of tars, or a brace pattern."),
+        out: Path = typer.Option(..., "--out", "-o", help="Folder for backgrounds-NNNNNN.tar shards, their _stats.json and manifest.json. Re-running resumes."),
+        size: int = typer.Option(448, "--size", help="Shorter side of the prepared images in pixels (never enlarged); twice the largest canvas you compose (448 for 224)."),
+        per_shard: int = typer.Option(500, "--per-shard", help="Backgrounds per shard."),
+        jpeg_quality: int = typer.Option(95, "--jpeg-quality", help="JPEG quality of the prepared images."),
+        workers: Optional[int] = typer.Option(None, "--workers", "-w", help=WORKERS_HELP),
+        ray_address: Optional[str] = typer.Option(None, "--ray-address", help=RAY_ADDRESS_HELP),
+        executor: str = typer.Option("ray", "--executor", help="ray (default) or serial (in this process)."),
+    ) -> None:
+        """Decode every background once, shrunk to --size, into WebDataset shards that compose and
+        train-pin read like any backgrounds (much faster than multi-megapixel originals)."""
+        from synthgen.compose.prepare import PrepareJob, prepare_backgrounds
+
+        m = prepare_backgrounds(PrepareJob(source=backgrounds, out=str(out), size=size, per_shard=per_shard,
+                                           quality=jpeg_quality), workers=workers, ray_address=ray_address,
+                                executor=executor)
+        typer.echo(f"done: {m['backgrounds']} backgrounds in {len(m['shards'])} shard(s) -> {out}")
+        for reason, info in m["skipped"].items():
+            typer.echo(f"skipped ({reason}): {info['count']}, e.g. {info['examples'][:3]}", err=True)
 
     @app.command("preview", no_args_is_help=True)
     @user_errors

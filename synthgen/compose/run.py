@@ -36,6 +36,8 @@ class ComposeJob:
     samples_per_shard: int = 1000
     params: ComposeParams = ComposeParams()
     extra_object_roots: tuple[str, ...] = ()   # folders object paths may point into, besides the bank
+    prepare_backgrounds: bool = False          # decode them once, beside --out (prepared_folder)
+    prepared: str | None = None                # the prepared folder read instead (set by run_compose)
 
     @property
     def num_shards(self) -> int:
@@ -67,6 +69,8 @@ class ComposeJob:
                  "params": self.params.to_dict(), "schema": SCENE_SCHEMA}
         if self.extra_object_roots:
             ident["extra_object_roots"] = [str(Path(r).resolve()) for r in self.extra_object_roots]
+        if self.prepare_backgrounds:
+            ident["prepared_backgrounds"] = {"size": 2 * self.params.size}
         if inputs is not None:
             ident["inputs"] = inputs
         return ident
@@ -164,9 +168,12 @@ def check_inputs(job: ComposeJob) -> Inputs:
     from synthgen.compose.backgrounds import list_backgrounds
 
     raise_problems(job.problems())
+    from synthgen.shards import expand
+
     bank = _open_bank(job.objects, job.params.size, tuple(job.extra_object_roots))
-    listing = list_backgrounds(job.backgrounds)
-    _refuse_nesting(job, [("--objects", bank.root)] + [("--backgrounds", r) for r in listing.roots]
+    listing = list_backgrounds(job.prepared or job.backgrounds)
+    sources = expand(job.backgrounds) if job.prepared else []
+    _refuse_nesting(job, [("--objects", bank.root)] + [("--backgrounds", r) for r in listing.roots + sources]
                     + [("--extra-object-root", r) for r in job.extra_object_roots])
     if bank.first_usable(limit=min(len(bank), 2000)) is None:
         raise UserError(f"object bank {job.objects}: none of the first {min(len(bank), 2000)} "
@@ -219,10 +226,30 @@ def run_compose(job: ComposeJob, *, workers: int | None = None, ray_address: str
     if executor not in ("ray", "serial"):
         raise UserError(f"--executor must be ray or serial (got {executor!r})")
     workers = workers or os.cpu_count() or 1
+    if job.prepare_backgrounds:
+        job = _with_prepared(job, workers, ray_address, executor, progress)
     inputs = check_inputs(job)
     with RunFolder(job.out, "compose") as folder:
         todo = shards_to_do(job, folder, inputs)
         return _run(job, todo, inputs, workers, ray_address, executor, progress)
+
+
+def prepared_folder(job: ComposeJob) -> Path:
+    """Where ``--prepare-backgrounds`` keeps the prepared backgrounds: beside ``--out``."""
+    out = Path(job.out)
+    return out.with_name(f"{out.name}.backgrounds-{2 * job.params.size}")
+
+
+def _with_prepared(job: ComposeJob, workers, ray_address, executor, progress) -> ComposeJob:
+    """Prepare (or reuse) the backgrounds at twice the canvas; the job reading them."""
+    import dataclasses
+
+    from synthgen.compose.prepare import PrepareJob, prepare_backgrounds
+
+    folder = prepared_folder(job)
+    prepare_backgrounds(PrepareJob(source=job.backgrounds, out=str(folder), size=2 * job.params.size),
+                        workers=workers, ray_address=ray_address, executor=executor, progress=progress)
+    return dataclasses.replace(job, prepared=str(folder))
 
 
 def _run(job: ComposeJob, todo: list[int], inputs: Inputs, workers: int | None,

@@ -34,8 +34,8 @@ def fit_cutout(rgba: np.ndarray, w: int, h: int, passes: int = 3,
     """Resize a cut-out to its ``w`` x ``h`` box and return ``(rgba, opaque)``.
 
     Downscaling averages area (thin parts fade instead of vanishing); ``opaque`` (the object's
-    pixels: its box, mask and visible fraction) is alpha >= ``alpha_min``. When thin borders still fade out so that the opaque extent no longer
-    reaches every edge of the box, the source is cropped to the part that produced the extent
+    pixels: its box, mask and visible fraction) is alpha >= ``alpha_min``. When thin borders
+    still fade out so that the opaque extent no longer reaches every edge of the box, the source is cropped to the part that produced the extent
     and resized again, so the pasted object fills its box: the box is its opaque extent.
     """
     src = rgba
@@ -45,10 +45,10 @@ def fit_cutout(rgba: np.ndarray, w: int, h: int, passes: int = 3,
         method = Image.Resampling.BOX if (sw >= w and sh >= h) else Image.Resampling.BILINEAR
         out = np.asarray(Image.fromarray(src, "RGBA").resize((w, h), method))
         opaque = out[:, :, 3] >= alpha_min
-        if not opaque.any():
+        cols, rows = np.flatnonzero(opaque.any(0)), np.flatnonzero(opaque.any(1))
+        if not len(cols):
             break
-        ys, xs = np.nonzero(opaque)
-        x1, y1, x2, y2 = int(xs.min()), int(ys.min()), int(xs.max()) + 1, int(ys.max()) + 1
+        x1, y1, x2, y2 = int(cols[0]), int(rows[0]), int(cols[-1]) + 1, int(rows[-1]) + 1
         if (x1, y1, x2, y2) == (0, 0, w, h):
             break
         fx, fy = sw / w, sh / h
@@ -262,9 +262,10 @@ class Composer:
         for k, ((rgba, opaque), box) in enumerate(zip(fitted, boxes)):
             region = canvas[box[1]:box[3], box[0]:box[2]]
             if self.p.paste == "soft":
-                a = rgba[:, :, 3:4].astype(np.uint32)
-                mixed = (rgba[:, :, :3].astype(np.uint32) * a + region.astype(np.uint32) * (255 - a) + 127) // 255
-                region[...] = mixed.astype(np.uint8)
+                a = rgba[:, :, 3:4].astype(np.uint16)
+                # round(x / 255) for x <= 255 * 255, in 16 bits: (x + 128 + ((x + 128) >> 8)) >> 8
+                x = rgba[:, :, :3] * a + region * (255 - a) + 128
+                region[...] = (x + (x >> 8)) >> 8
             else:
                 region[opaque] = rgba[:, :, :3][opaque]
             owner[box[1]:box[3], box[0]:box[2]][opaque] = k + 1

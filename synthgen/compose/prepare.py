@@ -1,0 +1,184 @@
+"""``synthgen prepare-backgrounds``: decode every background once, at the size compose needs.
+
+Compose spends most of its time decoding multi-megapixel backgrounds for a 224-px canvas. This
+decodes each background once (EXIF, colour modes and bad files handled and counted as compose
+does), shrinks it so its shorter side is ``--size`` (default 448, twice the usual canvas; never
+enlarged), and writes WebDataset shards ``backgrounds-NNNNNN.tar`` of ``{key}.jpg`` +
+``{key}.json`` (source name and original size) with a ``manifest.json``. Compose and the
+on-the-fly trainer read the folder like any background shards.
+
+The scenes stay statistically the same: ``squash`` and ``crop`` act on the prepared image as on
+the original (its aspect ratio is kept; a crop's position scales with it); only the resampling
+differs, in two steps instead of one (area-like down to ``--size``, then bicubic to the canvas).
+
+Like compose it is deterministic (item ``k`` of the sorted listing is key ``k``), parallel (Ray
+tasks, one a shard), resumable (a shard is done when its ``_stats.json`` exists) and locked
+(:class:`~synthgen.rundir.RunFolder`); ``prepared.json`` records the source listing, and a
+folder prepared from other backgrounds or at another size is refused.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+import math
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from synthgen.errors import UserError
+from synthgen.rundir import RunFolder, atomic_write_json
+
+PREFIX = "backgrounds"
+IDENTITY_FILE = "prepared.json"
+MANIFEST_FILE = "manifest.json"
+FORMAT = "synthgen.backgrounds/1"
+
+
+def shard_name(i: int) -> str:
+    return f"{PREFIX}-{i:06d}.tar"
+
+
+def stats_name(i: int) -> str:
+    return f"{PREFIX}-{i:06d}_stats.json"
+
+
+@dataclass(frozen=True)
+class PrepareJob:
+    source: str
+    out: str
+    size: int = 448
+    per_shard: int = 500
+    quality: int = 95
+
+    def problems(self) -> list[str]:
+        out = []
+        if self.size < 32:
+            out.append(f"--size must be >= 32 (got {self.size})")
+        if self.per_shard < 1:
+            out.append(f"--per-shard must be >= 1 (got {self.per_shard})")
+        if not 1 <= self.quality <= 100:
+            out.append(f"--jpeg-quality must lie in 1..100 (got {self.quality})")
+        return out
+
+
+def _digest(items: list[str]) -> str:
+    h = hashlib.sha256()
+    for it in items:
+        h.update(it.encode("utf-8", "backslashreplace") + b"\n")
+    return h.hexdigest()
+
+
+def prepare_one(item: str, size: int, quality: int):
+    """``(jpeg bytes, (w, h) before)`` of one background, or the Skip that makes it unusable."""
+    from PIL import Image
+
+    from synthgen.compose.backgrounds import read_background
+    from synthgen.errors import Skip
+    from synthgen.images import decode, encode_jpeg
+
+    src = read_background(item)
+    img = decode(src, draft_to=size, min_side=32)
+    if isinstance(img, Skip):
+        return img
+    with Image.open(io.BytesIO(src) if isinstance(src, bytes) else src) as im:
+        before = im.size
+    w, h = img.size
+    if min(w, h) > size:  # the shorter side becomes `size`, the aspect ratio stays
+        new = (size, max(size, round(h * size / w))) if w <= h else (max(size, round(w * size / h)), size)
+        img = img.resize(new, Image.Resampling.BICUBIC, reducing_gap=3.0)
+    import numpy as np
+
+    return encode_jpeg(np.asarray(img), quality), before
+
+
+def prepare_shard(job: PrepareJob, shard: int, items: list[str]) -> dict[str, Any]:
+    """Write shard ``shard`` and its stats (runs in a worker)."""
+    from synthgen.compose.backgrounds import display_name
+    from synthgen.errors import Skip
+    from synthgen.shards import ShardWriter
+
+    t0 = time.time()
+    lo = shard * job.per_shard
+    skipped: dict[str, dict[str, str]] = {}
+    out = Path(job.out)
+    with ShardWriter(out / shard_name(shard)) as w:
+        for k in range(lo, min(len(items), lo + job.per_shard)):
+            res = prepare_one(items[k], job.size, job.quality)
+            if isinstance(res, Skip):
+                skipped.setdefault(res.reason, {})[display_name(items[k])] = res.detail
+                continue
+            jpg, before = res
+            meta = {"source": display_name(items[k]), "width": before[0], "height": before[1]}
+            w.write(f"{k:09d}", {"jpg": jpg, "json": json.dumps(meta).encode()})
+    rec = {"shard": shard_name(shard), "backgrounds": w.count, "skipped": skipped,
+           "seconds": round(time.time() - t0, 3)}
+    atomic_write_json(out / stats_name(shard), rec)
+    return rec
+
+
+def prepare_backgrounds(job: PrepareJob, *, workers: int | None = None, ray_address: str | None = None,
+                        executor: str = "ray", progress: bool = True) -> dict[str, Any]:
+    """Prepare (resuming) and return the manifest; UserError when shards failed (after the others)."""
+    import os
+
+    from synthgen.compose.backgrounds import list_backgrounds
+    from synthgen.compose.bank import inside
+    from synthgen.errors import raise_problems
+
+    raise_problems(job.problems())
+    if executor not in ("ray", "serial"):
+        raise UserError(f"--executor must be ray or serial (got {executor!r})")
+    listing = list_backgrounds(job.source)
+    out_real = os.path.realpath(job.out)
+    for root in listing.roots:
+        if inside(out_real, [os.path.realpath(root)]) or inside(os.path.realpath(root), [out_real]):
+            raise UserError(f"--out {job.out} and the backgrounds {root} overlap; choose an --out outside them")
+    items = listing.items
+    n_shards = math.ceil(len(items) / job.per_shard)
+    ident = {"format": FORMAT, "source": job.source, "count": len(items), "listing_sha256": _digest(items),
+             "size": job.size, "quality": job.quality, "per_shard": job.per_shard}
+    with RunFolder(job.out, "prepare-backgrounds") as folder:
+        folder.check_identity(IDENTITY_FILE, ident, what="settings or backgrounds")
+        todo = [s for s in range(n_shards) if not (folder.path / stats_name(s)).exists()]
+        failures = _run(job, todo, items, workers or os.cpu_count() or 1, ray_address, executor, progress)
+        if failures:
+            lines = "; ".join(f"{shard_name(todo[i])}: {m}" for i, m in sorted(failures.items()))
+            raise UserError(f"{len(failures)} of {len(todo)} shard(s) failed ({lines}); the others are "
+                            "complete — re-run the same command to retry the failed ones")
+        return _manifest(job, n_shards, listing.skipped, ident)
+
+
+def _run(job, todo, items, workers, ray_address, executor, progress) -> dict[int, str]:
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+    from synthgen.executors import run_ray, run_serial
+
+    if not todo:
+        return {}
+    prog = Progress(TextColumn("prepare-backgrounds"), BarColumn(), MofNCompleteColumn(),
+                    TextColumn("shards"), TimeElapsedColumn(), disable=not progress)
+    with prog:
+        task = prog.add_task("shards", total=len(todo))
+        jobs = [(job, s) for s in todo]
+        done = lambda _i, _r: prog.update(task, advance=1)  # noqa: E731
+        if executor == "serial":
+            return run_serial(prepare_shard, jobs, done, shared={"items": items})
+        return run_ray(prepare_shard, jobs, done, workers=workers, address=ray_address, shared={"items": items})
+
+
+def _manifest(job: PrepareJob, n_shards: int, listing_skips: dict, ident: dict) -> dict[str, Any]:
+    out = Path(job.out)
+    skipped = {r: dict(n) for r, n in listing_skips.items()}
+    count = 0
+    for s in range(n_shards):
+        st = json.loads((out / stats_name(s)).read_text())
+        count += st["backgrounds"]
+        for reason, names in st["skipped"].items():
+            skipped.setdefault(reason, {}).update(names)
+    manifest = {**ident, "shards": [shard_name(s) for s in range(n_shards)], "backgrounds": count,
+                "skipped": {r: {"count": len(n), "examples": sorted(n)[:20]} for r, n in skipped.items()}}
+    atomic_write_json(out / MANIFEST_FILE, manifest)
+    return manifest
