@@ -6,6 +6,15 @@ starts a *new* local instance bound to loopback (``address="local"``, with
 ``workers`` CPUs and a capped object store; it never joins a cluster that happens to run on the
 machine. With ``--ray-address`` it connects to that cluster (its resources are the cluster's).
 
+Token authentication (Ray turns it on for every cluster started where a token exists, and a local
+``ray.init`` writes one to ``~/.ray/auth_token``): a client that connects by an explicit address
+does not turn it on by itself, so it was refused by such a cluster (``InvalidAuthToken``), while a
+client in token mode cannot serve a cluster without authentication (its workers cannot fetch the
+driver's objects). So synthgen first asks the head (a GCS call, milliseconds) whether it wants a
+token, and connects in token mode only when it does, ``RAY_AUTH_MODE`` is unset and a token is at
+hand (``RAY_AUTH_TOKEN``, ``RAY_AUTH_TOKEN_PATH``, ``~/.ray/auth_token``); an address where
+nothing listens is a one-line error at once, not after Ray's minute of retries.
+
 :func:`run_serial` and :func:`run_ray` take a picklable function and a list of argument tuples,
 call ``on_result`` as each task finishes, and return the failures (``{task index: message}``)
 instead of raising, so one failed shard never stops the others.
@@ -63,6 +72,95 @@ def _loopback() -> None:
         pass
 
 
+def _token_at_hand() -> str | None:
+    """Where the token for a cluster comes from (None when there is none)."""
+    if os.environ.get("RAY_AUTH_TOKEN"):
+        return "RAY_AUTH_TOKEN"
+    path = os.environ.get("RAY_AUTH_TOKEN_PATH")
+    if path and os.path.isfile(path):
+        return path
+    default = os.path.join(os.path.expanduser("~"), ".ray", "auth_token")
+    return default if os.path.isfile(default) else None
+
+
+def _token_mode() -> None:
+    """Token mode for this process (and the Ray processes it starts), as ``address="auto"`` does."""
+    os.environ["RAY_AUTH_MODE"] = "token"
+    try:  # the driver's config was read at import: refresh it
+        from ray._raylet import Config
+
+        Config.initialize("")
+    except (ImportError, AttributeError):
+        pass
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip()
+    return text.splitlines()[0] if text else type(exc).__name__
+
+
+def _chain(exc: BaseException | None) -> str:
+    """The text of ``exc`` and of the errors behind it (Ray wraps the authentication error)."""
+    parts = []
+    while exc is not None and len(parts) < 8:
+        parts.append(f"{type(exc).__name__} {exc}")
+        exc = exc.__cause__ or exc.__context__
+    return " ".join(parts)
+
+
+def _probe(address: str) -> str:
+    """What the head at ``address`` (``HOST:PORT``) says to a client without a token, quickly:
+    "open", "token" (it wants one) or "unknown"; a :class:`UserError` when nothing answers."""
+    import socket
+
+    host, _, port = address.rpartition(":")
+    if not host or not port.isdigit() or "://" in address:
+        return "unknown"
+    try:
+        socket.create_connection((host.strip("[]"), int(port)), timeout=5).close()
+    except OSError as exc:
+        raise UserError(f"cannot connect to the Ray cluster at {address}: nothing answers there "
+                        f"({exc.strerror or exc}); give the head's HOST:PORT as printed by "
+                        "`ray start --head` (port 6379 unless set)") from None
+    try:
+        from ray._raylet import GcsClient
+    except ImportError:
+        return "unknown"
+    try:
+        GcsClient(address=address)
+    except Exception as exc:  # noqa: BLE001 - AuthenticationError, RpcError
+        return "token" if "auth" in _chain(exc).lower() else "unknown"
+    return "open"
+
+
+def _connect(address: str, kw: dict[str, Any]) -> None:
+    """``ray.init(address)``, in token mode when the cluster wants a token (see the module doc)."""
+    import ray
+
+    source = None
+    if _probe(address) == "token" and os.environ.get("RAY_AUTH_MODE") is None:
+        source = _token_at_hand()
+        if source is None:
+            raise UserError(f"cannot connect to the Ray cluster at {address}: it wants an "
+                            f"authentication token; {AUTH_HINT}")
+        _token_mode()
+        if _probe(address) == "token":  # fail now, not after Ray's retries
+            raise UserError(f"cannot connect to the Ray cluster at {address}: the token from {source} "
+                            f"was refused: is it this cluster's? {AUTH_HINT}")
+    try:
+        ray.init(address=address, **kw)
+    except Exception as exc:  # noqa: BLE001 - ConnectionError, AuthenticationError, RuntimeError...
+        why = _first_line(exc)
+        if "auth" in _chain(exc).lower():
+            why += (f"; the token from {source} was refused: is it this cluster's? " if source else "; ") + AUTH_HINT
+        raise UserError(f"cannot connect to the Ray cluster at {address}: {why}") from None
+
+
+AUTH_HINT = ("give the head's token (`ray start` turns token authentication on): "
+             "RAY_AUTH_TOKEN_PATH=FILE (a copy of the head's ~/.ray/auth_token), RAY_AUTH_TOKEN=TOKEN, "
+             "or copy it to ~/.ray/auth_token")
+
+
 def start_ray(workers: int | None, address: str | None, object_store_mb: int = 256) -> bool:
     """Start a local Ray or connect to ``address``; returns True when this call started or joined
     it (and must shut it down), False when Ray was already initialised in this process."""
@@ -75,11 +173,7 @@ def start_ray(workers: int | None, address: str | None, object_store_mb: int = 2
     os.environ.setdefault("RAY_DEDUP_LOGS", "0")
     kw: dict[str, Any] = dict(configure_logging=True, logging_level=logging.ERROR, log_to_driver=True)
     if address:
-        try:
-            ray.init(address=address, **kw)
-        except (ConnectionError, ValueError, RuntimeError) as exc:
-            raise UserError(f"cannot connect to the Ray cluster at {address}: "
-                            f"{str(exc).strip().splitlines()[0] if str(exc).strip() else exc}") from None
+        _connect(address, kw)
         return True
     _loopback()
     ray.init(address="local", num_cpus=workers or os.cpu_count() or 1,
@@ -92,12 +186,17 @@ def ray_session(workers: int | None, address: str | None, object_store_mb: int =
     """Ray for the ``with`` block (see :func:`start_ray`), shut down after when this started it."""
     import ray
 
+    mode = os.environ.get("RAY_AUTH_MODE")  # a local ray.init turns token mode on for the process
     started = start_ray(workers, address, object_store_mb)
     try:
         yield
     finally:
         if started:
             ray.shutdown()
+            if mode is None:  # a later --ray-address starts afresh
+                os.environ.pop("RAY_AUTH_MODE", None)
+            else:
+                os.environ["RAY_AUTH_MODE"] = mode
 
 
 def run_ray(fn: Callable, jobs: Sequence[tuple], on_result: OnResult, *, workers: int | None = None,
