@@ -435,3 +435,18 @@ def test_shards_of_another_canvas_are_a_one_line_error(tiny, tmp_path):
     with pytest.raises(UserError, match=r"64x64 canvas but paligemma \(.*\) takes 112x112") as exc:
         train(_cfg(tmp_path / "s64", tmp_path / "run", tiny("paligemma"), steps=1), echo=lambda *_: None)
     assert "\n" not in str(exc.value)
+
+
+@pytest.mark.slow
+def test_cli_train_pin_with_vlm_auto_and_a_typed_vlm_option(tiny, shards, tmp_path):
+    from typer.testing import CliRunner
+
+    from synthgen.cli import app
+
+    run = tmp_path / "run"
+    r = CliRunner().invoke(app, ["train-pin", str(shards), "--vlm", "auto", "--model", str(tiny("qwen2_5_vl")),
+                                 "--vlm-option", "canvas=112", "--out", str(run), "--steps", "2", "--batch-size", "2",
+                                 "--workers", "0", "--hidden", "16,16", "--no-progress"])
+    assert r.exit_code == 0, r.output
+    meta = json.loads((run / "pin.json").read_text())
+    assert (meta["vlm"], meta["vlm_options"], meta["num_positions"]) == ("qwen2_5_vl", {"canvas": 112}, 64)
