@@ -309,6 +309,10 @@ def test_idefics3_smolvlm_v1_and_model_checks(tiny, tmp_path):
     q = load_adapter("auto", str(tiny("qwen2_5_vl")), canvas="224")  # (auto: typed once resolved)
     assert (q.input_size, q.patch_grid, q.num_positions, q.vlm_options) == (224, 16, 256, {"canvas": 224})
     assert load_adapter("qwen2_5_vl", str(tiny("qwen2_5_vl"))).input_size == 224  # the default canvas
+    from synthgen.pin.portable import vlm_geometry
+
+    with pytest.raises(UserError, match="authors released PINs for openflamingo and blip2, not llava"):
+        vlm_geometry("llava", str(tiny("llava")), {})  # import-pin: no authors' PIN for these VLMs
 
 
 # --- training, evaluation, prediction ----------------------------------------------------------

@@ -130,7 +130,7 @@ class HFVisionLanguageAdapter(VLMAdapter):
     title = ""                      # e.g. "LLaVA"
     model_types: tuple[str, ...] = ()
     fusion_module = ""              # PIN is added to this module's input
-    vision_module = ""              # the vision tower (benchmarks time it)
+    vision_module = ""              # the vision tower (the tests check what it hands the fusion module)
     native_prompt: str | None = None  # the model's own grounding prompt, for --baseline native
     native_max_new_tokens = 32
 
