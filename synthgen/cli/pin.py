@@ -15,7 +15,8 @@ from synthgen.cli.common import csv, ints, options, recipe_option
 from synthgen.pin.config import DEFAULT_MODELS
 from synthgen.pin.config import TrainConfig as T
 
-_VLM_HELP = "VLM family: " + ", ".join(DEFAULT_MODELS) + " (blip2: transformers Blip2ForConditionalGeneration)."
+_VLM_HELP = ("VLM family: " + ", ".join(DEFAULT_MODELS) + " (blip2: transformers Blip2ForConditionalGeneration), "
+             "or auto (read from the --model checkpoint's config).")
 _MODEL_HELP = ("Hub id or local directory of the VLM weights (default: "
                + ", ".join(f"{m} for {v}" for v, m in DEFAULT_MODELS.items())
                + "; for eval/predict the run's own model).")
@@ -152,7 +153,10 @@ def register(app, user_errors) -> None:
         baseline: Optional[str] = typer.Option(None, help="Score a baseline instead of the model, on the same "
                                                           "queries: 'random' = the paper's (for each query a "
                                                           "ground-truth box of another image of the set), "
-                                                          "'uniform' = corners drawn uniformly on the grid."),
+                                                          "'uniform' = corners drawn uniformly on the grid, "
+                                                          "'native' = the run's VLM without PIN, asked with its "
+                                                          "own grounding prompt (paligemma: 'detect NAME' -> "
+                                                          "<loc> tokens; qwen2_5_vl: bbox_2d JSON)."),
         article: str = typer.Option("auto", help="Query article: 'auto' = a/an by the first letter (the "
                                                  "authors' and training's), 'a' = always 'a'."),
         names: str = typer.Option("strip", help="COCO-format class names: 'strip' = '_' -> space and the "
@@ -204,7 +208,7 @@ def register(app, user_errors) -> None:
                             + (f" (got {' and '.join(sets)})" if sets else ""))
         if split is not None and coco_json is not None:
             raise UserError("--split applies to --voc and --refcoco only")
-        what = " (random baseline)" if baseline == "random" else " (uniform baseline)" if baseline else ""
+        what = f" ({baseline} baseline)" if baseline else ""
         from synthgen.cli.pin_io import parse_vlm_options
         from synthgen.pin.checkpoint import read_run
 

@@ -10,8 +10,17 @@ from typing import Sequence
 
 # VLM family -> default checkpoint (hub id); the adapters live in synthgen.pin.adapters
 DEFAULT_MODELS = {"blip2": "Salesforce/blip2-opt-2.7b",
-                  "openflamingo": "openflamingo/OpenFlamingo-3B-vitl-mpt1b-langinstruct"}
+                  "openflamingo": "openflamingo/OpenFlamingo-3B-vitl-mpt1b-langinstruct",
+                  "llava": "llava-hf/llava-1.5-7b-hf",
+                  "smolvlm": "HuggingFaceTB/SmolVLM2-2.2B-Instruct",
+                  "qwen2_5_vl": "Qwen/Qwen2.5-VL-3B-Instruct",
+                  "paligemma": "google/paligemma2-3b-pt-224"}
 VLMS = tuple(DEFAULT_MODELS)
+AUTO = "auto"  # --vlm auto: the family read from the checkpoint's config (synthgen.pin.adapters.detect_family)
+
+# a transformers config's model_type -> the VLM family whose adapter takes it (for --vlm auto)
+MODEL_TYPES = {"blip-2": "blip2", "llava": "llava", "smolvlm": "smolvlm", "idefics3": "smolvlm",
+               "qwen2_5_vl": "qwen2_5_vl", "paligemma": "paligemma"}
 
 # VLM family -> the extra options its adapter takes (name -> str | int | tuple of allowed values);
 # see synthgen.pin.flamingo.variants for what the OpenFlamingo ones choose
@@ -19,6 +28,8 @@ VLM_OPTIONS: dict[str, dict] = {
     "blip2": {},
     "openflamingo": {"lm": str, "tokenizer": str, "vision": str, "vision_pretrained": str,
                      "cross_attn_every": int, "vision_tokens": ("raw", "ln_post")},
+    "llava": {}, "smolvlm": {}, "paligemma": {},
+    "qwen2_5_vl": {"canvas": int},  # the square side its dynamic resolution is pinned to (multiple of 28)
 }
 
 
@@ -101,9 +112,9 @@ class TrainConfig:
             out.append(f"--table must be one of {', '.join(TABLES)}, got {self.table!r}")
         if not self.hidden or min(self.hidden) < 1:
             out.append(f"--hidden must be positive integers, got {','.join(map(str, self.hidden))}")
-        if self.vlm not in DEFAULT_MODELS:
-            out.append(f"unknown --vlm {self.vlm!r}; choose one of: {', '.join(VLMS)}")
-        else:
+        if self.vlm not in DEFAULT_MODELS and self.vlm != AUTO:
+            out.append(f"unknown --vlm {self.vlm!r}; choose one of: {', '.join(VLMS)} or {AUTO}")
+        elif self.vlm != AUTO:  # (auto: checked once the checkpoint named the family)
             out += vlm_option_problems(self.vlm, self.vlm_options)
         if self.shuffle_buffer < 0:
             out.append("--shuffle-buffer must be >= 0")

@@ -46,15 +46,21 @@ BASELINES = P.BASELINES
 
 def generate_boxes(adapter, images: Sequence, referrals: Sequence[str], *, canvas: int, grid: int,
                    batch_size: int = 16, num_beams: int = 3, max_new_tokens: int = 12,
-                   art: str | None = None, parse: str = "strict") -> list[tuple[str, list[float], bool]]:
+                   art: str | None = None, parse: str = "strict", native: bool = False
+                   ) -> list[tuple[str, list[float], bool]]:
     """``(text, box, parsed)`` for each (uint8 ``[3,H,W]`` image, referral) pair: the raw
     continuation, its box by the ``parse`` rule (:func:`~synthgen.pin.protocol.box_from_text`)
-    and whether that rule accepted it."""
+    and whether that rule accepted it. ``native``: the VLM's own grounding answer instead
+    (``adapter.native_boxes``), a box it does not give counting as the one-cell box."""
     import torch
 
     out = []
     for i in range(0, len(images), batch_size):
         px = torch.stack(list(images[i:i + batch_size]))
+        if native:
+            out += [(t, b, True) if b is not None else (t, P.one_cell_box(canvas, grid, parse), False)
+                    for t, b in adapter.native_boxes(px, list(referrals[i:i + batch_size]))]
+            continue
         texts = adapter.generate(px, list(referrals[i:i + batch_size]), num_beams=num_beams,
                                  max_new_tokens=max_new_tokens, art=art)
         for t in texts:
@@ -67,12 +73,13 @@ def score_queries(items: Iterable[tuple[object, str, list[float], dict]], adapte
                   grid: int, batch_size: int = 16, num_beams: int = 3, max_new_tokens: int = 12,
                   art: str | None = None, parse: str = "strict",
                   baseline: Callable[[dict], list[float]] | None = None,
-                  rng: np.random.Generator | None = None) -> list[dict]:
+                  rng: np.random.Generator | None = None, native: bool = False) -> list[dict]:
     """One record per ``(image uint8 [3,H,W], text, ground-truth box on the canvas, fields)``:
     ``fields`` + predicted box, IoU, size bucket, whether the answer parsed (by ``parse``, and by
     each rule: ``parsed_strict`` / ``parsed_lenient``), the raw output. ``adapter`` None scores a
     baseline instead: ``baseline(fields)`` gives each query's box, called in query order (without
-    one, a uniform grid box drawn from ``rng``)."""
+    one, a uniform grid box drawn from ``rng``). ``native``: the adapter's VLM answers with its
+    own grounding output (PIN off), ``parsed`` = a box was decoded from it."""
     records: list[dict] = []
     chunk: list[tuple[object, str, list[float], dict]] = []
 
@@ -84,12 +91,12 @@ def score_queries(items: Iterable[tuple[object, str, list[float], dict]], adapte
             preds = generate_boxes(adapter, [c[0] for c in chunk], [c[1] for c in chunk],
                                    canvas=canvas, grid=grid, batch_size=batch_size,
                                    num_beams=num_beams, max_new_tokens=max_new_tokens, art=art,
-                                   parse=parse)
+                                   parse=parse, native=native)
         for (_, _, gt, fields), (text, box, ok) in zip(chunk, preds):
             rec = {**fields, "pred_box": [round(v, 2) for v in box],
                    "gt_box": [round(v, 2) for v in gt], "iou": iou(box, gt),
                    "bucket": size_bucket(gt, canvas), "parsed": ok, "output": text}
-            if adapter is not None:
+            if adapter is not None and not native:
                 rec.update({f"parsed_{k}": v for k, v in parsed_by(text, canvas, grid).items()})
             records.append(rec)
         chunk.clear()
@@ -143,7 +150,17 @@ def _run_and_adapter(run_dir, baseline: str | None, model: str | None, device: s
 
     if baseline not in (None, *BASELINES):
         raise UserError(f"unknown --baseline {baseline!r}: random (ground-truth boxes of other "
-                        "images, the paper's) or uniform (uniform boxes on the grid)")
+                        "images, the paper's), uniform (uniform boxes on the grid) or native (the "
+                        "VLM's own grounding output, PaliGemma and Qwen2.5-VL)")
+    if baseline == "native":  # the run's VLM without PIN, asked its own way
+        from synthgen.pin.adapters import adapter_class
+
+        vlm = read_run(run_dir).meta["vlm"]
+        if getattr(adapter_class(vlm), "native_prompt", None) is None:
+            raise UserError(f"--baseline native: {vlm} has no native detector (paligemma and qwen2_5_vl have one)")
+        run, adapter = load_run(run_dir, model=model, device=device, vlm_options=vlm_options)
+        adapter.detach_pin()
+        return run, adapter
     if baseline is not None:
         return read_run(run_dir), None
     return load_run(run_dir, model=model, device=device, vlm_options=vlm_options)
@@ -153,8 +170,9 @@ def _baseline(proto: EvalProtocol, pool: Iterable[tuple[object, list[float]]], c
               set_name: str) -> Callable[[dict], list[float]] | None:
     """The baseline's box for a query's fields (None: the model answers). ``random`` draws a
     ground-truth box of another image of ``pool`` (every object of the set's kept images),
-    ``uniform`` a grid box; both from ``seed``, one draw per scored query in order."""
-    if proto.baseline is None:
+    ``uniform`` a grid box; both from ``seed``, one draw per scored query in order (``native``:
+    None too, the VLM answers its own way)."""
+    if proto.baseline in (None, "native"):
         return None
     rng = np.random.default_rng(proto.seed)
     if proto.baseline == "uniform":
@@ -210,8 +228,9 @@ def _score_set(queries: list[dict], run, adapter, proto: EvalProtocol, *, images
 
     records = score_queries(items(), adapter, canvas=run.canvas, grid=run.grid, batch_size=batch_size,
                             num_beams=proto.num_beams, max_new_tokens=proto.max_new_tokens, art=proto.art,
-                            parse=proto.parse, baseline=baseline)
-    return records, {"size_mismatch_images": counts["size_mismatch_images"]}
+                            parse=proto.parse, baseline=baseline, native=proto.baseline == "native")
+    extra = {"native": adapter.native_settings} if proto.baseline == "native" else {}
+    return records, {"size_mismatch_images": counts["size_mismatch_images"], **extra}
 
 
 def _finish(records: list[dict], extra: dict, out_path: Path, skips: Skips | None = None) -> dict:

@@ -113,6 +113,9 @@ def vlm_geometry(vlm: str, model: str | None, options: dict) -> tuple[str, dict,
 
     if vlm not in DEFAULT_MODELS:
         raise UserError(f"unknown --vlm {vlm!r}; choose one of: {', '.join(VLMS)}")
+    if vlm not in ("openflamingo", "blip2"):  # the authors released PINs for these two only
+        raise UserError(f"import-pin: the authors released PINs for openflamingo and blip2, not {vlm}; "
+                        "train-pin writes runs of the other VLMs directly")
     problems = vlm_option_problems(vlm, options)
     if problems:
         raise UserError("; ".join(problems))

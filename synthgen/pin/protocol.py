@@ -16,7 +16,8 @@ Defaults follow the PIN authors' evaluation code (QUVA-Lab/PIN ``eval_dloaders/`
 * Size buckets are measured on the ground-truth boxes on the canvas, COCO's thresholds scaled by
   ``canvas / 224`` (medium: area in ``[(32s)^2, (96s)^2)``, large: ``>= (96s)^2``).
 * Baselines: ``random`` is the paper's (a ground-truth box of another image of the same set,
-  :class:`OtherImageBoxes`); ``uniform`` draws corners uniformly on the grid lines.
+  :class:`OtherImageBoxes`); ``uniform`` draws corners uniformly on the grid lines; ``native`` asks
+  the VLM (PIN off) with its own grounding prompt (:mod:`synthgen.pin.native` reads the box).
 """
 
 from __future__ import annotations
@@ -37,7 +38,7 @@ NAMES = ("strip", "raw")
 CROWD = ("query", "skip")
 GT_BOXES = ("authors", "exact")
 PARSERS = ("strict", "lenient")
-BASELINES = ("random", "uniform")
+BASELINES = ("random", "uniform", "native")  # native: the VLM's own grounding output (PaliGemma, Qwen2.5-VL)
 REFCOCO_SENTENCES = ("last", "all")
 
 

@@ -27,7 +27,7 @@ from synthgen.pin.checkpoint import (
     saved_step,
     set_rng_state,
 )
-from synthgen.pin.config import PRECISIONS, TrainConfig
+from synthgen.pin.config import AUTO, PRECISIONS, TrainConfig
 from synthgen.rundir import RunFolder, atomic_write
 from synthgen.schema import PIN_FORMAT, PIN_META_FILE, TRAIN_LOG_FILE, TRAIN_STATE_FILE
 
@@ -97,7 +97,7 @@ def _resume_point(cfg: TrainConfig, env: _Env, plan):
         env.say(f"note: {out} was started by a synthgen that dealt {n_shards} shards over "
                 f"{n_splits} data splits differently; after this resume the data order is not the "
                 "one the original run would have seen")
-    if cfg.vlm != prev["vlm"] or (cfg.model and cfg.model != prev["model"]):
+    if cfg.vlm not in (AUTO, prev["vlm"]) or (cfg.model and cfg.model != prev["model"]):
         raise UserError(f"{out} was trained on {prev['vlm']} {prev['model']}; resume with the same "
                         "--vlm/--model")
     return prev, state, weights, settings
@@ -117,7 +117,7 @@ def _build_pin(cfg: TrainConfig, adapter, prev: dict | None, weights: dict | Non
                   table_dim=cfg.table_dim, hidden=cfg.hidden, activation=cfg.activation)
     pin.to(env.device).train()
     if (pin.num_positions, pin.out_dim) != (adapter.num_positions, adapter.vision_width):
-        raise UserError(f"PIN {pin.num_positions}x{pin.out_dim} does not fit {cfg.vlm} "
+        raise UserError(f"PIN {pin.num_positions}x{pin.out_dim} does not fit {adapter.name} "
                         f"({adapter.model_id}: {adapter.num_positions}x{adapter.vision_width})")
     env.say(describe(pin))
     if not env.ddp:
@@ -190,8 +190,9 @@ def train(cfg: TrainConfig, echo: Callable[[str], None] = print, adapter=None) -
         if adapter is None:
             model_id = prev["model"] if prev is not None else cfg.model
             options = {**(prev or {}).get("vlm_options", {}), **cfg.vlm_options}
-            adapter = load_adapter(cfg.vlm, model_id, device=env.device, dtype=WEIGHTS[precision], **options)
-        elif adapter.name != cfg.vlm:
+            vlm = prev["vlm"] if prev is not None and cfg.vlm == AUTO else cfg.vlm
+            adapter = load_adapter(vlm, model_id, device=env.device, dtype=WEIGHTS[precision], **options)
+        elif cfg.vlm not in (AUTO, adapter.name):
             raise UserError(f"adapter is {adapter.name} but the config says --vlm {cfg.vlm}")
         else:
             env.device = adapter.device
@@ -199,7 +200,9 @@ def train(cfg: TrainConfig, echo: Callable[[str], None] = print, adapter=None) -
         if prev is not None and prev.get("vlm_options", vlm_options) != vlm_options:
             raise UserError(f"{out} was trained on {prev['vlm']} with VLM options {prev['vlm_options']}, not "
                             f"{vlm_options}; resume with the run's options or start a new run with another --out")
-        model_desc = f"{cfg.vlm} ({adapter.model_id})"
+        if prev is not None and adapter.name != prev["vlm"]:  # (--vlm auto on another checkpoint)
+            raise UserError(f"{out} was trained on {prev['vlm']} {prev['model']}, not {adapter.name}")
+        model_desc = f"{adapter.name} ({adapter.model_id})"
         check_canvas({"width": plan.canvas, "height": plan.canvas}, plan.describe, adapter.input_size, model_desc)
         if val_shards:
             check_canvas(read_header(val_shards), str(cfg.val), adapter.input_size, model_desc)
@@ -223,7 +226,7 @@ def train(cfg: TrainConfig, echo: Callable[[str], None] = print, adapter=None) -
         elif cfg.resume:
             env.say(f"nothing to resume in {out}; starting a new run")
         canvas, grid = plan.canvas, plan.grid
-        meta = {"format": PIN_FORMAT, "synthgen_version": __version__, "vlm": cfg.vlm,
+        meta = {"format": PIN_FORMAT, "synthgen_version": __version__, "vlm": adapter.name,  # auto resolved
                 "model": adapter.model_id, "vlm_options": vlm_options, "canvas": canvas, "grid": grid,
                 "patch_grid": adapter.patch_grid, "vision_width": adapter.vision_width,
                 "num_positions": adapter.num_positions, "pin": pin.config(),
