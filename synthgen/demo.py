@@ -1,10 +1,13 @@
-"""The offline demo: everything from images shipped inside installed packages, no downloads.
+"""The offline demo's inputs: everything from images shipped inside installed packages and tiny
+random-weight models built from configs, no downloads (``synthgen demo-data``).
 
-1. Build an object bank by cutting objects out of scikit-image's sample images with classic
-   segmentation (Otsu threshold + connected components, given silhouettes, ellipse masks).
-2. Use scikit-image's texture and photo samples as backgrounds.
-3. ``compose`` scene shards with the paper's settings on a local Ray, then ``preview`` and
-   ``stats`` them.
+1. An object bank cut out of scikit-image's sample images with classic segmentation (Otsu
+   threshold + connected components, given silhouettes, ellipse masks).
+2. scikit-image's texture and photo samples as backgrounds, and its cat photo for ``predict``.
+3. Tiny render models (SD, open_clip, a u2net-style ONNX net) and a tiny VLM, saved as real
+   checkpoints are and loaded by path.
+
+The demo itself is the recipe ``recipes/demo.yaml``, run by ``synthgen run`` (``synthgen demo``).
 """
 
 from __future__ import annotations
@@ -107,115 +110,81 @@ def build_demo_backgrounds(folder: Path) -> Path:
     return folder
 
 
-def _run(con, args: list[str], env: dict | None = None) -> None:
-    """Run one ``synthgen`` command as a user would type it, echoing it first."""
-    import os
-    import shlex
-    import subprocess
-    import sys
-
-    con.print(f"[cyan]$ synthgen {' '.join(shlex.quote(a) for a in args)}[/]")
-    r = subprocess.run([sys.executable, "-m", "synthgen", *args], env={**os.environ, **(env or {})})
-    if r.returncode != 0:
-        raise UserError(f"demo step failed (exit {r.returncode}): synthgen {' '.join(args)}")
-
-
 DEMO_RENDER_CATEGORIES = ("apple", "teddy bear", "umbrella")
+DEMO_DATA_FILE = "demo-data.json"
 
 
-def render_demo(con, out: Path, workers: int) -> Path:
-    """Render a few categories with tiny random-weight models built here (SD UNet/VAE/text
-    encoder, open_clip, a u2net-style ONNX net), saved and loaded by path like real ones."""
-    import os
-
-    from synthgen.render.tiny import build_tiny_models
-
-    models = out / "models"
-    env = {"U2NET_HOME": str(models / "rembg")}  # keep the ONNX cut-out net inside the demo folder
-    os.environ.update(env)
-    tiny = build_tiny_models(models)
-    names = out / "categories.txt"
-    names.write_text("\n".join(DEMO_RENDER_CATEGORIES) + "\n")
-    bank = out / "rendered"
-    _run(con, ["render", "--categories", str(names), "--out", str(bank), "--per-category", "4",
-               "--min-per-category", "1", "--batch-size", "4", *tiny.as_cli_args()], env=env)
-    _run(con, ["preview", str(bank), "-o", str(out / "rendered-preview.png")], env=env)
-    return bank
+def build_demo_photo(folder: Path) -> Path:
+    """scikit-image's photo of a cat (Chelsea): the picture `predict` is asked about."""
+    data, _, _ = _skimage()
+    folder.mkdir(parents=True, exist_ok=True)
+    path = folder / "cat.jpg"
+    Image.fromarray(np.asarray(data.chelsea()).astype(np.uint8)).save(path, quality=92)
+    return path
 
 
-def _tiny_vlm(con, out: Path, vlm: str) -> Path:
-    """A tiny random VLM of the family ``vlm`` saved under ``out/models`` (loaded by path)."""
+def tiny_vlm(models: Path, vlm: str) -> Path:
+    """A tiny random VLM of the family ``vlm`` saved under ``models`` (loaded by path)."""
     if vlm == "openflamingo":
         from synthgen.pin.tiny_flamingo import build_tiny_openflamingo
 
-        model = out / "models" / "tiny-openflamingo"
+        model = models / "tiny-openflamingo"
         if not (model / "checkpoint.pt").exists():
-            con.print(f"[bold]3. a tiny random OpenFlamingo[/] saved to {model} (checkpoint.pt, a MosaicML-format "
-                      "MPT, an open_clip ViT: loaded by path, like the real one)")
             build_tiny_openflamingo(model, perceiver_depth=1, heads=2, num_latents=8)
         return model
+    if vlm != "blip2":
+        raise UserError(f"--vlm must be blip2 or openflamingo (got {vlm!r})")
     from synthgen.pin.tiny import build_tiny_blip2
 
-    model = out / "models" / "tiny-blip2"
+    model = models / "tiny-blip2"
     if not (model / "config.json").exists():
-        con.print(f"[bold]3. a tiny random BLIP-2[/] saved to {model} (loaded by path, like a real checkpoint)")
         build_tiny_blip2(str(model))
     return model
 
 
-def run_demo(out: Path, num_samples: int = 256, workers: int = 2, steps: int = 150,
-             train: bool = True, render: bool = True, vlm: str = "blip2") -> None:
-    from rich.console import Console
+def make_demo_data(out: Path, vlm: str = "blip2", say=print) -> dict:
+    """Everything the demo recipe reads, made here offline: an object bank and backgrounds from
+    scikit-image's samples, a photo, the names to render, and tiny random-weight models (SD,
+    open_clip, a u2net-style ONNX net under rembg's model root, the VLM) saved as real
+    checkpoints are. Writes ``demo-data.json`` (what was made) last."""
+    import os
 
-    from synthgen.compose.config import ComposeParams
-    from synthgen.compose.export import export_coco
-    from synthgen.compose.inspection import collect_stats, contact_sheet, print_stats
-    from synthgen.compose.run import ComposeJob, run_compose
+    from synthgen.render.tiny import build_tiny_models, rembg_home
+    from synthgen.rundir import atomic_write_json
 
-    con = Console(stderr=True)
     out = Path(out)
-    bank = build_demo_bank(out / "objects")
-    bgs = build_demo_backgrounds(out / "backgrounds")
-    con.print(f"[bold]1. object bank[/] {bank} ({sum(1 for _ in open(bank / 'index.jsonl'))} cut-outs "
-              f"from scikit-image samples); backgrounds {bgs}")
-    con.print("[bold]2. compose[/] (paper settings: a_max=3, s_min=0.3,0.2,0.1, o_max=0.5, 224 px, 16x16 grid)")
-    for name, n, seed in (("shards", num_samples, 0), ("val-shards", 32, 1)):
-        job = ComposeJob(objects=str(bank), backgrounds=str(bgs), out=str(out / name), num_samples=n,
-                         samples_per_shard=max(8, n // 4), params=ComposeParams(masks=True, seed=seed))
-        run_compose(job, workers=workers)
-    sheet = out / "preview.png"
-    contact_sheet(str(out / "shards"), sheet, n=16)
-    con.print(f"   preview: {sheet}")
-    print_stats(collect_stats(str(out / "shards")), top=10)
-    if render:
-        con.print("[bold]2b. render[/] objects from text with tiny random models (SD -> rembg -> CLIP "
-                  "filter), then compose reads that bank unchanged")
-        rendered = render_demo(con, out, workers)
-        run_compose(ComposeJob(objects=str(rendered), backgrounds=str(bgs), out=str(out / "rendered-shards"),
-                               num_samples=16, samples_per_shard=16), workers=workers)
-    if not train:
-        return
     if vlm not in ("blip2", "openflamingo"):
         raise UserError(f"--vlm must be blip2 or openflamingo (got {vlm!r})")
-    model = _tiny_vlm(con, out, vlm)
-    run = out / "runs" / f"pin-{vlm}"
-    con.print(f"[bold]4. train PIN[/] on the frozen tiny {vlm} (random weights: this shows the "
-              "pipeline end to end; its numbers are a smoke test, not results)")
-    _run(con, ["train-pin", str(out / "shards"), "--vlm", vlm, "--model", str(model), "--out", str(run),
-               "--steps", str(steps), "--batch-size", "16", "--workers", "1", "--hidden", "64,64",
-               "--val", str(out / "val-shards"), "--eval-every", str(max(1, steps // 2)),
-               *(["--resume"] if (run / "pin.json").exists() else [])])
-    coco = out / "val-coco"
-    export_coco(str(out / "val-shards"), coco)
-    con.print("[bold]5. evaluate[/] (the authors' protocol on a COCO-format export of held-out scenes)")
-    _run(con, ["eval-pin", str(run), "--coco-json", str(coco / "instances.json"), "--images",
-               str(coco / "images"), "--out", str(out / "preds.jsonl")])
-    _run(con, ["eval-pin", str(run), "--coco-json", str(coco / "instances.json"), "--images",
-               str(coco / "images"), "--baseline", "random", "--out", str(out / "preds-random.jsonl")])
-    first = sorted((coco / "images").glob("*.jpg"))[0]
-    cats = json.loads((coco / "instances.json").read_text())
-    name = next(c["name"] for c in cats["categories"]
-                if c["id"] == next(a["category_id"] for a in cats["annotations"] if a["image_id"] == 1))
-    con.print("[bold]6. predict[/]")
-    _run(con, ["predict", str(run), str(first), name, "-o", str(out / "predict.png")])
-    con.print(f"[green]demo done[/]: everything is under {out}")
+    bank = build_demo_bank(out / "objects")
+    n = sum(1 for _ in open(bank / INDEX_FILE))
+    say(f"object bank {bank}: {n} cut-outs from scikit-image samples")
+    bgs = build_demo_backgrounds(out / "backgrounds")
+    say(f"backgrounds {bgs}: {len(list(bgs.glob('*.jpg')))} scikit-image samples")
+    photo = build_demo_photo(out / "photos")
+    names = out / "categories.txt"
+    names.write_text("\n".join(DEMO_RENDER_CATEGORIES) + "\n")
+    models = out / "models"
+    if not os.environ.get("U2NET_HOME") and not os.environ.get("REMBG_HOME"):
+        os.environ["U2NET_HOME"] = str(models / "rembg")  # keep the ONNX net inside the demo folder
+    tiny = build_tiny_models(models)
+    say(f"tiny random render models under {models} (SD pipeline, open_clip, ONNX cut-out net in "
+        f"{rembg_home()}): loaded by path, like real checkpoints")
+    model = tiny_vlm(models, vlm)
+    say(f"tiny random {vlm} {model}")
+    made = {"objects": str(bank), "backgrounds": str(bgs), "photo": str(photo), "categories": str(names),
+            "sd_model": tiny.sd_model, "clip_model": tiny.clip_model, "cutout": tiny.cutout,
+            "vlm": vlm, "model": str(model)}
+    atomic_write_json(out / DEMO_DATA_FILE, made)
+    return made
+
+
+def demo_recipe() -> Path:
+    """``recipes/demo.yaml`` of a source checkout, or the copy an installed wheel carries."""
+    import sys
+
+    for folder in (Path(__file__).resolve().parents[1] / "recipes",
+                   Path(sys.prefix) / "share" / "synthgen" / "recipes"):
+        if (folder / "demo.yaml").is_file():
+            return folder / "demo.yaml"
+    raise UserError("recipes/demo.yaml not found (neither in the source checkout nor in "
+                    f"{Path(sys.prefix) / 'share' / 'synthgen' / 'recipes'})")

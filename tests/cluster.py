@@ -57,7 +57,10 @@ class LoopbackCluster:
                 return line.split(None, 1)[1].strip() if " " in line.strip() else ""
         raise RuntimeError(f"the test cluster stopped before printing {word}")
 
+    POINTER = Path("/tmp/ray/ray_current_cluster")  # the address `ray.init("auto")` would join
+
     def __enter__(self) -> "LoopbackCluster":
+        self._pointer_was_there = self.POINTER.exists()
         self.proc = subprocess.Popen([sys.executable, "-c", SCRIPT], env=self.env, text=True,
                                      stdin=subprocess.PIPE, stdout=subprocess.PIPE)
         self.address = self._expect("ADDRESS")
@@ -81,3 +84,5 @@ class LoopbackCluster:
         except Exception:  # noqa: BLE001 - never leave a cluster behind
             self.proc.kill()
             self.proc.wait()
+        if not self._pointer_was_there:
+            self.POINTER.unlink(missing_ok=True)

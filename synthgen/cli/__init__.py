@@ -66,9 +66,9 @@ def _root(
 
 
 def _register() -> None:
-    from synthgen.cli import compose, demo, pin, pin_io, render
+    from synthgen.cli import compose, demo, pin, pin_io, render, run
 
-    for stage in (render, compose, pin, pin_io, demo):
+    for stage in (render, compose, pin, pin_io, run, demo):
         stage.register(app, user_errors)
 
 

@@ -123,12 +123,18 @@ def canvas_tensor(path: Path, canvas: int):
 
 # --- shared by the sets --------------------------------------------------------------------
 
+def metrics_file(preds: Path) -> Path:
+    """The metrics json written next to the predictions file ``preds``."""
+    preds = Path(preds)
+    return preds.with_name("metrics.json") if preds.name == "preds.jsonl" else preds.with_suffix(".metrics.json")
+
+
 def _write_outputs(records: list[dict], metrics: dict, out: Path) -> Path:
     """Write ``preds.jsonl`` and its metrics json atomically (each temp file + rename); both are
     serialised before either is written, so a failure leaves the previous pair untouched."""
     preds = "".join(json.dumps(r) + "\n" for r in records)
     summary = json.dumps(metrics, indent=2) + "\n"
-    mpath = out.with_name("metrics.json") if out.name == "preds.jsonl" else out.with_suffix(".metrics.json")
+    mpath = metrics_file(out)
     atomic_write(out, preds)
     atomic_write(mpath, summary)
     return mpath
