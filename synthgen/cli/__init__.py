@@ -70,6 +70,7 @@ def _register() -> None:
 
     for stage in (render, compose, pin, pin_io, run, demo):
         stage.register(app, user_errors)
+    run.register_prefetch(app, user_errors)
 
 
 _register()

@@ -105,3 +105,34 @@ def register(app: typer.Typer, user_errors) -> None:
         code = run_recipe(recipe, sets, only=only, skip=skip, dry_run=dry_run)
         if code:
             raise typer.Exit(code)
+
+
+def register_prefetch(app: typer.Typer, user_errors) -> None:
+    @app.command("prefetch", no_args_is_help=True)
+    @user_errors
+    def prefetch(
+        what: list[str] = typer.Argument(..., metavar="WHAT...", help="render (its default Stable Diffusion, CLIP and rembg models) and/or VLM families: blip2, openflamingo, llava, smolvlm, qwen2_5_vl, paligemma."),
+        model: Optional[list[str]] = typer.Option(None, "--model", metavar="VLM=HUB_ID", help="Another checkpoint for a VLM family (repeatable), e.g. openflamingo=openflamingo/OpenFlamingo-4B-vitl-rpj3b."),
+        dry_run: bool = typer.Option(False, "--dry-run", help="List what would be downloaded."),
+    ) -> None:
+        """Download the models the stages will load into their caches (HF_HOME, open_clip's cache,
+        U2NET_HOME), without loading them: for a Docker image or a cluster node before a run."""
+        from synthgen import prefetch as pf
+
+        models = {}
+        for item in model or []:
+            vlm, eq, hub_id = item.partition("=")
+            if not eq or not hub_id:
+                raise UserError(f"--model takes VLM=HUB_ID (got {item!r})")
+            models[vlm] = hub_id
+        render = "render" in what
+        vlms = [w for w in what if w != "render"]
+        if set(models) - set(vlms):
+            raise UserError(f"--model {sorted(set(models) - set(vlms))[0]}=...: that VLM is not among WHAT")
+        items = pf.plan(render=render, vlms=vlms, models=models)
+        if dry_run:
+            for item in items:
+                typer.echo(item.describe())
+            return
+        paths = pf.prefetch(items, say=typer.echo)
+        typer.echo(f"fetched {len(paths)} item(s)")

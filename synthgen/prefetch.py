@@ -1,0 +1,123 @@
+"""``synthgen prefetch``: download the models a stage will load, once, into the caches the
+stages read (the Hugging Face hub cache, open_clip's, rembg's model root) — for a Docker image
+(``docker build --build-arg PREFETCH="render openflamingo"``) or a cluster node before a run.
+
+Only files are fetched, nothing is built or loaded (a 7B VLM would not fit a build machine's
+memory). What is fetched is read from the stages' own defaults (:mod:`synthgen.render.config`,
+:data:`synthgen.pin.config.DEFAULT_MODELS`, the OpenFlamingo variants), so it cannot drift from
+what ``render`` and ``train-pin`` load.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Callable, Sequence
+
+from synthgen.errors import ModelLoadError, UserError
+
+# the files of a diffusers Stable Diffusion repository that render loads (no safety checker,
+# the fp32 safetensors only: not the .ckpt, .bin, fp16 or flax copies)
+SD_FILES = ("model_index.json", "scheduler/*", "tokenizer/*", "feature_extractor/*", "text_encoder/config.json",
+            "text_encoder/model.safetensors", "unet/config.json", "unet/diffusion_pytorch_model.safetensors",
+            "vae/config.json", "vae/diffusion_pytorch_model.safetensors")
+# a transformers repository: configs, tokenizer/processor files, safetensors weights
+HF_FILES = ("*.json", "*.txt", "*.model", "*.jinja", "*.safetensors", "*.tiktoken")
+# an older language model repository may hold only PyTorch .bin weights
+LM_FILES = (*HF_FILES, "*.bin")
+
+
+@dataclass(frozen=True)
+class Fetch:
+    kind: str                      # hub | hub-file | open_clip | rembg
+    name: str                      # repo id, open_clip model, rembg session
+    detail: tuple[str, ...] = ()   # hub: allow patterns; hub-file: the file; open_clip: the tag
+    why: str = ""
+
+    def describe(self) -> str:
+        what = {"hub": "hub repository", "hub-file": "hub file", "open_clip": "open_clip weights",
+                "rembg": "rembg model"}[self.kind]
+        extra = f" {self.detail[0]}" if self.kind in ("hub-file", "open_clip") else ""
+        return f"{what} {self.name}{extra} ({self.why})"
+
+
+def plan(render: bool = False, vlms: Sequence[str] = (), models: dict[str, str] | None = None) -> list[Fetch]:
+    """What to download for ``render`` (its default models) and each VLM family of ``vlms``
+    (its default checkpoint, or ``models[family]``). Light: imports no model library."""
+    from synthgen.pin.config import DEFAULT_MODELS
+    from synthgen.render.config import RenderConfig
+
+    models = dict(models or {})
+    unknown = [v for v in vlms if v not in DEFAULT_MODELS]
+    if unknown:
+        raise UserError(f"unknown VLM {unknown[0]!r} (known: {', '.join(DEFAULT_MODELS)})")
+    out: list[Fetch] = []
+    if render:
+        cfg = RenderConfig(out="prefetch")
+        out.append(Fetch("hub", cfg.sd_model, SD_FILES, "render: Stable Diffusion"))
+        if cfg.clip_pretrained:
+            out.append(Fetch("open_clip", cfg.clip_model, (cfg.clip_pretrained,), "render: CLIP filter"))
+        out += [Fetch("rembg", name, (), "render: cut-out") for name in cfg.cutout]
+    for vlm in vlms:
+        model = models.get(vlm, DEFAULT_MODELS[vlm])
+        if vlm == "openflamingo":
+            from synthgen.pin.flamingo.variants import resolve_parts
+
+            parts = resolve_parts(model)
+            out.append(Fetch("hub-file", parts.checkpoint, ("checkpoint.pt",), "OpenFlamingo: its weights"))
+            out.append(Fetch("hub", parts.lm, LM_FILES, "OpenFlamingo: its language model"))
+            if parts.tokenizer != parts.lm:
+                out.append(Fetch("hub", parts.tokenizer, HF_FILES, "OpenFlamingo: its tokenizer"))
+            if parts.vision_pretrained:
+                out.append(Fetch("open_clip", parts.vision, (parts.vision_pretrained,), "OpenFlamingo: vision encoder"))
+        else:
+            out.append(Fetch("hub", model, HF_FILES, f"train-pin --vlm {vlm}"))
+    seen: set[tuple] = set()  # e.g. CLIP ViT-L/14 for render and for OpenFlamingo: once
+    return [f for f in out if not ((f.kind, f.name, f.detail) in seen or seen.add((f.kind, f.name, f.detail)))]
+
+
+def _short(exc: BaseException) -> str:
+    text = str(exc).strip()
+    return f"{type(exc).__name__}: {text.splitlines()[0]}" if text else type(exc).__name__
+
+
+def fetch(item: Fetch) -> str:
+    """Download ``item`` into its cache; the local path. A :class:`ModelLoadError` when it
+    cannot be fetched (offline, a gated repository without a token, a typo)."""
+    try:
+        if item.kind == "hub":
+            from huggingface_hub import snapshot_download
+
+            return snapshot_download(item.name, allow_patterns=list(item.detail))
+        if item.kind == "hub-file":
+            from huggingface_hub import hf_hub_download
+
+            return hf_hub_download(item.name, item.detail[0])
+        if item.kind == "open_clip":
+            from open_clip.pretrained import download_pretrained, get_pretrained_cfg
+
+            cfg = get_pretrained_cfg(item.name, item.detail[0])
+            if not cfg:
+                raise ValueError(f"open_clip has no pretrained tag {item.detail[0]!r} for {item.name}")
+            return str(download_pretrained(cfg))
+        if item.kind == "rembg":
+            from synthgen.render.cutout import fetch_cutout, parse_cutout
+
+            spec = parse_cutout([item.name])[0]
+            fetch_cutout(spec)
+            return spec.label
+    except ModelLoadError:
+        raise
+    except Exception as exc:  # noqa: BLE001 - hub, network and library errors, each one line
+        hint = (" (the hub is unreachable or HF_HUB_OFFLINE is set)" if "offline" in str(exc).lower()
+                or "connect" in str(exc).lower() else "")
+        raise ModelLoadError(f"cannot fetch the {item.describe()}: {_short(exc)}{hint}") from None
+    raise ValueError(f"unknown fetch kind {item.kind!r}")
+
+
+def prefetch(items: Sequence[Fetch], say: Callable[[str], None] = print) -> list[str]:
+    """Fetch every item in order (stops at the first that fails); the local paths."""
+    paths = []
+    for i, item in enumerate(items, 1):
+        say(f"[{i}/{len(items)}] {item.describe()}")
+        paths.append(fetch(item))
+    return paths
