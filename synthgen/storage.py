@@ -280,9 +280,10 @@ class RemotePath:
         sch = scheme(url)
         if sch is None:
             raise ValueError(f"not a URL: {url!r}")
-        rest = url[len(sch) + 3:]
-        norm = posixpath.normpath(rest) if rest else ""
-        self.url = f"{sch}://{'' if norm == '.' else norm}"
+        bucket, _, key = url[len(sch) + 3:].partition("/")
+        key = posixpath.normpath(key) if key else ""  # ``..`` never climbs out of the bucket:
+        key = "" if key == "." else key                # a leading one stays (and is never inside)
+        self.url = f"{sch}://{bucket}/{key}" if key else f"{sch}://{bucket}"
 
     # -- names ----------------------------------------------------------------------------
     def __str__(self) -> str:
