@@ -159,3 +159,41 @@ def test_kill_9_mid_compose_to_s3_then_resume_gives_the_uninterrupted_dataset(s3
     keys = [json.loads(m)["key"] for k, v in sorted(got.items()) if k.endswith(".tar")
             for n, m in _members(v).items() if n.endswith(".json")]
     assert len(keys) == len(set(keys)) == 120
+
+
+@pytest.mark.slow
+def test_render_writes_its_bank_to_s3_and_compose_reads_it(s3, tmp_path, monkeypatch):
+    """render (tiny random models, in this process) into s3://; a re-run skips the finished
+    categories; compose reads the remote bank."""
+    from synthgen.render.categories import Category
+    from synthgen.render.config import RenderConfig
+    from synthgen.render.pipeline import render
+    from synthgen.render.tiny import build_tiny_models
+
+    monkeypatch.setenv("REMBG_HOME", str(tmp_path / "rembg"))
+    monkeypatch.delenv("U2NET_HOME", raising=False)
+    tiny = build_tiny_models(tmp_path / "models")
+    bank = f"{s3.url}/objects"
+    cfg = RenderConfig(out=bank, per_category=3, sd_model=tiny.sd_model, steps=tiny.steps, size=tiny.size,
+                       clip_model=tiny.clip_model, clip_pretrained=None, cutout=[tiny.cutout], min_per_category=1,
+                       min_clip=-100, area=(0.0, 1.0), batch_size=3)
+    res = render([Category("cat", 225), Category("sausage", 916)], cfg, use_ray=False)
+    assert res.rendered == 2 and res.kept > 0
+    keys = s3.keys("objects")
+    assert {"index.jsonl", "render_config.json", "render_stats.json", "LVIS_instance_pools.json",
+            "_categories/cat.json", "_categories/sausage.json"} <= set(keys) and LOCK_FILE not in keys
+    again = render([Category("cat", 225), Category("sausage", 916)], cfg, use_ray=False)
+    assert again.skipped == 2 and again.rendered == 0
+    m = run_compose(_job(bank, make_backgrounds(tmp_path / "bg", n=2), tmp_path / "scenes", n=4, per=4),
+                    executor="serial", progress=False)
+    assert m["totals"]["samples"] == 4 and m["options"]["objects"] == bank
+
+
+@pytest.mark.slow
+def test_ray_workers_write_the_same_shards_to_s3(s3, inputs, tmp_path):
+    """Shards written by Ray workers (other processes, credentials from the environment)."""
+    bank, bg = inputs
+    run_compose(_job(bank, bg, tmp_path / "serial"), executor="serial", progress=False)
+    run_compose(_job(bank, bg, f"{s3.url}/ray"), workers=1, progress=False)
+    got, want = s3.objects("ray"), _local(tmp_path / "serial")
+    assert sorted(got) == sorted(want) and all(got[k] == want[k] for k in want if k.endswith(".tar"))
