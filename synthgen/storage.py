@@ -177,8 +177,8 @@ def _make_fs(sch: str, url: str):
         return fsspec.filesystem(sch, **opts)
     except ImportError:
         pkg = _PACKAGES.get(sch, f"the fsspec backend of {sch}://")
-        raise StorageError(f"{url}: {sch}:// paths need {pkg}; install synthgen[remote] "
-                           f"(or `pip install {pkg}`)") from None
+        how = "install synthgen[remote]" if pkg == "s3fs" else f"`pip install {pkg}`"
+        raise StorageError(f"{url}: {sch}:// paths need {pkg}; {how}") from None
     except ValueError as exc:
         raise StorageError(f"{url}: unknown storage scheme {sch}:// ({exc})") from None
 
@@ -653,15 +653,22 @@ class ObjectLock:
         if not self.atomic:
             RemotePath(self.url).unlink(missing_ok=True)
             return
-        fs, bucket, key = self._bucket_key()
-        with contextlib.suppress(Exception):
-            with guard(self.url, "unlock"):
-                fs.call_s3("delete_object", Bucket=bucket, Key=key, IfMatch=self.etag)
+        try:
+            fs, bucket, key = self._bucket_key()
+            try:
+                with guard(self.url, "unlock"):
+                    fs.call_s3("delete_object", Bucket=bucket, Key=key, IfMatch=self.etag)
                 return
-        seen = self._head()  # an endpoint without conditional deletes: delete it if still ours
-        if seen is not None and seen[0] == self.etag:
-            with guard(self.url, "unlock"):
-                fs.call_s3("delete_object", Bucket=bucket, Key=key)
+            except OSError as exc:
+                if _client_code(exc) == "PreconditionFailed":
+                    return  # no longer ours: leave it to its new holder
+            seen = self._head()  # an endpoint without conditional deletes: delete it if still ours
+            if seen is not None and seen[0] == self.etag:
+                with guard(self.url, "unlock"):
+                    fs.call_s3("delete_object", Bucket=bucket, Key=key)
+        except Exception as exc:  # noqa: BLE001 - never hide the run's own outcome
+            print(f"warning: could not remove the lock {self.url} ({exc}); the next run takes it over "
+                  f"{self.ttl:.0f} s after its last heartbeat", file=sys.stderr)
 
 
 def _http_date(text: str) -> float:

@@ -197,3 +197,24 @@ def test_ray_workers_write_the_same_shards_to_s3(s3, inputs, tmp_path):
     run_compose(_job(bank, bg, f"{s3.url}/ray"), workers=1, progress=False)
     got, want = s3.objects("ray"), _local(tmp_path / "serial")
     assert sorted(got) == sorted(want) and all(got[k] == want[k] for k in want if k.endswith(".tar"))
+
+
+@pytest.mark.slow
+def test_a_second_compose_on_a_prefix_in_use_is_refused_with_one_line(s3, inputs, cli_env):
+    from tests.hostile.conftest import one_line_error
+
+    bank, bg = inputs
+    env = {**cli_env, **s3.env}
+    args = [sys.executable, "-m", "synthgen", "compose", "--objects", str(bank), "--backgrounds", str(bg),
+            "--out", f"{s3.url}/busy", "--samples-per-shard", "5", "--executor", "serial", "-n", "2000"]
+    first = subprocess.Popen(args, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        deadline = time.time() + 120
+        while time.time() < deadline and not any(k.endswith("_stats.json") for k in s3.keys("busy")):
+            time.sleep(0.05)
+        assert first.poll() is None and LOCK_FILE in s3.keys("busy")
+        r = subprocess.run(args, env=env, capture_output=True, text=True, timeout=120)
+        one_line_error(r, f"another synthgen compose is using {s3.url}/busy", f"pid {first.pid}")
+    finally:
+        first.kill()
+        first.wait()

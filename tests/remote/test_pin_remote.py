@@ -103,3 +103,18 @@ def test_eval_pin_cli_reads_a_run_on_s3(s3, vlm_dir, tmp_path, cli_env):
     r = subprocess.run([sys.executable, "-m", "synthgen", "eval-pin", run, "--voc", f"{s3.url}/VOC2007"],
                        env=env, capture_output=True, text=True, timeout=300)
     assert r.returncode == 2 and "--voc reads a local folder" in r.stderr and "Traceback" not in r.stderr
+
+
+def test_train_pin_composes_on_the_fly_from_a_bank_and_backgrounds_on_s3(s3, vlm_dir, tmp_path):
+    """--objects/--backgrounds on s3: the DataLoader workers read the bank's cut-outs and the
+    backgrounds by URL; the scenes are those of the same inputs on a local disk."""
+    from synthgen.pin.train import train
+    from tests.helpers import make_backgrounds, make_index_bank
+    from tests.pin.test_on_the_fly import COMPOSE
+
+    bank, bg = make_index_bank(tmp_path / "bank"), make_backgrounds(tmp_path / "bg", n=3)
+    kw = dict(shards=None, compose=dict(COMPOSE), steps=2, save_every=1000, hidden=(16, 16))
+    train(_cfg(None, tmp_path / "local", vlm_dir, objects=str(bank), backgrounds=str(bg), **kw), echo=lambda *_: None)
+    train(_cfg(None, f"{s3.url}/run", vlm_dir, objects=s3.upload(bank, "bank"), backgrounds=s3.upload(bg, "bg"),
+               workers=1, **kw), echo=lambda *_: None)
+    assert _losses(s3.objects("run")["log.jsonl"].decode()) == _losses((tmp_path / "local" / "log.jsonl").read_text())
