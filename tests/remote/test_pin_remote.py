@@ -36,7 +36,7 @@ def one_thread():
 def _cfg(shards, out, vlm_dir, **kw):
     from synthgen.pin.train import TrainConfig
 
-    base = dict(shards=str(shards), out=str(out), model=str(vlm_dir), batch_size=4, workers=0, log_every=1,
+    base = dict(shards=None if shards is None else str(shards), out=str(out), model=str(vlm_dir), batch_size=4, workers=0, log_every=1,
                 save_every=2, progress=False, shuffle_buffer=8, hidden=(32, 32))
     base.update(kw)
     return TrainConfig(**base)
@@ -113,7 +113,7 @@ def test_train_pin_composes_on_the_fly_from_a_bank_and_backgrounds_on_s3(s3, vlm
     from tests.pin.test_on_the_fly import COMPOSE
 
     bank, bg = make_index_bank(tmp_path / "bank"), make_backgrounds(tmp_path / "bg", n=3)
-    kw = dict(shards=None, compose=dict(COMPOSE), steps=2, save_every=1000, hidden=(16, 16))
+    kw = dict(compose=dict(COMPOSE), steps=2, save_every=1000, hidden=(16, 16))
     train(_cfg(None, tmp_path / "local", vlm_dir, objects=str(bank), backgrounds=str(bg), **kw), echo=lambda *_: None)
     train(_cfg(None, f"{s3.url}/run", vlm_dir, objects=s3.upload(bank, "bank"), backgrounds=s3.upload(bg, "bg"),
                workers=1, **kw), echo=lambda *_: None)

@@ -153,6 +153,8 @@ def test_missing_bucket_and_unreachable_endpoint_are_one_line_errors(s3, tmp_pat
     compose = ["compose", "--objects", bank, "--backgrounds", bg, "-n", "2", "--executor", "serial"]
     one_line_error(_cli(compose + ["--out", "s3://no-such-bucket-here/shards"], env), "bucket 'no-such-bucket-here' does not exist")
     one_line_error(_cli(["stats", f"{s3.url}/nothing"], env), "shards not found")
+    fsspec_env = {k: v for k, v in env.items() if k != "AWS_ENDPOINT_URL"} | {"FSSPEC_S3_ENDPOINT_URL": s3.endpoint}
+    one_line_error(_cli(["stats", f"{s3.url}/nothing"], fsspec_env), "shards not found")  # fsspec's setting works too
     t0 = time.monotonic()
     r = _cli(compose + ["--out", f"{s3.url}/x"], {**env, "AWS_ENDPOINT_URL": "http://127.0.0.1:9"})
     one_line_error(r, "cannot reach the storage endpoint http://127.0.0.1:9")
@@ -181,3 +183,11 @@ def test_bad_credentials_and_access_denied_are_one_line_errors(tmp_path, cli_env
         one_line_error(_cli(["stats", "s3://guarded/shards"], {**cli_env, **weak}), "access denied to s3://guarded/shards")
     finally:
         stop(proc)
+
+
+def test_options_that_take_local_paths_refuse_urls(tmp_path, cli_env):
+    """import-pin/export-pin, --recipe, --plot, the demo: local only, never a local folder 's3:'."""
+    r = subprocess.run([sys.executable, "-m", "synthgen", "export-pin", "s3://bucket/run", "-o", "pin.pt"],
+                       env=cli_env, capture_output=True, text=True, cwd=tmp_path, timeout=120)
+    one_line_error(r, "takes a local path, not the URL s3://bucket/run")
+    assert not list(tmp_path.iterdir())
