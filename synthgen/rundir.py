@@ -11,6 +11,12 @@
 * Done markers are files a stage writes last, atomically (compose: a shard's ``_stats.json``;
   render: ``_categories/{slug}.json``; train-pin: ``train_state.pt``): a unit of work is done
   iff its marker exists.
+
+On an object store (``s3://...``, :mod:`synthgen.storage`) the same holds without rename: a file
+is written to a local temporary and uploaded whole (one PUT, or a multipart upload that appears
+only once complete), after the data it marks; the folder lock is a
+:class:`~synthgen.storage.ObjectLock` (a conditional PUT, a heartbeat, a takeover of a dead
+run's lock), and there are no temporaries under the prefix to clean.
 """
 
 from __future__ import annotations
@@ -21,6 +27,7 @@ import os
 from pathlib import Path
 from typing import Any, Callable, Iterable
 
+from synthgen import storage
 from synthgen.errors import UserError
 from synthgen.schema import LOCK_FILE
 
@@ -77,7 +84,11 @@ def atomic_write_with(path: str | Path, write: Callable[[str], None]) -> None:
     """``write(tmp_path)`` (any writer: torch.save, safetensors, ...) then rename over ``path``.
 
     The file gets the mode a plain ``open`` would give (0666 less the umask), whatever the writer
-    used; a full disk is a :class:`DiskFullError` and leaves the previous ``path`` untouched."""
+    used; a full disk is a :class:`DiskFullError` and leaves the previous ``path`` untouched.
+    A remote ``path``: ``write`` to a local temporary, uploaded whole."""
+    if storage.is_remote(str(path)):
+        _upload_with(str(path), write)
+        return
     p = Path(path)
     tmp = temp_path(p)
     try:
@@ -100,8 +111,23 @@ def atomic_write_with(path: str | Path, write: Callable[[str], None]) -> None:
         tmp.unlink(missing_ok=True)
 
 
+def _upload_with(url: str, write: Callable[[str], None]) -> None:
+    """``write(tmp)`` to a local temporary, then one whole upload (a full local disk: one line)."""
+    import tempfile
+
+    try:
+        storage.with_local_file(url, write)
+    except OSError as exc:
+        if exc.errno in FULL_DISK or is_full(tempfile.gettempdir()):
+            raise disk_full(exc, tempfile.gettempdir()) from None
+        raise
+
+
 def atomic_write(path: str | Path, data: bytes | str) -> None:
     raw = data.encode("utf-8") if isinstance(data, str) else data
+    if storage.is_remote(str(path)):
+        storage.path(str(path)).write_bytes(raw)  # one PUT: the old object or the new one
+        return
     atomic_write_with(path, lambda t: Path(t).write_bytes(raw))
 
 
@@ -111,7 +137,10 @@ def atomic_write_json(path: str | Path, obj: Any) -> None:
 
 def remove_stale_temps(folder: str | Path, recursive: bool = False) -> int:
     """Delete temporaries left by a killed writer; returns how many. Call it only while holding
-    the folder's lock: another live run's temporaries look the same."""
+    the folder's lock: another live run's temporaries look the same. A remote folder has none
+    (its objects are uploaded whole); the local temporaries of killed uploads are removed."""
+    if storage.is_remote(str(folder)):
+        return storage.remove_stale_uploads()
     root = Path(folder)
     if not root.is_dir():
         return 0
@@ -169,7 +198,8 @@ class RunFolder:
     def __init__(self, path: str | Path, stage: str, option: str = "--out",
                  clean: bool | str = True):
         self.raw = str(path)
-        self.path = Path(path)
+        self.remote = storage.is_remote(self.raw)
+        self.path = storage.path(self.raw) if self.raw.strip() else Path(path)
         self.stage = stage
         self.option = option
         self.clean = clean
@@ -193,7 +223,7 @@ class RunFolder:
             self._remove_if_new()  # a run that failed before writing anything leaves no folder
 
     def _remove_if_new(self) -> None:
-        if self._created:
+        if self._created and not self.remote:  # (a prefix with no objects does not exist)
             try:
                 self.path.rmdir()  # only when empty
             except OSError:
@@ -202,6 +232,11 @@ class RunFolder:
     def create(self) -> None:
         if not self.raw.strip():
             raise UserError(f"{self.option} is empty")
+        if self.remote:
+            if self.path.is_file():
+                raise UserError(f"{self.option} {self.path} exists and is not a folder")
+            self._created = not self.path.exists()
+            return
         if self.path.exists() and not self.path.is_dir():
             raise UserError(f"{self.option} {self.path} exists and is not a folder")
         self._created = not self.path.exists()
@@ -214,7 +249,13 @@ class RunFolder:
         """Take the folder's exclusive lock (non-blocking) or raise a one-line UserError.
 
         The lock file is unlinked on release; a run that opened it just before is detected by
-        comparing the locked inode with the one at the path, and tries again."""
+        comparing the locked inode with the one at the path, and tries again. On an object store:
+        :class:`~synthgen.storage.ObjectLock`."""
+        if self.remote:
+            lk = storage.ObjectLock(str(self.path / LOCK_FILE), self.stage, self.option)
+            lk.acquire()
+            self._lock = lk
+            return
         import fcntl
 
         lock_path = self.path / LOCK_FILE
@@ -242,6 +283,10 @@ class RunFolder:
 
     def unlock(self) -> None:
         if self._lock is None:
+            return
+        if self.remote:
+            lk, self._lock = self._lock, None
+            lk.release()
             return
         try:
             (self.path / LOCK_FILE).unlink(missing_ok=True)

@@ -33,12 +33,27 @@ app = typer.Typer(
 )
 
 
+def _refuse_urls_in_local_paths(kwargs: dict) -> None:
+    """Options typed as local paths (recipes, plots, the demo, import-pin/export-pin) cannot take a
+    URL: ``Path("s3://b/x")`` is ``s3:/b/x``, which would quietly become a local folder ``s3:``."""
+    import re
+    from pathlib import PurePath
+
+    for name, value in kwargs.items():
+        for v in value if isinstance(value, (list, tuple)) else [value]:
+            if isinstance(v, PurePath) and re.match(r"^[A-Za-z][A-Za-z0-9+.-]+:/", str(v)):
+                url = re.sub(r"^([A-Za-z][A-Za-z0-9+.-]+):/+", r"\1://", str(v))
+                raise UserError(f"--{name.replace('_', '-')} takes a local path, not the URL {url}; "
+                                "copy the file to a local disk first")
+
+
 def user_errors(fn: F) -> F:
     """Turn :class:`UserError` into a one-line message and exit status 2."""
 
     @functools.wraps(fn)
     def wrapper(*args, **kwargs):
         try:
+            _refuse_urls_in_local_paths(kwargs)
             return fn(*args, **kwargs)
         except UserError as exc:
             typer.secho(f"error: {exc}", fg=typer.colors.RED, err=True)

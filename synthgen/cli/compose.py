@@ -48,12 +48,12 @@ def register(app: typer.Typer, user_errors) -> None:
     @user_errors
     def compose(
         ctx: typer.Context,
-        objects: Path = typer.Option(..., "--objects", help="Object bank: a folder with index.jsonl (from `synthgen render`), a <category>/*.png tree, or X-Paste's LVIS_instance_pools.json."),
-        backgrounds: str = typer.Option(..., "--backgrounds", help="Backgrounds: a folder of images (searched recursively; jpg/png/webp/...), a WebDataset .tar, a folder of tars, or a brace pattern like 'bg-{000..009}.tar'. BG-20k in the paper."),
-        out: Path = typer.Option(..., "--out", "-o", help="Output folder for scenes-NNNNNN.tar shards, their *_stats.json and manifest.json. Re-running resumes."),
+        objects: str = typer.Option(..., "--objects", metavar="PATH", help="Object bank (a folder or an s3:// / gs:// / hf:// URL): a folder with index.jsonl (from `synthgen render`), a <category>/*.png tree, or X-Paste's LVIS_instance_pools.json."),
+        backgrounds: str = typer.Option(..., "--backgrounds", help="Backgrounds (a path or an s3:// / gs:// / hf:// URL): a folder of images (searched recursively; jpg/png/webp/...), a WebDataset .tar, a folder of tars, or a brace pattern like 'bg-{000..009}.tar'. BG-20k in the paper."),
+        out: str = typer.Option(..., "--out", "-o", metavar="PATH", help="Output folder (or s3:// / gs:// URL) for scenes-NNNNNN.tar shards, their *_stats.json and manifest.json. Re-running resumes."),
         num_samples: Optional[int] = typer.Option(None, "--num-samples", "-n", help="Number of scenes to write (required unless the recipe sets it)."),
         prepare_backgrounds: bool = typer.Option(False, "--prepare-backgrounds", help="Decode each background once, shrunk to twice the canvas, into shards beside --out (OUT.backgrounds-SIZE, reused by the next run): several times faster on multi-megapixel backgrounds. Same as running `synthgen prepare-backgrounds` first."),
-        extra_object_root: Optional[list[Path]] = typer.Option(None, "--extra-object-root", help="A folder outside the bank that object paths may point into (repeatable; e.g. where an X-Paste pools file's images live). Any other path outside the bank is skipped and counted."),
+        extra_object_root: Optional[list[str]] = typer.Option(None, "--extra-object-root", metavar="PATH", help="A folder outside the bank that object paths may point into (repeatable; e.g. where an X-Paste pools file's images live). Any other path outside the bank is skipped and counted."),
         recipe: Optional[Path] = recipe_option("compose", "recipes/pin-paper.yaml"),
         a_max: int = typer.Option(L.a_max, "--a-max", help="Maximum number of objects per scene (paper: 3)."),
         fixed_count: bool = typer.Option(L.fixed_count, "--fixed-count", help="Always paste a_max objects instead of a uniform 1..a_max."),
@@ -101,8 +101,8 @@ def register(app: typer.Typer, user_errors) -> None:
     @app.command("prepare-backgrounds", no_args_is_help=True)
     @user_errors
     def prepare_backgrounds_cmd(
-        backgrounds: str = typer.Argument(..., help="Backgrounds: a folder of images (recursive), a WebDataset .tar, a folder of tars, or a brace pattern."),
-        out: Path = typer.Option(..., "--out", "-o", help="Folder for backgrounds-NNNNNN.tar shards, their _stats.json and manifest.json. Re-running resumes."),
+        backgrounds: str = typer.Argument(..., help="Backgrounds (a path or an s3:// / gs:// / hf:// URL): a folder of images (recursive), a WebDataset .tar, a folder of tars, or a brace pattern."),
+        out: str = typer.Option(..., "--out", "-o", metavar="PATH", help="Folder (or s3:// / gs:// URL) for backgrounds-NNNNNN.tar shards, their _stats.json and manifest.json. Re-running resumes."),
         size: int = typer.Option(448, "--size", help="Shorter side of the prepared images in pixels (never enlarged); twice the largest canvas you compose (448 for 224)."),
         per_shard: int = typer.Option(500, "--per-shard", help="Backgrounds per shard."),
         jpeg_quality: int = typer.Option(95, "--jpeg-quality", help="JPEG quality of the prepared images."),
@@ -133,9 +133,10 @@ def register(app: typer.Typer, user_errors) -> None:
     ) -> None:
         """Contact sheet of scenes with their boxes, referral labels and the target's answer; or
         of an object bank: kept (green) and rejected (red) cut-outs with their CLIP scores."""
+        from synthgen import storage
         from synthgen.schema import INDEX_FILE
 
-        if (Path(source) / INDEX_FILE).is_file():
+        if not storage.is_remote(source) and (Path(storage.localize(source)) / INDEX_FILE).is_file():
             from synthgen.render.preview import preview_bank
 
             path, shown = preview_bank(source, out, categories=category, per_category=n, thumb=thumb)
@@ -167,8 +168,8 @@ def register(app: typer.Typer, user_errors) -> None:
     @app.command("export-coco", no_args_is_help=True)
     @user_errors
     def export_coco(
-        shards: str = typer.Argument(..., help="Scene shards: a folder, a .tar, or a brace pattern."),
-        out: Path = typer.Option(..., "--out", "-o", help="Folder for images/ and instances.json."),
+        shards: str = typer.Argument(..., help="Scene shards: a folder, a .tar, or a brace pattern (paths or s3:// / gs:// / hf:// URLs)."),
+        out: str = typer.Option(..., "--out", "-o", metavar="PATH", help="Folder (or s3:// / gs:// URL) for images/ and instances.json."),
         limit: Optional[int] = typer.Option(None, "--limit", help="Export at most this many scenes."),
     ) -> None:
         """Export scene shards as a COCO-format detection set (e.g. for `eval-pin --coco-json`)."""

@@ -70,13 +70,13 @@ def register(app, user_errors) -> None:
         shards: Optional[str] = typer.Argument(None, help="Scene shards: a directory of .tar, a glob, a brace "
                                                           "pattern (scenes-{000000..000099}.tar) or a URL. "
                                                           "Or give --objects and --backgrounds instead."),
-        objects: Optional[Path] = typer.Option(None, "--objects", help="Compose the training scenes on the fly in the DataLoader workers (the authors' way: fresh scenes every step) from this object bank; the compose settings are the `compose:` section of --recipe (default: compose's defaults, the paper's)."),
+        objects: Optional[str] = typer.Option(None, "--objects", metavar="PATH", help="Compose the training scenes on the fly in the DataLoader workers (the authors' way: fresh scenes every step) from this object bank; the compose settings are the `compose:` section of --recipe (default: compose's defaults, the paper's)."),
         backgrounds: Optional[str] = typer.Option(None, "--backgrounds", help="Backgrounds for --objects (a folder, tar shards or a pattern, as for compose)."),
-        extra_object_root: Optional[list[Path]] = typer.Option(None, "--extra-object-root", help="With --objects: a folder outside the bank that object paths may point into (repeatable)."),
+        extra_object_root: Optional[list[str]] = typer.Option(None, "--extra-object-root", metavar="PATH", help="With --objects: a folder outside the bank that object paths may point into (repeatable)."),
         vlm: str = typer.Option(T.vlm, help=_VLM_HELP),
         model: Optional[str] = typer.Option(None, help=_MODEL_HELP),
         vlm_option: Optional[list[str]] = typer.Option(None, "--vlm-option", metavar="KEY=VALUE", help="An option of the VLM family (repeatable), e.g. openflamingo: lm=DIR, vision=NAME, vision_pretrained=TAG|PATH, cross_attn_every=N, vision_tokens=ln_post|raw."),
-        out: Path = typer.Option(Path(T.out), "--out", "-o", help="Run directory (checkpoints, log)."),
+        out: str = typer.Option(str(T.out), "--out", "-o", metavar="PATH", help="Run directory, or an s3:// / gs:// URL (checkpoints, log)."),
         steps: int = typer.Option(T.steps, help="Total optimiser steps, when --epochs is not given (the paper's 160 x 60,000 scenes at 2 GPUs x 64 is 74,880)."),
         epochs: Optional[int] = typer.Option(T.epochs, help="Length in epochs of --epoch-size scenes (paper: 160); replaces --steps."),
         epoch_size: int = typer.Option(T.epoch_size, help="Scenes an epoch over all GPUs (paper: 60,000), split over the ranks like a DistributedSampler."),
@@ -133,22 +133,22 @@ def register(app, user_errors) -> None:
     @app.command("eval-pin", no_args_is_help=True)
     @user_errors
     def eval_pin(
-        run: Path = typer.Argument(..., help="Run directory of train-pin (pin.json + pin.safetensors)."),
-        coco_json: Optional[Path] = typer.Option(None, help="COCO-format instances json (COCO val2017, "
+        run: str = typer.Argument(..., metavar="RUN", help="Run directory of train-pin (pin.json + pin.safetensors), or its s3:// / gs:// / hf:// URL."),
+        coco_json: Optional[str] = typer.Option(None, metavar="PATH", help="COCO-format instances json (a path or URL) (COCO val2017, "
                                                             "LVIS v1 val, VOC as COCO json)."),
-        voc: Optional[Path] = typer.Option(None, help="PASCAL VOC folder of one year (VOCdevkit/VOC2007): "
+        voc: Optional[str] = typer.Option(None, metavar="PATH", help="PASCAL VOC folder of one year (VOCdevkit/VOC2007): "
                                                       "ImageSets/Main/SPLIT.txt, Annotations/*.xml, JPEGImages/; "
                                                       "raw class names, difficult objects included (the authors')."),
-        refcoco: Optional[Path] = typer.Option(None, help="RefCOCO directory (refs(unc).p + instances.json): "
+        refcoco: Optional[str] = typer.Option(None, metavar="PATH", help="RefCOCO directory (refs(unc).p + instances.json): "
                                                           "report P@0.3 and mIoU."),
-        images: Optional[Path] = typer.Option(None, help="Directory with the images of the set (LVIS: "
+        images: Optional[str] = typer.Option(None, metavar="PATH", help="Directory (or URL prefix) with the images of the set (LVIS: "
                                                        "the COCO root holding val2017/, or val2017/ itself; "
                                                        "not used with --voc)."),
         split: Optional[str] = typer.Option(None, help="RefCOCO split \\[default: testA] or VOC image set "
                                                        "\\[default: test]."),
         max_objects: int = typer.Option(3, help="Keep images with 1..N annotated objects, crowd and difficult "
                                                 "ones included (paper: 3; not RefCOCO)."),
-        out: Optional[Path] = typer.Option(None, help="preds.jsonl path \\[default: RUN/eval/SET/preds.jsonl]; "
+        out: Optional[str] = typer.Option(None, metavar="PATH", help="preds.jsonl path or URL \\[default: RUN/eval/SET/preds.jsonl]; "
                                                       "metrics.json is written next to it."),
         baseline: Optional[str] = typer.Option(None, help="Score a baseline instead of the model, on the same "
                                                           "queries: 'random' = the paper's (for each query a "
@@ -218,7 +218,7 @@ def register(app, user_errors) -> None:
             if images is not None:
                 raise UserError("--images does not apply to --voc: its images are read from VOC/JPEGImages")
             m = ev.evaluate_voc(run, voc, split=split or "test", **kw)
-            _print_metrics(m, f"VOC {voc.name} {split or 'test'}{what}")
+            _print_metrics(m, f"VOC {Path(voc).name} {split or 'test'}{what}")
             return
         if images is None:
             raise UserError("--images DIR is required (the images of the set)")
@@ -227,15 +227,17 @@ def register(app, user_errors) -> None:
             _print_metrics(m, f"RefCOCO {split or 'testA'}{what}")
             return
         m = ev.evaluate_coco(run, coco_json, images, **kw)
-        _print_metrics(m, f"{Path(coco_json).name}{what}")
+        from synthgen import storage
+
+        _print_metrics(m, f"{storage.path(coco_json).name}{what}")
 
     @app.command("predict", no_args_is_help=True)
     @user_errors
     def predict(
-        run: Path = typer.Argument(..., help="Run directory of train-pin."),
-        image: Path = typer.Argument(..., help="Image file."),
+        run: str = typer.Argument(..., metavar="RUN", help="Run directory of train-pin (or its URL)."),
+        image: str = typer.Argument(..., metavar="IMAGE", help="Image file (or URL)."),
         text: str = typer.Argument(..., help="What to find, e.g. \"cat\" or \"left teddy bear\"."),
-        out: Optional[Path] = typer.Option(None, "--out", "-o", help="Write the image with the box drawn."),
+        out: Optional[str] = typer.Option(None, "--out", "-o", metavar="PATH", help="Write the image with the box drawn (a path or URL)."),
         model: Optional[str] = typer.Option(None, help=_MODEL_HELP),
         vlm_option: Optional[list[str]] = typer.Option(None, "--vlm-option", metavar="KEY=VALUE", help="Override a VLM option the run recorded (repeatable), e.g. lm=DIR for a local copy of OpenFlamingo's language model."),
     ) -> None:

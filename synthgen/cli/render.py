@@ -36,8 +36,8 @@ def register(app: typer.Typer, user_errors) -> None:
     @user_errors
     def render_cmd(
         ctx: typer.Context,
-        out: Path = typer.Option(..., "--out", "-o", help="Object bank folder to write (created; "
-                                 "re-running the same command resumes it)."),
+        out: str = typer.Option(..., "--out", "-o", metavar="PATH", help="Object bank folder (or s3:// / gs:// URL) "
+                                "to write (created; re-running the same command resumes it)."),
         categories: str = typer.Option(
             "lvis", "--categories",
             help="lvis (LVIS v1, 1203 categories), coco (80), voc (20), or a FILE: .txt with one "

@@ -13,10 +13,16 @@ Only the index is held in memory; pixels are decoded on demand and kept in a sma
 bounded in bytes, so a worker's memory does not grow with the bank. Cut-outs are cropped to
 their alpha bounding box and downscaled to at most ``max_side`` pixels. Unusable objects (no
 alpha, unreadable, all transparent) are returned as :class:`~synthgen.images.Skip`.
+
+A bank may be an object-store URL (``s3://bucket/objects``, :mod:`synthgen.storage`): the index
+is read once, the tree or pools layout listed once, and a cut-out fetched by one GET when it is
+first used; object paths must stay inside the bank's prefix (checked lexically: objects have no
+symlinks).
 """
 
 from __future__ import annotations
 
+import io
 import json
 import os
 import re
@@ -28,6 +34,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
+from synthgen import storage
 from synthgen.errors import Skip, UserError
 from synthgen.images import IMAGE_EXTS, decode  # JPEG/BMP objects: listed, counted as no_alpha
 from synthgen.schema import INDEX_FILE, POOLS_FILE, BankEntry, clean_name, read_bank_record
@@ -82,7 +89,9 @@ class ObjectBank:
     def open(cls, path: str | Path, extra_roots: tuple[str, ...] = (), **kw) -> "ObjectBank":
         """Read a bank (see the module doc). Object paths must lie inside the bank's folder, or
         inside one of ``extra_roots``; others are refused and listed in :attr:`rejected`."""
-        p = Path(path)
+        if storage.is_remote(str(path)):
+            return cls._open_remote(str(path), tuple(extra_roots), **kw)
+        p = Path(storage.localize(str(path)))
         if not p.exists():
             raise UserError(f"object bank not found: {p}")
         if p.is_file():
@@ -109,8 +118,35 @@ class ObjectBank:
         bank.roots = (str(root), *listing.extra)
         return bank
 
+    @classmethod
+    def _open_remote(cls, path: str, extra_roots: tuple[str, ...], **kw) -> "ObjectBank":
+        p = storage.RemotePath(path)
+        if p.name == INDEX_FILE and p.is_file():
+            layout, read, root, source, file = "index", _read_index, p.parent, str(p.parent), p
+        elif p.suffix == ".json" and p.is_file():
+            layout, read, root, source, file = "xpaste-pools", _read_pools, p.parent, str(p), p
+        elif (p / INDEX_FILE).is_file():
+            layout, read, root, source, file = "index", _read_index, p, str(p), p / INDEX_FILE
+        elif (p / POOLS_FILE).is_file():
+            layout, read, root, source, file = "xpaste-pools", _read_pools, p, str(p), p / POOLS_FILE
+        elif p.is_dir():
+            layout, read, root, source, file = "tree", _read_tree_remote, p, str(p), p
+        elif p.is_file():
+            raise UserError(f"object bank {p}: expected a folder, {INDEX_FILE} or {POOLS_FILE}")
+        else:
+            raise UserError(f"object bank not found: {p}")
+        listing = _Listing(root, extra_roots)
+        read(file, listing)
+        if not listing.entries and listing.rejected:
+            why = "; ".join(f"{len(v)} {k}" for k, v in listing.rejected.items())
+            raise UserError(f"object bank {source}: no usable object ({why})")
+        bank = cls(listing.entries, source, layout, root=str(root), **kw)
+        bank.rejected = listing.rejected
+        bank.roots = (str(root), *listing.extra)
+        return bank
+
     def path_of(self, i: int) -> str:
-        return os.path.join(self.root, self.entries[i].path)
+        return _join(self.root, self.entries[i].path)
 
     def load(self, i: int) -> CutOut | Skip:
         """Decoded cut-out ``i`` (cropped, downscaled) or a Skip; LRU-cached. A path that leaves
@@ -120,8 +156,13 @@ class ObjectBank:
             self._cache.move_to_end(i)
             return hit
         path = self.path_of(i)
-        if inside(path, self.roots, real=False) and not inside(path, self.roots, real=True):
-            item: CutOut | Skip = Skip("outside_bank", f"{self.entries[i].path} links outside the bank")
+        if storage.is_remote(path):
+            try:
+                item: CutOut | Skip = load_cutout(storage.RemotePath(path).read_bytes(), self.max_side)
+            except FileNotFoundError:
+                item = Skip("missing", f"no such object: {path}")
+        elif inside(path, self.roots, real=False) and not inside(path, self.roots, real=True):
+            item = Skip("outside_bank", f"{self.entries[i].path} links outside the bank")
         else:
             item = load_cutout(path, self.max_side)
         self._cache[i] = item
@@ -139,7 +180,7 @@ class ObjectBank:
         return None
 
 
-def load_cutout(path: str, max_side: int) -> CutOut | Skip:
+def load_cutout(path: str | bytes, max_side: int) -> CutOut | Skip:
     img = decode(path, keep_alpha=True)
     if isinstance(img, Skip):
         return img
@@ -164,9 +205,10 @@ class _Listing:
     lies in an allowed extra root, and names that are not valid UTF-8 (lone surrogates from
     undecodable file names or ``\\udcxx`` escapes would reach the scene json)."""
 
-    def __init__(self, root: Path, extra_roots: tuple[str, ...] = ()):
+    def __init__(self, root, extra_roots: tuple[str, ...] = ()):
         self.root = root
-        self.extra = tuple(os.path.abspath(r) for r in extra_roots)
+        self.extra = tuple(str(storage.RemotePath(r)) if storage.is_remote(r) else os.path.abspath(r)
+                           for r in extra_roots)
         self.entries: list[BankEntry] = []
         self.rejected: dict[str, dict[str, str]] = {}
 
@@ -177,7 +219,7 @@ class _Listing:
         if not (_utf8(id) and _utf8(category) and _utf8(path)):
             self.reject("non_utf8", id, "a name or path that is not valid UTF-8")
             return
-        if not inside(os.path.join(self.root, path), (str(self.root), *self.extra)):
+        if not inside(_join(str(self.root), path), (str(self.root), *self.extra)):
             self.reject("outside_bank", id, f"path {path!r} is outside the bank {self.root}")
             return
         self.entries.append(BankEntry(id, _intern(category), category_id, path))
@@ -197,7 +239,11 @@ def _printable(text: str) -> str:
 
 def inside(path: str, roots: tuple[str, ...] | list[str], real: bool = False) -> bool:
     """Whether ``path`` lies inside one of ``roots``: lexically (``..`` and absolute paths
-    resolved), or with ``real`` after following symlinks too."""
+    resolved), or with ``real`` after following symlinks too. A URL is inside a URL root only
+    (lexically: objects have no links); a local path never inside a URL root."""
+    if storage.is_remote(path):
+        return storage.inside(path, roots)
+    roots = [r for r in roots if not storage.is_remote(r)]
     norm = os.path.realpath if real else os.path.abspath
     p = norm(path)
     for r in roots:
@@ -207,8 +253,13 @@ def inside(path: str, roots: tuple[str, ...] | list[str], real: bool = False) ->
     return False
 
 
-def _read_index(index: Path, listing: _Listing) -> None:
-    with open(index, "rb") as f:
+def _join(root: str, rel: str) -> str:
+    return storage.join(root, rel) if storage.is_remote(root) else os.path.join(root, rel)
+
+
+def _read_index(index, listing: _Listing) -> None:
+    remote = isinstance(index, storage.RemotePath)
+    with (io.BytesIO(index.read_bytes()) if remote else open(index, "rb")) as f:
         for ln, raw in enumerate(f, 1):
             try:
                 line = raw.decode("utf-8").strip()
@@ -240,7 +291,18 @@ def _resolve_pool_path(raw: str, root: Path, roots: tuple[str, ...]) -> str:
     return os.path.relpath(root / p, root)  # missing (or outside): refused or skipped later
 
 
-def _read_pools(pools: Path, listing: _Listing) -> None:
+def _resolve_pool_url(raw: str, root: str, objects: set[str]) -> str:
+    """:func:`_resolve_pool_path` for a bank on an object store (``objects``: its listing)."""
+    if not raw.startswith("/") and storage.join(root, raw) in objects:
+        return raw
+    tail = raw.split("images/")[-1].lstrip("/")
+    for cand in (f"images/{tail}", tail):
+        if storage.join(root, cand) in objects:
+            return cand
+    return raw  # missing (or outside): refused or skipped later
+
+
+def _read_pools(pools, listing: _Listing) -> None:
     try:
         data = json.loads(pools.read_bytes().decode("utf-8"))
     except (json.JSONDecodeError, UnicodeDecodeError) as exc:
@@ -248,6 +310,12 @@ def _read_pools(pools: Path, listing: _Listing) -> None:
     if not isinstance(data, dict) or not all(isinstance(v, list) for v in data.values()):
         raise UserError(f"{pools}: expected {{category: [png paths]}} as in X-Paste's {POOLS_FILE}")
     root = pools.parent
+    if isinstance(pools, storage.RemotePath):
+        objects = set(root.find())
+        for key in sorted(data):
+            for j, raw in enumerate(data[key]):
+                listing.add(f"{key}/{j:06d}", clean_name(key), None, _resolve_pool_url(str(raw), str(root), objects))
+        return
     roots = (str(root), *listing.extra)
     for key in sorted(data):
         for j, raw in enumerate(data[key]):
@@ -270,3 +338,17 @@ def _read_tree(root: Path, listing: _Listing) -> None:
             if f.is_file() and f.suffix.lower() in IMAGE_EXTS:
                 rel = f.relative_to(root).as_posix()
                 listing.add(rel, clean_name(d.name), None, rel)
+
+
+def _read_tree_remote(root, listing: _Listing) -> None:
+    """:func:`_read_tree` on an object store: one recursive listing."""
+    loose, nested = [], []
+    for url in root.find():
+        rel = url[len(str(root)) + 1:]
+        if os.path.splitext(rel)[1].lower() not in IMAGE_EXTS:
+            continue
+        (nested if "/" in rel else loose).append(rel)
+    for rel in sorted(loose):
+        listing.add(rel, _stem_category(os.path.splitext(rel)[0]), None, rel)
+    for rel in sorted(nested, key=lambda r: (r.split("/", 1)[0], r)):
+        listing.add(rel, clean_name(rel.split("/", 1)[0]), None, rel)

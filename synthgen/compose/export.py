@@ -7,7 +7,8 @@ as ``lvis_id`` when known); the referral text is kept in each annotation's ``ref
 Image files are named by the scene key, which must have the writer's format (digits only);
 scenes whose json is not a valid scene record are skipped and counted, never written. Keys that
 repeat (two compose runs both start at scene 0) get the shard's name in front, so no image
-overwrites another. Every file written is checked to lie inside ``--out``.
+overwrites another. Every file written is checked to lie inside ``--out`` (which may be an
+object-store URL: every object is written whole).
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
+from synthgen import storage
 from synthgen.compose.bank import inside
 from synthgen.errors import UserError
 from synthgen.rundir import atomic_write, atomic_write_json
@@ -36,8 +38,8 @@ def _image_name(rec: SceneRecord, url: str, taken: set[str]) -> str:
     return name
 
 
-def export_coco(shards: str, out: Path, limit: int | None = None) -> dict:
-    out = Path(out)
+def export_coco(shards: str, out: Path | str, limit: int | None = None) -> dict:
+    out = storage.path(str(out))
     img_dir = out / "images"
     img_dir.mkdir(parents=True, exist_ok=True)
     images, anns, cats = [], [], {}
@@ -55,7 +57,7 @@ def export_coco(shards: str, out: Path, limit: int | None = None) -> dict:
         except SchemaError as exc:
             skipped.setdefault(exc.reason, []).append(where)
             continue
-        name = _image_name(rec, sample["__url__"], taken)
+        name = _image_name(rec, str(sample["__url__"]), taken)
         path = img_dir / name
         if not valid_key(rec.key) or not inside(str(path), [str(img_dir)], real=True):
             skipped.setdefault("bad_key", []).append(where)  # (valid keys cannot get here)

@@ -25,9 +25,9 @@ import json
 import math
 import time
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
+from synthgen import storage
 from synthgen.errors import UserError
 from synthgen.rundir import RunFolder, atomic_write_json
 
@@ -103,7 +103,7 @@ def prepare_shard(job: PrepareJob, shard: int, items: list[str]) -> dict[str, An
     t0 = time.time()
     lo = shard * job.per_shard
     skipped: dict[str, dict[str, str]] = {}
-    out = Path(job.out)
+    out = storage.path(job.out)
     with ShardWriter(out / shard_name(shard)) as w:
         for k in range(lo, min(len(items), lo + job.per_shard)):
             res = prepare_one(items[k], job.size, job.quality)
@@ -125,16 +125,14 @@ def prepare_backgrounds(job: PrepareJob, *, workers: int | None = None, ray_addr
     import os
 
     from synthgen.compose.backgrounds import list_backgrounds
-    from synthgen.compose.bank import inside
     from synthgen.errors import raise_problems
 
     raise_problems(job.problems())
     if executor not in ("ray", "serial"):
         raise UserError(f"--executor must be ray or serial (got {executor!r})")
     listing = list_backgrounds(job.source)
-    out_real = os.path.realpath(job.out)
     for root in listing.roots:
-        if inside(out_real, [os.path.realpath(root)]) or inside(os.path.realpath(root), [out_real]):
+        if storage.overlap(job.out, root):
             raise UserError(f"--out {job.out} and the backgrounds {root} overlap; choose an --out outside them")
     items = listing.items
     n_shards = math.ceil(len(items) / job.per_shard)
@@ -142,7 +140,9 @@ def prepare_backgrounds(job: PrepareJob, *, workers: int | None = None, ray_addr
              "size": job.size, "quality": job.quality, "per_shard": job.per_shard}
     with RunFolder(job.out, "prepare-backgrounds") as folder:
         folder.check_identity(IDENTITY_FILE, ident, what="settings or backgrounds")
-        todo = [s for s in range(n_shards) if not (folder.path / stats_name(s)).exists()]
+        names = ({p.name for p in folder.path.iterdir()} if folder.path.exists() else set()) if folder.remote else None
+        todo = [s for s in range(n_shards)
+                if not (stats_name(s) in names if names is not None else (folder.path / stats_name(s)).exists())]
         failures = _run(job, todo, items, workers or os.cpu_count() or 1, ray_address, executor, progress)
         if failures:
             lines = "; ".join(f"{shard_name(todo[i])}: {m}" for i, m in sorted(failures.items()))
@@ -170,7 +170,7 @@ def _run(job, todo, items, workers, ray_address, executor, progress) -> dict[int
 
 
 def _manifest(job: PrepareJob, n_shards: int, listing_skips: dict, ident: dict) -> dict[str, Any]:
-    out = Path(job.out)
+    out = storage.path(job.out)
     skipped = {r: dict(n) for r, n in listing_skips.items()}
     count = 0
     for s in range(n_shards):

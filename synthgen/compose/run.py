@@ -4,7 +4,8 @@ Shard ``s`` holds samples ``s*per_shard .. min(N, (s+1)*per_shard)-1``. A shard 
 its ``*_stats.json`` exists; a re-run skips done shards and rewrites the others from scratch.
 ``run.json`` records the options of the run in a folder so that a re-run with other options is
 refused instead of mixing two datasets; the folder is locked while a run writes it
-(:class:`~synthgen.rundir.RunFolder`).
+(:class:`~synthgen.rundir.RunFolder`). ``--out`` (and the inputs) may be object-store URLs: a
+shard is uploaded whole, then its stats (the marker), then at the end the manifest.
 """
 
 from __future__ import annotations
@@ -18,7 +19,7 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Any
 
-from synthgen import __version__
+from synthgen import __version__, storage
 from synthgen.compose.config import ComposeParams
 from synthgen.compose.scene import Composer, SceneStats
 from synthgen.errors import UserError, raise_problems
@@ -62,13 +63,13 @@ class ComposeJob:
     def identity(self, inputs: dict | None = None) -> dict[str, Any]:
         """What decides the dataset's content: a re-run into the same folder must match it.
         ``inputs``: the identity of the inputs' contents (:attr:`Inputs.identity`)."""
-        ident = {"objects": str(Path(self.objects).resolve()),
-                 "backgrounds": str(Path(self.backgrounds).resolve()) if "{" not in self.backgrounds
+        ident = {"objects": storage.resolved(self.objects),
+                 "backgrounds": storage.resolved(self.backgrounds) if "{" not in self.backgrounds
                  else self.backgrounds,
                  "num_samples": self.num_samples, "samples_per_shard": self.samples_per_shard,
                  "params": self.params.to_dict(), "schema": SCENE_SCHEMA}
         if self.extra_object_roots:
-            ident["extra_object_roots"] = [str(Path(r).resolve()) for r in self.extra_object_roots]
+            ident["extra_object_roots"] = [storage.resolved(r) for r in self.extra_object_roots]
         if self.prepare_backgrounds:
             ident["prepared_backgrounds"] = {"size": 2 * self.params.size}
         if inputs is not None:
@@ -116,7 +117,11 @@ def inputs_identity(bank, backgrounds: list[str]) -> dict[str, Any]:
     from synthgen.compose.backgrounds import item_size
 
     bg = [(item, item_size(item)) for item in backgrounds]
-    obj = [(e.id, e.path, _size(os.path.join(bank.root, e.path))) for e in bank.entries]
+    if storage.is_remote(bank.root):  # one listing, not a request per object
+        sizes = storage.RemotePath(bank.root).find()
+        obj = [(e.id, e.path, sizes.get(storage.join(bank.root, e.path), -1)) for e in bank.entries]
+    else:
+        obj = [(e.id, e.path, _size(os.path.join(bank.root, e.path))) for e in bank.entries]
     return {"backgrounds": {"count": len(bg), "bytes": sum(max(n, 0) for _, n in bg),
                             "sha256": _digest([f"{i}\t{n}" for i, n in bg])},
             "objects": {"count": len(obj), "bytes": sum(max(n, 0) for *_, n in obj),
@@ -128,7 +133,7 @@ def compose_shard(job: ComposeJob, shard: int, backgrounds: list[str]) -> dict[s
     t0 = time.time()
     bank = _open_bank(job.objects, job.params.size, tuple(job.extra_object_roots))
     composer = Composer(job.params, bank, backgrounds)
-    out = Path(job.out)
+    out = storage.path(job.out)
     stats = SceneStats()
     per_scene: dict[int, int] = {}
     n_objects = 0
@@ -153,12 +158,8 @@ def compose_shard(job: ComposeJob, shard: int, backgrounds: list[str]) -> dict[s
 def _refuse_nesting(job: ComposeJob, roots: list[str]) -> None:
     """``--out`` inside an input (or an input inside ``--out``) would feed a resumed run its own
     scenes: refused before anything is written."""
-    from synthgen.compose.bank import inside
-
-    out = os.path.realpath(job.out)
     for option, root in roots:
-        real = os.path.realpath(root)
-        if inside(out, [real]) or inside(real, [out]):
+        if storage.overlap(job.out, root):
             raise UserError(f"--out {job.out} and {option} {root} overlap: a resumed run would read "
                             f"its own output as input; choose an --out outside the inputs")
 
@@ -185,12 +186,15 @@ def shards_to_do(job: ComposeJob, folder: RunFolder, inputs: Inputs) -> list[int
     """Check the folder's run identity (recording it on a new run); the shards still to do."""
     folder.check_identity(RUN_FILE, job.identity(inputs.identity), what="options",
                           optional=("inputs", "extra_object_roots"))
+    if folder.remote:  # one listing, not a request per shard
+        names = {p.name for p in folder.path.iterdir()} if folder.path.exists() else set()
+        return [s for s in range(job.num_shards) if stats_name(s) not in names]
     return [s for s in range(job.num_shards) if not (folder.path / stats_name(s)).exists()]
 
 
 def write_manifest(job: ComposeJob, inputs: Inputs, workers: int | None,
                    ray_address: str | None) -> dict[str, Any]:
-    out = Path(job.out)
+    out = storage.path(job.out)
     totals: dict[str, Any] = {"samples": 0, "objects": 0, "objects_per_scene": {}, "dropped_objects": {},
                               "scene_resamples": {}, "shard_seconds": 0.0,
                               "skipped_backgrounds": {r: dict(n) for r, n in inputs.skipped_backgrounds.items()},
@@ -236,7 +240,7 @@ def run_compose(job: ComposeJob, *, workers: int | None = None, ray_address: str
 
 def prepared_folder(job: ComposeJob) -> Path:
     """Where ``--prepare-backgrounds`` keeps the prepared backgrounds: beside ``--out``."""
-    out = Path(job.out)
+    out = storage.path(job.out)
     return out.with_name(f"{out.name}.backgrounds-{2 * job.params.size}")
 
 

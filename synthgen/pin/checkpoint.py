@@ -6,10 +6,14 @@ A run folder holds ``pin.safetensors`` (PIN weights), ``pin.json`` (what the run
 and is written first, atomically; ``pin.safetensors`` and ``pin.json`` (what users and eval-pin
 read) follow, and a kill between the files is repaired by ``--resume`` from ``train_state.pt``.
 It is read with ``torch.load(weights_only=True)``: no arbitrary pickles.
+
+The run folder may be an object-store URL (``s3://bucket/runs/pin``, :mod:`synthgen.storage`):
+each file is uploaded whole, in the same order, so the commit point is the same.
 """
 
 from __future__ import annotations
 
+import io
 import json
 import os
 import random
@@ -20,6 +24,7 @@ from typing import Sequence
 
 import torch
 
+from synthgen import storage
 from synthgen.errors import UserError
 from synthgen.rundir import atomic_write_with
 from synthgen.schema import PIN_META_FILE, PIN_WEIGHTS_FILE, TRAIN_STATE_FILE
@@ -102,6 +107,33 @@ def save_checkpoint(out: Path, pin, optimizer, scaler, step: int, meta: dict,
     write_run_files(out, weights, meta)
 
 
+def _load_weights(path) -> dict:
+    """A safetensors file (local, or an object read whole) as tensors."""
+    if isinstance(path, storage.RemotePath):
+        from safetensors.torch import load
+
+        return load(path.read_bytes())
+    from safetensors.torch import load_file
+
+    return load_file(str(path))
+
+
+def _safetensors_step(path) -> int:
+    """The ``step`` in a safetensors file's metadata (its header only)."""
+    if isinstance(path, storage.RemotePath):
+        import struct
+
+        head = path.read_range(0, 8)
+        (n,) = struct.unpack("<Q", head)
+        if n > 100 << 20:
+            raise ValueError("not a safetensors header")
+        return int(json.loads(path.read_range(8, n))["__metadata__"]["step"])
+    from safetensors import safe_open
+
+    with safe_open(str(path), "pt") as f:
+        return int((f.metadata() or {})["step"])
+
+
 def load_state(out: Path) -> dict:
     """The resume state, read with ``torch.load(weights_only=True)`` (no arbitrary pickles): a
     file holding anything else is refused with one line."""
@@ -112,7 +144,8 @@ def load_state(out: Path) -> dict:
     try:
         with warnings.catch_warnings():  # (torch warns about pickle protocols it reads anyway)
             warnings.simplefilter("ignore", UserWarning)
-            state = torch.load(path, map_location="cpu", weights_only=True)
+            src = io.BytesIO(path.read_bytes()) if isinstance(path, storage.RemotePath) else path
+            state = torch.load(src, map_location="cpu", weights_only=True)
     except (pickle.UnpicklingError, RuntimeError, EOFError, ValueError, AttributeError) as exc:
         kind = "holds objects other than tensors and plain containers" if isinstance(
             exc, pickle.UnpicklingError) else "is damaged or not a torch file"
@@ -126,16 +159,13 @@ def load_state(out: Path) -> dict:
 
 def saved_step(out: Path) -> tuple[int | None, int | None]:
     """The steps ``pin.json`` and ``pin.safetensors`` say they hold (None: missing/unreadable)."""
-    from safetensors import safe_open
-
     js = st = None
     try:
         js = int(json.loads((out / PIN_META_FILE).read_text())["step"])
     except (OSError, ValueError, KeyError, TypeError):
         pass
     try:
-        with safe_open(str(out / PIN_WEIGHTS_FILE), "pt") as f:
-            st = int((f.metadata() or {})["step"])
+        st = _safetensors_step(out / PIN_WEIGHTS_FILE)
     except (OSError, ValueError, KeyError, TypeError, RuntimeError):
         pass
     return js, st
@@ -145,8 +175,6 @@ def read_checkpoint(out: Path, repair: bool = True) -> tuple[dict, dict, dict] |
     """``(meta, state, weights)`` of the last committed checkpoint in ``out``, or None when there
     is none. With ``repair``, ``pin.safetensors``/``pin.json`` left behind by a kill between the
     checkpoint files are rewritten from ``train_state.pt``."""
-    from safetensors.torch import load_file
-
     if not (out / TRAIN_STATE_FILE).is_file():
         if (out / PIN_META_FILE).is_file():
             raise UserError(f"{out} holds pin.json but no train_state.pt (optimiser, step, RNG): it "
@@ -167,7 +195,7 @@ def read_checkpoint(out: Path, repair: bool = True) -> tuple[dict, dict, dict] |
     if step != int(meta["step"]):
         raise UserError(f"{out}: train_state.pt (step {step}) and pin.json "
                         f"(step {meta['step']}) disagree; the checkpoint is incomplete")
-    return meta, state, load_file(str(out / PIN_WEIGHTS_FILE))
+    return meta, state, _load_weights(out / PIN_WEIGHTS_FILE)
 
 
 # --- resume settings -----------------------------------------------------------------------
@@ -230,7 +258,7 @@ class Run:
 
 
 def read_run(run_dir: str | os.PathLike) -> Run:
-    d = Path(run_dir)
+    d = storage.path(str(run_dir))
     meta_path = d / PIN_META_FILE
     if not meta_path.is_file():
         raise UserError(f"{d} is not a PIN run: no pin.json")
@@ -241,8 +269,6 @@ def load_run(run_dir: str | os.PathLike, model: str | None = None, device: str |
              vlm_options: dict | None = None):
     """``(run, adapter)``: the frozen VLM of the run (its ``pin.json``'s ``vlm``, ``model`` and
     ``vlm_options``, each overridable) with its trained PIN attached."""
-    from safetensors.torch import load_file
-
     from synthgen.pin.adapters import load_adapter
     from synthgen.pin.module import PIN
 
@@ -252,7 +278,7 @@ def load_run(run_dir: str | os.PathLike, model: str | None = None, device: str |
     options = {**run.meta.get("vlm_options", {}), **(vlm_options or {})}
     adapter = load_adapter(run.meta["vlm"], model or run.meta["model"], device=dev, dtype=dtype, **options)
     pin = PIN.from_config(run.meta["pin"])
-    pin.load_state_dict(load_file(str(run.dir / PIN_WEIGHTS_FILE)))
+    pin.load_state_dict(_load_weights(run.dir / PIN_WEIGHTS_FILE))
     pin.to(adapter.device).eval()
     if (pin.num_positions, pin.out_dim) != (adapter.num_positions, adapter.vision_width):
         raise UserError(f"PIN of {run.dir} is {pin.num_positions}x{pin.out_dim} but "

@@ -38,6 +38,7 @@ from synthgen.errors import CarriedError, UserError, recover
 from synthgen.grounding import format_box
 from synthgen.schema import SceneRecord, SchemaError
 from synthgen.shards import iter_tar
+from synthgen.storage import StorageError
 
 BAD_FLOOR = 10  # bad samples always tolerated before --max-bad-samples applies
 
@@ -226,6 +227,8 @@ class SceneStream(BatchStream):
                         if by_sample and (pos + shard_index) % n_splits != split:
                             continue
                         yield sample
+                except StorageError:  # the store itself (credentials, endpoint): not a damaged shard
+                    raise
                 except UserError as exc:  # a damaged tar: its samples before the damage are used
                     self.read += 1
                     self._count_bad(BadSample(str(exc), "damaged_shard"))

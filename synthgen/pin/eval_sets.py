@@ -117,9 +117,20 @@ def image_file_name(img: dict) -> str:
 def find_image(images_dir: Path, file_name: str) -> Path | None:
     """``images_dir/file_name``, else ``images_dir/basename`` (``--images`` given as the folder of
     one split, e.g. ``val2017/``, for an LVIS name ``val2017/x.jpg``); None when neither exists.
-    A path that resolves outside ``images_dir`` (``../``, absolute, a symlink out) is refused."""
+    A path that resolves outside ``images_dir`` (``../``, absolute, a symlink out) is refused.
+    ``images_dir`` may be a :class:`~synthgen.storage.RemotePath` (checked lexically, before
+    any request)."""
+    from synthgen import storage
     from synthgen.compose.bank import inside
 
+    if isinstance(images_dir, storage.RemotePath):
+        for rel in (file_name, Path(file_name).name):
+            url = storage.join(str(images_dir), rel)
+            if not storage.inside(url, [str(images_dir)]):
+                raise PermissionError(f"{file_name} resolves outside {images_dir}")
+            if storage.RemotePath(url).is_file():
+                return storage.RemotePath(url)
+        return None
     for path in (images_dir / file_name, images_dir / Path(file_name).name):
         if path.is_file():
             if not inside(str(path), [str(images_dir)], real=True):

@@ -29,6 +29,7 @@ from typing import Callable, Iterable, Iterator, Sequence
 
 import numpy as np
 
+from synthgen import storage
 from synthgen.errors import UserError
 from synthgen.grounding import iou, query_prompt, scale_box
 from synthgen.pin import protocol as P
@@ -117,7 +118,8 @@ def canvas_tensor(path: Path, canvas: int):
 
     from synthgen.images import load_canvas
 
-    arr, size = load_canvas(path, canvas, orient=False, what=f"image {path}")
+    src = path.read_bytes() if isinstance(path, storage.RemotePath) else path
+    arr, size = load_canvas(src, canvas, orient=False, what=f"image {path}")
     return torch.from_numpy(arr).permute(2, 0, 1).contiguous(), size
 
 
@@ -260,6 +262,14 @@ def _extra(kind: str, set_name: str, records: list[dict], run, proto: EvalProtoc
             "baseline": proto.baseline, "run": str(run.dir)}
 
 
+def _local_only(folder, option: str) -> None:
+    """VOC devkits and RefCOCO folders are read by path (thousands of small files, a pickle):
+    an object-store URL is refused with one line."""
+    if storage.is_remote(str(folder)):
+        raise UserError(f"{option} reads a local folder, not {folder}: copy it to a local disk "
+                        "(eval-pin reads the run folder, --coco-json and --images from URLs)")
+
+
 # --- COCO-format sets ----------------------------------------------------------------------
 
 def evaluate_coco(run_dir, coco_json, images_dir, *, out=None, model: str | None = None, batch_size: int = 16,
@@ -269,10 +279,10 @@ def evaluate_coco(run_dir, coco_json, images_dir, *, out=None, model: str | None
     the metrics. ``protocol`` (default: the authors') with ``options`` (its fields: article,
     names, crowd, gt_boxes, parse, baseline, max_objects, seed, num_beams, max_new_tokens)."""
     proto = _protocol(protocol, options)
-    coco_path = Path(coco_json)
+    coco_path = storage.path(str(coco_json))
     if not coco_path.is_file():
         raise UserError(f"no such COCO json: {coco_path}")
-    images_dir = Path(images_dir)
+    images_dir = storage.path(str(images_dir))
     if not images_dir.is_dir():
         raise UserError(f"no such image directory: {images_dir}")
     skips, tally = Skips(), Counter()
@@ -303,7 +313,7 @@ def evaluate_coco(run_dir, coco_json, images_dir, *, out=None, model: str | None
     if proto.crowd == "skip":
         counts["crowd_not_queried"] = tally["crowd_not_queried"]
     return _finish(records, _extra("coco-json", str(coco_path), records, run, proto, counts),
-                   Path(out) if out else run.dir / "eval" / coco_path.stem / "preds.jsonl", skips)
+                   storage.path(str(out)) if out else run.dir / "eval" / coco_path.stem / "preds.jsonl", skips)
 
 
 # --- PASCAL VOC ----------------------------------------------------------------------------
@@ -315,6 +325,7 @@ def evaluate_voc(run_dir, voc_dir, *, split: str = "test", out=None, model: str 
     ``ImageSets/Main/<split>.txt`` with 1..max_objects objects (difficult included), raw class
     names, ``JPEGImages/<id>.jpg``; ``names`` and ``crowd`` do not apply."""
     proto = _protocol(protocol, options)
+    _local_only(voc_dir, "--voc")
     voc = Path(voc_dir)
     if not voc.is_dir():
         raise UserError(f"no such VOC folder: {voc}")
@@ -338,7 +349,7 @@ def evaluate_voc(run_dir, voc_dir, *, split: str = "test", out=None, model: str 
                           "query": query_prompt(q["category"], proto.art)})
     counts["difficult_queries"] = sum(r["difficult"] for r in records)
     return _finish(records, _extra("voc", f"voc:{voc}:{split}", records, run, proto, counts),
-                   Path(out) if out else run.dir / "eval" / f"voc-{split}" / "preds.jsonl", skips)
+                   storage.path(str(out)) if out else run.dir / "eval" / f"voc-{split}" / "preds.jsonl", skips)
 
 
 # --- RefCOCO -------------------------------------------------------------------------------
@@ -350,13 +361,14 @@ def evaluate_refcoco(run_dir, refcoco_dir, images_dir, *, split: str = "testA", 
     ``refcoco_dir``): by default one query per referred object, its last sentence's raw text
     (``refcoco_sentences="all"``: one per sentence); boxes by the COCO rule."""
     proto = _protocol(protocol, options)
+    _local_only(refcoco_dir, "--refcoco")
     skips = Skips()
     queries, refs_file = refcoco_queries(Path(refcoco_dir), split, skips, sentences=proto.refcoco_sentences)
     if not queries:
         why = "; ".join(f"{len(v)} {k}" for k, v in skips.items())
         raise UserError(f"{refs_file}: no referring expressions in split {split!r}" + (f" ({why})" if why else ""))
     run, adapter = _run_and_adapter(run_dir, proto.baseline, model, device, vlm_options)
-    images_dir = Path(images_dir)
+    images_dir = storage.path(str(images_dir))
 
     def gt(q: dict) -> list[float]:
         if proto.gt_boxes == "exact":
@@ -372,7 +384,7 @@ def evaluate_refcoco(run_dir, refcoco_dir, images_dir, *, split: str = "testA", 
         fields=lambda q: {"image_id": q["image_id"], "ref_id": q["ref_id"], "query": q["sentence"],
                           "prompt": query_prompt(q["sentence"], proto.art)})
     return _finish(records, _extra("refcoco", f"refcoco:{split}", records, run, proto, counts),
-                   Path(out) if out else run.dir / "eval" / f"refcoco-{split}" / "preds.jsonl", skips)
+                   storage.path(str(out)) if out else run.dir / "eval" / f"refcoco-{split}" / "preds.jsonl", skips)
 
 
 # --- scene shards (validation during training) ---------------------------------------------

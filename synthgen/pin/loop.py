@@ -4,10 +4,10 @@ checkpoints (what :func:`synthgen.pin.train.train` runs once everything is set u
 from __future__ import annotations
 
 import time
-from pathlib import Path
 
 import torch
 
+from synthgen import storage
 from synthgen.pin.checkpoint import save_checkpoint
 
 # precision -> (dtype of the frozen VLM's weights, autocast dtype): fp16 is the authors' (Lightning
@@ -134,7 +134,11 @@ class Loop:
             if self.val_shards and (step % cfg.eval_every == 0 or step == plan.steps):
                 self._validate(step)
             if env.main and (step % cfg.save_every == 0 or step == plan.steps or step == phase.end):
-                save_checkpoint(Path(cfg.out), self.pin, self.optimizer, self.scaler, step, self.meta, env.device)
+                save_checkpoint(storage.path(str(cfg.out)), self.pin, self.optimizer, self.scaler, step, self.meta,
+                                env.device)
+                flush = getattr(self.log, "flush", None)
+                if flush is not None:
+                    flush()  # a remote log.jsonl is rewritten whole with each checkpoint
             if env.ddp and step % cfg.save_every == 0:
                 torch.distributed.barrier()
         del it, loader

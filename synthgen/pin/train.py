@@ -13,12 +13,11 @@ import inspect
 import json
 import os
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Callable
 
 import torch
 
-from synthgen import __version__
+from synthgen import __version__, storage
 from synthgen.errors import UserError, raise_problems
 from synthgen.pin.checkpoint import (
     DATA_SPLIT,
@@ -79,7 +78,7 @@ def resolve_precision(precision: str, device: torch.device) -> str:
 def _resume_point(cfg: TrainConfig, env: _Env, plan):
     """``(prev meta, state, weights, settings)``: the checkpoint to continue (Nones for a new
     run) and this run's settings, refused when they differ from the checkpoint's."""
-    out = Path(cfg.out)
+    out = storage.path(str(cfg.out))
     ckpt = read_checkpoint(out, repair=env.main)
     prev, state, weights = ckpt if ckpt is not None else (None, None, None)
     settings = {"seed": cfg.seed, "lr": cfg.lr, "batch_size": cfg.batch_size, "world_size": env.world,
@@ -134,20 +133,49 @@ def _build_pin(cfg: TrainConfig, adapter, prev: dict | None, weights: dict | Non
 
 
 class _Log:
-    """``log.jsonl`` of the run (main rank only), cut back to the resumed step."""
+    """``log.jsonl`` of the run (main rank only), cut back to the resumed step.
 
-    def __init__(self, path: Path, step: int, enabled: bool):
+    Locally each record is appended. An object cannot be appended to: in a remote run folder the
+    log is rewritten whole (one PUT) at every checkpoint, at the end, and at most every
+    :attr:`FLUSH_S` seconds in between; a kill loses only the lines after the last write, which
+    ``--resume`` would drop anyway when they are after the last checkpoint."""
+
+    FLUSH_S = 30.0
+
+    def __init__(self, path, step: int, enabled: bool):
+        import time
+
         from synthgen.pin.checkpoint import read_log
 
         self.path, self.enabled = path, enabled
+        self.remote = isinstance(path, storage.RemotePath)
+        self.lines: list[str] = []
+        self._flushed = time.monotonic()
         if enabled:
             kept = [r for r in read_log(path) if r.get("step", 0) <= step]
-            atomic_write(path, "".join(json.dumps(r) + "\n" for r in kept))
+            self.lines = [json.dumps(r) + "\n" for r in kept]
+            atomic_write(path, "".join(self.lines))
 
     def __call__(self, rec: dict) -> None:
-        if self.enabled:
-            with open(self.path, "a") as f:
-                f.write(json.dumps(rec) + "\n")
+        if not self.enabled:
+            return
+        import time
+
+        if self.remote:
+            self.lines.append(json.dumps(rec) + "\n")
+            if time.monotonic() - self._flushed > self.FLUSH_S:
+                self.flush()
+            return
+        with open(self.path, "a") as f:
+            f.write(json.dumps(rec) + "\n")
+
+    def flush(self) -> None:
+        """Write a remote log whole (locally every line is already in the file)."""
+        import time
+
+        if self.enabled and self.remote:
+            atomic_write(self.path, "".join(self.lines))
+            self._flushed = time.monotonic()
 
 
 def train(cfg: TrainConfig, echo: Callable[[str], None] = print, adapter=None) -> dict:
@@ -165,7 +193,7 @@ def train(cfg: TrainConfig, echo: Callable[[str], None] = print, adapter=None) -
     # 1. settings, this process's rank and device
     raise_problems(cfg.problems())
     env = _environment(cfg, echo)
-    out = Path(cfg.out)
+    out = storage.path(str(cfg.out))
     precision = resolve_precision(cfg.precision, env.device)
     if cfg.precision not in ("auto", precision):
         env.say(f"note: --precision {cfg.precision} is for GPUs; training in {precision} on "
@@ -242,7 +270,13 @@ def train(cfg: TrainConfig, echo: Callable[[str], None] = print, adapter=None) -
                 + "".join(f", {p.name} {p.start}-{p.end}" for p in plan.phases if len(plan.phases) > 1))
         loop = Loop(cfg, env, adapter, pin, pin_fn, optimizer, scaler, precision, log,
                     meta, val_shards, canvas, grid or adapter.patch_grid)
-        step, last_loss, val_metrics = loop.run(plan, step)
+        try:
+            step, last_loss, val_metrics = loop.run(plan, step)
+        except BaseException:
+            with contextlib.suppress(Exception):  # (the run's own error is the one to see)
+                log.flush()
+            raise
+        log.flush()
 
         # 8. the end: the VLM untouched, every rank done
         adapter.assert_frozen()

@@ -10,7 +10,8 @@ Layout of ``BANK/``:
 - ``render_config.json``: the settings that determine the objects; a re-run must match them
   (:meth:`synthgen.rundir.RunFolder.check_identity`).
 
-Every file is written to a temporary name in the same folder and renamed into place.
+Every file is written to a temporary name in the same folder and renamed into place (on an
+object store, ``BANK`` an ``s3://`` URL: uploaded whole, the category's record after its PNGs).
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ from typing import Iterable
 
 import numpy as np
 
+from synthgen import storage
 from synthgen.errors import UserError
 from synthgen.rundir import atomic_write
 from synthgen.schema import CATEGORIES_DIR
@@ -44,8 +46,8 @@ class BankWriter:
     """Holds the finished categories of a bank and writes new ones (the caller holds the
     folder's lock: :class:`~synthgen.rundir.RunFolder`)."""
 
-    def __init__(self, root: str | Path):
-        self.root = Path(root)
+    def __init__(self, root):
+        self.root = storage.path(root)
         self.docs: dict[str, dict] = {}
         self._last_flush = 0.0
         if self.root.is_dir():
@@ -110,7 +112,7 @@ class BankWriter:
 
 def read_index(bank: str | Path) -> list[dict]:
     """All records of a bank's ``index.jsonl``."""
-    p = Path(bank) / INDEX
+    p = storage.path(bank) / INDEX
     if not p.is_file():
         raise UserError(f"not an object bank (no {INDEX}): {bank}")
     return [json.loads(line) for line in p.read_text(encoding="utf-8").splitlines() if line.strip()]
