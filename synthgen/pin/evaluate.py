@@ -127,7 +127,9 @@ def canvas_tensor(path: Path, canvas: int):
 
 def metrics_file(preds: Path) -> Path:
     """The metrics json written next to the predictions file ``preds``."""
-    preds = Path(preds)
+    from synthgen import storage
+
+    preds = preds if hasattr(preds, "with_name") else storage.path(str(preds))
     return preds.with_name("metrics.json") if preds.name == "preds.jsonl" else preds.with_suffix(".metrics.json")
 
 
