@@ -14,7 +14,7 @@ from synthgen.compose.config import LayoutParams as L
 # options of `compose` that a recipe's `compose:` section may set (what decides the dataset)
 RECIPE_KEYS = ("num_samples", "prepare_backgrounds", "a_max", "fixed_count", "s_min", "s_max", "o_max", "min_visible",
                "max_aspect_error", "size", "grid", "same_category_p", "repeat_rule", "object_sampling",
-               "strip_qualifiers", "paste", "paste_alpha", "absolute_referral_p", "background_fit", "masks",
+               "strip_qualifiers", "paste", "paste_alpha", "absolute_referral_p", "referral_grammar", "background_fit", "masks",
                "samples_per_shard", "jpeg_quality", "seed")
 SAMPLES_PER_SHARD = 1000
 
@@ -34,7 +34,7 @@ def compose_job(o: dict):
     params = ComposeParams(layout=layout, size=o["size"], same_category_p=o["same_category_p"],
                            repeat_rule=o["repeat_rule"], object_sampling=o["object_sampling"],
                            strip_qualifiers=o["strip_qualifiers"], paste=o["paste"], paste_alpha=o["paste_alpha"],
-                           absolute_referral_p=o["absolute_referral_p"],
+                           absolute_referral_p=o["absolute_referral_p"], referral_grammar=o["referral_grammar"],
                            background_fit=o["background_fit"], masks=o["masks"],
                            jpeg_quality=o["jpeg_quality"], seed=o["seed"])
     return ComposeJob(objects=str(o["objects"]), backgrounds=o["backgrounds"], out=str(o["out"]),
@@ -71,6 +71,7 @@ def register(app: typer.Typer, user_errors) -> None:
         paste: str = typer.Option(P.paste, "--paste", help="soft: blend with the cut-out's alpha (the authors'); hard: copy the pixels whose alpha reaches --paste-alpha."),
         paste_alpha: int = typer.Option(P.paste_alpha, "--paste-alpha", help="Alpha (1-255) from which a pixel belongs to its object: the box is the extent of those pixels, masks and 'visible' count them."),
         absolute_referral_p: float = typer.Option(P.absolute_referral_p, "--absolute-referral-p", help="Probability that an object whose category is unique gets an absolute position (e.g. 'apple at the left')."),
+        referral_grammar: str = typer.Option(P.referral_grammar, "--referral-grammar", help="Text of positional referrals. grammatical: English phrases after the prompt's 'a|an' ('cup on the left', 'lower cup', 'pair of scissors in front'); authors: the authors' templates '{pos} {name}', '{name} {pos}', '{name} on {pos}' ('below cup', 'cup on below'), what the paper trained with (recipes/pin-refcoco.yaml). Scenes without position words are the same with both."),
         background_fit: str = typer.Option(P.background_fit, "--background-fit", help="squash: resize to the square canvas ignoring aspect (paper); crop: random square crop first."),
         masks: bool = typer.Option(P.masks, "--masks", help="Also write {key}.mask.png: 0 background, i+1 = visible pixels of objects\\[i]."),
         samples_per_shard: int = typer.Option(SAMPLES_PER_SHARD, "--samples-per-shard", help="Scenes per .tar shard."),
