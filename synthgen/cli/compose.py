@@ -127,13 +127,14 @@ def register(app: typer.Typer, user_errors) -> None:
     def preview(
         source: str = typer.Argument(..., metavar="SHARDS_OR_BANK", help="Scene shards (a folder, a .tar, or a brace pattern), or an object bank folder (with index.jsonl, from `synthgen render`)."),
         out: Optional[Path] = typer.Option(None, "--out", "-o", help="PNG contact sheet to write (default: preview.png; for a bank BANK/preview.png)."),
-        n: int = typer.Option(16, "-n", "--num", help="Scenes to show (for a bank: most objects per category, kept first)."),
-        scale: int = typer.Option(2, "--scale", help="Scenes: upscaling of each scene for legibility."),
+        n: int = typer.Option(16, "-n", "--num", help="Scenes to show (for a bank: most objects per category, kept ones first; rejected ones get at least half of them)."),
+        scale: int = typer.Option(2, "--scale", help="Scenes: upscaling of each scene (and its labels) for legibility."),
         category: str = typer.Option("", "--category", help="Bank: comma list of categories to show (default: all)."),
-        thumb: int = typer.Option(96, "--thumb", help="Bank: thumbnail side in pixels."),
+        thumb: int = typer.Option(96, "--thumb", help="Bank: thumbnail side in pixels (16-1024)."),
     ) -> None:
-        """Contact sheet of scenes with their boxes, referral labels and the target's answer; or
-        of an object bank: kept (green) and rejected (red) cut-outs with their CLIP scores."""
+        """Contact sheet of scenes: every box with its referral, the target thick in magenta with its
+        prompt and answer underneath; or of an object bank: kept (green) and rejected (red) cut-outs
+        with why they were rejected and their CLIP scores."""
         from synthgen import storage
         from synthgen.schema import INDEX_FILE
 
@@ -153,11 +154,12 @@ def register(app: typer.Typer, user_errors) -> None:
     @user_errors
     def stats(
         shards: str = typer.Argument(..., help="Scene shards: a folder, a .tar, or a brace pattern."),
-        plot: Optional[Path] = typer.Option(None, "--plot", help="Also draw the distributions into this PNG."),
+        plot: Optional[Path] = typer.Option(None, "--plot", help="Also draw the distributions into this PNG (1600 x 720): objects per scene, box sides in cells, box centres on the grid, visible fraction, referral kinds and relations, dropped objects / resampled scenes / skipped inputs by reason (from the shards' *_stats.json), top categories."),
         top: int = typer.Option(15, "--top", help="Number of most frequent categories to list."),
     ) -> None:
         """Counts and distributions of scene shards: objects per scene, box sizes in cells,
-        categories, visible fraction, referral kinds."""
+        categories, visible fraction, referral kinds, and what compose dropped, resampled or
+        skipped (by reason, from each shard's *_stats.json)."""
         from synthgen.compose.inspection import collect_stats, plot_stats, print_stats
 
         st = collect_stats(shards)
