@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import io
 import json
-import os
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -207,11 +206,14 @@ def contact_sheet(shards: str, output: Path, n: int = 16, scale: int = 2) -> int
 # -- statistics ------------------------------------------------------------------------------------
 
 
-def _stats_file(shard: str) -> Path | None:
-    """The ``*_stats.json`` compose wrote beside a local shard (None for URLs)."""
-    if is_url(shard) and not os.path.exists(shard):
+def _stats_file(shard: str):
+    """The ``*_stats.json`` compose wrote beside a shard, local or on an object store (None for
+    streams such as ``pipe:`` or ``https://``)."""
+    from synthgen import storage
+
+    if is_url(shard) and not storage.is_remote(shard) and storage.scheme(shard) != "file":
         return None
-    p = Path(shard)
+    p = storage.path(shard)
     return p.with_name(p.stem + "_stats.json")
 
 
