@@ -225,11 +225,19 @@ def object_file(slug: str, index: int, kept: bool = True) -> str:
     return f"{slug}/{int(index):05d}.png" if kept else f"{slug}/{REJECTED_DIR}/{int(index):05d}.png"
 
 
+def thumbnail_file(slug: str, index: int) -> str:
+    """Path of a rejected object's small thumbnail (its full PNG not kept) relative to the bank root."""
+    return f"{slug}/{REJECTED_DIR}/{int(index):05d}.thumb.png"
+
+
 def bank_record(*, id: str, category: str, category_id: int | None, path: str | None,
                 width: int | None, height: int | None, kept: bool, reason: str | None,
                 **meta: Any) -> dict[str, Any]:
     """One line of ``index.jsonl``: the fields compose reads first, then free metadata. Lines
-    with ``kept: false`` are rejected objects (kept for inspection, never pasted)."""
+    with ``kept: false`` are rejected objects (kept for inspection, never pasted): ``reason`` says
+    why; ``path`` is their full PNG with ``--keep-rejected``, else null, and then ``thumbnail``
+    (optional, absent in banks of earlier synthgen) is a small PNG of the cut-out
+    (:func:`thumbnail_file`, longer side <= 64 px) for ``synthgen preview``."""
     return {"id": id, "category": category, "category_id": category_id, "path": path,
             "width": width, "height": height, "kept": bool(kept), "reason": reason, **meta}
 

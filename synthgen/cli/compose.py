@@ -14,7 +14,7 @@ from synthgen.compose.config import LayoutParams as L
 # options of `compose` that a recipe's `compose:` section may set (what decides the dataset)
 RECIPE_KEYS = ("num_samples", "prepare_backgrounds", "a_max", "fixed_count", "s_min", "s_max", "o_max", "min_visible",
                "max_aspect_error", "size", "grid", "same_category_p", "repeat_rule", "object_sampling",
-               "strip_qualifiers", "paste", "paste_alpha", "absolute_referral_p", "background_fit", "masks",
+               "strip_qualifiers", "paste", "paste_alpha", "absolute_referral_p", "referral_grammar", "background_fit", "masks",
                "samples_per_shard", "jpeg_quality", "seed")
 SAMPLES_PER_SHARD = 1000
 
@@ -34,7 +34,7 @@ def compose_job(o: dict):
     params = ComposeParams(layout=layout, size=o["size"], same_category_p=o["same_category_p"],
                            repeat_rule=o["repeat_rule"], object_sampling=o["object_sampling"],
                            strip_qualifiers=o["strip_qualifiers"], paste=o["paste"], paste_alpha=o["paste_alpha"],
-                           absolute_referral_p=o["absolute_referral_p"],
+                           absolute_referral_p=o["absolute_referral_p"], referral_grammar=o["referral_grammar"],
                            background_fit=o["background_fit"], masks=o["masks"],
                            jpeg_quality=o["jpeg_quality"], seed=o["seed"])
     return ComposeJob(objects=str(o["objects"]), backgrounds=o["backgrounds"], out=str(o["out"]),
@@ -71,6 +71,7 @@ def register(app: typer.Typer, user_errors) -> None:
         paste: str = typer.Option(P.paste, "--paste", help="soft: blend with the cut-out's alpha (the authors'); hard: copy the pixels whose alpha reaches --paste-alpha."),
         paste_alpha: int = typer.Option(P.paste_alpha, "--paste-alpha", help="Alpha (1-255) from which a pixel belongs to its object: the box is the extent of those pixels, masks and 'visible' count them."),
         absolute_referral_p: float = typer.Option(P.absolute_referral_p, "--absolute-referral-p", help="Probability that an object whose category is unique gets an absolute position (e.g. 'apple at the left')."),
+        referral_grammar: str = typer.Option(P.referral_grammar, "--referral-grammar", help="Text of positional referrals. grammatical: English phrases after the prompt's 'a|an' ('cup on the left', 'lower cup', 'pair of scissors in front'); authors: the authors' templates '{pos} {name}', '{name} {pos}', '{name} on {pos}' ('below cup', 'cup on below'), what the paper trained with (recipes/pin-refcoco.yaml). Scenes without position words are the same with both."),
         background_fit: str = typer.Option(P.background_fit, "--background-fit", help="squash: resize to the square canvas ignoring aspect (paper); crop: random square crop first."),
         masks: bool = typer.Option(P.masks, "--masks", help="Also write {key}.mask.png: 0 background, i+1 = visible pixels of objects\\[i]."),
         samples_per_shard: int = typer.Option(SAMPLES_PER_SHARD, "--samples-per-shard", help="Scenes per .tar shard."),
@@ -126,13 +127,14 @@ def register(app: typer.Typer, user_errors) -> None:
     def preview(
         source: str = typer.Argument(..., metavar="SHARDS_OR_BANK", help="Scene shards (a folder, a .tar, or a brace pattern), or an object bank folder (with index.jsonl, from `synthgen render`)."),
         out: Optional[Path] = typer.Option(None, "--out", "-o", help="PNG contact sheet to write (default: preview.png; for a bank BANK/preview.png)."),
-        n: int = typer.Option(16, "-n", "--num", help="Scenes to show (for a bank: most objects per category, kept first)."),
-        scale: int = typer.Option(2, "--scale", help="Scenes: upscaling of each scene for legibility."),
+        n: int = typer.Option(16, "-n", "--num", help="Scenes to show (for a bank: most objects per category, kept ones first; rejected ones get at least half of them)."),
+        scale: int = typer.Option(2, "--scale", help="Scenes: upscaling of each scene (and its labels) for legibility."),
         category: str = typer.Option("", "--category", help="Bank: comma list of categories to show (default: all)."),
-        thumb: int = typer.Option(96, "--thumb", help="Bank: thumbnail side in pixels."),
+        thumb: int = typer.Option(96, "--thumb", help="Bank: thumbnail side in pixels (16-1024)."),
     ) -> None:
-        """Contact sheet of scenes with their boxes, referral labels and the target's answer; or
-        of an object bank: kept (green) and rejected (red) cut-outs with their CLIP scores."""
+        """Contact sheet of scenes: every box with its referral, the target thick in magenta with its
+        prompt and answer underneath; or of an object bank: kept (green) and rejected (red) cut-outs
+        with why they were rejected and their CLIP scores."""
         from synthgen import storage
         from synthgen.schema import INDEX_FILE
 
@@ -152,11 +154,12 @@ def register(app: typer.Typer, user_errors) -> None:
     @user_errors
     def stats(
         shards: str = typer.Argument(..., help="Scene shards: a folder, a .tar, or a brace pattern."),
-        plot: Optional[Path] = typer.Option(None, "--plot", help="Also draw the distributions into this PNG."),
+        plot: Optional[Path] = typer.Option(None, "--plot", help="Also draw the distributions into this PNG (1600 x 720): objects per scene, box sides in cells, box centres on the grid, visible fraction, referral kinds and relations, dropped objects / resampled scenes / skipped inputs by reason (from the shards' *_stats.json), top categories."),
         top: int = typer.Option(15, "--top", help="Number of most frequent categories to list."),
     ) -> None:
         """Counts and distributions of scene shards: objects per scene, box sizes in cells,
-        categories, visible fraction, referral kinds."""
+        categories, visible fraction, referral kinds, and what compose dropped, resampled or
+        skipped (by reason, from each shard's *_stats.json)."""
         from synthgen.compose.inspection import collect_stats, plot_stats, print_stats
 
         st = collect_stats(shards)

@@ -66,6 +66,7 @@ class ComposeParams:
     paste: str = "soft"               # the authors': blend with the cut-out's soft alpha
     paste_alpha: int = 64             # alpha from which a pixel belongs to the object (box, mask)
     absolute_referral_p: float = 0.0
+    referral_grammar: str = "grammatical"  # English phrases; "authors": their templates (cup on below)
     depth_overlap: float = 0.75
     background_fit: str = "squash"
     min_background_side: int = 32
@@ -95,6 +96,9 @@ class ComposeParams:
                        f"(got {self.object_sampling!r})")
         if self.paste not in PASTES:
             out.append(f"--paste must be one of {', '.join(PASTES)} (got {self.paste!r})")
+        if self.referral_grammar not in REFERRAL_GRAMMARS:
+            out.append(f"--referral-grammar must be one of {', '.join(REFERRAL_GRAMMARS)} "
+                       f"(got {self.referral_grammar!r})")
         if not (1 <= self.paste_alpha <= 255):
             out.append(f"--paste-alpha must lie in 1..255 (got {self.paste_alpha})")
         if self.background_fit not in BACKGROUND_FITS:
@@ -132,6 +136,7 @@ BACKGROUND_FITS = ("squash", "crop")
 REPEAT_RULES = ("previous", "any")     # repeat the previous object's category once / any category
 OBJECT_SAMPLING = ("pairs", "category")  # uniform over objects / a category, then one of its objects
 PASTES = ("soft", "hard")              # alpha blending / pixels with alpha >= paste_alpha
+REFERRAL_GRAMMARS = ("grammatical", "authors")  # = synthgen.compose.referral.GRAMMARS
 
 
 # options of a `compose:` recipe section that decide the shards, not a scene's content

@@ -14,6 +14,17 @@ the objects it designates. A generated referral is only used if it resolves to e
 object; otherwise another valid word is used, and if none exists the scene must be resampled.
 With ``absolute_p`` an object whose category is unique may get an absolute position from the
 image thirds (``{name} at the left``).
+
+The text of a referral (``grammar``) either follows the authors' templates (``authors``:
+``{pos} {name}``, ``{name} {pos}``, ``{name} on {pos}`` for every word, so ``below cup`` and
+``cup on below``) or is a noun phrase that reads as English after the article of the prompt
+``In the image is a|an {referral} located at`` (``grammatical``: ``cup on the left``, ``lower
+cup``, ``cup in the middle``). The prompt's article is the authors' first-letter rule
+(:func:`synthgen.grounding.article`, shared with evaluation), so the grammatical phrases are built
+for it: names that take no indefinite article get a partitive (``pair of scissors``, ``portion of
+hummus``), names whose first letter misleads the rule (``unicycle``, ``hourglass``) a modifier
+first (``left-hand unicycle``). Only the text differs: the relation, and so the object a referral
+designates, is the same in both.
 """
 
 from __future__ import annotations
@@ -23,7 +34,7 @@ from typing import Sequence
 
 import numpy as np
 
-from synthgen.grounding import overlap_ratio
+from synthgen.grounding import article, overlap_ratio
 
 # canonical relation -> surface words (the authors' synonyms)
 RELATIVE_WORDS = {
@@ -32,7 +43,7 @@ RELATIVE_WORDS = {
     "top": ("top", "above"),
     "bottom": ("below",),
     "middle": ("middle", "center"),
-    "front": ("in front",),
+    "front": ("before", "in front"),
     "behind": ("behind",),
 }
 ABSOLUTE_WORDS = {
@@ -42,9 +53,57 @@ ABSOLUTE_WORDS = {
     "bottom": ("bottom",),
     "middle": ("middle", "center"),
 }
+# the authors' templates (QUVA-Lab/PIN synthetic_dataloader.py), the same for every relation word
 SPATIAL_TEMPLATES = ("{pos} {name}", "{name} {pos}", "{name} on {pos}")
-DEPTH_TEMPLATES = ("{name} {pos}",)
 ABSOLUTE_TEMPLATES = ("{pos} {name}", "{name} {pos}", "{name} on {pos}", "{name} at the {pos}")
+
+GRAMMARS = ("grammatical", "authors")
+
+# grammatical: per relation, noun phrases that follow "a|an" (the prompt's article); {name} is
+# the name phrase (:func:`name_phrase`). Phrases that start with a modifier are listed last.
+GRAMMATICAL_RELATIVE = {
+    "left": ("{name} on the left", "{name} to the left", "left-hand {name}"),
+    "right": ("{name} on the right", "{name} to the right", "right-hand {name}"),
+    "top": ("{name} at the top", "{name} on top", "{name} higher up", "upper {name}"),
+    "bottom": ("{name} at the bottom", "{name} below", "{name} lower down", "lower {name}"),
+    "middle": ("{name} in the middle", "{name} in the center", "middle {name}", "central {name}"),
+    "front": ("{name} in front", "{name} in the front", "front {name}"),
+    "behind": ("{name} behind", "{name} at the back", "{name} in the back", "rear {name}"),
+}
+# absolute positions (image thirds) of a unique object: "an upper cup" would suggest another cup,
+# so a modifier comes first only where the name cannot (ABSOLUTE_MODIFIER)
+GRAMMATICAL_ABSOLUTE = {
+    "left": ("{name} on the left", "{name} on the left side", "{name} at the left"),
+    "right": ("{name} on the right", "{name} on the right side", "{name} at the right"),
+    "top": ("{name} at the top", "{name} near the top"),
+    "bottom": ("{name} at the bottom", "{name} near the bottom"),
+    "middle": ("{name} in the middle", "{name} in the center"),
+}
+ABSOLUTE_MODIFIER = {"left": "left-hand {name}", "right": "right-hand {name}", "top": "upper {name}",
+                     "bottom": "lower {name}", "middle": "central {name}"}
+
+# names without a singular: "a scissors" is wrong, "a pair of scissors" right (also when the
+# name ends in one of them: "sweat pants", "sunglasses")
+PAIR_NOUNS = ("scissors", "trousers", "jeans", "glasses", "pliers", "tongs", "shorts", "pants",
+              "binoculars", "goggles", "shears", "clippers", "spectacles", "tights", "pajamas",
+              "pyjamas", "overalls", "suspenders", "underdrawers", "leggings", "headphones",
+              "earphones", "earmuffs", "tweezers", "handcuffs", "underpants", "knickers", "slacks",
+              "chopsticks", "underwear")
+# mass nouns and plural names of things counted by the portion (LVIS names where known)
+PARTITIVES = {
+    "bread": "loaf of", "toast": "slice of", "french toast": "slice of", "asparagus": "bunch of",
+    "celery": "stalk of", "garlic": "bulb of", "sushi": "piece of", "jewelry": "piece of",
+    "chain mail": "piece of", "tinsel": "strand of", "money": "pile of",
+}
+MASS_NOUNS = ("applesauce", "butter", "coleslaw", "grits", "honey", "hummus", "jam", "salsa", "yogurt",
+              "whipped cream", "sour cream", "shaving cream", "peanut butter", "milk", "chocolate milk",
+              "soya milk", "orange juice", "fruit juice", "olive oil", "hot sauce", "tabasco sauce",
+              "root beer", "spinach", "rice", "popcorn", "oatmeal", "ketchup", "mustard", "mayonnaise",
+              "gravy", "cereal", "granola", "pasta", "spaghetti", "brussels sprouts", "french fries",
+              "noodles", "cornflakes")
+# the sound, not the letter, decides a|an: vowel letters read as "yu"/"w" and silent h
+CONSONANT_SOUND_PREFIXES = ("uni", "uri", "use", "usu", "ute", "uku", "eu", "ewe", "one")
+VOWEL_SOUND_PREFIXES = ("hour", "honest", "honor", "honour", "heir", "herb")
 
 
 @dataclass(frozen=True)
@@ -160,10 +219,82 @@ def _render(rng: np.random.Generator, name: str, words: Sequence[str], templates
     return tmpl.format(pos=word, name=name)
 
 
+def _base(name: str) -> str:
+    return name.split(" (")[0].strip().lower()
+
+
+def name_phrase(name: str) -> str:
+    """The name as a singular noun phrase that takes ``a|an``: ``scissors`` -> ``pair of scissors``,
+    ``hummus`` -> ``portion of hummus``, ``bread`` -> ``loaf of bread``, others unchanged."""
+    base = _base(name)
+    if base in PARTITIVES:
+        return f"{PARTITIVES[base]} {name}"
+    if base in MASS_NOUNS:
+        return f"portion of {name}"
+    last = base.split()[-1] if base else base
+    if any(last == w or (last.endswith(w) and len(last) > len(w)) for w in PAIR_NOUNS):
+        return f"pair of {name}"
+    return name
+
+
+def indefinite_article(phrase: str) -> str:
+    """``a`` or ``an`` by the sound of the phrase's first word (``a unicycle``, ``an hourglass``)."""
+    w = phrase.lower()
+    if w.startswith(VOWEL_SOUND_PREFIXES):
+        return "an"
+    if w.startswith(CONSONANT_SOUND_PREFIXES):
+        return "a"
+    return "an" if w[:1] in "aeiou" else "a"
+
+
+def grammatical_templates(kind: str, relation: str, name: str) -> tuple[str, ...]:
+    """The grammatical phrases (``{name}`` unfilled) that ``name`` may get for a relation: those
+    where the prompt's first-letter article is the one the phrase's sound asks for."""
+    phrase = name_phrase(name)
+    name_first_ok = article(phrase) == indefinite_article(phrase)  # the prompt's article is right
+    if kind == "relative":
+        tmpls = GRAMMATICAL_RELATIVE[relation]
+        return tmpls if name_first_ok else tuple(t for t in tmpls if not t.startswith("{name}"))
+    if kind == "absolute":
+        return GRAMMATICAL_ABSOLUTE[relation] if name_first_ok else (ABSOLUTE_MODIFIER[relation],)
+    raise ValueError(f"unknown referral kind {kind!r}")
+
+
+def _grammatical(rng: np.random.Generator, kind: str, relation: str, name: str) -> str:
+    tmpls = grammatical_templates(kind, relation, name)
+    return tmpls[int(rng.integers(len(tmpls)))].format(name=name_phrase(name))
+
+
+def referral_texts(kind: str, relation: str, name: str, grammar: str) -> set[str]:
+    """Every text ``grammar`` may give a referral of ``kind``/``relation`` to ``name``."""
+    if grammar == "grammatical":
+        return {t.format(name=name_phrase(name)) for t in grammatical_templates(kind, relation, name)}
+    if grammar != "authors":
+        raise ValueError(f"unknown referral grammar {grammar!r}")
+    words, tmpls = ((ABSOLUTE_WORDS[relation], ABSOLUTE_TEMPLATES) if kind == "absolute"
+                    else (RELATIVE_WORDS[relation], SPATIAL_TEMPLATES))
+    return {t.format(pos=w, name=name) for w in words for t in tmpls}
+
+
+def relation_of(text: str, name: str) -> str | None:
+    """The relation a referral text of either grammar names for ``name`` (None: the plain name
+    or a text neither grammar writes). Used to count referrals by relation in scene shards."""
+    for grammar in GRAMMARS:
+        for kind, rels in (("relative", RELATIVE_WORDS), ("absolute", ABSOLUTE_WORDS)):
+            for rel in rels:
+                if text in referral_texts(kind, rel, name, grammar):
+                    return rel
+    return None
+
+
 def make_referral(rng: np.random.Generator, target: int, names: Sequence[str],
                   boxes: Sequence[Sequence[float]], *, width: float, height: float, margin: float,
-                  absolute_p: float = 0.0, depth_overlap: float = 0.75) -> Referral | None:
-    """A referral that designates exactly ``target``, or ``None`` if the rules allow none."""
+                  absolute_p: float = 0.0, depth_overlap: float = 0.75,
+                  grammar: str = "grammatical") -> Referral | None:
+    """A referral that designates exactly ``target``, or ``None`` if the rules allow none; its
+    text in ``grammar`` (``grammatical`` or the ``authors``' templates, drawn from ``rng``)."""
+    if grammar not in GRAMMARS:
+        raise ValueError(f"unknown referral grammar {grammar!r}")
     name = names[target]
     group = [i for i, n in enumerate(names) if n == name]
     kw = dict(width=width, height=height, margin=margin, depth_overlap=depth_overlap)
@@ -171,13 +302,16 @@ def make_referral(rng: np.random.Generator, target: int, names: Sequence[str],
         ref = Referral(name)
         if absolute_p > 0 and rng.random() < absolute_p:
             rel = thirds_position(boxes[target], width, height)
-            ref = Referral(name, "absolute", rel, _render(rng, name, ABSOLUTE_WORDS[rel], ABSOLUTE_TEMPLATES))
+            text = (_grammatical(rng, "absolute", rel, name) if grammar == "grammatical"
+                    else _render(rng, name, ABSOLUTE_WORDS[rel], ABSOLUTE_TEMPLATES))
+            ref = Referral(name, "absolute", rel, text)
         return ref if referred(ref, names, boxes, **kw) == [target] else None
     first = preferred_relation(target, group, boxes, depth_overlap)
     order = [first] + [r for r in RELATIVE_WORDS if r != first]
     for rel in order:
         cand = Referral(name, "relative", rel)
         if referred(cand, names, boxes, **kw) == [target]:
-            tmpls = DEPTH_TEMPLATES if rel in ("front", "behind") else SPATIAL_TEMPLATES
-            return Referral(name, "relative", rel, _render(rng, name, RELATIVE_WORDS[rel], tmpls))
+            if grammar == "grammatical":
+                return Referral(name, "relative", rel, _grammatical(rng, "relative", rel, name))
+            return Referral(name, "relative", rel, _render(rng, name, RELATIVE_WORDS[rel], SPATIAL_TEMPLATES))
     return None

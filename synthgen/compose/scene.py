@@ -222,7 +222,8 @@ class Composer:
                 fitted.append((rgba, opaque))
             names = [p.text_name(self.bank.entries[i].category) for i, _ in objs]
             refs = [make_referral(rng, t, names, boxes, width=p.size, height=p.size, margin=cell,
-                                  absolute_p=p.absolute_referral_p, depth_overlap=p.depth_overlap)
+                                  absolute_p=p.absolute_referral_p, depth_overlap=p.depth_overlap,
+                                  grammar=p.referral_grammar)
                     for t in range(len(objs))]
             if objs and all(r is not None for r in refs):
                 break

@@ -2,7 +2,9 @@
 
 Layout of ``BANK/``:
 
-- ``{slug}/{index:05d}.png``: kept RGBA cut-outs (``{slug}/_rejected/...`` with ``--keep-rejected``)
+- ``{slug}/{index:05d}.png``: kept RGBA cut-outs (``{slug}/_rejected/...`` with ``--keep-rejected``;
+  without it a rejected cut-out leaves a thumbnail, ``{slug}/_rejected/{index:05d}.thumb.png``, its
+  longer side at most 64 px: :func:`rejected_thumbnail`, the record's ``thumbnail``)
 - ``_categories/{slug}.json``: one finished category (its stats and index records). A category is
   finished iff this file exists; it is written last, atomically, after the category's PNGs.
 - ``index.jsonl``, ``render_stats.json``, ``LVIS_instance_pools.json``: rebuilt from the finished
@@ -40,6 +42,32 @@ def quantiles(values: Iterable[float]) -> dict[str, float] | None:
     q = np.quantile(v, [0.0, 0.1, 0.25, 0.5, 0.75, 0.9, 1.0])
     return {k: round(float(x), 4) for k, x in zip(("min", "p10", "p25", "median", "p75", "p90", "max"), q)} | {
         "mean": round(float(v.mean()), 4)}
+
+
+REJECTED_THUMB_SIDE = 64   # px, the longer side of a rejected cut-out's thumbnail
+
+
+def rejected_thumbnail(png: bytes, side: int = REJECTED_THUMB_SIDE) -> bytes | None:
+    """A small RGBA PNG of a cut-out (longer side at most ``side``, never enlarged), kept for a
+    rejected object whose full PNG is not: ``synthgen preview`` shows what the filter refused.
+    None when ``png`` is not an image."""
+    import io
+
+    from PIL import Image, UnidentifiedImageError
+
+    try:
+        im = Image.open(io.BytesIO(png))
+        im.load()
+    except (OSError, ValueError, UnidentifiedImageError):
+        return None
+    with im:
+        im = im.convert("RGBA")
+        k = min(1.0, side / max(im.width, im.height))
+        if k < 1.0:
+            im = im.resize((max(1, round(im.width * k)), max(1, round(im.height * k))), Image.Resampling.LANCZOS)
+        buf = io.BytesIO()
+        im.save(buf, format="PNG", optimize=True)
+    return buf.getvalue()
 
 
 class BankWriter:

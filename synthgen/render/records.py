@@ -3,7 +3,7 @@
 Rows come back from the model stages one image at a time (:func:`unpack`); when a category has
 all its objects, :func:`finish_category` applies the filter and builds what the bank writer
 stores: one :func:`~synthgen.schema.bank_record` per object (kept or rejected, with its scores)
-and the PNGs of the kept ones (and rejected ones with ``--keep-rejected``).
+and the PNGs of the kept ones (and rejected ones with ``--keep-rejected``, else their thumbnails).
 """
 
 from __future__ import annotations
@@ -13,12 +13,12 @@ import math
 from dataclasses import asdict
 from typing import Iterator, Sequence
 
-from synthgen.render.bank_writer import quantiles
+from synthgen.render.bank_writer import quantiles, rejected_thumbnail
 from synthgen.render.categories import Category
 from synthgen.render.config import SCHEDULER, RenderConfig
 from synthgen.render.filter import REASONS, filter_category
 from synthgen.render.stages import rejection_reason
-from synthgen.schema import bank_record, object_file, object_id
+from synthgen.schema import bank_record, object_file, object_id, thumbnail_file
 
 
 def finish_category(cat: Category, rows: list[dict], cfg: RenderConfig, seconds: float
@@ -34,15 +34,19 @@ def finish_category(cat: Category, rows: list[dict], cfg: RenderConfig, seconds:
     for r, kept, reason in zip(rows, res.kept, res.reasons):
         idx = int(r["index"])
         png = r["png"]
-        path = None
+        path = thumb = None
         if png and (kept or cfg.keep_rejected):
             path = object_file(slug, idx, kept)
             pngs[path] = png
+        elif png and (small := rejected_thumbnail(png)) is not None:  # rejected: a thumbnail, for preview
+            thumb = thumbnail_file(slug, idx)
+            pngs[thumb] = small
         score = r["clip_score"]
         area = r["area_fraction"]
         records.append(bank_record(
             id=object_id(slug, idx), category=cat.display, category_id=cat.id, path=path,
             width=r["width"], height=r["height"], kept=kept, reason=reason,
+            **({"thumbnail": thumb} if thumb else {}),
             index=idx, seed=int(r["seed"]), prompt=r["prompt"],
             lvis_name=cat.name,
             clip_score=None if score is None or math.isnan(score) else round(float(score), 4),

@@ -81,6 +81,13 @@ def test_refcoco_recipe_repeats_in_pairs_never_triples(tmp_path, bg):
         pairs += 2 in cats.values()
         positional += sum(o.referral != o.name for o in comp.scene(k).record.objects)
     assert pairs > 100 and positional > 100
+    # the paper's recipes write the authors' referral templates ("below cat", "cat on below")
+    assert _recipe("pin-refcoco").referral_grammar == _recipe("pin-paper").referral_grammar == "authors"
+    texts = {o.referral.replace(o.name, "N") for k in range(200) for o in comp.scene(k).record.objects
+             if o.referral != o.name}
+    authors = {t for w in ("left", "right", "above", "top", "below", "middle", "center", "before", "in front",
+                           "behind") for t in (f"{w} N", f"N {w}", f"N on {w}")}
+    assert texts <= authors and {"N on below", "below N"} & texts, texts
     # the other rule repeats any earlier category: triples happen
     comp_any = Composer(ComposeParams(same_category_p=0.7, repeat_rule="any", layout=LayoutParams(fixed_count=True)),
                         bank, bg)

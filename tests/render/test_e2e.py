@@ -228,7 +228,8 @@ def test_resume_after_kill_9(tiny, tmp_path):
     for name, m in mtimes.items():  # finished categories were not redone
         assert (done_dir / name).stat().st_mtime_ns == m
     on_disk = {str(p.relative_to(out)) for p in out.rglob("*.png")}
-    assert {r["path"] for r in recs if r["kept"]} == on_disk
+    assert {r["path"] for r in recs if r["kept"]} | {r["thumbnail"] for r in recs if r.get("thumbnail")} == on_disk
+    assert all(not r["kept"] and r["path"] is None for r in recs if r.get("thumbnail"))
     assert not list(out.rglob("*.synthgen-tmp"))
 
 

@@ -261,6 +261,64 @@ def test_rejected_images_are_not_cut_out_and_keep_their_reason(tmp_path):
     assert list(pngs) == ["cat/00001.png"]
 
 
+def _png(size, rgb=(200, 30, 30)) -> bytes:
+    import io
+
+    from PIL import Image
+
+    im = Image.new("RGBA", size, (0, 0, 0, 0))
+    im.paste(Image.new("RGBA", (size[0] // 2, size[1] // 2), (*rgb, 255)), (size[0] // 4, size[1] // 4))
+    buf = io.BytesIO()
+    im.save(buf, format="PNG")
+    return buf.getvalue()
+
+
+@pytest.mark.parametrize("keep_rejected", [False, True])
+def test_rejected_cut_outs_leave_a_small_thumbnail_compose_never_reads(tmp_path, keep_rejected):
+    import io
+
+    from PIL import Image
+
+    from synthgen.render.preview import preview_bank
+    from synthgen.render.records import finish_category
+    from synthgen.schema import read_bank_record
+
+    cfg = RenderConfig(out=tmp_path, per_category=3, min_per_category=1, keep_rejected=keep_rejected)
+    rows = [{"index": i, "seed": i, "prompt": "p", "png": png, "width": 300, "height": 200, "clip_score": score,
+             "area_fraction": area, "cutout_session": "u2net", "candidate_scores": [score], "gen_reason": reason}
+            for i, (png, score, area, reason) in enumerate([
+                (_png((300, 200), (30, 30, 220)), 30.0, 0.3, None),          # kept
+                (_png((300, 200), (230, 30, 30)), 10.0, 0.3, None),          # CLIP below the bar
+                (b"", float("nan"), float("nan"), NSFW)])]                   # nothing cut out
+    doc, pngs = finish_category(C.Category("cat", 1), rows, cfg, 0.0)
+    kept, low, black = doc["records"]
+    assert (kept["kept"], low["reason"], black["reason"]) == (True, LOW_CLIP, NSFW)
+    assert "thumbnail" not in kept and "thumbnail" not in black and black["path"] is None
+    if keep_rejected:  # the full PNG, as before
+        assert low["path"] == "cat/_rejected/00001.png" and "thumbnail" not in low
+        assert pngs[low["path"]] == rows[1]["png"]
+    else:
+        assert low["path"] is None and low["thumbnail"] == "cat/_rejected/00001.thumb.png"
+        with Image.open(io.BytesIO(pngs[low["thumbnail"]])) as im:
+            assert im.mode == "RGBA" and max(im.size) == 64 and im.size == (64, 43)
+            assert im.getpixel((32, 21))[:3] == (230, 30, 30) and im.getpixel((1, 1))[3] == 0
+        assert len(pngs[low["thumbnail"]]) < len(rows[1]["png"])
+    assert set(pngs) == {kept["path"], low["path"] or low["thumbnail"]}
+    # the bank: compose reads only the kept object; preview shows the rejected one's pixels
+    w = BankWriter(tmp_path / "bank")
+    w.add_category(doc, pngs)
+    w.flush()
+    recs = read_index(tmp_path / "bank")
+    assert [read_bank_record(r, "x") is not None for r in recs] == [True, False, False]
+    assert all((tmp_path / "bank" / p).is_file() for p in pngs)
+    path, shown = preview_bank(tmp_path / "bank", tmp_path / "p.png")
+    assert shown == 3
+    with Image.open(path) as im:
+        px = np.asarray(im.convert("RGB")).reshape(-1, 3)
+    red = (np.abs(px.astype(int) - (230, 30, 30)).max(1) <= 12).sum()
+    assert red > 200, red  # the rejected cut-out is drawn (thumbnail or full PNG), not a grey tile
+
+
 # -- bank writer -----------------------------------------------------------------------------------
 
 
