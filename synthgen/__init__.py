@@ -2,7 +2,27 @@
 
 Stages: ``render`` (objects from text), ``compose`` (the composition function C over
 backgrounds, written as WebDataset shards) and ``train-pin`` (PIN on a frozen VLM).
+The Python API mirrors the commands: ``synthgen.render(...)``, ``synthgen.compose(...)``,
+``synthgen.prepare_backgrounds(...)``, ``synthgen.SceneGenerator``, ``synthgen.train_pin(...)``,
+``synthgen.eval_pin(...)``, ``synthgen.predict(...)`` (see :mod:`synthgen.api`).
 See ARCHITECTURE.md for where each concern lives. Heavy libraries (torch, diffusers, rembg, ray) are imported lazily by the stage that needs them.
 """
 
 __version__ = "0.1.0"
+
+# The Python API (synthgen/api.py), loaded on first use so `import synthgen` stays light.
+# synthgen.compose and synthgen.render are also the stage packages: called, they are the API.
+__all__ = ["compose", "render", "prepare_backgrounds", "SceneGenerator", "train_pin", "eval_pin", "predict"]
+_LAZY = ("prepare_backgrounds", "SceneGenerator", "train_pin", "eval_pin", "predict", "compose_params")
+
+
+def __getattr__(name: str):
+    if name in ("compose", "render"):
+        import importlib
+
+        return importlib.import_module(f"synthgen.{name}")
+    if name in _LAZY:
+        from synthgen import api
+
+        return getattr(api, name)
+    raise AttributeError(f"module 'synthgen' has no attribute {name!r}")

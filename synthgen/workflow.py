@@ -17,10 +17,11 @@ or list for a repeatable option gives it once per item). A command with a ``--re
 gets this recipe when the recipe has that command's section (``render:``, ``compose:``,
 ``train:``), so the stage options live in one place.
 
-A step is skipped when its output is complete (the stage's own done marker, see :data:`DONE`) and
-the state file (``{out}/synthgen-run.json``) records the same command line as finished; any
-other step runs, and the stage resumes its own partial work (train-pin gets ``--resume`` when its
-run folder holds a run). A failed step stops the run; the summary says what ran, what was
+A step is skipped when its output is complete (the stage's own done marker, see :data:`DONE`), the
+state file (``{out}/synthgen-run.json``) records the same command line as finished, and no
+earlier step that makes data (all but preview and stats) ran in this run — after one did, the
+later steps run again on its new output (eval-pin with ``--overwrite``). Any step that runs
+resumes its own partial work (train-pin gets ``--resume`` when its run folder holds a run). A failed step stops the run; the summary says what ran, what was
 skipped, where the outputs are, and the metrics of eval-pin steps.
 
 Pure parts (:func:`load_plan`, :func:`command_line`, :func:`is_done`) are apart from running
@@ -47,6 +48,7 @@ STATE_FILE = "synthgen-run.json"
 ALIASES = {"train": "train-pin", "eval": "eval-pin", "prepare": "prepare-backgrounds"}
 RECIPE_SECTION = {"render": "render", "compose": "compose", "train-pin": "train"}
 NOT_STEPS = ("run", "demo")
+VIEWS = ("preview", "stats")  # steps that only look at data: running them changes nothing downstream
 
 
 @dataclass(frozen=True)
@@ -307,8 +309,8 @@ DONE: dict[str, Callable[[Path], bool]] = {
 def output_of(step: Step, commands: Mapping[str, Any] | None = None) -> Path | None:
     """The step's output path (its ``out``, or the command's default), None when it has none or
     it is not a local path (a remote URL: the stage itself knows what is done there)."""
-    out = step.args.get("plot" if step.command == "stats" else "out")
-    if out is None and step.command != "stats":
+    out = step.args.get("out")
+    if out is None:
         commands = commands if commands is not None else _cli_commands()
         cmd = commands.get(step.command)
         default = next((p.default for p in getattr(cmd, "params", []) if p.name == "out"), None)
@@ -378,6 +380,7 @@ def run_plan(plan: Plan, steps: list[Step], *, dry_run: bool = False, say: Calla
     finished = {json.dumps(a) for a in state["finished"]}
     result = RunResult()
     env = {**os.environ, **plan.env}
+    upstream_ran = False  # once a step that makes data has run, the later steps run again
     if plan.env:
         say("environment of every step: " + " ".join(f"{k}={shlex.quote(v)}" for k, v in plan.env.items()))
     for pos, step in enumerate(steps):
@@ -387,10 +390,15 @@ def run_plan(plan: Plan, steps: list[Step], *, dry_run: bool = False, say: Calla
                 and (out / PIN_META_FILE).is_file():
             argv = [*argv, "--resume"]
         shown = str(out) if out is not None else str(step.args.get("out", ""))
-        if is_done(step, commands) and json.dumps(lines[step.index]) in finished:
+        done = is_done(step, commands) and json.dumps(lines[step.index]) in finished
+        if done and not upstream_ran:
             say(f"[{step.index}] {step.name}: done, skipped ({shown})")
             result.outcomes.append(Outcome(step, argv, "skipped", output=shown))
             continue
+        if done:  # its inputs may have changed: an earlier step ran
+            say(f"[{step.index}] {step.name}: done, but an earlier step ran: running it again")
+            if step.command == "eval-pin" and "overwrite" not in step.args:
+                argv = [*argv, "--overwrite"]
         say(f"[{step.index}] $ {shell_line(argv, step.launcher)}")
         if dry_run:
             result.outcomes.append(Outcome(step, argv, "not run", output=shown))
@@ -411,6 +419,7 @@ def run_plan(plan: Plan, steps: list[Step], *, dry_run: bool = False, say: Calla
             result.outcomes += [Outcome(s, lines[s.index], "not run", output=str(output_of(s, commands) or ""))
                                 for s in steps[pos + 1:]]
             break
+        upstream_ran = upstream_ran or step.command not in VIEWS
         key = json.dumps(lines[step.index])
         if key not in finished:
             finished.add(key)

@@ -82,6 +82,9 @@ def _root(
 
 def _register() -> None:
     from synthgen.cli import compose, demo, pin, pin_io, render, run
+    from synthgen.cli.common import readable_help
+
+    readable_help()
 
     for stage in (render, compose, pin, pin_io, run, demo):
         stage.register(app, user_errors)

@@ -7,7 +7,7 @@ from typing import Optional
 
 import typer
 
-from synthgen.cli.common import RAY_ADDRESS_HELP, WORKERS_HELP, csv, floats, options, recipe_option
+from synthgen.cli.common import RAY_ADDRESS_HELP, WORKERS_HELP, csv, options, recipe_option
 from synthgen.compose.config import ComposeParams as P
 from synthgen.compose.config import LayoutParams as L
 
@@ -19,28 +19,21 @@ RECIPE_KEYS = ("num_samples", "prepare_backgrounds", "a_max", "fixed_count", "s_
 SAMPLES_PER_SHARD = 1000
 
 
+JOB_KEYS = ("num_samples", "prepare_backgrounds", "samples_per_shard")  # the rest are scene options
+
+
 def compose_job(o: dict):
-    """The :class:`~synthgen.compose.run.ComposeJob` of the command's option values."""
-    from synthgen.compose.config import ComposeParams, LayoutParams
-    from synthgen.compose.run import ComposeJob
+    """The :class:`~synthgen.compose.run.ComposeJob` of the command's option values (built by
+    the Python API, :func:`synthgen.api.compose_job`, which the command is a layer over)."""
+    from synthgen.api import compose_job as build
     from synthgen.errors import UserError
 
     if o["num_samples"] is None:
         raise UserError("--num-samples is required (or set compose.num_samples in --recipe)")
-    layout = LayoutParams(grid=o["grid"], a_max=o["a_max"], fixed_count=o["fixed_count"],
-                          s_min=floats(o["s_min"], "--s-min"), s_max=floats(o["s_max"], "--s-max"),
-                          o_max=o["o_max"], min_visible=o["min_visible"],
-                          max_aspect_error=o["max_aspect_error"])
-    params = ComposeParams(layout=layout, size=o["size"], same_category_p=o["same_category_p"],
-                           repeat_rule=o["repeat_rule"], object_sampling=o["object_sampling"],
-                           strip_qualifiers=o["strip_qualifiers"], paste=o["paste"], paste_alpha=o["paste_alpha"],
-                           absolute_referral_p=o["absolute_referral_p"], referral_grammar=o["referral_grammar"],
-                           background_fit=o["background_fit"], masks=o["masks"],
-                           jpeg_quality=o["jpeg_quality"], seed=o["seed"])
-    return ComposeJob(objects=str(o["objects"]), backgrounds=o["backgrounds"], out=str(o["out"]),
-                      num_samples=o["num_samples"], samples_per_shard=o["samples_per_shard"],
-                      params=params, extra_object_roots=tuple(str(r) for r in o["extra_object_root"] or ()),
-                      prepare_backgrounds=o["prepare_backgrounds"])
+    params = {k: o[k] for k in RECIPE_KEYS if k not in JOB_KEYS}
+    return build(o["objects"], o["backgrounds"], o["out"], o["num_samples"], samples_per_shard=o["samples_per_shard"],
+                 extra_object_roots=o["extra_object_root"] or (), prepare_backgrounds=o["prepare_backgrounds"],
+                 **params)
 
 
 def register(app: typer.Typer, user_errors) -> None:
@@ -49,7 +42,7 @@ def register(app: typer.Typer, user_errors) -> None:
     def compose(
         ctx: typer.Context,
         objects: str = typer.Option(..., "--objects", metavar="PATH", help="Object bank (a folder or an s3:// / gs:// / hf:// URL): a folder with index.jsonl (from `synthgen render`), a <category>/*.png tree, or X-Paste's LVIS_instance_pools.json."),
-        backgrounds: str = typer.Option(..., "--backgrounds", help="Backgrounds (a path or an s3:// / gs:// / hf:// URL): a folder of images (searched recursively; jpg/png/webp/...), a WebDataset .tar, a folder of tars, or a brace pattern like 'bg-{000..009}.tar'. BG-20k in the paper."),
+        backgrounds: str = typer.Option(..., "--backgrounds", metavar="PATH", help="Backgrounds (a path or an s3:// / gs:// / hf:// URL): a folder of images (searched recursively; jpg/png/webp/...), a WebDataset .tar, a folder of tars, or a brace pattern like 'bg-{000..009}.tar'. BG-20k in the paper."),
         out: str = typer.Option(..., "--out", "-o", metavar="PATH", help="Output folder (or s3:// / gs:// URL) for scenes-NNNNNN.tar shards, their *_stats.json and manifest.json. Re-running resumes."),
         num_samples: Optional[int] = typer.Option(None, "--num-samples", "-n", help="Number of scenes to write (required unless the recipe sets it)."),
         prepare_backgrounds: bool = typer.Option(False, "--prepare-backgrounds", help="Decode each background once, shrunk to twice the canvas, into shards beside --out (OUT.backgrounds-SIZE, reused by the next run): several times faster on multi-megapixel backgrounds. Same as running `synthgen prepare-backgrounds` first."),
@@ -102,7 +95,7 @@ def register(app: typer.Typer, user_errors) -> None:
     @app.command("prepare-backgrounds", no_args_is_help=True)
     @user_errors
     def prepare_backgrounds_cmd(
-        backgrounds: str = typer.Argument(..., help="Backgrounds (a path or an s3:// / gs:// / hf:// URL): a folder of images (recursive), a WebDataset .tar, a folder of tars, or a brace pattern."),
+        backgrounds: str = typer.Argument(..., metavar="BACKGROUNDS", help="Backgrounds (a path or an s3:// / gs:// / hf:// URL): a folder of images (recursive), a WebDataset .tar, a folder of tars, or a brace pattern."),
         out: str = typer.Option(..., "--out", "-o", metavar="PATH", help="Folder (or s3:// / gs:// URL) for backgrounds-NNNNNN.tar shards, their _stats.json and manifest.json. Re-running resumes."),
         size: int = typer.Option(448, "--size", help="Shorter side of the prepared images in pixels (never enlarged); twice the largest canvas you compose (448 for 224)."),
         per_shard: int = typer.Option(500, "--per-shard", help="Backgrounds per shard."),
@@ -127,7 +120,8 @@ def register(app: typer.Typer, user_errors) -> None:
     def preview(
         source: str = typer.Argument(..., metavar="SHARDS_OR_BANK", help="Scene shards (a folder, a .tar, or a brace pattern), or an object bank folder (with index.jsonl, from `synthgen render`)."),
         out: Optional[Path] = typer.Option(None, "--out", "-o", help="PNG contact sheet to write (default: preview.png; for a bank BANK/preview.png)."),
-        n: int = typer.Option(16, "-n", "--num", help="Scenes to show (for a bank: most objects per category, kept ones first; rejected ones get at least half of them)."),
+        n: int = typer.Option(16, "-n", "--num", help="Scenes: how many to show."),
+        per_category: int = typer.Option(16, "--per-category", help="Bank: most cut-outs shown per category, kept ones first (rejected ones get at least half of them)."),
         scale: int = typer.Option(2, "--scale", help="Scenes: upscaling of each scene (and its labels) for legibility."),
         category: str = typer.Option("", "--category", help="Bank: comma list of categories to show (default: all)."),
         thumb: int = typer.Option(96, "--thumb", help="Bank: thumbnail side in pixels (16-1024)."),
@@ -141,7 +135,7 @@ def register(app: typer.Typer, user_errors) -> None:
         if not storage.is_remote(source) and (Path(storage.localize(source)) / INDEX_FILE).is_file():
             from synthgen.render.preview import preview_bank
 
-            path, shown = preview_bank(source, out, categories=category, per_category=n, thumb=thumb)
+            path, shown = preview_bank(source, out, categories=category, per_category=per_category, thumb=thumb)
             typer.echo(f"wrote {path} ({shown} objects of the bank {source})")
             return
         from synthgen.compose.inspection import contact_sheet
@@ -153,8 +147,8 @@ def register(app: typer.Typer, user_errors) -> None:
     @app.command("stats", no_args_is_help=True)
     @user_errors
     def stats(
-        shards: str = typer.Argument(..., help="Scene shards: a folder, a .tar, or a brace pattern."),
-        plot: Optional[Path] = typer.Option(None, "--plot", help="Also draw the distributions into this PNG (1600 x 720): objects per scene, box sides in cells, box centres on the grid, visible fraction, referral kinds and relations, dropped objects / resampled scenes / skipped inputs by reason (from the shards' *_stats.json), top categories."),
+        shards: str = typer.Argument(..., metavar="SHARDS", help="Scene shards: a folder, a .tar, or a brace pattern."),
+        out: Optional[Path] = typer.Option(None, "--out", "-o", help="Also draw the distributions into this PNG (1600 x 720): objects per scene, box sides in cells, box centres on the grid, visible fraction, referral kinds and relations, dropped objects / resampled scenes / skipped inputs by reason (from the shards' *_stats.json), top categories."),
         top: int = typer.Option(15, "--top", help="Number of most frequent categories to list."),
     ) -> None:
         """Counts and distributions of scene shards: objects per scene, box sizes in cells,
@@ -164,14 +158,14 @@ def register(app: typer.Typer, user_errors) -> None:
 
         st = collect_stats(shards)
         print_stats(st, top=top)
-        if plot is not None:
-            plot_stats(st, plot)
-            typer.echo(f"wrote {plot}")
+        if out is not None:
+            plot_stats(st, out)
+            typer.echo(f"wrote {out}")
 
     @app.command("export-coco", no_args_is_help=True)
     @user_errors
     def export_coco(
-        shards: str = typer.Argument(..., help="Scene shards: a folder, a .tar, or a brace pattern (paths or s3:// / gs:// / hf:// URLs)."),
+        shards: str = typer.Argument(..., metavar="SHARDS", help="Scene shards: a folder, a .tar, or a brace pattern (paths or s3:// / gs:// / hf:// URLs)."),
         out: str = typer.Option(..., "--out", "-o", metavar="PATH", help="Folder (or s3:// / gs:// URL) for images/ and instances.json."),
         limit: Optional[int] = typer.Option(None, "--limit", help="Export at most this many scenes."),
     ) -> None:

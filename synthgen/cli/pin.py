@@ -18,12 +18,13 @@ from synthgen.pin.config import TrainConfig as T
 _VLM_HELP = ("VLM family: " + ", ".join(DEFAULT_MODELS) + " (blip2: transformers Blip2ForConditionalGeneration), "
              "or auto (read from the --model checkpoint's config).")
 _MODEL_HELP = ("Hub id or local directory of the VLM weights (default: "
-               + ", ".join(f"{m} for {v}" for v, m in DEFAULT_MODELS.items())
-               + "; for eval/predict the run's own model).")
+               + ", ".join(f"{m} for {v}" for v, m in DEFAULT_MODELS.items()) + ").")
+_RUN_MODEL_HELP = ("Load the VLM from here instead of the hub id or path the run recorded (e.g. a local copy "
+                   "of the same weights).")
 
 # options a recipe's `train:` section may set
 RECIPE_KEYS = ("vlm", "model", "steps", "epochs", "epoch_size", "warmup_epochs",
-               "batch_size", "lr", "precision", "workers", "eval_every", "val_limit", "save_every",
+               "batch_size", "lr", "precision", "loader_workers", "eval_every", "val_limit", "save_every",
                "log_every", "seed", "name_loss", "activation", "table", "hidden", "shuffle_buffer",
                "max_bad_samples")
 
@@ -67,7 +68,7 @@ def register(app, user_errors) -> None:
     @user_errors
     def train_pin(
         ctx: typer.Context,
-        shards: Optional[str] = typer.Argument(None, help="Scene shards: a directory of .tar, a glob, a brace "
+        shards: Optional[str] = typer.Argument(None, metavar="SHARDS", help="Scene shards: a directory of .tar, a glob, a brace "
                                                           "pattern (scenes-{000000..000099}.tar) or a URL. "
                                                           "Or give --objects and --backgrounds instead."),
         objects: Optional[str] = typer.Option(None, "--objects", metavar="PATH", help="Compose the training scenes on the fly in the DataLoader workers (the authors' way: fresh scenes every step) from this object bank; the compose settings are the `compose:` section of --recipe (default: compose's defaults, the paper's)."),
@@ -85,7 +86,7 @@ def register(app, user_errors) -> None:
         batch_size: int = typer.Option(T.batch_size, help="Scenes per step per GPU (paper: 64)."),
         lr: float = typer.Option(T.lr, help="Adam learning rate, no weight decay (paper: 1e-3)."),
         precision: str = typer.Option(T.precision, help="On GPU: fp16 = fp16 autocast over fp32 weights with a grad scaler (the authors'); bf16 = the frozen VLM in bf16 too (half its memory, no scaler); auto = bf16 where supported, else fp16; fp32. The CPU always trains in fp32."),
-        workers: int = typer.Option(T.workers, help="DataLoader workers per GPU (0 = in the main process)."),
+        loader_workers: int = typer.Option(T.loader_workers, "--loader-workers", help="DataLoader worker processes per GPU that read (or compose) the scenes (0 = in the main process). Not Ray CPUs: train-pin does not use Ray."),
         val: Optional[str] = typer.Option(None, help="Validation scene shards: mIoU every --eval-every steps."),
         eval_every: int = typer.Option(T.eval_every, help="Steps between validations."),
         val_limit: int = typer.Option(T.val_limit, help="Queries (objects) per validation."),
@@ -120,7 +121,7 @@ def register(app, user_errors) -> None:
             out=str(out), vlm=o["vlm"], model=o["model"], vlm_options=vlm_options,
             steps=o["steps"], epochs=o["epochs"], epoch_size=o["epoch_size"], warmup_epochs=o["warmup_epochs"],
             warmup_shards=warmup_shards, batch_size=o["batch_size"], lr=o["lr"], precision=o["precision"],
-            workers=o["workers"], val=val, eval_every=o["eval_every"], val_limit=o["val_limit"],
+            loader_workers=o["loader_workers"], val=val, eval_every=o["eval_every"], val_limit=o["val_limit"],
             save_every=o["save_every"], log_every=o["log_every"], resume=resume, seed=o["seed"],
             name_loss=o["name_loss"], activation=o["activation"], table=o["table"],
             hidden=ints(o["hidden"], "--hidden"), shuffle_buffer=o["shuffle_buffer"],
@@ -148,8 +149,10 @@ def register(app, user_errors) -> None:
                                                        "\\[default: test]."),
         max_objects: int = typer.Option(3, help="Keep images with 1..N annotated objects, crowd and difficult "
                                                 "ones included (paper: 3; not RefCOCO)."),
-        out: Optional[str] = typer.Option(None, metavar="PATH", help="preds.jsonl path or URL \\[default: RUN/eval/SET/preds.jsonl]; "
-                                                      "metrics.json is written next to it."),
+        out: Optional[str] = typer.Option(None, "--out", "-o", metavar="PATH", help="preds.jsonl path or URL \\[default: RUN/eval/SET/WHAT/preds.jsonl, WHAT = model or "
+                                                      "random-baseline (uniform-, native-), then each protocol choice that differs from the authors', e.g. "
+                                                      "model+parse-lenient]; metrics.json is written next to it."),
+        overwrite: bool = typer.Option(False, "--overwrite", help="Replace the results of an earlier evaluation at the same path (without it they are kept and eval-pin stops before any work)."),
         baseline: Optional[str] = typer.Option(None, help="Score a baseline instead of the model, on the same "
                                                           "queries: 'random' = the paper's (for each query a "
                                                           "ground-truth box of another image of the set), "
@@ -180,7 +183,7 @@ def register(app, user_errors) -> None:
                                                            "authors'), 'all' = one per sentence (its 'sent')."),
         num_beams: int = typer.Option(3, help="Beam search width (the authors': 3)."),
         max_new_tokens: int = typer.Option(12, help="Most tokens generated per answer (the authors': 12)."),
-        model: Optional[str] = typer.Option(None, help=_MODEL_HELP),
+        model: Optional[str] = typer.Option(None, help=_RUN_MODEL_HELP),
         vlm_option: Optional[list[str]] = typer.Option(None, "--vlm-option", metavar="KEY=VALUE", help="Override a VLM option the run recorded (repeatable), e.g. lm=DIR for a local copy of OpenFlamingo's language model."),
         batch_size: int = typer.Option(16, help="Queries per generate call."),
         limit: Optional[int] = typer.Option(None, help="Evaluate only the first N queries."),
@@ -213,7 +216,8 @@ def register(app, user_errors) -> None:
         from synthgen.pin.checkpoint import read_run
 
         options = parse_vlm_options(vlm_option, read_run(run).meta.get("vlm", "")) if vlm_option else None
-        kw = dict(out=out, model=model, batch_size=batch_size, limit=limit, protocol=proto, vlm_options=options)
+        kw = dict(out=out, model=model, batch_size=batch_size, limit=limit, protocol=proto, vlm_options=options,
+                  overwrite=overwrite)
         if voc is not None:
             if images is not None:
                 raise UserError("--images does not apply to --voc: its images are read from VOC/JPEGImages")
@@ -236,9 +240,9 @@ def register(app, user_errors) -> None:
     def predict(
         run: str = typer.Argument(..., metavar="RUN", help="Run directory of train-pin (or its URL)."),
         image: str = typer.Argument(..., metavar="IMAGE", help="Image file (or URL)."),
-        text: str = typer.Argument(..., help="What to find, e.g. \"cat\" or \"left teddy bear\"."),
+        text: str = typer.Argument(..., metavar="TEXT", help="What to find, e.g. \"cat\" or \"left teddy bear\"."),
         out: Optional[str] = typer.Option(None, "--out", "-o", metavar="PATH", help="Write the image with the box drawn (a path or URL)."),
-        model: Optional[str] = typer.Option(None, help=_MODEL_HELP),
+        model: Optional[str] = typer.Option(None, help=_RUN_MODEL_HELP),
         vlm_option: Optional[list[str]] = typer.Option(None, "--vlm-option", metavar="KEY=VALUE", help="Override a VLM option the run recorded (repeatable), e.g. lm=DIR for a local copy of OpenFlamingo's language model."),
     ) -> None:
         """Print the box of TEXT in IMAGE (original pixels) and optionally draw it."""

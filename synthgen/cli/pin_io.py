@@ -42,7 +42,7 @@ def register(app, user_errors) -> None:
     @app.command("import-pin", no_args_is_help=True)
     @user_errors
     def import_pin(
-        file: Path = typer.Argument(..., help="A PIN in the authors' format (QUVA-Lab/PIN, e.g. PINs/PIN_OF.pt): "
+        file: Path = typer.Argument(..., metavar="FILE", help="A PIN in the authors' format (QUVA-Lab/PIN, e.g. PINs/PIN_OF.pt): "
                                               "{'mlp': Sequential state dict, 'pos_enc': [1, N, 64]}."),
         out: Path = typer.Option(..., "--out", "-o", help="New run directory (pin.safetensors + pin.json)."),
         vlm: str = typer.Option("openflamingo", help="VLM family the PIN was trained on: " + ", ".join(VLMS) + "."),
@@ -60,7 +60,7 @@ def register(app, user_errors) -> None:
     @app.command("export-pin", no_args_is_help=True)
     @user_errors
     def export_pin(
-        run: Path = typer.Argument(..., help="Run directory of train-pin or import-pin."),
+        run: Path = typer.Argument(..., metavar="RUN", help="Run directory of train-pin or import-pin."),
         out: Path = typer.Option(..., "--out", "-o", help="File to write in the authors' format (e.g. PIN_OF.pt)."),
     ) -> None:
         """Write a run's PIN in the authors' format ({'mlp': ..., 'pos_enc': ...}, torch.save)."""

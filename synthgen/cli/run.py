@@ -85,7 +85,7 @@ def register(app: typer.Typer, user_errors) -> None:
     @app.command("run", no_args_is_help=True)
     @user_errors
     def run(
-        recipe: Path = typer.Argument(..., metavar="RECIPE.yaml", help="Recipe with a `run:` section (e.g. recipes/demo.yaml)."),
+        recipe: Path = typer.Argument(..., metavar="RECIPE", help="YAML recipe with a `run:` section (e.g. recipes/demo.yaml)."),
         set_: Optional[list[str]] = typer.Option(None, "--set", metavar="NAME=VALUE", help="Set a variable of the recipe's `run.vars` (repeatable), e.g. --set out=/data/run1."),
         out: Optional[str] = typer.Option(None, "--out", "-o", help="Folder of the run's outputs: the same as --set out=DIR."),
         only: str = typer.Option("", "--only", metavar="STEPS", help="Comma list: run only these steps (commands such as compose or train-pin, aliases train/eval/prepare, step names or tags). Their inputs must exist."),

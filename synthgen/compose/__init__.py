@@ -8,3 +8,19 @@
 - :mod:`.run`          the driver: shards, resume, stats, manifest
 - :mod:`.inspection`   ``preview`` and ``stats``; :mod:`.export` ``export-coco``
 """
+
+import sys
+import types
+
+
+class _Stage(types.ModuleType):
+    """This package, callable: ``synthgen.compose(...)`` is :func:`synthgen.api.compose` (the
+    package and the API function share the name, so the package is made callable)."""
+
+    def __call__(self, *args, **kwargs):
+        from synthgen import api
+
+        return api.compose(*args, **kwargs)
+
+
+sys.modules[__name__].__class__ = _Stage

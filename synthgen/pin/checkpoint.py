@@ -205,7 +205,7 @@ DATA_SPLIT = 2  # how shards are dealt to data splits (synthgen.pin.data.SceneSt
 # what fixes the data order (the exact-continuation skip of --resume) and the curve, with the
 # option that sets it; a resume must keep these
 RESUME_SETTINGS = {"seed": "--seed", "batch_size": "--batch-size", "lr": "--lr",
-                   "world_size": "world size", "workers": "--workers",
+                   "world_size": "world size", "workers": "--loader-workers",
                    "shuffle_buffer": "--shuffle-buffer", "name_loss": "--name-loss",
                    "epoch_size": "--epoch-size", "warmup_epochs": "--warmup-epochs",
                    "warmup_shards_sha256": "--warmup-shards", "train_source": "the scene source",
@@ -225,7 +225,7 @@ def shard_list_digest(shards: Sequence[str]) -> str:
 def resume_conflicts(prev: dict, now: dict) -> list[str]:
     """``"option old -> new"`` for every setting of ``now`` that differs from the run's ``prev``
     (settings a run of an earlier synthgen did not record are not compared). 0 and 1
-    ``--workers`` are the same stream (one data split per rank)."""
+    ``--loader-workers`` are the same stream (one data split per rank)."""
     from synthgen.rundir import identity_diff
 
     def differs(k: str) -> bool:

@@ -77,7 +77,7 @@ class TrainConfig:
     batch_size: int = 64         # per GPU
     lr: float = 1e-3
     precision: str = "fp16"      # the authors': fp16 autocast over fp32 weights (on GPU)
-    workers: int = 4             # DataLoader workers per GPU
+    loader_workers: int = 4      # DataLoader worker processes per GPU
     val: str | Sequence[str] | None = None
     eval_every: int = 1000
     val_limit: int = 256
@@ -100,8 +100,8 @@ class TrainConfig:
         for name in ("steps", "batch_size", "eval_every", "save_every", "log_every", "val_limit"):
             if getattr(self, name) < 1:
                 out.append(f"--{name.replace('_', '-')} must be >= 1")
-        if self.workers < 0:
-            out.append("--workers must be >= 0")
+        if self.loader_workers < 0:
+            out.append("--loader-workers must be >= 0")
         if not self.lr > 0:
             out.append("--lr must be > 0")
         if self.precision not in PRECISIONS:

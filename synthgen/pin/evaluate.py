@@ -243,6 +243,29 @@ def _score_set(queries: list[dict], run, adapter, proto: EvalProtocol, *, images
     return records, {"size_mismatch_images": counts["size_mismatch_images"], **extra}
 
 
+def preds_path(run_dir, set_name: str, proto: EvalProtocol, kind: str, out=None):
+    """Where the predictions go: ``out``, else ``RUN/eval/SET/LABEL/preds.jsonl`` with LABEL the
+    :meth:`~synthgen.pin.protocol.EvalProtocol.label` (model or baseline, and the protocol's
+    choices), so a baseline or another protocol never lands on the model's numbers."""
+    if out:
+        return storage.path(str(out))
+    return storage.path(str(run_dir)) / "eval" / set_name / proto.label(kind) / "preds.jsonl"
+
+
+def refuse_existing(path, overwrite: bool) -> None:
+    """An earlier evaluation's results are never replaced silently (checked before any work)."""
+    metrics = metrics_file(path)
+    if overwrite or not (metrics.exists() or path.exists()):
+        return
+    try:
+        old = json.loads(metrics.read_text())
+        what = f" (mIoU {old['miou']:.4f} over {old['n']} queries)" if isinstance(old.get("miou"), float) else ""
+    except (OSError, ValueError, KeyError, TypeError):
+        what = ""
+    raise UserError(f"{metrics if metrics.exists() else path} holds an earlier evaluation{what}: pass "
+                    "--overwrite to replace it, or --out another path")
+
+
 def _finish(records: list[dict], extra: dict, out_path: Path, skips: Skips | None = None) -> dict:
     if not records:
         why = "; ".join(f"{len(v)} {k}" for k, v in (skips or {}).items())
@@ -276,14 +299,17 @@ def _local_only(folder, option: str) -> None:
 
 def evaluate_coco(run_dir, coco_json, images_dir, *, out=None, model: str | None = None, batch_size: int = 16,
                   limit: int | None = None, device: str | None = None, protocol: EvalProtocol | None = None,
-                  vlm_options: dict | None = None, **options) -> dict:
-    """Run the protocol on a COCO-format set; write ``preds.jsonl`` + ``metrics.json``; return
-    the metrics. ``protocol`` (default: the authors') with ``options`` (its fields: article,
-    names, crowd, gt_boxes, parse, baseline, max_objects, seed, num_beams, max_new_tokens)."""
+                  vlm_options: dict | None = None, overwrite: bool = False, **options) -> dict:
+    """Run the protocol on a COCO-format set; write ``preds.jsonl`` + ``metrics.json`` (see
+    :func:`preds_path`; an existing result is kept unless ``overwrite``); return the metrics.
+    ``protocol`` (default: the authors') with ``options`` (its fields: article, names, crowd,
+    gt_boxes, parse, baseline, max_objects, seed, num_beams, max_new_tokens)."""
     proto = _protocol(protocol, options)
     coco_path = storage.path(str(coco_json))
     if not coco_path.is_file():
         raise UserError(f"no such COCO json: {coco_path}")
+    out_path = preds_path(run_dir, coco_path.stem, proto, "coco-json", out)
+    refuse_existing(out_path, overwrite)
     images_dir = storage.path(str(images_dir))
     if not images_dir.is_dir():
         raise UserError(f"no such image directory: {images_dir}")
@@ -314,15 +340,15 @@ def evaluate_coco(run_dir, coco_json, images_dir, *, out=None, model: str | None
     counts["crowd_queries"] = sum(r["crowd"] for r in records)
     if proto.crowd == "skip":
         counts["crowd_not_queried"] = tally["crowd_not_queried"]
-    return _finish(records, _extra("coco-json", str(coco_path), records, run, proto, counts),
-                   storage.path(str(out)) if out else run.dir / "eval" / coco_path.stem / "preds.jsonl", skips)
+    return _finish(records, _extra("coco-json", str(coco_path), records, run, proto, counts), out_path, skips)
 
 
 # --- PASCAL VOC ----------------------------------------------------------------------------
 
 def evaluate_voc(run_dir, voc_dir, *, split: str = "test", out=None, model: str | None = None,
                  batch_size: int = 16, limit: int | None = None, device: str | None = None,
-                 protocol: EvalProtocol | None = None, vlm_options: dict | None = None, **options) -> dict:
+                 protocol: EvalProtocol | None = None, vlm_options: dict | None = None, overwrite: bool = False,
+                 **options) -> dict:
     """Run the protocol on a PASCAL VOC devkit folder (``VOCdevkit/VOC2007``): the images of
     ``ImageSets/Main/<split>.txt`` with 1..max_objects objects (difficult included), raw class
     names, ``JPEGImages/<id>.jpg``; ``names`` and ``crowd`` do not apply."""
@@ -331,6 +357,8 @@ def evaluate_voc(run_dir, voc_dir, *, split: str = "test", out=None, model: str 
     voc = Path(voc_dir)
     if not voc.is_dir():
         raise UserError(f"no such VOC folder: {voc}")
+    out_path = preds_path(run_dir, f"voc-{split}", proto, "voc", out)
+    refuse_existing(out_path, overwrite)
     skips = Skips()
     queries, split_file = voc_queries(voc, split, proto.max_objects, skips)
     if not queries:
@@ -350,20 +378,22 @@ def evaluate_voc(run_dir, voc_dir, *, split: str = "test", out=None, model: str 
         fields=lambda q: {"image_id": q["image_id"], "category": q["category"], "difficult": q["difficult"],
                           "query": query_prompt(q["category"], proto.art)})
     counts["difficult_queries"] = sum(r["difficult"] for r in records)
-    return _finish(records, _extra("voc", f"voc:{voc}:{split}", records, run, proto, counts),
-                   storage.path(str(out)) if out else run.dir / "eval" / f"voc-{split}" / "preds.jsonl", skips)
+    return _finish(records, _extra("voc", f"voc:{voc}:{split}", records, run, proto, counts), out_path, skips)
 
 
 # --- RefCOCO -------------------------------------------------------------------------------
 
 def evaluate_refcoco(run_dir, refcoco_dir, images_dir, *, split: str = "testA", out=None,
                      model: str | None = None, batch_size: int = 16, limit: int | None = None,
-                     device: str | None = None, protocol: EvalProtocol | None = None, vlm_options: dict | None = None, **options) -> dict:
+                     device: str | None = None, protocol: EvalProtocol | None = None, vlm_options: dict | None = None,
+                     overwrite: bool = False, **options) -> dict:
     """P@0.3 and mIoU on a RefCOCO split (``refs(unc).p`` + ``instances.json`` in
     ``refcoco_dir``): by default one query per referred object, its last sentence's raw text
     (``refcoco_sentences="all"``: one per sentence); boxes by the COCO rule."""
     proto = _protocol(protocol, options)
     _local_only(refcoco_dir, "--refcoco")
+    out_path = preds_path(run_dir, f"refcoco-{split}", proto, "refcoco", out)
+    refuse_existing(out_path, overwrite)
     skips = Skips()
     queries, refs_file = refcoco_queries(Path(refcoco_dir), split, skips, sentences=proto.refcoco_sentences)
     if not queries:
@@ -385,8 +415,7 @@ def evaluate_refcoco(run_dir, refcoco_dir, images_dir, *, split: str = "testA", 
         text=lambda q: q["sentence"], baseline=baseline, batch_size=batch_size,
         fields=lambda q: {"image_id": q["image_id"], "ref_id": q["ref_id"], "query": q["sentence"],
                           "prompt": query_prompt(q["sentence"], proto.art)})
-    return _finish(records, _extra("refcoco", f"refcoco:{split}", records, run, proto, counts),
-                   storage.path(str(out)) if out else run.dir / "eval" / f"refcoco-{split}" / "preds.jsonl", skips)
+    return _finish(records, _extra("refcoco", f"refcoco:{split}", records, run, proto, counts), out_path, skips)
 
 
 # --- scene shards (validation during training) ---------------------------------------------

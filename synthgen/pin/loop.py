@@ -110,7 +110,7 @@ class Loop:
 
         cfg, env = self.cfg, self.env
         stream, scfg = stream_for(phase, cfg, rank=env.rank, world=env.world, image_size=self.adapter.input_size)
-        loader = make_loader(scfg, self.adapter.codec, workers=cfg.workers, start_batch=step - phase.start,
+        loader = make_loader(scfg, self.adapter.codec, workers=cfg.loader_workers, start_batch=step - phase.start,
                              pin_memory=env.device.type == "cuda", stream=stream)
         self.progress.update(self.task, phase=phase.name if len(plan.phases) > 1 else "")
         losses, objects, n_since, t_log = [], [], 0, time.perf_counter()

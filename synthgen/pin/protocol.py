@@ -97,6 +97,18 @@ class EvalProtocol:
             d.pop("max_new_tokens")
         return {"set_kind": kind, **d, "canvas": canvas, "grid": grid}
 
+    def label(self, kind: str) -> str:
+        """The name of what is scored, for the output folder: ``model`` or ``random-baseline``
+        (``uniform-baseline``, ``native-baseline``), then every choice that differs from the
+        authors' protocol and applies to ``kind``, e.g. ``model+parse-lenient+article-a``."""
+        who = f"{self.baseline}-baseline" if self.baseline else "model"
+        default = EvalProtocol()
+        rec, base = self.record(kind, 0, 0), default.record(kind, 0, 0)
+        changed = [f"{k.replace('_', '-')}-{v}" for k, v in rec.items()
+                   if k not in ("set_kind", "canvas", "grid", "baseline") and k in base and v != base[k]
+                   and not (k == "seed" and not self.baseline)]
+        return "+".join([who, *changed])
+
     def summary_line(self, kind: str, canvas: int, grid: int) -> str:
         """:meth:`record` as one ``key=value`` line (the CLI prints it under the table)."""
         return " ".join(f"{k}={'model' if k == 'baseline' and v is None else v}"

@@ -82,7 +82,7 @@ def _resume_point(cfg: TrainConfig, env: _Env, plan):
     ckpt = read_checkpoint(out, repair=env.main)
     prev, state, weights = ckpt if ckpt is not None else (None, None, None)
     settings = {"seed": cfg.seed, "lr": cfg.lr, "batch_size": cfg.batch_size, "world_size": env.world,
-                "workers": cfg.workers, "shuffle_buffer": cfg.shuffle_buffer, "name_loss": cfg.name_loss,
+                "workers": cfg.loader_workers, "shuffle_buffer": cfg.shuffle_buffer, "name_loss": cfg.name_loss,
                 **plan.settings}
     if prev is None:
         return None, None, None, settings
@@ -91,7 +91,7 @@ def _resume_point(cfg: TrainConfig, env: _Env, plan):
         raise UserError(f"{out} was trained with other settings: {'; '.join(changed)}. Resume with "
                         "the run's settings (they fix the data order and the curve) or start a "
                         "new run with another --out")
-    n_splits, n_shards = env.world * max(cfg.workers, 1), settings.get("train_shard_count") or 0
+    n_splits, n_shards = env.world * max(cfg.loader_workers, 1), settings.get("train_shard_count") or 0
     if "data_split" in settings and prev.get("data_split") != DATA_SPLIT and n_shards >= n_splits and n_shards % n_splits:
         env.say(f"note: {out} was started by a synthgen that dealt {n_shards} shards over "
                 f"{n_splits} data splits differently; after this resume the data order is not the "

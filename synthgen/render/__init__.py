@@ -9,3 +9,19 @@
 - :mod:`.bank_writer`  the bank on disk; :mod:`.preview` its contact sheet
 - :mod:`.tiny`         tiny random-weight models for tests and the demo
 """
+
+import sys
+import types
+
+
+class _Stage(types.ModuleType):
+    """This package, callable: ``synthgen.render(...)`` is :func:`synthgen.api.render` (the
+    package and the API function share the name, so the package is made callable)."""
+
+    def __call__(self, *args, **kwargs):
+        from synthgen import api
+
+        return api.render(*args, **kwargs)
+
+
+sys.modules[__name__].__class__ = _Stage

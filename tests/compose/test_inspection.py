@@ -178,7 +178,7 @@ def test_stats_preview_and_referral_grammar_on_the_command_line(bank, background
                        capture_output=True, text=True)
     assert r.returncode == 0, r.stderr
     assert json.loads((out / "run.json").read_text())["params"]["referral_grammar"] == "authors"
-    r = subprocess.run(synthgen_cmd + ["stats", str(out), "--plot", str(tmp_path / "s.png")], env=cli_env,
+    r = subprocess.run(synthgen_cmd + ["stats", str(out), "--out", str(tmp_path / "s.png")], env=cli_env,
                        capture_output=True, text=True)
     assert r.returncode == 0 and "compose stats (1/1 shards)" in r.stdout and "relative" in r.stdout, r.stderr
     assert Image.open(tmp_path / "s.png").size == (1600, 720)

@@ -156,7 +156,7 @@ def test_preview_and_stats_commands(bank, backgrounds, tmp_path, cli_env, synthg
     sheet = Image.open(png)
     assert sheet.width > 2 * 224 and sheet.height > 2 * 224
     plot = tmp_path / "s.png"
-    r = subprocess.run(synthgen_cmd + ["stats", str(out), "--plot", str(plot)], env=cli_env,
+    r = subprocess.run(synthgen_cmd + ["stats", str(out), "--out", str(plot)], env=cli_env,
                        capture_output=True, text=True)
     assert r.returncode == 0, r.stderr
     assert "8 scenes" in r.stdout and plot.stat().st_size > 1000

@@ -130,7 +130,7 @@ def ddp_nan_worker(rank: int, world: int, port: int, shards: str, out: str, resu
     torch.set_num_threads(1)
     torch.distributed.init_process_group("gloo", rank=rank, world_size=world,
                                          timeout=datetime.timedelta(seconds=60))  # collectives
-    cfg = TrainConfig(shards=shards, out=out, steps=6, batch_size=2, workers=0, log_every=1,
+    cfg = TrainConfig(shards=shards, out=out, steps=6, batch_size=2, loader_workers=0, log_every=1,
                       save_every=100, progress=False, hidden=(8, 8), shuffle_buffer=4)
     try:
         train(cfg, echo=lambda *_: None, adapter=FakeAdapter(rank, nan_rank=1, nan_step=3))

@@ -56,7 +56,7 @@ def test_eval_pin_cli_end_to_end(tmp_path):
     runner = CliRunner()
     run = tmp_path / "run"
     r = runner.invoke(app, ["train-pin", str(tmp_path / "shards"), "--model", str(vlm), "--out", str(run),
-                            "--steps", "2", "--batch-size", "4", "--workers", "0", "--hidden", "16,16",
+                            "--steps", "2", "--batch-size", "4", "--loader-workers", "0", "--hidden", "16,16",
                             "--no-progress"])
     assert r.exit_code == 0, r.output
     coco_json, images = _coco(tmp_path)
@@ -121,3 +121,38 @@ def test_eval_pin_cli_end_to_end(tmp_path):
     m = json.loads((tmp_path / "voc" / "metrics.json").read_text())
     assert m["n"] == 3 and m["difficult_queries"] == 1 and m["protocol"]["set_kind"] == "voc"
     assert "unsafe_xml 1" in r.output and "difficult queries 1" in r.output
+
+
+def test_every_result_has_its_own_name_and_none_is_replaced_silently(tmp_path):
+    """Issue: --baseline random without --out overwrote the model's eval/SET/metrics.json."""
+    from typer.testing import CliRunner
+
+    from synthgen.cli import app
+    from synthgen.pin.tiny import build_tiny_blip2
+
+    vlm = build_tiny_blip2(tmp_path / "vlm", image_size=CANVAS, lm_steps=20)
+    write_shards(tmp_path / "shards", 8, canvas=CANVAS, grid=GRID, per_shard=4)
+    runner = CliRunner()
+    run = tmp_path / "run"
+    r = runner.invoke(app, ["train-pin", str(tmp_path / "shards"), "--model", str(vlm), "--out", str(run),
+                            "--steps", "1", "--batch-size", "4", "--loader-workers", "0", "--hidden", "16,16",
+                            "--no-progress"])
+    assert r.exit_code == 0, r.output
+    coco, images = _coco(tmp_path)
+    base = ["eval-pin", str(run), "--coco-json", str(coco), "--images", str(images)]
+    for extra in ([], ["--baseline", "random"], ["--baseline", "uniform", "--seed", "3"], ["--parse", "lenient"]):
+        r = runner.invoke(app, base + extra)
+        assert r.exit_code == 0, r.output
+    folders = sorted(p.parent.name for p in (run / "eval" / "coco").glob("*/metrics.json"))
+    assert folders == ["model", "model+parse-lenient", "random-baseline", "uniform-baseline+seed-3"]
+    model = json.loads((run / "eval" / "coco" / "model" / "metrics.json").read_text())
+    assert model["baseline"] is None and model["protocol"]["parse"] == "strict"
+    assert json.loads((run / "eval" / "coco" / "random-baseline" / "metrics.json").read_text())["baseline"] == "random"
+
+    before = (run / "eval" / "coco" / "model" / "preds.jsonl").stat().st_mtime_ns
+    r = runner.invoke(app, base)  # the same evaluation again: kept, and said so before any work
+    assert r.exit_code == 2 and "holds an earlier evaluation (mIoU" in r.output and "--overwrite" in r.output
+    assert (run / "eval" / "coco" / "model" / "preds.jsonl").stat().st_mtime_ns == before
+    r = runner.invoke(app, base + ["--overwrite"])
+    assert r.exit_code == 0, r.output
+    assert (run / "eval" / "coco" / "model" / "preds.jsonl").stat().st_mtime_ns != before

@@ -43,7 +43,7 @@ def _cfg(inputs, out, vlm_dir, **kw):
 
     bank, bg = inputs
     base = dict(objects=str(bank), backgrounds=str(bg), compose=dict(COMPOSE), out=str(out), model=str(vlm_dir),
-                batch_size=4, workers=0, log_every=1, save_every=1000, progress=False, hidden=(16, 16),
+                batch_size=4, loader_workers=0, log_every=1, save_every=1000, progress=False, hidden=(16, 16),
                 epochs=3, epoch_size=16, warmup_epochs=1)
     base.update(kw)
     return TrainConfig(**base)
@@ -85,7 +85,7 @@ def test_on_the_fly_training_with_a_warmup_resumes_to_the_same_curve(inputs, vlm
     from synthgen.pin.train import train
 
     full = tmp_path / "full"
-    res = train(_cfg(inputs, full, vlm_dir, workers=1), echo=lambda *_: None)
+    res = train(_cfg(inputs, full, vlm_dir, loader_workers=1), echo=lambda *_: None)
     assert res["step"] == 12  # 3 epochs of 16 scenes at batch 4
     log = [r for r in _log(full) if "loss" in r]
     warm, main = [r for r in log if r["phase"] == "warmup"], [r for r in log if r["phase"] == "main"]
@@ -97,9 +97,9 @@ def test_on_the_fly_training_with_a_warmup_resumes_to_the_same_curve(inputs, vlm
     assert meta["inputs"]["objects"]["count"] == 12
     # stopped after 2 epochs (in the main phase), then resumed: the same losses, step for step
     part = tmp_path / "part"
-    train(_cfg(inputs, part, vlm_dir, workers=1, epochs=2), echo=lambda *_: None)
+    train(_cfg(inputs, part, vlm_dir, loader_workers=1, epochs=2), echo=lambda *_: None)
     said = []
-    train(_cfg(inputs, part, vlm_dir, workers=1, resume=True), echo=said.append)
+    train(_cfg(inputs, part, vlm_dir, loader_workers=1, resume=True), echo=said.append)
     assert any("resuming" in s and "step 8" in s for s in said), said
     assert [r["loss"] for r in _log(part) if "loss" in r] == [r["loss"] for r in log]
     # the compose settings fix the stream: a resume with others is refused
@@ -133,7 +133,7 @@ def test_warmup_from_shards_reads_the_warmup_set_first(tmp_path, vlm_dir, one_th
     warm = write_shards(tmp_path / "warm", 8, canvas=CANVAS, grid=GRID, max_objects=3, seed=5)[0].parent
     run = tmp_path / "run"
     train(TrainConfig(shards=str(main), warmup_shards=str(warm), out=str(run), model=str(vlm_dir), epochs=2,
-                      epoch_size=8, warmup_epochs=1, batch_size=4, workers=0, log_every=1, progress=False,
+                      epoch_size=8, warmup_epochs=1, batch_size=4, loader_workers=0, log_every=1, progress=False,
                       hidden=(16, 16), shuffle_buffer=4), echo=lambda *_: None)
     log = [r for r in _log(run) if "loss" in r]
     assert [r["phase"] for r in log] == ["warmup", "warmup", "main", "main"]

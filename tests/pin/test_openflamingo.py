@@ -64,7 +64,7 @@ def _cfg(shards, out, model, **kw):
     from synthgen.pin.train import TrainConfig
 
     base = dict(shards=str(shards), out=str(out), vlm="openflamingo", model=str(model), batch_size=16,
-                workers=0, log_every=1, save_every=1000, progress=False, shuffle_buffer=16)
+                loader_workers=0, log_every=1, save_every=1000, progress=False, shuffle_buffer=16)
     base.update(kw)
     return TrainConfig(**base)
 
@@ -617,7 +617,7 @@ def test_import_pin_gives_a_run_that_evaluates_and_export_round_trips(tiny_dir, 
     coco, images = _coco(tmp_path)
     r = runner.invoke(app, ["eval-pin", str(tmp_path / "run"), "--coco-json", str(coco), "--images", str(images)])
     assert r.exit_code == 0, r.output
-    assert json.loads((tmp_path / "run" / "eval" / "coco" / "metrics.json").read_text())["n"] == 1
+    assert json.loads((tmp_path / "run" / "eval" / "coco" / "model" / "metrics.json").read_text())["n"] == 1
     r = runner.invoke(app, ["export-pin", str(tmp_path / "run"), "-o", str(tmp_path / "back.pt")])
     assert r.exit_code == 0, r.output
     back = torch.load(tmp_path / "back.pt", weights_only=True)

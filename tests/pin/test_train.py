@@ -43,7 +43,7 @@ def shards(tmp_path_factory):
 def _cfg(shards, out, vlm_dir, **kw):
     from synthgen.pin.train import TrainConfig
 
-    base = dict(shards=str(shards), out=str(out), model=str(vlm_dir), batch_size=16, workers=0,
+    base = dict(shards=str(shards), out=str(out), model=str(vlm_dir), batch_size=16, loader_workers=0,
                 log_every=1, save_every=1000, progress=False, shuffle_buffer=16, hidden=(512, 768))
     base.update(kw)
     return TrainConfig(**base)
@@ -185,7 +185,7 @@ def test_checkpoint_round_trip(vlm_dir, shards, tmp_path):
 def test_resume_reproduces_the_uninterrupted_curve(vlm_dir, shards, tmp_path, workers):
     from synthgen.pin.train import train
 
-    kw = dict(hidden=(64, 64), batch_size=4, workers=workers, save_every=3, shuffle_buffer=8)
+    kw = dict(hidden=(64, 64), batch_size=4, loader_workers=workers, save_every=3, shuffle_buffer=8)
     train(_cfg(shards, tmp_path / "full", vlm_dir, steps=8, **kw), echo=lambda *_: None)
     train(_cfg(shards, tmp_path / "part", vlm_dir, steps=3, **kw), echo=lambda *_: None)
     with pytest.raises(UserError, match="--resume"):
@@ -212,7 +212,7 @@ def test_resume_after_a_kill_mid_checkpoint(vlm_dir, shards, tmp_path, monkeypat
     import synthgen.pin.checkpoint as C
     import synthgen.pin.train as T
 
-    kw = dict(hidden=(16, 16), batch_size=4, workers=0, save_every=3, shuffle_buffer=8)
+    kw = dict(hidden=(16, 16), batch_size=4, loader_workers=0, save_every=3, shuffle_buffer=8)
     T.train(_cfg(shards, tmp_path / "full", vlm_dir, steps=8, **kw), echo=lambda *_: None)
 
     real = C.atomic_write_with
@@ -243,7 +243,7 @@ def test_resume_after_a_kill_mid_checkpoint(vlm_dir, shards, tmp_path, monkeypat
 def test_resume_refuses_changed_settings(vlm_dir, shards, tmp_path, monkeypatch):
     from synthgen.pin.train import train
 
-    kw = dict(hidden=(16, 16), batch_size=4, workers=0, shuffle_buffer=8, steps=2)
+    kw = dict(hidden=(16, 16), batch_size=4, loader_workers=0, shuffle_buffer=8, steps=2)
     run = tmp_path / "run"
     train(_cfg(shards, run, vlm_dir, **kw), echo=lambda *_: None)
     meta = json.loads((run / "pin.json").read_text())
@@ -253,13 +253,13 @@ def test_resume_refuses_changed_settings(vlm_dir, shards, tmp_path, monkeypatch)
     more = tmp_path / "more"
     write_shards(more, 24, canvas=CANVAS, grid=GRID, per_shard=8)
     monkeypatch.setenv("WORLD_SIZE", "2")  # refused before any process group is started
-    changed = dict(kw, seed=5, batch_size=7, lr=0.5, workers=2, shuffle_buffer=3, name_loss=True,
+    changed = dict(kw, seed=5, batch_size=7, lr=0.5, loader_workers=2, shuffle_buffer=3, name_loss=True,
                    steps=4, resume=True)
     with pytest.raises(UserError) as exc:
         train(_cfg(more, run, vlm_dir, **changed), echo=lambda *_: None)
     msg = str(exc.value)
     for part in ("--seed 0 -> 5", "--batch-size 4 -> 7", "--lr 0.001 -> 0.5", "world size 1 -> 2",
-                 "--workers 0 -> 2", "--shuffle-buffer 8 -> 3", "--name-loss False -> True",
+                 "--loader-workers 0 -> 2", "--shuffle-buffer 8 -> 3", "--name-loss False -> True",
                  f"shards {shards} (2 shards) -> {more} (3 shards)"):
         assert part in msg, msg
     assert "\n" not in msg
@@ -267,7 +267,7 @@ def test_resume_refuses_changed_settings(vlm_dir, shards, tmp_path, monkeypatch)
     monkeypatch.delenv("WORLD_SIZE")
 
     # what may change: --steps, and 0 <-> 1 workers (both read the stream in one split)
-    res = train(_cfg(shards, run, vlm_dir, **dict(kw, steps=3, workers=1, resume=True)), echo=lambda *_: None)
+    res = train(_cfg(shards, run, vlm_dir, **dict(kw, steps=3, loader_workers=1, resume=True)), echo=lambda *_: None)
     assert res["step"] == 3
 
 
@@ -281,7 +281,7 @@ def test_canvas_mismatch_is_a_clear_error(vlm_dir, tmp_path):
     with pytest.raises(UserError, match=r"64x64 canvas but .* takes 112x112"):
         train(_cfg(tmp_path / "s64", tmp_path / "run", vlm_dir, steps=1), echo=lambda *_: None)
     r = CliRunner().invoke(app, ["train-pin", str(tmp_path / "s64"), "--model", str(vlm_dir),
-                                 "--out", str(tmp_path / "run2"), "--steps", "1", "--workers", "0"])
+                                 "--out", str(tmp_path / "run2"), "--steps", "1", "--loader-workers", "0"])
     assert r.exit_code == 2
     assert "64x64" in r.output and "112x112" in r.output and "Traceback" not in r.output
 
@@ -308,7 +308,7 @@ def test_user_error_in_a_dataloader_worker_is_one_line(vlm_dir, tmp_path):
             dst.addfile(m, io.BytesIO(data))
     r = CliRunner().invoke(app, ["train-pin", str(tmp_path / "bad"), "--model", str(vlm_dir),
                                  "--out", str(tmp_path / "run"), "--steps", "1", "--batch-size", "2",
-                                 "--workers", "1", "--hidden", "16,16", "--no-progress",
+                                 "--loader-workers", "1", "--hidden", "16,16", "--no-progress",
                                  "--max-bad-samples", "0", "--shuffle-buffer", "1"])
     assert r.exit_code == 2, r.output
     assert "Traceback" not in r.output and "Traceback" not in r.stderr
@@ -330,7 +330,7 @@ def test_cli_train_eval_predict(vlm_dir, shards, tmp_path):
     runner = CliRunner()
     run = tmp_path / "run"
     r = runner.invoke(app, ["train-pin", str(shards), "--model", str(vlm_dir), "--out", str(run),
-                            "--steps", "4", "--batch-size", "4", "--workers", "0", "--hidden", "64,64",
+                            "--steps", "4", "--batch-size", "4", "--loader-workers", "0", "--hidden", "64,64",
                             "--val", str(shards), "--eval-every", "2", "--val-limit", "4",
                             "--no-progress"])
     assert r.exit_code == 0, r.output

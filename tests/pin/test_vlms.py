@@ -77,7 +77,7 @@ def _pil(px: torch.Tensor):
 def _cfg(shards, out, model, **kw):
     from synthgen.pin.train import TrainConfig
 
-    base = dict(shards=str(shards), out=str(out), vlm="auto", model=str(model), batch_size=8, workers=0,
+    base = dict(shards=str(shards), out=str(out), vlm="auto", model=str(model), batch_size=8, loader_workers=0,
                 log_every=1, save_every=1000, progress=False, shuffle_buffer=16, hidden=(64, 64), lr=3e-3)
     base.update(kw)
     return TrainConfig(**base)
@@ -450,7 +450,7 @@ def test_cli_train_pin_with_vlm_auto_and_a_typed_vlm_option(tiny, shards, tmp_pa
     run = tmp_path / "run"
     r = CliRunner().invoke(app, ["train-pin", str(shards), "--vlm", "auto", "--model", str(tiny("qwen2_5_vl")),
                                  "--vlm-option", "canvas=112", "--out", str(run), "--steps", "2", "--batch-size", "2",
-                                 "--workers", "0", "--hidden", "16,16", "--no-progress"])
+                                 "--loader-workers", "0", "--hidden", "16,16", "--no-progress"])
     assert r.exit_code == 0, r.output
     meta = json.loads((run / "pin.json").read_text())
     assert (meta["vlm"], meta["vlm_options"], meta["num_positions"]) == ("qwen2_5_vl", {"canvas": 112}, 64)

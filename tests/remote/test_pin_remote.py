@@ -36,7 +36,7 @@ def one_thread():
 def _cfg(shards, out, vlm_dir, **kw):
     from synthgen.pin.train import TrainConfig
 
-    base = dict(shards=None if shards is None else str(shards), out=str(out), model=str(vlm_dir), batch_size=4, workers=0, log_every=1,
+    base = dict(shards=None if shards is None else str(shards), out=str(out), model=str(vlm_dir), batch_size=4, loader_workers=0, log_every=1,
                 save_every=2, progress=False, shuffle_buffer=8, hidden=(32, 32))
     base.update(kw)
     return TrainConfig(**base)
@@ -60,7 +60,7 @@ def test_train_pin_on_s3_resumes_and_eval_pin_reads_the_run(s3, vlm_dir, tmp_pat
     train(_cfg(tmp_path / "shards", tmp_path / "full", vlm_dir, steps=4), echo=quiet)  # local, uninterrupted
     run = f"{s3.url}/runs/pin"
     said: list[str] = []
-    train(_cfg(shards, run, vlm_dir, steps=2, workers=1, val=shards, val_limit=4, eval_every=2), echo=said.append)
+    train(_cfg(shards, run, vlm_dir, steps=2, loader_workers=1, val=shards, val_limit=4, eval_every=2), echo=said.append)
     assert s3.keys("runs/pin") == ["log.jsonl", "pin.json", "pin.safetensors", "train_state.pt"]
     with pytest.raises(Exception, match="--resume"):
         train(_cfg(shards, run, vlm_dir, steps=4), echo=quiet)
@@ -79,7 +79,7 @@ def test_train_pin_on_s3_resumes_and_eval_pin_reads_the_run(s3, vlm_dir, tmp_pat
     export_coco(shards, f"{s3.url}/coco", limit=4)
     m = evaluate_coco(run, f"{s3.url}/coco/instances.json", f"{s3.url}/coco/images", limit=4, batch_size=4)
     assert m["n"] == 4 and m["metrics_file"] == f"{run}/eval/instances/metrics.json"
-    assert {"eval/instances/metrics.json", "eval/instances/preds.jsonl"} <= set(s3.keys("runs/pin"))
+    assert {"eval/instances/model/metrics.json", "eval/instances/model/preds.jsonl"} <= set(s3.keys("runs/pin"))
     r = predict(run, f"{s3.url}/coco/images/000000000.jpg", "cat", out=f"{s3.url}/boxed.png")
     assert len(r["box"]) == 4 and s3.objects()["boxed.png"][:4] == b"\x89PNG"
 
@@ -116,5 +116,5 @@ def test_train_pin_composes_on_the_fly_from_a_bank_and_backgrounds_on_s3(s3, vlm
     kw = dict(compose=dict(COMPOSE), steps=2, save_every=1000, hidden=(16, 16))
     train(_cfg(None, tmp_path / "local", vlm_dir, objects=str(bank), backgrounds=str(bg), **kw), echo=lambda *_: None)
     train(_cfg(None, f"{s3.url}/run", vlm_dir, objects=s3.upload(bank, "bank"), backgrounds=s3.upload(bg, "bg"),
-               workers=1, **kw), echo=lambda *_: None)
+               loader_workers=1, **kw), echo=lambda *_: None)
     assert _losses(s3.objects("run")["log.jsonl"].decode()) == _losses((tmp_path / "local" / "log.jsonl").read_text())
