@@ -241,6 +241,12 @@ def shards_to_do(job: ComposeJob, folder: RunFolder, inputs: Inputs, extend: boo
     return [s for s in range(job.num_shards) if not (folder.path / stats_name(s)).exists()]
 
 
+def _remove(path) -> None:
+    if storage.is_remote(str(path)):
+        storage.check_lock(str(path))  # (writes check it; a removal is a write)
+    path.unlink(missing_ok=True)
+
+
 def _grow(job: ComposeJob, folder: RunFolder, old: dict, ident: dict, extend: bool) -> dict:
     """A run of another ``num_samples`` into a folder: refused unless it grows the folder with
     ``extend`` and every other option is the same; then the growth is recorded (see the module's
@@ -256,11 +262,11 @@ def _grow(job: ComposeJob, folder: RunFolder, old: dict, ident: dict, extend: bo
         raise UserError(f"{what}: add --extend to grow it to {n_new} scenes (scenes {n_old}..{n_new - 1} "
                         "are added, the done shards kept), or use a new --out folder")
     out = folder.path
-    (out / MANIFEST_FILE).unlink(missing_ok=True)  # no longer a finished dataset
+    _remove(out / MANIFEST_FILE)  # no longer a finished dataset
     rewritten = []
     if n_old % per:  # the partial last shard gains scenes: composed again, like a fresh run's
         last = n_old // per
-        (out / stats_name(last)).unlink(missing_ok=True)  # (before run.json: never a stale marker)
+        _remove(out / stats_name(last))  # (before run.json: never a stale marker)
         rewritten.append(shard_name(last))
     growth = list(old.get("growth") or [growth_step(n_old)]) + [growth_step(n_new, rewritten)]
     ident = {**ident, "growth": growth}
