@@ -332,12 +332,12 @@ INDEX_COLUMNS: tuple[tuple[str, str, str], ...] = (
     ("cells", "list<list<int32>>", "the same boxes in grid cells"),
     ("visible", "list<float64>", "visible fraction of each object"),
     ("referrals", "list<string>", "referral text of each object"),
-    ("referral_kinds", "list<string>", "plain (the referral is the name) or positional"),
+    ("referral_kinds", "list<string>", "plain (the referral is the name), relative (the name repeats) or absolute"),
     ("target", "int32", "index of the target object"),
     ("target_category", "string", "the target's category"),
     ("target_name", "string", "the target's name"),
     ("target_referral", "string", "the target's referral text"),
-    ("target_referral_kind", "string", "plain or positional"),
+    ("target_referral_kind", "string", "plain, relative or absolute"),
     ("target_box", "list<int32>", "the target's box"),
     ("target_visible", "float64", "the target's visible fraction"),
     ("prompt", "string", "the training prompt"),
@@ -346,22 +346,27 @@ INDEX_COLUMNS: tuple[tuple[str, str, str], ...] = (
 )
 
 
-def referral_kind(obj: SceneObject) -> str:
-    """``plain`` when an object is asked for by its name alone, else ``positional`` (a relative
-    or absolute position word; the record does not tell the two apart)."""
-    return "plain" if obj.referral == (obj.name or obj.category) else "positional"
+def referral_kind(obj: SceneObject, names: list[str]) -> str:
+    """``plain`` when an object is asked for by its name alone, else ``relative`` when its name
+    repeats in the scene (``names``: every object's name; ``left cup`` of two cups) or
+    ``absolute`` (a position in the image: ``apple at the left``), as ``synthgen stats`` counts."""
+    name = obj.name or obj.category
+    if obj.referral == name:
+        return "plain"
+    return "relative" if names.count(name) > 1 else "absolute"
 
 
 def index_row(rec: SceneRecord, shard: str, mask: bool) -> dict[str, Any]:
     """The index row of one scene (the columns of :data:`INDEX_COLUMNS`, in order)."""
     objs = rec.objects
     t = objs[rec.target]
-    kinds = [referral_kind(o) for o in objs]
+    names = [o.name or o.category for o in objs]
+    kinds = [referral_kind(o, names) for o in objs]
     return {"key": rec.key, "index": int(rec.key), "shard": shard, "seed": rec.seed,
             "width": rec.width, "height": rec.height, "grid": rec.grid,
             "background": str(rec.background.get("source", "")), "num_objects": len(objs),
             "categories": [o.category for o in objs], "category_ids": [o.category_id for o in objs],
-            "names": [o.name or o.category for o in objs], "object_ids": [o.object_id for o in objs],
+            "names": names, "object_ids": [o.object_id for o in objs],
             "boxes": [[int(v) for v in o.box] for o in objs],
             "cells": [[int(v) for v in o.cells] for o in objs],
             "visible": [float(o.visible) for o in objs], "referrals": [o.referral for o in objs],

@@ -240,7 +240,7 @@ def test_index_rows_are_the_records_in_the_tars(bank, backgrounds, tmp_path):
     from synthgen.compose.index import read_index
 
     out = tmp_path / "out"
-    _compose(bank, backgrounds, out, 10, same_category_p=0.9)
+    _compose(bank, backgrounds, out, 10, same_category_p=0.9, absolute_referral_p=0.9)
     assert sorted(p.name for p in out.glob("*_index.parquet")) == [
         f"scenes-{s:06d}_index.parquet" for s in range(3)]
     rows = read_index(str(out)).to_pylist()
@@ -261,14 +261,16 @@ def test_index_rows_are_the_records_in_the_tars(bank, backgrounds, tmp_path):
         assert row["boxes"] == [o["box"] for o in objs] and row["cells"] == [o["cells"] for o in objs]
         assert row["visible"] == [o["visible"] for o in objs]
         assert row["referrals"] == [o["referral"] for o in objs]
-        assert row["referral_kinds"] == ["plain" if o["referral"] == o["name"] else "positional" for o in objs]
+        names = [o["name"] for o in objs]
+        assert row["referral_kinds"] == ["plain" if o["referral"] == o["name"] else
+                                         "relative" if names.count(o["name"]) > 1 else "absolute" for o in objs]
         assert (row["target"], row["target_category"], row["target_name"], row["target_referral"],
                 row["target_box"], row["target_visible"]) == (
             rec["target"], t["category"], t["name"], t["referral"], t["box"], t["visible"])
         assert row["target_referral_kind"] == row["referral_kinds"][rec["target"]]
         assert (row["prompt"], row["answer"]) == (rec["prompt"], rec["answer"])
         kinds.update(row["referral_kinds"])
-    assert kinds == {"plain", "positional"}  # both kinds were composed (same_category_p 0.9)
+    assert kinds == {"plain", "relative", "absolute"}  # every kind was composed
     # a selection of columns; without --masks the mask column says so
     part = read_index(str(out), columns=["key", "num_objects"])
     assert part.column_names == ["key", "num_objects"] and part.num_rows == 10
