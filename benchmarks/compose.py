@@ -16,6 +16,13 @@ shards (goal >= 10x), and the floor on prepared backgrounds (read + decode a pre
 fit, encode the scene: goal compose >= 0.7x of it), then where compose's time goes (cProfile).
 ``--real-backgrounds`` uses a folder of real wallpapers (e.g. the 26 of ../shared/data, 1.3-13 MP)
 instead of generated ones.
+
+``--index`` times the per-shard scene index (``*_index.parquet``): the same compose run (one
+process, ``--samples-per-shard``, default 100: ten times the index writes of the CLI's default)
+with and without it, alternating, after a warm-up of each; reports the median samples/s of both,
+their ratio (goal >= 0.97) and the cost of writing one shard's index. Small backgrounds make
+compose fastest and the index's share largest:
+``python benchmarks/compose.py --index --megapixels 0.27 --samples 600 --workdir /tmp/sgbench-index``.
 """
 
 from __future__ import annotations
@@ -146,6 +153,47 @@ def prepared_comparison(args, bank: Path, bg: Path) -> None:
     pstats.Stats(prof).sort_stats("tottime").print_stats(12)
 
 
+def index_cost(args, bank: Path, bg: Path) -> None:
+    import statistics
+
+    from synthgen.compose.index import write_index
+    from synthgen.compose.run import ComposeJob, run_compose
+    from synthgen.schema import index_row
+    from synthgen.shards import iter_tar
+
+    n = args.samples
+
+    def once(index: bool) -> float:
+        out = args.workdir / f"out-index-{index}"
+        shutil.rmtree(out, ignore_errors=True)
+        job = ComposeJob(objects=str(bank), backgrounds=str(bg), out=str(out), num_samples=n,
+                         samples_per_shard=args.samples_per_shard, index=index)
+        t0 = time.perf_counter()
+        run_compose(job, executor="serial", progress=False)
+        return n / (time.perf_counter() - t0)
+
+    once(False), once(True)  # warm-up: bank cache, pyarrow import
+    rates: dict[bool, list[float]] = {False: [], True: []}
+    for r in range(args.rounds):
+        for index in ((False, True) if r % 2 == 0 else (True, False)):
+            rates[index].append(once(index))
+    off, on = statistics.median(rates[False]), statistics.median(rates[True])
+    print(f"compose without index  {off:8.1f} samples/s  (runs: {', '.join(f'{v:.1f}' for v in rates[False])})")
+    print(f"compose with index     {on:8.1f} samples/s  (runs: {', '.join(f'{v:.1f}' for v in rates[True])})")
+    print(f"with / without:        {on / off:.3f}x  (goal >= 0.97; {n} scenes, {args.samples_per_shard} a shard)")
+    from synthgen.schema import SceneRecord
+
+    recs = [(SceneRecord.from_json(s["json"]), tar.name, "mask.png" in s)
+            for tar in sorted((args.workdir / "out-index-True").glob("*.tar")) for s in iter_tar(str(tar))]
+    t0 = time.perf_counter()
+    for _ in range(10):
+        write_index(args.workdir / "all_index.parquet", [index_row(*r) for r in recs])
+    per_scene = (time.perf_counter() - t0) / 10 / len(recs)
+    print(f"the index of {len(recs)} scenes in one file: {per_scene * 1e6:.0f} us a scene to build and write "
+          f"({per_scene * 1000 * 1000:.0f} ms for a 1000-scene shard; compose takes {1000 / on:.1f} s for one), "
+          f"{(args.workdir / 'all_index.parquet').stat().st_size / len(recs):.0f} bytes a scene")
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--samples", type=int, default=400)
@@ -156,6 +204,9 @@ def main() -> None:
     ap.add_argument("--skip-ray", action="store_true")
     ap.add_argument("--prepared", action="store_true", help="prepared backgrounds against the raw folder")
     ap.add_argument("--real-backgrounds", type=Path, help="a folder of real backgrounds to use")
+    ap.add_argument("--index", action="store_true", help="compose with and without the per-shard scene index")
+    ap.add_argument("--samples-per-shard", type=int, default=100, help="--index: scenes per shard")
+    ap.add_argument("--rounds", type=int, default=3, help="--index: timed runs of each")
     args = ap.parse_args()
 
     from synthgen.compose.backgrounds import list_backgrounds
@@ -163,6 +214,9 @@ def main() -> None:
     bank, bg = make_inputs(args.workdir, args.backgrounds, args.megapixels, args.objects)
     if args.prepared:
         prepared_comparison(args, bank, args.real_backgrounds or bg)
+        return
+    if args.index:
+        index_cost(args, bank, args.real_backgrounds or bg)
         return
     backgrounds = list_backgrounds(str(bg)).items
     res = {}

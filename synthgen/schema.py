@@ -4,7 +4,10 @@
    and :class:`SceneObject`, written by compose and read by every other stage.
 2. The object bank (``index.jsonl`` + RGBA PNGs, written by render, read by compose): file
    names, :func:`bank_record` (a line of the index) and :class:`BankEntry` (what compose keeps).
-3. Run folders: the file names of compose, render and train-pin outputs.
+3. Run folders: the file names of compose, render and train-pin outputs, and the growth record
+   of an extended compose run (:func:`growth_step`).
+4. The scene index (``scenes-NNNNNN_index.parquet`` beside each shard, ``synthgen.scene-index/1``):
+   one row per scene, :data:`INDEX_COLUMNS` and :func:`index_row`.
 
 Category names: :func:`clean_name` (display name) and :func:`slugify` (folder name).
 """
@@ -290,9 +293,93 @@ def stats_name(i: int) -> str:
     return f"{SHARD_PREFIX}-{i:06d}_stats.json"
 
 
+def index_name(i: int) -> str:
+    """The scene index of shard ``i`` (section 4), written before its done marker."""
+    return f"{SHARD_PREFIX}-{i:06d}_index.parquet"
+
+
+def growth_step(num_samples: int, rewritten: list[str] | None = None) -> dict[str, Any]:
+    """One entry of ``growth`` in an extended run's ``run.json`` (and ``manifest.json``): the size
+    the folder was composed or extended to, in order, and the shards an extension rewrote (the
+    earlier last shard when it was partial: it gains scenes and a new stats marker). A folder
+    never extended has no ``growth``."""
+    step: dict[str, Any] = {"num_samples": int(num_samples)}
+    if rewritten is not None:
+        step["rewritten"] = list(rewritten)
+    return step
+
+
 # train-pin
 PIN_FORMAT = "synthgen.pin/1"
 PIN_WEIGHTS_FILE = "pin.safetensors"
 PIN_META_FILE = "pin.json"
 TRAIN_STATE_FILE = "train_state.pt"   # the commit point of a checkpoint
 TRAIN_LOG_FILE = "log.jsonl"
+
+
+# --- 4. the scene index --------------------------------------------------------------------
+
+INDEX_SCHEMA = "synthgen.scene-index/1"   # parquet key-value metadata "synthgen_schema"
+
+# (column, parquet type, meaning); list columns are per object, in paste order (as `objects`)
+INDEX_COLUMNS: tuple[tuple[str, str, str], ...] = (
+    ("key", "string", "scene key (the tar members' key; 9+ digits)"),
+    ("index", "int64", "scene index k (the key as a number)"),
+    ("shard", "string", "the tar holding the scene (scenes-NNNNNN.tar)"),
+    ("seed", "int64", "the scene's seed"),
+    ("width", "int32", "canvas width in pixels"),
+    ("height", "int32", "canvas height in pixels"),
+    ("grid", "int32", "grid cells per side"),
+    ("background", "string", "background source (file name or shard:member)"),
+    ("num_objects", "int32", "number of objects"),
+    ("categories", "list<string>", "category of each object"),
+    ("category_ids", "list<int64>", "category_id of each object (null when the bank has none)"),
+    ("names", "list<string>", "the name each object is asked for by"),
+    ("object_ids", "list<string>", "bank id of each object"),
+    ("boxes", "list<list<int32>>", "[x1, y1, x2, y2] of each object, canvas pixels, x2/y2 exclusive"),
+    ("cells", "list<list<int32>>", "the same boxes in grid cells"),
+    ("visible", "list<float64>", "visible fraction of each object"),
+    ("referrals", "list<string>", "referral text of each object"),
+    ("referral_kinds", "list<string>", "plain (the referral is the name), relative (the name repeats) or absolute"),
+    ("target", "int32", "index of the target object"),
+    ("target_category", "string", "the target's category"),
+    ("target_name", "string", "the target's name"),
+    ("target_referral", "string", "the target's referral text"),
+    ("target_referral_kind", "string", "plain, relative or absolute"),
+    ("target_box", "list<int32>", "the target's box"),
+    ("target_visible", "float64", "the target's visible fraction"),
+    ("prompt", "string", "the training prompt"),
+    ("answer", "string", "the training answer (the target's box as text)"),
+    ("mask", "bool", "whether the scene has a {key}.mask.png"),
+)
+
+
+def referral_kind(obj: SceneObject, names: list[str]) -> str:
+    """``plain`` when an object is asked for by its name alone, else ``relative`` when its name
+    repeats in the scene (``names``: every object's name; ``left cup`` of two cups) or
+    ``absolute`` (a position in the image: ``apple at the left``), as ``synthgen stats`` counts."""
+    name = obj.name or obj.category
+    if obj.referral == name:
+        return "plain"
+    return "relative" if names.count(name) > 1 else "absolute"
+
+
+def index_row(rec: SceneRecord, shard: str, mask: bool) -> dict[str, Any]:
+    """The index row of one scene (the columns of :data:`INDEX_COLUMNS`, in order)."""
+    objs = rec.objects
+    t = objs[rec.target]
+    names = [o.name or o.category for o in objs]
+    kinds = [referral_kind(o, names) for o in objs]
+    return {"key": rec.key, "index": int(rec.key), "shard": shard, "seed": rec.seed,
+            "width": rec.width, "height": rec.height, "grid": rec.grid,
+            "background": str(rec.background.get("source", "")), "num_objects": len(objs),
+            "categories": [o.category for o in objs], "category_ids": [o.category_id for o in objs],
+            "names": names, "object_ids": [o.object_id for o in objs],
+            "boxes": [[int(v) for v in o.box] for o in objs],
+            "cells": [[int(v) for v in o.cells] for o in objs],
+            "visible": [float(o.visible) for o in objs], "referrals": [o.referral for o in objs],
+            "referral_kinds": kinds, "target": rec.target, "target_category": t.category,
+            "target_name": t.name or t.category, "target_referral": t.referral,
+            "target_referral_kind": kinds[rec.target], "target_box": [int(v) for v in t.box],
+            "target_visible": float(t.visible), "prompt": rec.prompt, "answer": rec.answer,
+            "mask": bool(mask)}

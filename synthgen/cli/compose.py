@@ -45,6 +45,7 @@ def register(app: typer.Typer, user_errors) -> None:
         backgrounds: str = typer.Option(..., "--backgrounds", metavar="PATH", help="Backgrounds (a path or an s3:// / gs:// / hf:// URL): a folder of images (searched recursively; jpg/png/webp/...), a WebDataset .tar, a folder of tars, or a brace pattern like 'bg-{000..009}.tar'. BG-20k in the paper."),
         out: str = typer.Option(..., "--out", "-o", metavar="PATH", help="Output folder (or s3:// / gs:// URL) for scenes-NNNNNN.tar shards, their *_stats.json and manifest.json. Re-running resumes."),
         num_samples: Optional[int] = typer.Option(None, "--num-samples", "-n", help="Number of scenes to write (required unless the recipe sets it)."),
+        extend: bool = typer.Option(False, "--extend", help="Grow an existing --out to --num-samples scenes: the same options, more scenes (scene k stays scene k; done shards are kept, a partial last shard is rewritten). Without it another --num-samples is refused."),
         prepare_backgrounds: bool = typer.Option(False, "--prepare-backgrounds", help="Decode each background once, shrunk to twice the canvas, into shards beside --out (OUT.backgrounds-SIZE, reused by the next run): several times faster on multi-megapixel backgrounds. Same as running `synthgen prepare-backgrounds` first."),
         extra_object_root: Optional[list[str]] = typer.Option(None, "--extra-object-root", metavar="PATH", help="A folder outside the bank that object paths may point into (repeatable; e.g. where an X-Paste pools file's images live). Any other path outside the bank is skipped and counted."),
         recipe: Optional[Path] = recipe_option("compose", "recipes/pin-paper.yaml"),
@@ -81,7 +82,7 @@ def register(app: typer.Typer, user_errors) -> None:
         from synthgen.compose.run import run_compose
 
         job = compose_job(options(ctx, recipe, "compose", RECIPE_KEYS))
-        manifest = run_compose(job, workers=workers, ray_address=ray_address, executor=executor)
+        manifest = run_compose(job, workers=workers, ray_address=ray_address, executor=executor, extend=extend)
         t = manifest["totals"]
         con = Console(stderr=True)
         con.print(f"[green]done[/]: {t['samples']} scenes, {t['objects']} objects in "

@@ -4,6 +4,12 @@ Lets any COCO tool — and ``synthgen eval-pin`` — read synthetic scenes. Boxe
 ``[x, y, w, h]``; categories are numbered by sorted name (``category_id`` of the scene kept
 as ``lvis_id`` when known); the referral text is kept in each annotation's ``referral``.
 
+Scenes composed with ``--masks`` (a ``{key}.mask.png``: 0 background, i+1 the visible pixels of
+object i) give each annotation its instance mask as COCO RLE (``segmentation``: ``{"size": [h,
+w], "counts": str}``, the compressed form of pycocotools, :func:`rle_encode`) and its ``area`` as
+the mask's pixel count; an object hidden entirely by later ones keeps its box with an empty mask
+and area 0. Scenes without a mask get no ``segmentation`` and the box's area, as before.
+
 Image files are named by the scene key, which must have the writer's format (digits only);
 scenes whose json is not a valid scene record are skipped and counted, never written. Keys that
 repeat (two compose runs both start at scene 0) get the shard's name in front, so no image
@@ -13,8 +19,11 @@ object-store URL: every object is written whole).
 
 from __future__ import annotations
 
+import io
 import os
 from pathlib import Path
+
+import numpy as np
 
 from synthgen import storage
 from synthgen.compose.bank import inside
@@ -38,6 +47,54 @@ def _image_name(rec: SceneRecord, url: str, taken: set[str]) -> str:
     return name
 
 
+def rle_counts(mask: np.ndarray) -> list[int]:
+    """COCO's uncompressed RLE of a binary ``(h, w)`` mask: run lengths over the pixels in
+    column-major order, alternating background and object, starting with background (a mask
+    starting with an object pixel starts with a run of 0)."""
+    flat = np.asarray(mask, dtype=bool).ravel(order="F")
+    change = np.flatnonzero(flat[1:] != flat[:-1]) + 1
+    ends = np.concatenate([change, [flat.size]])
+    runs = np.diff(np.concatenate([[0], ends])).tolist()
+    return ([0] + runs) if flat.size and flat[0] else runs
+
+
+def rle_string(counts: list[int]) -> str:
+    """pycocotools' compressed form of RLE counts (``rleToString`` of its ``maskApi.c``): each
+    count (from the third on, less the count two before it) in 5-bit groups, least significant
+    first, 0x20 marking that more follow, offset by 48 into printable ASCII."""
+    out = []
+    for i, c in enumerate(counts):
+        x = int(c) - (int(counts[i - 2]) if i > 2 else 0)
+        more = True
+        while more:
+            ch = x & 0x1F
+            x >>= 5  # arithmetic shift: a negative difference ends at -1
+            more = x != -1 if ch & 0x10 else x != 0
+            if more:
+                ch |= 0x20
+            out.append(chr(ch + 48))
+    return "".join(out)
+
+
+def rle_encode(mask: np.ndarray) -> dict:
+    """A COCO RLE segmentation of a binary ``(h, w)`` mask (compressed counts)."""
+    h, w = mask.shape
+    return {"size": [int(h), int(w)], "counts": rle_string(rle_counts(mask))}
+
+
+def _mask(data: bytes, rec: SceneRecord) -> np.ndarray | None:
+    """The scene's owner map (None when it is not a PNG of the canvas' size)."""
+    from PIL import Image, UnidentifiedImageError
+
+    try:
+        with Image.open(io.BytesIO(data)) as im:
+            if im.mode not in ("L", "P") or im.size != (rec.width, rec.height):
+                return None
+            return np.asarray(im)
+    except (UnidentifiedImageError, OSError, ValueError):
+        return None
+
+
 def export_coco(shards: str, out: Path | str, limit: int | None = None) -> dict:
     out = storage.path(str(out))
     img_dir = out / "images"
@@ -57,6 +114,12 @@ def export_coco(shards: str, out: Path | str, limit: int | None = None) -> dict:
         except SchemaError as exc:
             skipped.setdefault(exc.reason, []).append(where)
             continue
+        owner = None
+        if "mask.png" in sample:
+            owner = _mask(sample["mask.png"], rec)
+            if owner is None:
+                skipped.setdefault("bad_mask", []).append(where)
+                continue
         name = _image_name(rec, str(sample["__url__"]), taken)
         path = img_dir / name
         if not valid_key(rec.key) or not inside(str(path), [str(img_dir)], real=True):
@@ -66,12 +129,17 @@ def export_coco(shards: str, out: Path | str, limit: int | None = None) -> dict:
         image_id = len(images) + 1
         images.append({"id": image_id, "file_name": name, "width": rec.width, "height": rec.height,
                        "synthgen_key": rec.key, "shard": os.path.basename(sample["__url__"])})
-        for o in rec.objects:
+        for i, o in enumerate(rec.objects):
             c = cats.setdefault(o.category, {"name": o.category, "lvis_id": o.category_id})
             x1, y1, x2, y2 = o.box
-            anns.append({"id": len(anns) + 1, "image_id": image_id, "category_name": c["name"],
-                         "bbox": [x1, y1, x2 - x1, y2 - y1], "area": (x2 - x1) * (y2 - y1),
-                         "iscrowd": 0, "referral": o.referral, "visible": o.visible})
+            ann = {"id": len(anns) + 1, "image_id": image_id, "category_name": c["name"],
+                   "bbox": [x1, y1, x2 - x1, y2 - y1], "area": (x2 - x1) * (y2 - y1),
+                   "iscrowd": 0, "referral": o.referral, "visible": o.visible}
+            if owner is not None:
+                m = owner == i + 1
+                ann["segmentation"] = rle_encode(m)
+                ann["area"] = int(m.sum())
+            anns.append(ann)
     if not images:
         why = f" ({'; '.join(f'{len(v)} {k}' for k, v in skipped.items())})" if skipped else ""
         raise UserError(f"no scenes found in {shards}{why}")

@@ -2,10 +2,19 @@
 
 Shard ``s`` holds samples ``s*per_shard .. min(N, (s+1)*per_shard)-1``. A shard is done iff
 its ``*_stats.json`` exists; a re-run skips done shards and rewrites the others from scratch.
-``run.json`` records the options of the run in a folder so that a re-run with other options is
-refused instead of mixing two datasets; the folder is locked while a run writes it
-(:class:`~synthgen.rundir.RunFolder`). ``--out`` (and the inputs) may be object-store URLs: a
-shard is uploaded whole, then its stats (the marker), then at the end the manifest.
+A worker writes the shard, then its scene index (``*_index.parquet``, :mod:`.index`), then its
+stats (the marker). ``run.json`` records the options of the run in a folder so that a re-run with
+other options is refused instead of mixing two datasets; the folder is locked while a run writes
+it (:class:`~synthgen.rundir.RunFolder`). ``--out`` (and the inputs) may be object-store URLs: a
+shard is uploaded whole, then its index, then its stats, then at the end the manifest.
+
+Growing a dataset (``--extend``, :func:`_grow`): the only option that may change is a larger
+``num_samples``. Scene k depends only on (seed, k, inputs), so shards that were full stay as they
+are; a partial last shard is rewritten (it gains scenes: its tar, index and stats are those of a
+fresh run of the new size). Under the folder lock, in this order, so that a kill anywhere leaves a
+folder that the old command or the new one finishes: the manifest is removed (the folder is no
+longer a finished dataset), the partial shard's marker is removed, then ``run.json`` records the
+new size and the growth history; the shards without a marker are then composed as in any resume.
 """
 
 from __future__ import annotations
@@ -24,7 +33,16 @@ from synthgen.compose.config import ComposeParams
 from synthgen.compose.scene import Composer, SceneStats
 from synthgen.errors import UserError, raise_problems
 from synthgen.rundir import RunFolder, atomic_write_json
-from synthgen.schema import MANIFEST_FILE, RUN_FILE, SCENE_SCHEMA, shard_name, stats_name
+from synthgen.schema import (
+    MANIFEST_FILE,
+    RUN_FILE,
+    SCENE_SCHEMA,
+    growth_step,
+    index_name,
+    index_row,
+    shard_name,
+    stats_name,
+)
 from synthgen.shards import ShardWriter
 
 
@@ -39,6 +57,7 @@ class ComposeJob:
     extra_object_roots: tuple[str, ...] = ()   # folders object paths may point into, besides the bank
     prepare_backgrounds: bool = False          # decode them once, beside --out (prepared_folder)
     prepared: str | None = None                # the prepared folder read instead (set by run_compose)
+    index: bool = True                         # write each shard's scene index (off: benchmarks only)
 
     @property
     def num_shards(self) -> int:
@@ -137,6 +156,7 @@ def compose_shard(job: ComposeJob, shard: int, backgrounds: list[str]) -> dict[s
     stats = SceneStats()
     per_scene: dict[int, int] = {}
     n_objects = 0
+    rows = []
     with ShardWriter(out / shard_name(shard)) as w:
         for k in job.shard_range(shard):
             scene = composer.scene(k, stats)
@@ -144,6 +164,12 @@ def compose_shard(job: ComposeJob, shard: int, backgrounds: list[str]) -> dict[s
             per_scene[n] = per_scene.get(n, 0) + 1
             n_objects += n
             w.write(scene.key, scene.encode(job.params.jpeg_quality))
+            if job.index:
+                rows.append(index_row(scene.record, shard_name(shard), scene.mask is not None))
+    if job.index:  # after the shard, before its marker
+        from synthgen.compose.index import write_index
+
+        write_index(out / index_name(shard), rows)
     rec = {
         "shard": shard_name(shard), "samples": w.count, "objects": n_objects,
         "objects_per_scene": {str(k): v for k, v in sorted(per_scene.items())},
@@ -182,18 +208,75 @@ def check_inputs(job: ComposeJob) -> Inputs:
     return Inputs(listing.items, listing.skipped, bank.rejected, inputs_identity(bank, listing.items))
 
 
-def shards_to_do(job: ComposeJob, folder: RunFolder, inputs: Inputs) -> list[int]:
-    """Check the folder's run identity (recording it on a new run); the shards still to do."""
-    folder.check_identity(RUN_FILE, job.identity(inputs.identity), what="options",
-                          optional=("inputs", "extra_object_roots"))
+OPTIONAL_IDENTITY = ("inputs", "extra_object_roots")  # absent in the run.json of earlier synthgens
+
+
+def _recorded(folder: RunFolder) -> dict | None:
+    """The folder's ``run.json`` (None when there is none, or it cannot be read: then
+    :meth:`~synthgen.rundir.RunFolder.check_identity` names every difference)."""
+    f = folder.path / RUN_FILE
+    if not f.exists():
+        return None
+    try:
+        old = json.loads(f.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+    return old if isinstance(old, dict) else None
+
+
+def shards_to_do(job: ComposeJob, folder: RunFolder, inputs: Inputs, extend: bool = False) -> list[int]:
+    """Check the folder's run identity (recording it on a new run; growing it with ``extend``:
+    :func:`_grow`); the shards still to do."""
+    ident = json.loads(json.dumps(job.identity(inputs.identity)))
+    old = _recorded(folder)
+    if old is not None and "growth" in old:
+        ident["growth"] = old["growth"]  # (the history is carried, not compared)
+    n_old = old.get("num_samples") if old is not None else None
+    if isinstance(n_old, int) and not isinstance(n_old, bool) and n_old != job.num_samples:
+        ident = _grow(job, folder, old, ident, extend)
+    folder.check_identity(RUN_FILE, ident, what="options", optional=OPTIONAL_IDENTITY)
     if folder.remote:  # one listing, not a request per shard
         names = {p.name for p in folder.path.iterdir()} if folder.path.exists() else set()
         return [s for s in range(job.num_shards) if stats_name(s) not in names]
     return [s for s in range(job.num_shards) if not (folder.path / stats_name(s)).exists()]
 
 
+def _remove(path) -> None:
+    if storage.is_remote(str(path)):
+        storage.check_lock(str(path))  # (writes check it; a removal is a write)
+    path.unlink(missing_ok=True)
+
+
+def _grow(job: ComposeJob, folder: RunFolder, old: dict, ident: dict, extend: bool) -> dict:
+    """A run of another ``num_samples`` into a folder: refused unless it grows the folder with
+    ``extend`` and every other option is the same; then the growth is recorded (see the module's
+    docstring for the order) and the identity of the grown run returned."""
+    n_old, n_new, per = old["num_samples"], job.num_samples, job.samples_per_shard
+    # every other option must be the same (named as on any resume over other options)
+    folder.check_identity(RUN_FILE, {**ident, "num_samples": n_old}, what="options", optional=OPTIONAL_IDENTITY)
+    what = f"{folder.path} holds a compose run with other options (--num-samples {n_old} -> {n_new})"
+    if n_new < n_old:
+        raise UserError(f"{what}: a dataset is never shrunk; use a new --out folder (or read the first "
+                        f"{n_new} scenes of this one)")
+    if not extend:
+        raise UserError(f"{what}: add --extend to grow it to {n_new} scenes (scenes {n_old}..{n_new - 1} "
+                        "are added, the done shards kept), or use a new --out folder")
+    out = folder.path
+    _remove(out / MANIFEST_FILE)  # no longer a finished dataset
+    rewritten = []
+    if n_old % per:  # the partial last shard gains scenes: composed again, like a fresh run's
+        last = n_old // per
+        _remove(out / stats_name(last))  # (before run.json: never a stale marker)
+        rewritten.append(shard_name(last))
+    growth = list(old.get("growth") or [growth_step(n_old)]) + [growth_step(n_new, rewritten)]
+    ident = {**ident, "growth": growth}
+    atomic_write_json(out / RUN_FILE, ident)
+    return ident
+
+
 def write_manifest(job: ComposeJob, inputs: Inputs, workers: int | None,
-                   ray_address: str | None) -> dict[str, Any]:
+                   ray_address: str | None, growth: list | None = None) -> dict[str, Any]:
+    """``manifest.json`` (the totals of every shard's stats; an extended run's ``growth``)."""
     out = storage.path(job.out)
     totals: dict[str, Any] = {"samples": 0, "objects": 0, "objects_per_scene": {}, "dropped_objects": {},
                               "scene_resamples": {}, "shard_seconds": 0.0,
@@ -217,14 +300,18 @@ def write_manifest(job: ComposeJob, inputs: Inputs, workers: int | None,
                 "shards": [shard_name(s) for s in range(job.num_shards)],
                 "options": {**job.identity(inputs.identity), "workers": workers, "ray_address": ray_address},
                 "totals": totals}
+    if growth:
+        manifest["growth"] = growth
     atomic_write_json(out / MANIFEST_FILE, manifest)
     return manifest
 
 
 def run_compose(job: ComposeJob, *, workers: int | None = None, ray_address: str | None = None,
-                executor: str = "ray", progress: bool = True) -> dict[str, Any]:
+                executor: str = "ray", progress: bool = True, extend: bool = False) -> dict[str, Any]:
     """Compose the whole dataset (resuming), returning the manifest. Raises UserError when shards
-    failed (after the others have finished). ``workers``: CPUs of the local Ray (default: all)."""
+    failed (after the others have finished). ``workers``: CPUs of the local Ray (default: all).
+    ``extend``: a folder holding fewer scenes of the same options is grown to ``num_samples``
+    (without it, another ``num_samples`` is refused)."""
     if workers is not None and workers < 1:
         raise UserError(f"--workers must be >= 1 (got {workers})")
     if executor not in ("ray", "serial"):
@@ -234,8 +321,9 @@ def run_compose(job: ComposeJob, *, workers: int | None = None, ray_address: str
         job = _with_prepared(job, workers, ray_address, executor, progress)
     inputs = check_inputs(job)
     with RunFolder(job.out, "compose") as folder:
-        todo = shards_to_do(job, folder, inputs)
-        return _run(job, todo, inputs, workers, ray_address, executor, progress)
+        todo = shards_to_do(job, folder, inputs, extend=extend)
+        growth = (_recorded(folder) or {}).get("growth")
+        return _run(job, todo, inputs, workers, ray_address, executor, progress, growth)
 
 
 def prepared_folder(job: ComposeJob) -> Path:
@@ -257,7 +345,7 @@ def _with_prepared(job: ComposeJob, workers, ray_address, executor, progress) ->
 
 
 def _run(job: ComposeJob, todo: list[int], inputs: Inputs, workers: int | None,
-         ray_address: str | None, executor: str, progress: bool) -> dict[str, Any]:
+         ray_address: str | None, executor: str, progress: bool, growth: list | None = None) -> dict[str, Any]:
     from synthgen.executors import run_ray, run_serial
 
     failures: dict[int, str] = {}
@@ -293,4 +381,4 @@ def _run(job: ComposeJob, todo: list[int], inputs: Inputs, workers: int | None,
         lines = "; ".join(f"{shard_name(todo[i])}: {msg}" for i, msg in sorted(failures.items()))
         raise UserError(f"{len(failures)} of {len(todo)} shard(s) failed ({lines}); "
                         "the others are complete — re-run the same command to retry the failed ones")
-    return write_manifest(job, inputs, workers, ray_address)
+    return write_manifest(job, inputs, workers, ray_address, growth)
