@@ -23,6 +23,7 @@ from pathlib import Path
 from typing import Any, Callable, Iterator, Mapping, Sequence
 
 from synthgen.errors import UserError, raise_problems
+from synthgen.extras import require
 
 
 def _recipe(recipe: str | Path | None, section: str) -> dict[str, Any]:
@@ -178,6 +179,7 @@ def render(categories: str | Sequence[str], out: str, *, categories_file: str | 
     object bank ``out``; the :class:`~synthgen.render.pipeline.RenderResult`. ``categories``:
     lvis, coco, voc, a names file, or a list of names; ``options``: RenderConfig's fields
     (``per_category``, ``sd_model``, ``steps``, ``workers``, ``ray_address``, ...)."""
+    require("render", "synthgen.render()")
     from synthgen.render.categories import Category, select_categories
     from synthgen.render.config import RenderConfig
     from synthgen.render.pipeline import render as run_render
@@ -228,6 +230,7 @@ def train_pin(shards: str | Sequence[str] | None = None, *, recipe: str | Path |
     """``synthgen train-pin``: fit PIN on a frozen VLM from scene shards, or from scenes composed
     on the fly (``objects=``, ``backgrounds=``); the run's summary. ``options``: TrainConfig's
     fields (``out``, ``vlm``, ``model``, ``steps``, ``batch_size``, ``resume``, ...)."""
+    require("train", "synthgen.train_pin()")
     from synthgen.pin.train import train
 
     return train(train_config(shards, recipe=recipe, **options), echo=echo)
@@ -239,6 +242,7 @@ def eval_pin(run: str, *, coco_json: str | None = None, voc: str | None = None, 
     ``refcoco`` + ``images``) with the authors' protocol unless ``options`` say otherwise
     (``baseline``, ``article``, ``parse``, ... ``out``, ``model``, ``batch_size``, ``limit``);
     writes ``preds.jsonl`` + ``metrics.json`` and returns the metrics."""
+    require("train", "synthgen.eval_pin()")
     from synthgen.pin import evaluate as ev
 
     sets = [name for name, v in (("coco_json", coco_json), ("voc", voc), ("refcoco", refcoco)) if v is not None]
@@ -259,6 +263,7 @@ def predict(run: str, image: str, text: str, *, out: str | None = None, model: s
             vlm_options: Mapping[str, Any] | None = None) -> dict[str, Any]:
     """``synthgen predict``: the box of ``text`` in ``image`` (original pixels), drawn to ``out``
     when given; ``{"box", "box_text", "parsed", "output", ...}``."""
+    require("train", "synthgen.predict()")
     from synthgen.pin.predict import predict as run_predict
 
     return run_predict(run, image, text, out=out, model=model, vlm_options=dict(vlm_options) if vlm_options else None)

@@ -58,6 +58,14 @@ def user_errors(fn: F) -> F:
         except UserError as exc:
             typer.secho(f"error: {exc}", fg=typer.colors.RED, err=True)
             raise typer.Exit(2) from None
+        except ModuleNotFoundError as exc:  # an optional dependency the core install leaves out
+            from synthgen.extras import missing_extra
+
+            error = missing_extra(exc, fn.__name__.removesuffix("_cmd").replace("_", "-"))
+            if error is None:
+                raise
+            typer.secho(f"error: {error}", fg=typer.colors.RED, err=True)
+            raise typer.Exit(2) from None
         except KeyboardInterrupt:
             typer.secho("interrupted: finished work is kept; re-run the same command to resume (train-pin: with --resume)",
                         fg=typer.colors.YELLOW, err=True)

@@ -103,6 +103,9 @@ def register(app: typer.Typer, user_errors) -> None:
         """Render objects from text (X-Paste recipe): Stable Diffusion -> rembg cut-out -> CLIP
         score -> filter -> object bank (index.jsonl + RGBA PNGs)."""
         from synthgen.errors import raise_problems
+        from synthgen.extras import require
+
+        require("render", "synthgen render")  # before Ray starts: a missing extra is one line
         from synthgen.render.categories import select_categories
         from synthgen.render.config import RenderConfig
         from synthgen.render.pipeline import render

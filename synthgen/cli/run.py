@@ -111,7 +111,7 @@ def register_prefetch(app: typer.Typer, user_errors) -> None:
     @app.command("prefetch", no_args_is_help=True)
     @user_errors
     def prefetch(
-        what: list[str] = typer.Argument(..., metavar="WHAT...", help="render (its default Stable Diffusion, CLIP and rembg models) and/or VLM families: blip2, openflamingo, llava, smolvlm, qwen2_5_vl, paligemma."),
+        what: list[str] = typer.Argument(..., metavar="WHAT", help="render (its default Stable Diffusion, CLIP and rembg models) and/or VLM families: blip2, openflamingo, llava, smolvlm, qwen2_5_vl, paligemma."),
         model: Optional[list[str]] = typer.Option(None, "--model", metavar="VLM=HUB_ID", help="Another checkpoint for a VLM family (repeatable), e.g. openflamingo=openflamingo/OpenFlamingo-4B-vitl-rpj3b."),
         dry_run: bool = typer.Option(False, "--dry-run", help="List what would be downloaded."),
     ) -> None:

@@ -33,6 +33,7 @@ def test_help_reads_as_words(name):
     text = _help(name)
     usage = next(line for line in text.splitlines() if "Usage:" in line)
     assert "{" not in usage and "}" not in usage, usage
+    assert "...." not in usage, usage  # a metavar that already ends in ... doubles it
     assert not re.search(r"<(bool|int|str|float|path)>", text), "typer's <type> labels leaked into the help"
     for p in COMMANDS[name].params:
         if p.param_type_name == "argument":
