@@ -71,8 +71,10 @@ def compose_params(**options: Any):
 
 def compose_job(objects: str, backgrounds: str, out: str, num_samples: int | None = None, *,
                 samples_per_shard: int = 1000, extra_object_roots: Sequence[str] = (),
-                prepare_backgrounds: bool = False, recipe: str | Path | None = None, **params: Any):
+                prepare_backgrounds: bool = False, min_usable: float | None = None,
+                recipe: str | Path | None = None, **params: Any):
     """The :class:`~synthgen.compose.run.ComposeJob` that :func:`compose` runs."""
+    from synthgen.compose.config import MIN_USABLE
     from synthgen.compose.run import ComposeJob
 
     rec = _recipe(recipe, "compose")
@@ -84,20 +86,23 @@ def compose_job(objects: str, backgrounds: str, out: str, num_samples: int | Non
     return ComposeJob(objects=str(objects), backgrounds=str(backgrounds), out=str(out), num_samples=int(num_samples),
                       samples_per_shard=int(samples_per_shard), params=compose_params(**{**rec, **params}),
                       extra_object_roots=tuple(str(r) for r in extra_object_roots),
-                      prepare_backgrounds=prepare_backgrounds)
+                      prepare_backgrounds=prepare_backgrounds,
+                      min_usable=float(MIN_USABLE if min_usable is None else min_usable))
 
 
 def compose(objects: str, backgrounds: str, out: str, num_samples: int | None = None, *,
             workers: int | None = None, ray_address: str | None = None, executor: str = "ray",
-            progress: bool = True, **options: Any) -> dict[str, Any]:
+            progress: bool = True, echo: Callable[[str], None] | None = print, **options: Any) -> dict[str, Any]:
     """``synthgen compose``: write ``num_samples`` scenes as WebDataset shards under ``out``
     (resuming); the manifest. ``options``: the composition options (``a_max=3``, ``s_min=...``,
     ``seed``, ``masks``, ...), ``samples_per_shard``, ``extra_object_roots``,
-    ``prepare_backgrounds``, ``recipe``."""
+    ``prepare_backgrounds``, ``min_usable`` (refuse a bank with a smaller usable fraction; 0: never),
+    ``recipe``. ``echo`` gets the line about the bank read (None: quiet)."""
     from synthgen.compose.run import run_compose
 
     job = compose_job(objects, backgrounds, out, num_samples, **options)
-    return run_compose(job, workers=workers, ray_address=ray_address, executor=executor, progress=progress)
+    return run_compose(job, workers=workers, ray_address=ray_address, executor=executor, progress=progress,
+                       echo=echo)
 
 
 def prepare_backgrounds(backgrounds: str, out: str, *, size: int = 448, per_shard: int = 500,

@@ -8,6 +8,7 @@ from typing import Optional
 import typer
 
 from synthgen.cli.common import RAY_ADDRESS_HELP, WORKERS_HELP, csv, options, recipe_option
+from synthgen.compose.config import MIN_USABLE
 from synthgen.compose.config import ComposeParams as P
 from synthgen.compose.config import LayoutParams as L
 
@@ -33,7 +34,7 @@ def compose_job(o: dict):
     params = {k: o[k] for k in RECIPE_KEYS if k not in JOB_KEYS}
     return build(o["objects"], o["backgrounds"], o["out"], o["num_samples"], samples_per_shard=o["samples_per_shard"],
                  extra_object_roots=o["extra_object_root"] or (), prepare_backgrounds=o["prepare_backgrounds"],
-                 **params)
+                 min_usable=o["min_usable"], **params)
 
 
 def register(app: typer.Typer, user_errors) -> None:
@@ -48,6 +49,7 @@ def register(app: typer.Typer, user_errors) -> None:
         extend: bool = typer.Option(False, "--extend", help="Grow an existing --out to --num-samples scenes: the same options, more scenes (scene k stays scene k; done shards are kept, a partial last shard is rewritten). Without it another --num-samples is refused."),
         prepare_backgrounds: bool = typer.Option(False, "--prepare-backgrounds", help="Decode each background once, shrunk to twice the canvas, into shards beside --out (OUT.backgrounds-SIZE, reused by the next run): several times faster on multi-megapixel backgrounds. Same as running `synthgen prepare-backgrounds` first."),
         extra_object_root: Optional[list[str]] = typer.Option(None, "--extra-object-root", metavar="PATH", help="A folder outside the bank that object paths may point into (repeatable; e.g. where an X-Paste pools file's images live). Any other path outside the bank is skipped and counted."),
+        min_usable: float = typer.Option(MIN_USABLE, "--min-usable", metavar="FRACTION", help="Refuse a bank of which fewer than this fraction of the cut-outs are usable (no alpha, unreadable, all transparent, outside the bank, ...; a bank of over 500 is judged on an even sample of 500); 0: compose from any bank with a usable cut-out. Not part of the run's options: changing it never refuses a resume."),
         recipe: Optional[Path] = recipe_option("compose", "recipes/pin-paper.yaml"),
         a_max: int = typer.Option(L.a_max, "--a-max", help="Maximum number of objects per scene (paper: 3)."),
         fixed_count: bool = typer.Option(L.fixed_count, "--fixed-count", help="Always paste a_max objects instead of a uniform 1..a_max."),
@@ -82,9 +84,10 @@ def register(app: typer.Typer, user_errors) -> None:
         from synthgen.compose.run import run_compose
 
         job = compose_job(options(ctx, recipe, "compose", RECIPE_KEYS))
-        manifest = run_compose(job, workers=workers, ray_address=ray_address, executor=executor, extend=extend)
-        t = manifest["totals"]
         con = Console(stderr=True)
+        manifest = run_compose(job, workers=workers, ray_address=ray_address, executor=executor, extend=extend,
+                               echo=lambda line: con.print(line, markup=False, highlight=False, soft_wrap=True))
+        t = manifest["totals"]
         con.print(f"[green]done[/]: {t['samples']} scenes, {t['objects']} objects in "
                   f"{len(manifest['shards'])} shard(s) -> {out}")
         if t["dropped_objects"]:

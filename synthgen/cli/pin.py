@@ -29,6 +29,9 @@ RECIPE_KEYS = ("vlm", "model", "steps", "epochs", "epoch_size", "warmup_epochs",
                "max_bad_samples")
 
 
+EXIT_FALLBACK = 3  # predict --strict: the answer held no box (2 is a user error)
+
+
 def _fmt(v) -> str:
     return "-" if v is None or v != v else (f"{v:.4f}" if isinstance(v, float) else str(v))
 
@@ -244,15 +247,25 @@ def register(app, user_errors) -> None:
         out: Optional[str] = typer.Option(None, "--out", "-o", metavar="PATH", help="Write the image with the box drawn (a path or URL)."),
         model: Optional[str] = typer.Option(None, help=_RUN_MODEL_HELP),
         vlm_option: Optional[list[str]] = typer.Option(None, "--vlm-option", metavar="KEY=VALUE", help="Override a VLM option the run recorded (repeatable), e.g. lm=DIR for a local copy of OpenFlamingo's language model."),
+        json_out: bool = typer.Option(False, "--json", help="Print the result as one JSON object (box, box_text, parsed, fallback, output: the raw answer, ...) instead of the box line."),
+        strict: bool = typer.Option(False, "--strict", help=f"Exit with status {EXIT_FALLBACK} when the answer holds no box (the one-cell fallback box is still printed and drawn); for scripts."),
     ) -> None:
-        """Print the box of TEXT in IMAGE (original pixels) and optionally draw it."""
+        """Print the box of TEXT in IMAGE (original pixels) and optionally draw it. An answer with no box
+        gives the one-cell box at the origin, marked as a fallback (printed, in --json and drawn dashed grey)."""
+        import json
+
         from synthgen.cli.pin_io import parse_vlm_options
         from synthgen.pin.checkpoint import read_run
         from synthgen.pin.predict import predict as run_predict
 
         options = parse_vlm_options(vlm_option, read_run(run).meta.get("vlm", "")) if vlm_option else None
         r = run_predict(run, image, text, out=out, model=model, vlm_options=options)
-        note = "" if r["parsed"] else f"  (no box in output {r['output']!r}: one-cell box at the origin)"
-        typer.echo(f"{r['box_text']}{note}")
-        if out:
-            typer.echo(f"drawn to {out}")
+        if json_out:
+            typer.echo(json.dumps(r))
+        else:
+            note = "" if r["parsed"] else f"  (fallback: no box in answer {r['output']!r}; one-cell box at the origin)"
+            typer.echo(f"{r['box_text']}{note}")
+            if out:
+                typer.echo(f"drawn to {out}")
+        if strict and r["fallback"]:
+            raise typer.Exit(EXIT_FALLBACK)

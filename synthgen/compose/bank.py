@@ -12,7 +12,8 @@ Three layouts are read by the same :class:`ObjectBank`:
 Only the index is held in memory; pixels are decoded on demand and kept in a small LRU cache
 bounded in bytes, so a worker's memory does not grow with the bank. Cut-outs are cropped to
 their alpha bounding box and downscaled to at most ``max_side`` pixels. Unusable objects (no
-alpha, unreadable, all transparent) are returned as :class:`~synthgen.images.Skip`.
+alpha, unreadable, all transparent) are returned as :class:`~synthgen.images.Skip`;
+:meth:`ObjectBank.survey` counts them (with the layout detected) for compose's line about the bank.
 
 A bank may be an object-store URL (``s3://bucket/objects``, :mod:`synthgen.storage`): the index
 is read once, the tree or pools layout listed once, and a cut-out fetched by one GET when it is
@@ -27,8 +28,8 @@ import json
 import os
 import re
 import sys
-from collections import OrderedDict
-from dataclasses import dataclass
+from collections import Counter, OrderedDict
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -54,6 +55,45 @@ class CutOut:
     @property
     def nbytes(self) -> int:
         return int(self.rgba.nbytes)
+
+
+LAYOUTS = {"index": "synthgen bank (index.jsonl)", "xpaste-pools": f"X-Paste pools ({POOLS_FILE})"}
+SURVEY_LIMIT = 500  # cut-outs decoded by :meth:`ObjectBank.survey`; a larger bank is sampled evenly
+
+
+@dataclass(frozen=True)
+class BankSurvey:
+    """What a bank holds: its layout in words, its categories and cut-outs, and how many of them
+    are unusable by reason (refused when listing: :attr:`ObjectBank.rejected`; or when decoded:
+    the :class:`~synthgen.errors.Skip` of :meth:`ObjectBank.load`). A bank of more than ``limit``
+    cut-outs is judged on an even sample (``checked`` < ``listed``)."""
+
+    layout: str
+    categories: int
+    listed: int                     # cut-outs listed: usable-looking entries + refused ones
+    checked: int                    # of which were looked at: the refused ones and the decoded ones
+    unusable: dict[str, int] = field(default_factory=dict)  # reason -> count among the checked
+
+    @property
+    def num_unusable(self) -> int:
+        return sum(self.unusable.values())
+
+    @property
+    def usable_fraction(self) -> float:
+        return 1.0 - self.num_unusable / self.checked if self.checked else 0.0
+
+    def reasons(self) -> str:
+        return ", ".join(f"{n} {r.replace('_', ' ')}" for r, n in sorted(self.unusable.items(), key=lambda x: -x[1]))
+
+    def counts(self) -> str:
+        """``340 cut-outs (3 unusable: 2 no alpha, 1 unreadable)``."""
+        of = f" of {self.checked} checked" if self.checked < self.listed else ""
+        bad = f"{self.num_unusable} unusable{of}: {self.reasons()}" if self.unusable else f"all usable{of}"
+        return f"{self.listed} cut-outs ({bad})"
+
+    def line(self) -> str:
+        """The one line compose prints about the bank it read."""
+        return f"objects: {self.layout}, {self.categories} categories, {self.counts()}"
 
 
 class ObjectBank:
@@ -171,6 +211,30 @@ class ObjectBank:
             _, old = self._cache.popitem(last=False)
             self._cached_bytes -= old.nbytes if isinstance(old, CutOut) else 64
         return item
+
+    def layout_words(self) -> str:
+        """The layout that was detected, in words (a tree is told apart by where its PNGs lie)."""
+        if self.layout in LAYOUTS:
+            return LAYOUTS[self.layout]
+        nested = any("/" in e.path for e in self.entries)
+        loose = any("/" not in e.path for e in self.entries)
+        if nested and loose:
+            return "folder of category sub-folders and loose files (categories from file names)"
+        return "folder of category sub-folders" if nested else "flat folder (categories from file names)"
+
+    def survey(self, limit: int = SURVEY_LIMIT) -> BankSurvey:
+        """Count the unusable cut-outs: those refused when listing, and those that :meth:`load`
+        skips (decoding every cut-out, or ``limit`` of them spread evenly over a larger bank)."""
+        n = len(self.entries)
+        picks = range(n) if n <= limit else sorted({round(k * (n - 1) / (limit - 1)) for k in range(limit)})
+        unusable = Counter({r: len(v) for r, v in self.rejected.items() if v})
+        for i in picks:
+            item = self.load(i)
+            if isinstance(item, Skip):
+                unusable[item.reason] += 1
+        refused = sum(len(v) for v in self.rejected.values())
+        return BankSurvey(self.layout_words(), len(self.categories), n + refused, len(picks) + refused,
+                          dict(unusable))
 
     def first_usable(self, limit: int | None = None) -> int | None:
         """Index of the first usable object (scanning at most ``limit``), or None."""

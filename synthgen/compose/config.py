@@ -13,6 +13,14 @@ from typing import Any
 
 from synthgen.errors import raise_problems
 
+# compose refuses a bank of which fewer than this fraction of the cut-outs are usable (--min-usable;
+# 0: never). A check of the inputs, not a scene setting: not in ComposeParams, nor in run.json
+MIN_USABLE = 0.5
+
+
+def min_usable_problems(value: float) -> list[str]:
+    return [] if 0.0 <= value <= 1.0 else [f"--min-usable must lie in [0, 1] (got {value})"]
+
 
 @dataclass(frozen=True)
 class LayoutParams:

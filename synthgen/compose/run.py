@@ -26,10 +26,10 @@ import time
 from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 from synthgen import __version__, storage
-from synthgen.compose.config import ComposeParams
+from synthgen.compose.config import MIN_USABLE, ComposeParams, min_usable_problems
 from synthgen.compose.scene import Composer, SceneStats
 from synthgen.errors import UserError, raise_problems
 from synthgen.rundir import RunFolder, atomic_write_json
@@ -58,6 +58,7 @@ class ComposeJob:
     prepare_backgrounds: bool = False          # decode them once, beside --out (prepared_folder)
     prepared: str | None = None                # the prepared folder read instead (set by run_compose)
     index: bool = True                         # write each shard's scene index (off: benchmarks only)
+    min_usable: float = MIN_USABLE             # refuse a bank with fewer usable cut-outs (not in identity)
 
     @property
     def num_shards(self) -> int:
@@ -68,7 +69,7 @@ class ComposeJob:
         return range(lo, min(self.num_samples, lo + self.samples_per_shard))
 
     def problems(self) -> list[str]:
-        out = self.params.problems()
+        out = self.params.problems() + min_usable_problems(self.min_usable)
         if not str(self.objects).strip():
             out.append("--objects is empty")
         if not str(self.backgrounds).strip():
@@ -81,7 +82,8 @@ class ComposeJob:
 
     def identity(self, inputs: dict | None = None) -> dict[str, Any]:
         """What decides the dataset's content: a re-run into the same folder must match it.
-        ``inputs``: the identity of the inputs' contents (:attr:`Inputs.identity`)."""
+        ``inputs``: the identity of the inputs' contents (:attr:`Inputs.identity`). ``min_usable``
+        is not in it: it decides whether a run starts, never what it writes."""
         ident = {"objects": storage.resolved(self.objects),
                  "backgrounds": storage.resolved(self.backgrounds) if "{" not in self.backgrounds
                  else self.backgrounds,
@@ -112,6 +114,7 @@ class Inputs:
     skipped_backgrounds: dict[str, dict[str, str]]
     skipped_objects: dict[str, dict[str, str]]
     identity: dict[str, Any]
+    bank: Any = None  # the bank's BankSurvey (layout, categories, unusable cut-outs)
 
 
 def _digest(lines: list[str]) -> str:
@@ -205,7 +208,15 @@ def check_inputs(job: ComposeJob) -> Inputs:
     if bank.first_usable(limit=min(len(bank), 2000)) is None:
         raise UserError(f"object bank {job.objects}: none of the first {min(len(bank), 2000)} "
                         "cut-outs is usable (RGBA PNGs with some opaque pixels are needed)")
-    return Inputs(listing.items, listing.skipped, bank.rejected, inputs_identity(bank, listing.items))
+    survey = bank.survey()
+    if survey.usable_fraction < job.min_usable:
+        usable = survey.checked - survey.num_unusable
+        raise UserError(f"object bank {job.objects} ({survey.layout}, {survey.categories} categories): "
+                        f"{survey.num_unusable} of {survey.checked} cut-outs"
+                        f"{' checked' if survey.checked < survey.listed else ''} are unusable "
+                        f"({survey.reasons()}), fewer than --min-usable {job.min_usable:g} usable; fix the bank, "
+                        f"or pass --min-usable 0 to compose with the {usable} usable")
+    return Inputs(listing.items, listing.skipped, bank.rejected, inputs_identity(bank, listing.items), survey)
 
 
 OPTIONAL_IDENTITY = ("inputs", "extra_object_roots")  # absent in the run.json of earlier synthgens
@@ -307,11 +318,14 @@ def write_manifest(job: ComposeJob, inputs: Inputs, workers: int | None,
 
 
 def run_compose(job: ComposeJob, *, workers: int | None = None, ray_address: str | None = None,
-                executor: str = "ray", progress: bool = True, extend: bool = False) -> dict[str, Any]:
+                executor: str = "ray", progress: bool = True, extend: bool = False,
+                echo: Callable[[str], None] | None = None) -> dict[str, Any]:
     """Compose the whole dataset (resuming), returning the manifest. Raises UserError when shards
     failed (after the others have finished). ``workers``: CPUs of the local Ray (default: all).
     ``extend``: a folder holding fewer scenes of the same options is grown to ``num_samples``
-    (without it, another ``num_samples`` is refused)."""
+    (without it, another ``num_samples`` is refused). ``echo``: given the line about the bank
+    (``objects: folder of category sub-folders, 12 categories, 340 cut-outs (...)``) once the
+    inputs and the folder are checked."""
     if workers is not None and workers < 1:
         raise UserError(f"--workers must be >= 1 (got {workers})")
     if executor not in ("ray", "serial"):
@@ -322,6 +336,8 @@ def run_compose(job: ComposeJob, *, workers: int | None = None, ray_address: str
     inputs = check_inputs(job)
     with RunFolder(job.out, "compose") as folder:
         todo = shards_to_do(job, folder, inputs, extend=extend)
+        if echo is not None:  # once the run starts: a refusal stays one line
+            echo(inputs.bank.line())
         growth = (_recorded(folder) or {}).get("growth")
         return _run(job, todo, inputs, workers, ray_address, executor, progress, growth)
 

@@ -7,12 +7,47 @@ from pathlib import Path
 from synthgen.errors import UserError
 from synthgen.grounding import format_box, scale_box
 
+BOX_COLOUR = (255, 32, 32)
+FALLBACK_COLOUR = (128, 128, 128)
+FALLBACK_LABEL = "no box in answer: fallback"
+
+
+def draw_prediction(im, box, text: str, *, parsed: bool = True):
+    """Draw ``box`` (pixels of ``im``, x2/y2 exclusive) on the RGB image ``im`` in place and return it.
+    A parsed box: solid red, labelled with ``text``. The fallback box of an unparseable answer:
+    dashed grey, labelled ``no box in answer: fallback``, so that a picture never shows it as an answer."""
+    from PIL import ImageDraw
+
+    draw = ImageDraw.Draw(im)
+    w, h = im.size
+    lw = max(1, round(min(w, h) / 150))
+    x1, y1, x2, y2 = box  # a parsed box may be empty ([56,70,112,70]): draw it as a line
+    rect = [x1, y1, max(x1, x2 - 1), max(y1, y2 - 1)]
+    if parsed:
+        draw.rectangle(rect, outline=BOX_COLOUR, width=lw)
+        draw.text((x1 + lw + 1, y1 + lw + 1), text, fill=BOX_COLOUR)
+        return im
+    dash = max(2, 2 * lw)
+    left, top, right, bottom = rect
+    for a in range(int(left), int(right) + 1, 2 * dash):  # top and bottom edges
+        e = min(a + dash - 1, right)
+        draw.line([(a, top), (e, top)], fill=FALLBACK_COLOUR, width=lw)
+        draw.line([(a, bottom), (e, bottom)], fill=FALLBACK_COLOUR, width=lw)
+    for a in range(int(top), int(bottom) + 1, 2 * dash):  # left and right edges
+        e = min(a + dash - 1, bottom)
+        draw.line([(left, a), (left, e)], fill=FALLBACK_COLOUR, width=lw)
+        draw.line([(right, a), (right, e)], fill=FALLBACK_COLOUR, width=lw)
+    draw.text((left + lw + 1, bottom + lw + 1), FALLBACK_LABEL, fill=FALLBACK_COLOUR)
+    return im
+
 
 def predict(run_dir, image, text: str, *, out=None, model: str | None = None,
             device: str | None = None, vlm_options: dict | None = None) -> dict:
-    """Box for ``text`` in ``image`` (original pixels); draws it to ``out`` when given."""
+    """Box for ``text`` in ``image`` (original pixels); draws it to ``out`` when given. An answer
+    with no box gives the one-cell box at the origin with ``parsed`` False and ``fallback`` True
+    (drawn dashed grey, see :func:`draw_prediction`)."""
     import torch
-    from PIL import Image, ImageDraw, ImageOps
+    from PIL import Image, ImageOps
 
     from synthgen import storage
     from synthgen.images import load_canvas
@@ -34,18 +69,16 @@ def predict(run_dir, image, text: str, *, out=None, model: str | None = None,
     (raw, box, ok), = generate_boxes(adapter, [px], [text.strip()], canvas=run.canvas, grid=run.grid,
                                      parse="lenient")
     orig = scale_box(box, w / run.canvas, h / run.canvas)
-    result = {"text": text, "output": raw.strip(), "parsed": ok, "box_canvas": box,
+    # an unparseable answer still gets a box (the one-cell box at the origin, what eval-pin scores it
+    # as), but never passes for a real one: "fallback" says so, "output" is the raw answer
+    result = {"text": text, "output": raw.strip(), "parsed": ok, "fallback": not ok, "box_canvas": box,
               "box": [round(v, 1) for v in orig], "box_text": format_box(orig)}
     if out:
         import io
 
         with Image.open(io.BytesIO(src) if isinstance(src, bytes) else src) as im:
             im = ImageOps.exif_transpose(im).convert("RGB")  # the frame the box is in
-            draw = ImageDraw.Draw(im)
-            lw = max(1, round(min(w, h) / 150))
-            x1, y1, x2, y2 = orig  # a parsed box may be empty ([56,70,112,70]): draw it as a line
-            draw.rectangle([x1, y1, max(x1, x2 - 1), max(y1, y2 - 1)], outline=(255, 32, 32), width=lw)
-            draw.text((orig[0] + lw + 1, orig[1] + lw + 1), text, fill=(255, 32, 32))
+            draw_prediction(im, orig, text, parsed=ok)
             if storage.is_remote(str(out)):
                 buf = io.BytesIO()
                 im.save(buf, format=Image.registered_extensions().get(storage.path(str(out)).suffix.lower(), "PNG"))

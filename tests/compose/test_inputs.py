@@ -210,3 +210,93 @@ def test_backgrounds_errors(tmp_path):
     (tmp_path / "empty").mkdir()
     with pytest.raises(UserError, match="no images"):
         list_backgrounds(str(tmp_path / "empty"))
+
+
+def _bank_with_bad_objects(root, good: int, no_alpha: int, unreadable: int, flat: bool = False):
+    """A tree bank of 3 categories: ``good`` cut-outs, then ``no_alpha`` RGB PNGs and ``unreadable``
+    broken PNGs, spread over the categories (sub-folders, or loose files named by category)."""
+    cats = ["apple", "cup", "teddy_bear"]
+    kinds = ["good"] * good + ["no_alpha"] * no_alpha + ["unreadable"] * unreadable
+    for k, kind in enumerate(kinds):
+        cat = cats[k % 3]
+        path = root / (f"{cat}_{k:02d}.png" if flat else f"{cat}/{k:02d}.png")
+        path.parent.mkdir(parents=True, exist_ok=True)
+        if kind == "good":
+            write_rgba(path, (200, 30 * (k % 8), 0))
+        elif kind == "no_alpha":
+            Image.new("RGB", (20, 20), (0, 200, 0)).save(path)
+        else:
+            path.write_bytes(b"\x89PNG\r\n\x1a\nthis is not a png")
+    return root
+
+
+def test_bank_survey_names_the_layout_and_counts_unusable_cutouts(tmp_path, bank):
+    b = ObjectBank.open(_bank_with_bad_objects(tmp_path / "tree", 9, 2, 1))
+    s = b.survey()
+    assert (s.listed, s.checked, s.unusable) == (12, 12, {"no_alpha": 2, "unreadable": 1})
+    assert s.usable_fraction == 0.75
+    assert s.line() == ("objects: folder of category sub-folders, 3 categories, 12 cut-outs "
+                        "(3 unusable: 2 no alpha, 1 unreadable)")
+    flat = ObjectBank.open(_bank_with_bad_objects(tmp_path / "flat", 4, 0, 0, flat=True)).survey()
+    assert flat.line() == "objects: flat folder (categories from file names), 3 categories, 4 cut-outs (all usable)"
+    # a synthgen bank, with an entry whose path leaves the bank: refused when listing, counted too
+    lines = (bank / "index.jsonl").read_text().splitlines()
+    rec = dict(json.loads(lines[0]), id="escape/1", path="../../etc/passwd")
+    (bank / "index.jsonl").write_text("\n".join(lines + [json.dumps(rec)]) + "\n")
+    s = ObjectBank.open(bank).survey()
+    assert s.line() == "objects: synthgen bank (index.jsonl), 4 categories, 13 cut-outs (1 unusable: 1 outside bank)"
+    # a bank larger than the limit is judged on an even sample, and says so
+    s = b.survey(limit=4)
+    assert (s.listed, s.checked) == (12, 4) and "of 4 checked" in s.line()
+
+
+def test_compose_refuses_a_mostly_unusable_bank_unless_min_usable_allows(tmp_path, backgrounds, cli_env):
+    import subprocess
+    import sys
+
+    objects = _bank_with_bad_objects(tmp_path / "bank", 1, 10, 1)
+
+    def run(*extra, bank=objects, out=tmp_path / "out"):
+        cmd = [sys.executable, "-m", "synthgen", "compose", "--objects", str(bank), "--backgrounds",
+               str(backgrounds), "--out", str(out), "-n", "4", "--executor", "serial", *extra]
+        return subprocess.run(cmd, env=cli_env, capture_output=True, text=True, timeout=300)
+
+    r = run()
+    err = r.stderr.strip().splitlines()
+    assert r.returncode == 2 and len(err) == 1 and "Traceback" not in r.stderr, r.stderr
+    assert err[0] == (f"error: object bank {objects} (folder of category sub-folders, 3 categories): 11 of 12 "
+                      "cut-outs are unusable (10 no alpha, 1 unreadable), fewer than --min-usable 0.5 usable; "
+                      "fix the bank, or pass --min-usable 0 to compose with the 1 usable")
+    assert not (tmp_path / "out").exists()  # refused before anything is written
+    r = run("--min-usable", "0")
+    assert r.returncode == 0, r.stderr
+    assert ("objects: folder of category sub-folders, 3 categories, 12 cut-outs "
+            "(11 unusable: 10 no alpha, 1 unreadable)") in r.stderr.splitlines()
+    # min-usable decides whether a run starts, not what it writes: another value resumes the same run
+    r = run("--min-usable", "0.05")
+    assert r.returncode == 0 and "other options" not in r.stderr, r.stderr
+    r = run("--min-usable", "1.5")
+    assert r.returncode == 2 and "--min-usable must lie in [0, 1] (got 1.5)" in r.stderr
+    flat = _bank_with_bad_objects(tmp_path / "flat", 6, 0, 0, flat=True)
+    r = run(bank=flat, out=tmp_path / "out2")
+    assert r.returncode == 0, r.stderr
+    assert "objects: flat folder (categories from file names), 3 categories, 6 cut-outs (all usable)" in r.stderr
+
+
+def test_min_usable_reaches_the_job_through_the_api_but_not_its_identity(tmp_path, bank, backgrounds):
+    import synthgen
+    from synthgen.api import compose_job
+
+    job = compose_job(str(bank), str(backgrounds), str(tmp_path / "o"), 4, min_usable=0.9)
+    ident = job.identity()
+    assert job.min_usable == 0.9 and "min_usable" not in ident and "min_usable" not in ident["params"]
+    assert ident == compose_job(str(bank), str(backgrounds), str(tmp_path / "o"), 4, min_usable=0).identity()
+    assert compose_job(str(bank), str(backgrounds), str(tmp_path / "o"), 4).min_usable == 0.5
+    objects = _bank_with_bad_objects(tmp_path / "bad", 1, 3, 0)
+    with pytest.raises(UserError, match=r"3 of 4 cut-outs are unusable \(3 no alpha\)"):
+        synthgen.compose(str(objects), str(backgrounds), str(tmp_path / "o"), 2, executor="serial", progress=False)
+    lines: list[str] = []
+    m = synthgen.compose(str(objects), str(backgrounds), str(tmp_path / "o"), 2, executor="serial", progress=False,
+                         min_usable=0.25, echo=lines.append)
+    assert m["totals"]["samples"] == 2
+    assert lines == ["objects: folder of category sub-folders, 3 categories, 4 cut-outs (3 unusable: 3 no alpha)"]

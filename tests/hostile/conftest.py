@@ -45,6 +45,6 @@ def trained_run(tmp_path_factory, tiny_vlm):
     write_shards(root / "shards", 8, canvas=CANVAS, grid=GRID, per_shard=4)
     env = dict(os.environ, RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER="0")
     r = run_cli(["train-pin", root / "shards", "--model", tiny_vlm, "--out", root / "run", "--steps", "2",
-                 "--batch-size", "4", "--workers", "0", "--hidden", "16,16", "--no-progress"], env)
+                 "--batch-size", "4", "--loader-workers", "0", "--hidden", "16,16", "--no-progress"], env)
     assert r.returncode == 0, r.stderr
     return root / "run"

@@ -364,3 +364,40 @@ def test_cli_train_eval_predict(vlm_dir, shards, tmp_path):
     r = runner.invoke(app, ["eval-pin", str(tmp_path), "--coco-json", str(tmp_path / "coco.json"),
                             "--images", str(images)])
     assert r.exit_code == 2 and "not a PIN run" in r.output
+
+
+def test_predict_marks_a_fallback_box_and_strict_exits_3(vlm_dir, shards, tmp_path):
+    """The tiny VLM's answer holds no box: predict says so (line, --json, picture) and --strict exits 3."""
+    import numpy as np
+    from PIL import Image
+    from typer.testing import CliRunner
+
+    from synthgen.cli import app
+    from synthgen.pin.predict import BOX_COLOUR, FALLBACK_COLOUR
+
+    runner = CliRunner()
+    run = tmp_path / "run"
+    r = runner.invoke(app, ["train-pin", str(shards), "--model", str(vlm_dir), "--out", str(run), "--steps", "1",
+                            "--batch-size", "2", "--loader-workers", "0", "--hidden", "16,16", "--no-progress"])
+    assert r.exit_code == 0, r.output
+    image = tmp_path / "photo.png"
+    Image.new("RGB", (224, 112), (40, 90, 160)).save(image)
+    args = ["predict", str(run), str(image), "cat"]
+
+    r = runner.invoke(app, [*args, "--json", "-o", str(tmp_path / "p.png")])
+    assert r.exit_code == 0, r.output
+    res = json.loads(r.stdout)
+    assert res["parsed"] is False and res["fallback"] is True, res
+    assert isinstance(res["output"], str) and "[" not in res["output"]
+    assert res["box"] == [0.0, 0.0, 28.0, 14.0]  # the one-cell box at the origin, in the image's pixels
+    px = np.asarray(Image.open(tmp_path / "p.png").convert("RGB")).reshape(-1, 3)
+    assert (px == FALLBACK_COLOUR).all(axis=1).any() and not (px == BOX_COLOUR).all(axis=1).any()
+
+    r = runner.invoke(app, args)
+    assert r.exit_code == 0, r.output
+    assert "fallback: no box in answer" in r.stdout
+    r = runner.invoke(app, [*args, "--strict"])
+    assert r.exit_code == 3, r.output
+    assert r.stdout.startswith("[0,0,28,14]") and "fallback" in r.stdout
+    r = runner.invoke(app, [*args, "--strict", "--json"])
+    assert r.exit_code == 3 and json.loads(r.stdout)["fallback"] is True

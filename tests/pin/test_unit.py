@@ -483,3 +483,32 @@ def test_refcoco_p_at_03_with_uniform_baseline(tmp_path):
     assert recs[0]["prompt"] == "In the image is a Man on the left. located at"
     assert recs[0]["gt_box"] == [0, 0, 223, 223]
     assert m["protocol"]["refcoco_sentences"] == "last" and m["protocol"]["set_kind"] == "refcoco"
+
+
+# --- predict's picture ---------------------------------------------------------------------
+
+def test_a_fallback_box_is_drawn_apart_from_a_parsed_one():
+    import numpy as np
+    from PIL import Image
+
+    from synthgen.pin.predict import BOX_COLOUR, FALLBACK_COLOUR, draw_prediction
+
+    def drawn(parsed):
+        im = draw_prediction(Image.new("RGB", (224, 112), (40, 90, 160)), [0.0, 0.0, 14.0, 14.0], "cat",
+                             parsed=parsed)
+        return np.asarray(im).reshape(-1, 3)
+
+    def count(px, colour):
+        return int((px == colour).all(axis=1).sum())
+
+    parsed, fallback = drawn(True), drawn(False)
+    assert count(parsed, BOX_COLOUR) > 0 and count(parsed, FALLBACK_COLOUR) == 0
+    assert count(fallback, FALLBACK_COLOUR) > 0 and count(fallback, BOX_COLOUR) == 0
+    # dashed: the top edge of the fallback box has gaps, the parsed box's is a solid line
+    assert (parsed.reshape(112, 224, 3)[0, :14] == BOX_COLOUR).all()
+    top = (fallback.reshape(112, 224, 3)[0, :14] == FALLBACK_COLOUR).all(axis=1)
+    assert top.any() and not top.all()
+    # the label under the box is the long "no box in answer: fallback" (anti-aliased text), not "cat"
+    below = (fallback.reshape(112, 224, 3)[15:] != (40, 90, 160)).any(axis=2)
+    assert np.nonzero(below.any(axis=0))[0].max() > 80
+    assert not (parsed.reshape(112, 224, 3)[15:] != (40, 90, 160)).any()
