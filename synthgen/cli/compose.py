@@ -86,7 +86,8 @@ def register(app: typer.Typer, user_errors) -> None:
         job = compose_job(options(ctx, recipe, "compose", RECIPE_KEYS))
         con = Console(stderr=True)
         manifest = run_compose(job, workers=workers, ray_address=ray_address, executor=executor, extend=extend,
-                               echo=lambda line: con.print(line, markup=False, highlight=False, soft_wrap=True))
+                               # the bank line on stdout: stderr stays progress and, on failure, one error line
+                               echo=lambda line: typer.echo(line))
         t = manifest["totals"]
         con.print(f"[green]done[/]: {t['samples']} scenes, {t['objects']} objects in "
                   f"{len(manifest['shards'])} shard(s) -> {out}")

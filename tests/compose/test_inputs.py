@@ -280,7 +280,7 @@ def test_compose_refuses_a_mostly_unusable_bank_unless_min_usable_allows(tmp_pat
     flat = _bank_with_bad_objects(tmp_path / "flat", 6, 0, 0, flat=True)
     r = run(bank=flat, out=tmp_path / "out2")
     assert r.returncode == 0, r.stderr
-    assert "objects: flat folder (categories from file names), 3 categories, 6 cut-outs (all usable)" in r.stderr
+    assert "objects: flat folder (categories from file names), 3 categories, 6 cut-outs (all usable)" in r.stdout
 
 
 def test_min_usable_reaches_the_job_through_the_api_but_not_its_identity(tmp_path, bank, backgrounds):

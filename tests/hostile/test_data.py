@@ -63,7 +63,7 @@ def _spoil(shards: list[Path]) -> dict[str, str]:
 
 def _train(shards_dir, run, vlm, env, *extra, steps=4):
     return run_cli(["train-pin", shards_dir, "--model", vlm, "--out", run, "--steps", steps, "--batch-size", 4,
-                    "--workers", 1, "--hidden", "16,16", "--no-progress", "--shuffle-buffer", 4, "--log-every", 1,
+                    "--loader-workers", 1, "--hidden", "16,16", "--no-progress", "--shuffle-buffer", 4, "--log-every", 1,
                     *extra], env)
 
 

@@ -64,7 +64,7 @@ def test_train_pin_checkpoint_on_a_full_disk_is_one_line(small_disk, tmp_path, c
     (small_disk / "filler").write_bytes(b"\0" * (1024 * 1024 - 64 * 1024))  # leave ~64 KiB
     run = small_disk / "run"
     r = run_cli(["train-pin", tmp_path / "s", "--model", tiny_vlm, "--out", run, "--steps", 2, "--batch-size", 4,
-                 "--workers", 0, "--hidden", "64,64", "--no-progress"], cli_env)
+                 "--loader-workers", 0, "--hidden", "64,64", "--no-progress"], cli_env)
     one_line_error(r, f"no space left on {small_disk}", "writing")
     assert not list(run.glob(".*synthgen-tmp"))
 

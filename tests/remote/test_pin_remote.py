@@ -78,7 +78,7 @@ def test_train_pin_on_s3_resumes_and_eval_pin_reads_the_run(s3, vlm_dir, tmp_pat
     # eval-pin on a COCO set exported to s3, predict on an image there: both read the run from s3
     export_coco(shards, f"{s3.url}/coco", limit=4)
     m = evaluate_coco(run, f"{s3.url}/coco/instances.json", f"{s3.url}/coco/images", limit=4, batch_size=4)
-    assert m["n"] == 4 and m["metrics_file"] == f"{run}/eval/instances/metrics.json"
+    assert m["n"] == 4 and m["metrics_file"] == f"{run}/eval/instances/model/metrics.json"
     assert {"eval/instances/model/metrics.json", "eval/instances/model/preds.jsonl"} <= set(s3.keys("runs/pin"))
     r = predict(run, f"{s3.url}/coco/images/000000000.jpg", "cat", out=f"{s3.url}/boxed.png")
     assert len(r["box"]) == 4 and s3.objects()["boxed.png"][:4] == b"\x89PNG"
@@ -99,7 +99,7 @@ def test_eval_pin_cli_reads_a_run_on_s3(s3, vlm_dir, tmp_path, cli_env):
                         "--images", f"{s3.url}/coco/images", "--limit", "2", "--batch-size", "2"],
                        env=env, capture_output=True, text=True, timeout=300)
     assert r.returncode == 0, r.stderr
-    assert f"{run}/eval/instances/metrics.json" in r.stdout
+    assert f"{run}/eval/instances/model/metrics.json" in r.stdout
     r = subprocess.run([sys.executable, "-m", "synthgen", "eval-pin", run, "--voc", f"{s3.url}/VOC2007"],
                        env=env, capture_output=True, text=True, timeout=300)
     assert r.returncode == 2 and "--voc reads a local folder" in r.stderr and "Traceback" not in r.stderr
