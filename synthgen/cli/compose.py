@@ -90,7 +90,7 @@ def register(app: typer.Typer, user_errors) -> None:
                                echo=lambda line: typer.echo(line))
         t = manifest["totals"]
         con.print(f"[green]done[/]: {t['samples']} scenes, {t['objects']} objects in "
-                  f"{len(manifest['shards'])} shard(s) -> {out}")
+                  f"{len(manifest['shards'])} shard(s) -> {out}", soft_wrap=True)
         if t["dropped_objects"]:
             con.print(f"dropped objects: {t['dropped_objects']}")
         for kind in ("backgrounds", "objects"):

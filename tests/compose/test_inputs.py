@@ -271,7 +271,7 @@ def test_compose_refuses_a_mostly_unusable_bank_unless_min_usable_allows(tmp_pat
     r = run("--min-usable", "0")
     assert r.returncode == 0, r.stderr
     assert ("objects: folder of category sub-folders, 3 categories, 12 cut-outs "
-            "(11 unusable: 10 no alpha, 1 unreadable)") in r.stderr.splitlines()
+            "(11 unusable: 10 no alpha, 1 unreadable)") in r.stdout.splitlines()
     # min-usable decides whether a run starts, not what it writes: another value resumes the same run
     r = run("--min-usable", "0.05")
     assert r.returncode == 0 and "other options" not in r.stderr, r.stderr
