@@ -37,6 +37,21 @@ def compose_job(o: dict):
                  min_usable=o["min_usable"], **params)
 
 
+def _is_bank(path: Path) -> bool:
+    """A folder that is an object bank, not scene shards: an index.jsonl (render), an X-Paste
+    pools file, or images and no .tar."""
+    from synthgen.images import IMAGE_EXTS
+    from synthgen.schema import INDEX_FILE, POOLS_FILE
+
+    if not path.is_dir():
+        return False
+    if (path / INDEX_FILE).is_file() or (path / POOLS_FILE).is_file():
+        return True
+    if any(path.glob("*.tar")):
+        return False
+    return any(p.suffix.lower() in IMAGE_EXTS for p in path.rglob("*") if p.is_file())
+
+
 def register(app: typer.Typer, user_errors) -> None:
     @app.command("compose", no_args_is_help=True)
     @user_errors
@@ -123,7 +138,7 @@ def register(app: typer.Typer, user_errors) -> None:
     @app.command("preview", no_args_is_help=True)
     @user_errors
     def preview(
-        source: str = typer.Argument(..., metavar="SHARDS_OR_BANK", help="Scene shards (a folder, a .tar, or a brace pattern), or an object bank folder (with index.jsonl, from `synthgen render`)."),
+        source: str = typer.Argument(..., metavar="SHARDS_OR_BANK", help="Scene shards (a folder, a .tar, or a brace pattern), or an object bank folder (from `synthgen render`, a folder of category sub-folders or of cut-outs, X-Paste pools)."),
         out: Optional[Path] = typer.Option(None, "--out", "-o", help="PNG contact sheet to write (default: preview.png; for a bank BANK/preview.png)."),
         n: int = typer.Option(16, "-n", "--num", help="Scenes: how many to show."),
         per_category: int = typer.Option(16, "--per-category", help="Bank: most cut-outs shown per category, kept ones first (rejected ones get at least half of them)."),
@@ -135,9 +150,8 @@ def register(app: typer.Typer, user_errors) -> None:
         prompt and answer underneath; or of an object bank: kept (green) and rejected (red) cut-outs
         with why they were rejected and their CLIP scores."""
         from synthgen import storage
-        from synthgen.schema import INDEX_FILE
 
-        if not storage.is_remote(source) and (Path(storage.localize(source)) / INDEX_FILE).is_file():
+        if not storage.is_remote(source) and _is_bank(Path(storage.localize(source))):
             from synthgen.render.preview import preview_bank
 
             path, shown = preview_bank(source, out, categories=category, per_category=per_category, thumb=thumb)

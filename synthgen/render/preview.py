@@ -16,7 +16,10 @@ from synthgen.errors import UserError
 
 GREEN, RED, GREY = (40, 170, 60), (210, 50, 50), (150, 150, 150)
 REASON_TEXT = {"clip_below_bar": "CLIP below bar", "area_out_of_range": "mask area", "empty_mask": "empty mask",
-               "category_too_small": "category too small", "nsfw_blacked_out": "blacked out"}
+               "category_too_small": "category too small", "nsfw_blacked_out": "blacked out",
+               # what compose skips in a bank it did not render (folder_records)
+               "no_alpha": "no alpha channel", "unreadable": "unreadable", "transparent": "fully transparent",
+               "outside_bank": "outside the bank", "missing": "missing", "not_regular_file": "not a file"}
 
 
 def _checker(size: int):
@@ -60,19 +63,44 @@ def choose(recs: list[dict], n: int) -> list[dict]:
     return kept[:n - n_rej] + rej[:n_rej]
 
 
+def folder_records(bank: str | Path) -> list[dict]:
+    """Records (as ``index.jsonl`` has them) of a bank that ``synthgen render`` did not write: a
+    folder of category sub-folders, a flat folder, X-Paste pools. Each cut-out is read as compose
+    reads it; one compose would skip is shown rejected, with the reason (``no_alpha``, ...)."""
+    from synthgen.compose.bank import ObjectBank
+    from synthgen.errors import Skip
+
+    ob = ObjectBank.open(bank)
+    records = []
+    for i, e in enumerate(ob.entries):
+        item = ob.load(i)
+        skip = item.reason if isinstance(item, Skip) else None
+        # only what compose could decode is drawn: no file outside the bank, none that fails to decode
+        records.append({"category": e.category, "path": e.path if skip in (None, "no_alpha") else None,
+                        "kept": skip is None, "reason": skip})
+    for reason, paths in ob.rejected.items():
+        records.extend({"category": "(refused)", "path": None, "kept": False, "reason": reason}
+                       for _ in paths)
+    return records
+
+
 def preview_bank(bank: str | Path, out: str | Path | None = None, *, categories: str = "",
                  per_category: int = 8, thumb: int = 96) -> tuple[Path, int]:
+    """Write the contact sheet of ``bank`` (``out``, default ``BANK/preview.png``); the path and
+    the number of cut-outs shown. A bank without ``index.jsonl`` is read as compose reads it."""
     from PIL import Image, ImageDraw
 
     from synthgen.fonts import fit_text, font
     from synthgen.render.bank_writer import read_index
+    from synthgen.schema import INDEX_FILE
 
     if per_category < 1:
         raise UserError(f"-n must be >= 1 (got {per_category})")
     if not (16 <= thumb <= 1024):
         raise UserError(f"--thumb must lie in 16..1024 pixels (got {thumb})")
     bank = Path(bank)
-    records = read_index(bank)
+    from_render = (bank / INDEX_FILE).is_file()
+    records = read_index(bank) if from_render else folder_records(bank)
     wanted = {c.strip().lower() for c in categories.split(",") if c.strip()}
     rows: dict[str, list[dict]] = {}
     for r in records:
@@ -89,8 +117,9 @@ def preview_bank(bank: str | Path, out: str | Path | None = None, *, categories:
     head = 2 * line + 8
     sheet = Image.new("RGB", (label_w + ncol * cell, head + len(rows) * (cell + pad)), "white")
     draw = ImageDraw.Draw(sheet)
-    draw.text((4, 4), f"{bank}: green = kept (CLIP score), red = rejected (why, CLIP score); "
-                      "rejected ones show their thumbnail", fill="black", font=f)
+    legend = ("green = kept (CLIP score), red = rejected (why, CLIP score); rejected ones show their thumbnail"
+              if from_render else "green = usable, red = skipped by compose (why)")
+    draw.text((4, 4), f"{bank}: {legend}", fill="black", font=f)
     draw.text((4, 4 + line), f"{sum(r['kept'] for r in records)} kept, {sum(not r['kept'] for r in records)} "
                              f"rejected in {len({r['category'] for r in records})} categories", fill="black", font=f)
     base = _checker(thumb)
@@ -120,14 +149,17 @@ def preview_bank(bank: str | Path, out: str | Path | None = None, *, categories:
             sheet.paste(tile, (ox, y + 4))
             draw.rectangle([ox - 3, y + 1, ox + thumb + 2, y + thumb + 6], outline=GREEN if r["kept"] else RED, width=3)
             ty = y + thumb + 9
-            if r["kept"]:
+            if r["kept"] and not from_render:
+                draw.text((x + 4, ty), fit_text(draw, f"{tick} usable", f, cell - 6), fill=GREEN, font=f)
+            elif r["kept"]:
                 score = r.get("clip_score")
                 s = "CLIP -" if score is None else f"CLIP {score:.1f}"
                 draw.text((x + 4, ty), fit_text(draw, f"{tick} {s}", f, cell - 6), fill=GREEN, font=f)
             else:
                 why, detail = reason_text(r)
                 draw.text((x + 4, ty), fit_text(draw, f"{cross} {why}", f, cell - 6), fill=RED, font=f)
-                draw.text((x + 4, ty + line), fit_text(draw, detail, f, cell - 6), fill="black", font=f)
+                if from_render:
+                    draw.text((x + 4, ty + line), fit_text(draw, detail, f, cell - 6), fill="black", font=f)
             shown += 1
     path = Path(out) if out else bank / "preview.png"
     path.parent.mkdir(parents=True, exist_ok=True)

@@ -300,3 +300,28 @@ def test_min_usable_reaches_the_job_through_the_api_but_not_its_identity(tmp_pat
                          min_usable=0.25, echo=lines.append)
     assert m["totals"]["samples"] == 2
     assert lines == ["objects: folder of category sub-folders, 3 categories, 4 cut-outs (3 unusable: 3 no alpha)"]
+
+
+def test_preview_of_a_folder_bank_shows_what_compose_skips_and_reads_nothing_outside(tmp_path, cli_env):
+    import subprocess
+    import sys
+
+    import numpy as np
+
+    bank = _bank_with_bad_objects(tmp_path / "bank", 3, 2, 1)
+    outside = tmp_path / "secret.png"
+    Image.new("RGBA", (20, 20), (0, 0, 255, 255)).save(outside)   # a colour nothing else has
+    (bank / "cup" / "99.png").symlink_to(outside)
+    sheet = tmp_path / "sheet.png"
+    r = subprocess.run([sys.executable, "-m", "synthgen", "preview", str(bank), "-o", str(sheet)],
+                       env=cli_env, capture_output=True, text=True, timeout=120)
+    assert r.returncode == 0, r.stderr
+    assert "7 objects of the bank" in r.stdout, r.stdout
+    px = np.asarray(Image.open(sheet).convert("RGB")).reshape(-1, 3)
+
+    def count(rgb):
+        return int((px == rgb).all(axis=1).sum())
+
+    assert count((40, 170, 60)) > 0 and count((210, 50, 50)) > count((40, 170, 60))  # 3 usable, 4 skipped
+    assert count((0, 200, 0)) > 0          # a no-alpha cut-out is shown (compose decodes it, then skips it)
+    assert count((0, 0, 255)) == 0         # the file the symlink points to, outside the bank, is never read
