@@ -178,7 +178,8 @@ def _run(job, todo, items, workers, ray_address, executor, progress) -> dict[int
     prog = progress_bars("images", enabled=progress, label_width=19)
     with prog:
         # per background; a resumed run starts at the backgrounds of its done shards
-        task = prog.add_task("prepare-backgrounds", total=len(items), completed=len(items) - sum(sizes))
+        done = len(items) - sum(sizes)
+        task = prog.add_task("prepare-backgrounds", total=len(items), completed=done, begin=done)
         partial = [0] * len(todo)
 
         def on_progress(i: int, done: int) -> None:

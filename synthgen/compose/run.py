@@ -369,7 +369,8 @@ def _run(job: ComposeJob, todo: list[int], inputs: Inputs, workers: int | None,
         prog = progress_bars("scenes", enabled=progress)
         with prog:
             # per scene (the shard tasks report every few scenes); a resumed run starts at its done scenes
-            task = prog.add_task("compose", total=job.num_samples, completed=job.num_samples - sum(remaining))
+            done = job.num_samples - sum(remaining)
+            task = prog.add_task("compose", total=job.num_samples, completed=done, begin=done)
             partial = [0] * len(todo)  # scenes of each shard counted so far
 
             def on_progress(i: int, done: int) -> None:
