@@ -42,6 +42,8 @@ def _set_threads(n: int | None) -> None:
 
 
 class GenerateStage:
+    counts = None  # where batches are counted (display only: :func:`report`)
+
     def __init__(self, model: str, steps: int, guidance: float, size: int, threads: int | None = None,
                  counts=None):
         _set_threads(threads)
@@ -66,6 +68,8 @@ def rejection_reason(batch: dict, i: int) -> str | None:
 
 
 class CutoutStage:
+    counts = None  # where batches are counted (display only: :func:`report`)
+
     def __init__(self, cutout: Sequence[str], threads: int | None = None, counts=None):
         _set_threads(threads)
         self.counts = counts
@@ -91,6 +95,8 @@ class CutoutStage:
 
 class ScoreStage:
     """Scores every candidate and keeps the best per image (X-Paste's ensemble choice)."""
+
+    counts = None  # where batches are counted (display only: :func:`report`)
 
     def __init__(self, model: str, pretrained: str | None, n_candidates: int,
                  threads: int | None = None, counts=None):
