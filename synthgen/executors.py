@@ -18,19 +18,67 @@ nothing listens is a one-line error at once, not after Ray's minute of retries.
 :func:`run_serial` and :func:`run_ray` take a picklable function and a list of argument tuples,
 call ``on_result`` as each task finishes, and return the failures (``{task index: message}``)
 instead of raising, so one failed shard never stops the others.
+
+Progress within a task: a *generator* function yields how many of its items it has done so far
+(an int, at points that depend only on its input: every k items, not every t seconds — a retried
+Ray generator must yield the same number of values, and Ray hands the caller only those it has
+not seen) and returns its result; ``on_progress(task index, done)`` is called with each. On Ray
+it runs as a streaming generator task: no extra process, no actor; the driver waits on all the
+tasks at once and takes each value as it arrives.
+
+Ray's own console lines: the driver's "ray" logger is at ERROR (no "Started a local Ray
+instance"), worker output still reaches the driver (``log_to_driver``: a print or a warning in a
+task is shown, prefixed by Ray with the task's name and pid), and the lines that Ray's C++ core in
+*this* process writes to the console are dropped while a session runs (:func:`_ray_console`):
+they are copies of lines of the session's ``python-core-driver-*.log``, and not errors of the run
+(e.g. Ray Data's actor pools always trigger ``core_worker.cc: Actor ... has constructor arguments
+in the object store and max_restarts > 0``, ray-project/ray#57733). Everything else written there
+is shown as it comes (tracebacks, warnings, Ray's ``(pid=...)`` lines of the workers), and a
+task's failure never depends on any log: it comes back through ``ray.get`` and is reported as one
+line per task. ``SYNTHGEN_RAY_CONSOLE=1`` keeps Ray's lines. (``RAY_BACKEND_LOG_LEVEL`` is not a
+way out: every Ray process started with it prints a notice of it, which reaches the console as a
+``(raylet)`` line, and it also drops the lines from Ray's log files.)
 """
 
 from __future__ import annotations
 
 import contextlib
+import inspect
 import logging
 import os
+import re
+import sys
 import traceback
 from typing import Any, Callable, Iterator, Sequence
 
 from synthgen.errors import UserError, recover
 
 OnResult = Callable[[int, Any], None]
+OnProgress = Callable[[int, int], None]
+
+
+def _drain(gen, on_tick: Callable[[int], None] | None) -> Any:
+    """Run a progress generator to its end: each yield to ``on_tick``, the return value back."""
+    while True:
+        try:
+            done = next(gen)
+        except StopIteration as stop:
+            return stop.value
+        if on_tick is not None:
+            on_tick(done)
+
+
+def _streamed(fn: Callable, *args, **kwargs):
+    """A progress generator as a Ray streaming generator: ``("p", done)`` per progress value,
+    then ``("r", result)``."""
+    gen = fn(*args, **kwargs)
+    while True:
+        try:
+            done = next(gen)
+        except StopIteration as stop:
+            yield ("r", stop.value)
+            return
+        yield ("p", done)
 
 
 def _message(exc: BaseException) -> str:
@@ -44,11 +92,14 @@ def _message(exc: BaseException) -> str:
 
 
 def run_serial(fn: Callable, jobs: Sequence[tuple], on_result: OnResult,
-               shared: dict | None = None) -> dict[int, str]:
+               shared: dict | None = None, on_progress: OnProgress | None = None) -> dict[int, str]:
     failures: dict[int, str] = {}
+    streaming = inspect.isgeneratorfunction(fn)
     for i, args in enumerate(jobs):
         try:
             res = fn(*args, **(shared or {}))
+            if streaming:
+                res = _drain(res, (lambda done, i=i: on_progress(i, done)) if on_progress else None)
         except Exception as exc:  # noqa: BLE001 - reported per task
             failures[i] = _message(exc)
             if os.environ.get("SYNTHGEN_DEBUG"):
@@ -161,6 +212,61 @@ AUTH_HINT = ("give the head's token (`ray start` turns token authentication on):
              "or copy it to ~/.ray/auth_token")
 
 
+RAY_LOG_LINE = re.compile(rb"^\[\d{4}-\d\d-\d\d \d\d:\d\d:\d\d,\d+ [TDIWE] \d+ \d+\] \S+\.cc:\d+: ")
+
+
+def _forward(read_fd: int, out_fd: int) -> None:
+    """Copy lines from ``read_fd`` to ``out_fd`` until its end, less Ray's C++ log lines."""
+    with os.fdopen(read_fd, "rb", buffering=0) as src:
+        pending = b""
+        while True:
+            chunk = src.read(65536)
+            if not chunk:
+                break
+            *lines, pending = (pending + chunk).split(b"\n")
+            out = b"".join(line + b"\n" for line in lines if not RAY_LOG_LINE.match(line))
+            if out:
+                os.write(out_fd, out)
+        if pending and not RAY_LOG_LINE.match(pending):
+            os.write(out_fd, pending)
+
+
+@contextlib.contextmanager
+def _ray_console() -> Iterator[None]:
+    """Drop the lines of Ray's C++ log format (``[DATE TIME LEVEL PID TID] FILE.cc:LINE: ...``;
+    fatal ones are kept) that this process writes to file descriptor 2 in the block, where Ray's
+    C++ logging writes. Python's ``sys.stderr`` writes to the console directly meanwhile (a
+    progress bar still sees a terminal); other writes to descriptor 2 pass through a pipe."""
+    if os.environ.get("SYNTHGEN_RAY_CONSOLE") or not hasattr(os, "pipe"):
+        yield
+        return
+    import threading
+
+    try:
+        sys.stderr.flush()
+        real = os.dup(2)
+    except (OSError, ValueError, AttributeError):
+        yield
+        return
+    read_fd, write_fd = os.pipe()
+    thread = threading.Thread(target=_forward, args=(read_fd, real), name="ray-console", daemon=True)
+    thread.start()
+    old_stderr = sys.stderr
+    console = os.fdopen(os.dup(real), "w", buffering=1, encoding=getattr(old_stderr, "encoding", None) or "utf-8",
+                        errors=getattr(old_stderr, "errors", None) or "backslashreplace")
+    os.dup2(write_fd, 2)
+    os.close(write_fd)
+    sys.stderr = console
+    try:
+        yield
+    finally:
+        sys.stderr = old_stderr
+        console.close()
+        os.dup2(real, 2)  # (closes the pipe's last write end: the thread sees its end)
+        thread.join(timeout=5)
+        os.close(real)
+
+
 def start_ray(workers: int | None, address: str | None, object_store_mb: int = 256) -> bool:
     """Start a local Ray or connect to ``address``; returns True when this call started or joined
     it (and must shut it down), False when Ray was already initialised in this process."""
@@ -186,40 +292,70 @@ def ray_session(workers: int | None, address: str | None, object_store_mb: int =
     """Ray for the ``with`` block (see :func:`start_ray`), shut down after when this started it."""
     import ray
 
-    mode = os.environ.get("RAY_AUTH_MODE")  # a local ray.init turns token mode on for the process
-    started = start_ray(workers, address, object_store_mb)
-    try:
+    if ray.is_initialized():  # (someone else's session: as it is)
         yield
-    finally:
-        if started:
-            ray.shutdown()
-            if mode is None:  # a later --ray-address starts afresh
-                os.environ.pop("RAY_AUTH_MODE", None)
-            else:
-                os.environ["RAY_AUTH_MODE"] = mode
+        return
+    mode = os.environ.get("RAY_AUTH_MODE")  # a local ray.init turns token mode on for the process
+    with _ray_console():
+        started = start_ray(workers, address, object_store_mb)
+        try:
+            yield
+        finally:
+            if started:
+                ray.shutdown()
+                if mode is None:  # a later --ray-address starts afresh
+                    os.environ.pop("RAY_AUTH_MODE", None)
+                else:
+                    os.environ["RAY_AUTH_MODE"] = mode
 
 
 def run_ray(fn: Callable, jobs: Sequence[tuple], on_result: OnResult, *, workers: int | None = None,
-            address: str | None = None, max_retries: int = 2, shared: dict | None = None) -> dict[int, str]:
+            address: str | None = None, max_retries: int = 2, shared: dict | None = None,
+            on_progress: OnProgress | None = None) -> dict[int, str]:
     """Run ``fn(*args)`` per job as Ray tasks with retries. ``shared`` values are put in the
-    object store once and passed by reference as extra keyword arguments."""
+    object store once and passed by reference as extra keyword arguments. A generator ``fn``
+    reports progress (see the module doc) to ``on_progress``."""
     import ray
 
     failures: dict[int, str] = {}
+    streaming = inspect.isgeneratorfunction(fn)
     with ray_session(workers, address):
         # worker crashes are always retried; of the task's own errors only I/O errors (a flaky
         # network file system) are worth another try — a bad input fails the same way again
-        remote = ray.remote(num_cpus=1, max_retries=max_retries, retry_exceptions=[OSError])(fn)
+        opts = dict(num_cpus=1, max_retries=max_retries, retry_exceptions=[OSError])
         shared_refs = {k: ray.put(v) for k, v in (shared or {}).items()}
-        pending = {remote.remote(*args, **shared_refs): i for i, args in enumerate(jobs)}
+        if streaming:
+            remote = ray.remote(num_returns="streaming", **opts)(_streamed)
+            pending = {remote.remote(fn, *args, **shared_refs): i for i, args in enumerate(jobs)}
+        else:
+            remote = ray.remote(**opts)(fn)
+            pending = {remote.remote(*args, **shared_refs): i for i, args in enumerate(jobs)}
         while pending:
             done, _ = ray.wait(list(pending), num_returns=1)
             for ref in done:
-                i = pending.pop(ref)
-                try:
-                    res = ray.get(ref)
+                if not streaming:
+                    i = pending.pop(ref)
+                    try:
+                        res = ray.get(ref)
+                    except Exception as exc:  # noqa: BLE001 - RayTaskError and friends
+                        failures[i] = _message(exc)
+                        continue
+                    on_result(i, res)
+                    continue
+                i = pending[ref]
+                try:  # a ready generator: its next value (or its end) is there
+                    kind, value = ray.get(next(ref))
+                except StopIteration:
+                    pending.pop(ref)  # (after its result, below)
+                    continue
                 except Exception as exc:  # noqa: BLE001 - RayTaskError and friends
+                    pending.pop(ref)
                     failures[i] = _message(exc)
                     continue
-                on_result(i, res)
+                if kind == "p":
+                    if on_progress is not None:
+                        on_progress(i, value)
+                else:
+                    pending.pop(ref)
+                    on_result(i, value)
     return failures

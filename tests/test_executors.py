@@ -96,3 +96,47 @@ def test_a_local_run_never_joins_a_cluster_running_on_the_machine(tmp_path, cli_
         subprocess.run([RAY, "stop", "--force"], env=env, capture_output=True, timeout=120)
         shutil.rmtree("/tmp/ray/ray_current_cluster", ignore_errors=True)
         Path("/tmp/ray/ray_current_cluster").unlink(missing_ok=True)
+
+
+def _counting(n: int, fail_at: int | None = None):
+    """A progress generator: yields 2, 4, ... items done, returns ``n * 10``."""
+    for k in range(1, n + 1):
+        if k == fail_at:
+            raise UserError(f"item {k}: bad input")
+        if k % 2 == 0:
+            yield k
+    return n * 10
+
+
+def test_serial_executor_reports_the_progress_of_generator_tasks():
+    got, ticks = {}, []
+    failures = run_serial(_counting, [(5,), (4, 3)], lambda i, r: got.__setitem__(i, r),
+                          on_progress=lambda i, done: ticks.append((i, done)))
+    assert got == {0: 50} and failures == {1: "item 3: bad input"}
+    assert ticks == [(0, 2), (0, 4), (1, 2)]
+
+
+@pytest.mark.slow
+def test_ray_generator_tasks_stream_their_progress(monkeypatch):
+    from synthgen.executors import run_ray
+
+    monkeypatch.setenv("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
+    got, ticks = {}, []
+    failures = run_ray(_counting, [(6,), (4, 3), (3,)], lambda i, r: got.__setitem__(i, r), workers=2,
+                       on_progress=lambda i, done: ticks.append((i, done)))
+    assert got == {0: 60, 2: 30} and failures == {1: "item 3: bad input"}
+    assert [d for i, d in ticks if i == 0] == [2, 4, 6] and [d for i, d in ticks if i == 2] == [2]
+    assert [d for i, d in ticks if i == 1] == [2]
+
+
+def test_rays_cpp_log_lines_are_dropped_from_the_console_and_the_rest_kept(capfd):
+    from synthgen.executors import _ray_console
+
+    with _ray_console():
+        os.write(2, b"[2026-12-01 13:03:46,003 E 4017 4017] core_worker.cc:2465: Actor with class name\n")
+        os.write(2, b"a line of a library\n[2026-12-01 13:03:46,004 I 1 2] logging.cc:303: Set ray log\n")
+        os.write(2, b"[2026-12-01 13:03:46,005 F 1 2] raylet.cc:1: a fatal one stays\n")
+        print("through sys.stderr", file=sys.stderr)
+    err = capfd.readouterr().err
+    assert "core_worker.cc" not in err and "logging.cc" not in err
+    assert "a line of a library\n" in err and "a fatal one stays" in err and "through sys.stderr\n" in err

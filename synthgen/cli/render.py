@@ -128,9 +128,10 @@ def register(app: typer.Typer, user_errors) -> None:
             clip = st["clip"] or {}
             rej = ", ".join(f"{k} {v}" for k, v in st["rejected"].items()) or "none"
             flag = "  [category dropped]" if st["category_dropped"] else ""
-            typer.echo(f"{name}: kept {st['kept']}/{st['generated']}  median CLIP "
-                       f"{clip.get('median', float('nan')):.1f}  rejected: {rej}  "
-                       f"{st['seconds']:.1f}s{flag}")
+            # print (not typer.echo): on a terminal the progress bars show it above themselves
+            print(f"{name}: kept {st['kept']}/{st['generated']}  median CLIP "
+                  f"{clip.get('median', float('nan')):.1f}  rejected: {rej}  "
+                  f"{st['seconds']:.1f}s{flag}", flush=True)
 
         res = render(sel.categories, cfg, on_category=report)
         typer.echo(f"{res.out}: {res.rendered} categories rendered, {res.skipped} already done; "

@@ -94,25 +94,42 @@ def prepare_one(item: str, size: int, quality: int):
     return encode_jpeg(np.asarray(img), quality), before
 
 
+PROGRESS_EVERY = 8  # backgrounds between two progress reports of a shard task
+
+
+def shard_items(job: PrepareJob, shard: int, n_items: int) -> range:
+    lo = shard * job.per_shard
+    return range(lo, min(n_items, lo + job.per_shard))
+
+
 def prepare_shard(job: PrepareJob, shard: int, items: list[str]) -> dict[str, Any]:
     """Write shard ``shard`` and its stats (runs in a worker)."""
+    from synthgen.executors import _drain
+
+    return _drain(prepare_shard_steps(job, shard, items), None)
+
+
+def prepare_shard_steps(job: PrepareJob, shard: int, items: list[str]):
+    """:func:`prepare_shard` as a progress generator (:mod:`synthgen.executors`): yields the
+    backgrounds read so far (written or skipped) every :data:`PROGRESS_EVERY`, returns the stats."""
     from synthgen.compose.backgrounds import display_name
     from synthgen.errors import Skip
     from synthgen.shards import ShardWriter
 
     t0 = time.time()
-    lo = shard * job.per_shard
     skipped: dict[str, dict[str, str]] = {}
     out = storage.path(job.out)
     with ShardWriter(out / shard_name(shard)) as w:
-        for k in range(lo, min(len(items), lo + job.per_shard)):
+        for n, k in enumerate(shard_items(job, shard, len(items)), 1):
             res = prepare_one(items[k], job.size, job.quality)
             if isinstance(res, Skip):
                 skipped.setdefault(res.reason, {})[display_name(items[k])] = res.detail
-                continue
-            jpg, before = res
-            meta = {"source": display_name(items[k]), "width": before[0], "height": before[1]}
-            w.write(f"{k:09d}", {"jpg": jpg, "json": json.dumps(meta).encode()})
+            else:
+                jpg, before = res
+                meta = {"source": display_name(items[k]), "width": before[0], "height": before[1]}
+                w.write(f"{k:09d}", {"jpg": jpg, "json": json.dumps(meta).encode()})
+            if n % PROGRESS_EVERY == 0:
+                yield n
     rec = {"shard": shard_name(shard), "backgrounds": w.count, "skipped": skipped,
            "seconds": round(time.time() - t0, 3)}
     atomic_write_json(out / stats_name(shard), rec)
@@ -152,21 +169,36 @@ def prepare_backgrounds(job: PrepareJob, *, workers: int | None = None, ray_addr
 
 
 def _run(job, todo, items, workers, ray_address, executor, progress) -> dict[int, str]:
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
-
     from synthgen.executors import run_ray, run_serial
+    from synthgen.progress import progress_bars
 
     if not todo:
         return {}
-    prog = Progress(TextColumn("prepare-backgrounds"), BarColumn(), MofNCompleteColumn(),
-                    TextColumn("shards"), TimeElapsedColumn(), disable=not progress)
+    sizes = [len(shard_items(job, s, len(items))) for s in todo]
+    prog = progress_bars("images", enabled=progress, label_width=19)
     with prog:
-        task = prog.add_task("shards", total=len(todo))
+        # per background; a resumed run starts at the backgrounds of its done shards
+        done = len(items) - sum(sizes)
+        task = prog.add_task("prepare-backgrounds", total=len(items), completed=done, begin=done)
+        partial = [0] * len(todo)
+
+        def on_progress(i: int, done: int) -> None:
+            prog.advance(task, done - partial[i])
+            partial[i] = done
+
+        def on_result(i: int, _rec) -> None:
+            on_progress(i, sizes[i])
+
         jobs = [(job, s) for s in todo]
-        done = lambda _i, _r: prog.update(task, advance=1)  # noqa: E731
         if executor == "serial":
-            return run_serial(prepare_shard, jobs, done, shared={"items": items})
-        return run_ray(prepare_shard, jobs, done, workers=workers, address=ray_address, shared={"items": items})
+            failures = run_serial(prepare_shard_steps, jobs, on_result, shared={"items": items},
+                                  on_progress=on_progress)
+        else:
+            failures = run_ray(prepare_shard_steps, jobs, on_result, workers=workers, address=ray_address,
+                               shared={"items": items}, on_progress=on_progress)
+        for i in failures:  # a failed shard's backgrounds are not done
+            on_progress(i, 0)
+        return failures
 
 
 def _manifest(job: PrepareJob, n_shards: int, listing_skips: dict, ident: dict) -> dict[str, Any]:

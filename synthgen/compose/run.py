@@ -150,8 +150,19 @@ def inputs_identity(bank, backgrounds: list[str]) -> dict[str, Any]:
                         "sha256": _digest([f"{i}\t{p}\t{n}" for i, p, n in obj])}}
 
 
+PROGRESS_EVERY = 8  # scenes between two progress reports of a shard task
+
+
 def compose_shard(job: ComposeJob, shard: int, backgrounds: list[str]) -> dict[str, Any]:
     """Write shard ``shard`` and its stats; runs in a worker. Returns the stats."""
+    from synthgen.executors import _drain
+
+    return _drain(compose_shard_steps(job, shard, backgrounds), None)
+
+
+def compose_shard_steps(job: ComposeJob, shard: int, backgrounds: list[str]):
+    """:func:`compose_shard` as a progress generator (:mod:`synthgen.executors`): yields the
+    scenes written so far every :data:`PROGRESS_EVERY` scenes, returns the stats."""
     t0 = time.time()
     bank = _open_bank(job.objects, job.params.size, tuple(job.extra_object_roots))
     composer = Composer(job.params, bank, backgrounds)
@@ -169,6 +180,8 @@ def compose_shard(job: ComposeJob, shard: int, backgrounds: list[str]) -> dict[s
             w.write(scene.key, scene.encode(job.params.jpeg_quality))
             if job.index:
                 rows.append(index_row(scene.record, shard_name(shard), scene.mask is not None))
+            if w.count % PROGRESS_EVERY == 0:
+                yield w.count
     if job.index:  # after the shard, before its marker
         from synthgen.compose.index import write_index
 
@@ -366,33 +379,32 @@ def _run(job: ComposeJob, todo: list[int], inputs: Inputs, workers: int | None,
 
     failures: dict[int, str] = {}
     if todo:
-        from rich.progress import (
-            BarColumn,
-            MofNCompleteColumn,
-            Progress,
-            TextColumn,
-            TimeElapsedColumn,
-            TimeRemainingColumn,
-        )
+        from synthgen.progress import progress_bars
 
-        prog = Progress(TextColumn("compose"), BarColumn(), MofNCompleteColumn(),
-                        TextColumn("shards  {task.fields[samples]} samples"), TimeElapsedColumn(),
-                        TimeRemainingColumn(), disable=not progress, transient=False)
+        remaining = [len(job.shard_range(s)) for s in todo]
+        prog = progress_bars("scenes", enabled=progress)
         with prog:
-            task = prog.add_task("shards", total=len(todo), samples=0)
-            done_samples = [0]
+            # per scene (the shard tasks report every few scenes); a resumed run starts at its done scenes
+            done = job.num_samples - sum(remaining)
+            task = prog.add_task("compose", total=job.num_samples, completed=done, begin=done)
+            partial = [0] * len(todo)  # scenes of each shard counted so far
 
-            def on_result(_i: int, rec: dict[str, Any]) -> None:
-                done_samples[0] += rec["samples"]
-                prog.update(task, advance=1, samples=done_samples[0])
+            def on_progress(i: int, done: int) -> None:
+                prog.advance(task, done - partial[i])
+                partial[i] = done
+
+            def on_result(i: int, rec: dict[str, Any]) -> None:
+                on_progress(i, rec["samples"])
 
             jobs = [(job, s) for s in todo]
             shared = {"backgrounds": inputs.backgrounds}
             if executor == "serial":
-                failures = run_serial(compose_shard, jobs, on_result, shared=shared)
+                failures = run_serial(compose_shard_steps, jobs, on_result, shared=shared, on_progress=on_progress)
             else:
-                failures = run_ray(compose_shard, jobs, on_result, workers=workers,
-                                   address=ray_address, shared=shared)
+                failures = run_ray(compose_shard_steps, jobs, on_result, workers=workers,
+                                   address=ray_address, shared=shared, on_progress=on_progress)
+            for i in failures:  # a failed shard's scenes are not done
+                on_progress(i, 0)
     if failures:
         lines = "; ".join(f"{shard_name(todo[i])}: {msg}" for i, msg in sorted(failures.items()))
         raise UserError(f"{len(failures)} of {len(todo)} shard(s) failed ({lines}); "

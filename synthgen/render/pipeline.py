@@ -8,11 +8,17 @@ after the other in this process (the benchmark's baseline, and handy for debuggi
 
 Results stream back in order; when a category has all its objects it is filtered and written
 (:mod:`.records`, :mod:`.bank_writer`), so a killed run loses at most the categories in flight.
+
+Progress (display only, :class:`_Bars`): a bar per stage (images generated, cut out, CLIP-scored,
+with the category the stage is on) and one of the categories filtered and written. Each stage
+counts its batches in a :class:`~.stages.StageCounts` (on Ray an actor without CPUs, told by the
+stage actors without waiting; the driver reads it twice a second).
 The bank folder is locked for the life of the run (:class:`~synthgen.rundir.RunFolder`).
 """
 
 from __future__ import annotations
 
+import contextlib
 import math
 import os
 import time
@@ -28,9 +34,11 @@ from synthgen.render.config import RenderConfig
 from synthgen.render.plan import plan_resources
 from synthgen.render.records import finish_category, unpack
 from synthgen.render.seeds import object_seed, prompt_for
-from synthgen.render.stages import CutoutStage, GenerateStage, ScoreStage
+from synthgen.render.stages import CutoutStage, GenerateStage, ScoreStage, StageCounts
 from synthgen.rundir import RunFolder
 from synthgen.schema import RENDER_CONFIG_FILE
+
+STAGES = ("generate", "cut-out", "CLIP score")
 
 
 @dataclass
@@ -60,15 +68,83 @@ def _to_batch(rows: list[dict]) -> dict:
     return {k: np.array([r[k] for r in rows]) for k in rows[0]}
 
 
-def _local_batches(rows: list[dict], cfg: RenderConfig) -> Iterator[dict]:
-    gen = GenerateStage(cfg.sd_model, cfg.steps, cfg.guidance, cfg.size)
-    cut = CutoutStage(cfg.cutout)
-    score = ScoreStage(cfg.clip_model, cfg.clip_pretrained, len(cfg.cutout))
+class _Bars:
+    """The render's bars: images per stage, with the category the stage is on (rows go through
+    the stages in order: its next row's), and categories written (resumed: from those done)."""
+
+    def __init__(self, enabled: bool, n_categories: int, n_done: int, per_category: int):
+        from synthgen.progress import progress_bars
+
+        self.prog = progress_bars("images", enabled=enabled, note=True)
+        self.base = n_done * per_category
+        self.names: list[str] = []  # the category of each row to do, in order
+        total = n_categories * per_category
+        self.stages = {s: self.prog.add_task(s, total=total, completed=self.base, begin=self.base, note="")
+                       for s in STAGES}
+        self.cats = self.prog.add_task("categories", total=n_categories, completed=n_done, begin=n_done,
+                                       note="", unit="categories")
+
+    def counts(self, done: dict[str, int]) -> None:
+        for stage, task in self.stages.items():
+            n = done.get(stage, 0)
+            note = f"on {self.names[n]}" if n < len(self.names) else ""
+            self.prog.update(task, completed=self.base + n, note=note)
+
+    def category(self, name: str) -> None:
+        self.prog.update(self.cats, advance=1, note=f"last: {name}")
+
+    def finish_stages(self) -> None:
+        for task in self.stages.values():
+            self.prog.update(task, completed=self.prog.tasks[task].total, note="")
+
+
+def _local_batches(rows: list[dict], cfg: RenderConfig, bars: _Bars | None = None) -> Iterator[dict]:
+    counts = StageCounts()
+    gen = GenerateStage(cfg.sd_model, cfg.steps, cfg.guidance, cfg.size, counts=counts)
+    cut = CutoutStage(cfg.cutout, counts=counts)
+    score = ScoreStage(cfg.clip_model, cfg.clip_pretrained, len(cfg.cutout), counts=counts)
     for start in range(0, len(rows), cfg.batch_size):
-        yield score(cut(gen(_to_batch(rows[start:start + cfg.batch_size]))))
+        batch = gen(_to_batch(rows[start:start + cfg.batch_size]))
+        if bars:
+            bars.counts(counts.snapshot())
+        batch = cut(batch)
+        if bars:
+            bars.counts(counts.snapshot())
+        batch = score(batch)
+        if bars:
+            bars.counts(counts.snapshot())
+        yield batch
 
 
-def _ray_batches(rows: list[dict], cfg: RenderConfig) -> Iterator[dict]:
+@contextlib.contextmanager
+def _polled(counts, bars: _Bars | None, every: float = 0.5) -> Iterator[None]:
+    """Read the counts actor into the bars every ``every`` seconds while the block runs."""
+    if bars is None:
+        yield
+        return
+    import threading
+
+    import ray
+
+    stop = threading.Event()
+
+    def poll() -> None:
+        while not stop.wait(every):
+            try:
+                bars.counts(ray.get(counts.snapshot.remote(), timeout=10))
+            except Exception:  # noqa: BLE001 - display only; the run reports its own errors
+                return
+
+    thread = threading.Thread(target=poll, name="render-progress", daemon=True)
+    thread.start()
+    try:
+        yield
+    finally:
+        stop.set()
+        thread.join(timeout=15)
+
+
+def _ray_batches(rows: list[dict], cfg: RenderConfig, bars: _Bars | None = None) -> Iterator[dict]:
     os.environ.setdefault("RAY_DATA_LOGGING_CONFIG", str(Path(__file__).with_name("ray_data_logging.yaml")))
     import ray
 
@@ -82,25 +158,28 @@ def _ray_batches(rows: list[dict], cfg: RenderConfig) -> Iterator[dict]:
         node_gpus = [n["Resources"].get("GPU", 0.0) for n in ray.nodes() if n.get("Alive")]
         plan = plan_resources(res.get("GPU", 0.0), res.get("CPU", 1.0), cfg.gpus_per_worker,
                               node_gpus=node_gpus)
+        counts = ray.remote(num_cpus=0)(StageCounts).remote()  # (display only)
         n_blocks = max(1, math.ceil(len(rows) / cfg.batch_size))
         ds = ray.data.from_items(rows, override_num_blocks=n_blocks)
         ds = ds.map_batches(
             GenerateStage, fn_constructor_kwargs=dict(model=cfg.sd_model, steps=cfg.steps,
                                                       guidance=cfg.guidance, size=cfg.size,
-                                                      threads=plan.threads),
+                                                      threads=plan.threads, counts=counts),
             batch_size=cfg.batch_size, batch_format="numpy", compute=ray.data.ActorPoolStrategy(size=plan.n_gen),
             num_gpus=plan.gen_gpus, num_cpus=plan.gen_cpus)
         ds = ds.map_batches(
-            CutoutStage, fn_constructor_kwargs=dict(cutout=list(cfg.cutout), threads=plan.light_threads),
+            CutoutStage, fn_constructor_kwargs=dict(cutout=list(cfg.cutout), threads=plan.light_threads,
+                                                    counts=counts),
             batch_size=cfg.batch_size, batch_format="numpy", compute=ray.data.ActorPoolStrategy(size=plan.n_light),
             num_gpus=plan.light_gpus, num_cpus=plan.light_cpus)
         ds = ds.map_batches(
             ScoreStage, fn_constructor_kwargs=dict(model=cfg.clip_model, pretrained=cfg.clip_pretrained,
                                                    n_candidates=len(cfg.cutout),
-                                                   threads=plan.light_threads),
+                                                   threads=plan.light_threads, counts=counts),
             batch_size=cfg.batch_size, batch_format="numpy", compute=ray.data.ActorPoolStrategy(size=plan.n_light),
             num_gpus=plan.light_gpus, num_cpus=plan.light_cpus)
-        yield from ds.iter_batches(batch_size=None, batch_format="numpy")
+        with _polled(counts, bars):
+            yield from ds.iter_batches(batch_size=None, batch_format="numpy")
 
 
 def preflight(cfg: RenderConfig) -> None:
@@ -117,10 +196,11 @@ def preflight(cfg: RenderConfig) -> None:
 
 def render(categories: Sequence[Category], cfg: RenderConfig, *, use_ray: bool = True,
            on_category: Callable[[str, dict], None] | None = None,
-           check_models: bool = True) -> RenderResult:
+           check_models: bool = True, progress: bool = True) -> RenderResult:
     """Render ``categories`` into the object bank ``cfg.out`` (resumable; see module doc).
 
-    ``on_category(display_name, stats)`` is called after each category is written.
+    ``on_category(display_name, stats)`` is called after each category is written;
+    ``progress``: show the bars (on stderr).
     """
     from synthgen.render.bank_writer import BankWriter
 
@@ -142,7 +222,9 @@ def render(categories: Sequence[Category], cfg: RenderConfig, *, use_ray: bool =
         # 3. stream the rows through the stages; write each category once it is complete
         try:
             if todo:
-                _render_categories(todo, cfg, writer, result, use_ray, on_category)
+                bars = _Bars(progress, len(categories), result.skipped, cfg.per_category)
+                with bars.prog:
+                    _render_categories(todo, cfg, writer, result, use_ray, on_category, bars)
         finally:
             writer.flush()
     result.seconds = time.monotonic() - t0
@@ -150,12 +232,16 @@ def render(categories: Sequence[Category], cfg: RenderConfig, *, use_ray: bool =
 
 
 def _render_categories(todo: Sequence[Category], cfg: RenderConfig, writer, result: RenderResult,
-                       use_ray: bool, on_category: Callable[[str, dict], None] | None) -> None:
+                       use_ray: bool, on_category: Callable[[str, dict], None] | None,
+                       bars: _Bars | None = None) -> None:
     by_name = {c.name: c for c in todo}
     pending: dict[str, list[dict]] = {}
     last = time.monotonic()
     rows = _rows(todo, cfg)
-    batches = _ray_batches(rows, cfg) if use_ray else _local_batches(rows, cfg)
+    if bars:
+        bars.names = [r["display"] for r in rows]
+        bars.counts({})
+    batches = _ray_batches(rows, cfg, bars) if use_ray else _local_batches(rows, cfg, bars)
     try:
         for batch in batches:
             for row in unpack(batch, list(cfg.cutout)):
@@ -175,6 +261,10 @@ def _render_categories(todo: Sequence[Category], cfg: RenderConfig, writer, resu
                 result.kept += st["kept"]
                 result.dropped_categories += int(st["category_dropped"])
                 result.stats[cat.name] = st
+                if bars:
+                    if result.rendered == len(todo):  # (the last counts may still be on their way)
+                        bars.finish_stages()
+                    bars.category(cat.display)
                 if on_category:
                     on_category(cat.display, st)
     except Exception as exc:

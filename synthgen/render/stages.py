@@ -12,6 +12,28 @@ from typing import Sequence
 import numpy as np
 
 
+def report(counts, stage: str, batch: dict) -> None:
+    """Count a batch done by ``stage`` (display only: :class:`StageCounts`, or an actor of it
+    on Ray, whose call is sent and not waited for)."""
+    if counts is None or not len(batch["seed"]):
+        return
+    add = counts.add
+    (add.remote if hasattr(add, "remote") else add)(stage, len(batch["seed"]))
+
+
+class StageCounts:
+    """Images done per stage (a Ray actor in a Ray run)."""
+
+    def __init__(self):
+        self.done: dict[str, int] = {}
+
+    def add(self, stage: str, n: int) -> None:
+        self.done[stage] = self.done.get(stage, 0) + n
+
+    def snapshot(self) -> dict[str, int]:
+        return dict(self.done)
+
+
 def _set_threads(n: int | None) -> None:
     if n:
         import torch
@@ -20,8 +42,12 @@ def _set_threads(n: int | None) -> None:
 
 
 class GenerateStage:
-    def __init__(self, model: str, steps: int, guidance: float, size: int, threads: int | None = None):
+    counts = None  # where batches are counted (display only: :func:`report`)
+
+    def __init__(self, model: str, steps: int, guidance: float, size: int, threads: int | None = None,
+                 counts=None):
         _set_threads(threads)
+        self.counts = counts
         from synthgen.render.generate import Generator
 
         self.gen = Generator(model, steps=steps, guidance=guidance, size=size)
@@ -31,6 +57,7 @@ class GenerateStage:
         images, reasons = self.gen([str(p) for p in batch["prompt"]], [int(s) for s in batch["seed"]])
         out["image"] = images
         out["gen_reason"] = np.array([r or "" for r in reasons])  # "" = not rejected
+        report(self.counts, "generate", batch)
         return out
 
 
@@ -41,8 +68,11 @@ def rejection_reason(batch: dict, i: int) -> str | None:
 
 
 class CutoutStage:
-    def __init__(self, cutout: Sequence[str], threads: int | None = None):
+    counts = None  # where batches are counted (display only: :func:`report`)
+
+    def __init__(self, cutout: Sequence[str], threads: int | None = None, counts=None):
         _set_threads(threads)
+        self.counts = counts
         from synthgen.render.cutout import Cutter
 
         self.cutter = Cutter(list(cutout))
@@ -59,15 +89,19 @@ class CutoutStage:
         for k in range(len(self.cutter.specs)):
             out[f"cand_png_{k}"] = np.array([c[k].png for c in cands], dtype=object)
             out[f"cand_area_{k}"] = np.array([c[k].area_fraction for c in cands], dtype=np.float64)
+        report(self.counts, "cut-out", batch)
         return out
 
 
 class ScoreStage:
     """Scores every candidate and keeps the best per image (X-Paste's ensemble choice)."""
 
+    counts = None  # where batches are counted (display only: :func:`report`)
+
     def __init__(self, model: str, pretrained: str | None, n_candidates: int,
-                 threads: int | None = None):
+                 threads: int | None = None, counts=None):
         _set_threads(threads)
+        self.counts = counts
         from synthgen.render.score import Scorer
 
         self.scorer = Scorer(model, pretrained)
@@ -97,4 +131,5 @@ class ScoreStage:
                                          for i, b in enumerate(best)], dtype=np.float64)
         out["png"] = np.array([batch[f"cand_png_{b}"][i] if b >= 0 else b"" for i, b in enumerate(best)],
                               dtype=object)
+        report(self.counts, "CLIP score", batch)
         return out

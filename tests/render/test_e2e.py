@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -270,3 +271,30 @@ def test_offline_model_load_error_names_the_model(tmp_path, tiny):
 def test_model_error_in_python_api(tmp_path, tiny):
     with pytest.raises(UserError, match="no model_index.json"):
         render(CATS[:1], _cfg(tiny, tmp_path / "b", sd_model=str(tmp_path)), use_ray=False)
+
+
+def _bar(err: str, label: str) -> str:
+    lines = [line for line in err.splitlines() if line.startswith(label + " ")]
+    assert lines, err
+    return lines[-1]
+
+
+def test_progress_bars_per_stage_and_categories_on_a_resumed_run(tiny, tmp_path, capfd):
+    out = tmp_path / "bank"
+    render(CATS[:1], _cfg(tiny, out), use_ray=False, progress=False)
+    capfd.readouterr()
+    render(CATS[:2], _cfg(tiny, out), use_ray=False)  # resumed: "cat" is done
+    err = capfd.readouterr().err
+    for stage in ("generate", "cut-out", "CLIP score"):
+        assert re.search(r"8/8 images +[\d.]+/s +0:00:\d\d", _bar(err, stage)), err
+    assert "2/2 categories" in _bar(err, "categories") and "last: bow (weapon)" in _bar(err, "categories")
+
+
+def test_progress_bars_on_ray_and_no_ray_log_lines(tiny, tmp_path, capfd):
+    render(CATS[:1], _cfg(tiny, tmp_path / "bank"), use_ray=True)
+    captured = capfd.readouterr()
+    for stage in ("generate", "cut-out", "CLIP score"):
+        assert "4/4 images" in _bar(captured.err, stage)
+    assert "1/1 categories" in _bar(captured.err, "categories")
+    for noise in ("core_worker.cc", "Progress bars disabled", "(raylet)"):
+        assert noise not in captured.err + captured.out
