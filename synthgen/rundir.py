@@ -192,7 +192,8 @@ class RunFolder:
     """An output folder owned by one run while the ``with`` block lasts.
 
     ``stage`` names the command in messages (``compose``, ``render``, ``train-pin``);
-    ``clean`` removes stale temporaries (recursively with ``"recursive"``) once the lock is held.
+    ``clean`` removes stale temporaries (recursively with ``"recursive"``) once the lock is held,
+    and again at a clean exit (those of this run's writers that died, e.g. on a lost node).
     """
 
     def __init__(self, path: str | Path, stage: str, option: str = "--out",
@@ -218,6 +219,10 @@ class RunFolder:
         return self
 
     def __exit__(self, exc_type, exc, tb) -> None:
+        if self.clean and exc_type is None:
+            # a writer of this run that died (a task of a lost node, retried elsewhere) leaves its
+            # temporary: the lock is still held, so every temporary left now is stale
+            remove_stale_temps(self.path, recursive=self.clean == "recursive")
         self.unlock()
         if exc_type is not None:
             self._remove_if_new()  # a run that failed before writing anything leaves no folder

@@ -121,3 +121,21 @@ def test_atomic_write_leaves_no_temporary(tmp_path):
     atomic_write(tmp_path / "a" / "f.json", "{}")
     assert (tmp_path / "a" / "f.json").read_text() == "{}"
     assert [p.name for p in (tmp_path / "a").iterdir()] == ["f.json"]
+
+
+def test_a_clean_exit_removes_the_temporaries_of_writers_that_died(tmp_path):
+    from synthgen.rundir import RunFolder, temp_path
+
+    out = tmp_path / "out"
+    with RunFolder(out, "compose"):
+        dead = temp_path(out / "scenes-000003.tar")   # a task of a lost node, retried elsewhere
+        dead.write_bytes(b"half a shard")
+        (out / "scenes-000003.tar").write_bytes(b"the retried shard")
+    assert not dead.exists() and (out / "scenes-000003.tar").read_bytes() == b"the retried shard"
+    try:
+        with RunFolder(out, "compose"):
+            dead.write_bytes(b"half a shard")
+            raise KeyboardInterrupt
+    except KeyboardInterrupt:
+        pass
+    assert dead.exists()  # an interrupted run leaves it to the next run, which removes it first
