@@ -18,8 +18,9 @@ def run_cli(args, env, timeout=300):
 
 
 def one_line_error(r, *needles):
-    """The run failed with exit 2 and one ``error:`` line holding every needle, no traceback."""
-    lines = [ln for ln in r.stderr.strip().splitlines() if ln.strip()]
+    """The run failed with exit 2 and one ``error:`` line holding every needle, no traceback
+    (a progress bar's last state, drawn with ━, may stand above it)."""
+    lines = [ln for ln in r.stderr.strip().splitlines() if ln.strip() and "━" not in ln]
     assert r.returncode == 2, (r.returncode, r.stderr[-2000:])
     assert "Traceback" not in r.stderr and len(lines) == 1 and lines[0].startswith("error: "), r.stderr[-2000:]
     for n in needles:
