@@ -115,25 +115,35 @@ class VLMAdapter:
         (recorded in a run's ``pin.json``); none by default."""
         return {}
 
-    # --- PIN -----------------------------------------------------------------------------
+    # --- PIN: ``_pin`` is the attached PIN (called for its tensor), ``_enabled`` its switch; an
+    # adapter's insertion hook adds ``self._pin()`` while both are set ----------------------------
+    _pin: PinFn | None = None
+    _enabled: bool = True
+
     def attach_pin(self, pin: PinFn) -> None:
-        raise NotImplementedError
+        self._pin = pin
+        self._enabled = True
 
     def detach_pin(self) -> None:
-        raise NotImplementedError
+        self._pin = None
 
     @property
     def pin_enabled(self) -> bool:
-        raise NotImplementedError
+        return self._pin is not None and self._enabled
 
     @contextlib.contextmanager
     def pin_disabled(self) -> Iterator[None]:
-        raise NotImplementedError
-        yield
+        before = self._enabled
+        self._enabled = False
+        try:
+            yield
+        finally:
+            self._enabled = before
 
     # --- frozen VLM ----------------------------------------------------------------------
     def vlm_parameters(self) -> Iterator[tuple[str, torch.nn.Parameter]]:
-        raise NotImplementedError
+        """The VLM's parameters (all frozen): ``self.model``'s by default."""
+        return self.model.named_parameters()
 
     def assert_frozen(self) -> None:
         trainable = [n for n, p in self.vlm_parameters() if p.requires_grad]

@@ -8,9 +8,8 @@ prompt/label layout.
 
 from __future__ import annotations
 
-import contextlib
 from pathlib import Path
-from typing import Iterator, Sequence
+from typing import Sequence
 
 import torch
 
@@ -82,29 +81,6 @@ class Blip2Adapter(VLMAdapter):
                                f"{tuple(hidden.shape[1:])}")
         output.last_hidden_state = hidden + pin.to(hidden.dtype).unsqueeze(0)
         return output
-
-    def attach_pin(self, pin: PinFn) -> None:
-        self._pin = pin
-        self._enabled = True
-
-    def detach_pin(self) -> None:
-        self._pin = None
-
-    @property
-    def pin_enabled(self) -> bool:
-        return self._pin is not None and self._enabled
-
-    @contextlib.contextmanager
-    def pin_disabled(self) -> Iterator[None]:
-        before = self._enabled
-        self._enabled = False
-        try:
-            yield
-        finally:
-            self._enabled = before
-
-    def vlm_parameters(self):
-        return self.model.named_parameters()
 
     # data / forward ----------------------------------------------------------------------
     def preprocess(self, pixels: torch.Tensor) -> torch.Tensor:

@@ -21,10 +21,9 @@ inputs, the prompt layout, generation).
 
 from __future__ import annotations
 
-import contextlib
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterator, Sequence
+from typing import Sequence
 
 import torch
 
@@ -252,29 +251,6 @@ class HFVisionLanguageAdapter(VLMAdapter):
             return None
         features = args[0]
         return (features + self.place_pin(self._pin(), features), *args[1:])
-
-    def attach_pin(self, pin: PinFn) -> None:
-        self._pin = pin
-        self._enabled = True
-
-    def detach_pin(self) -> None:
-        self._pin = None
-
-    @property
-    def pin_enabled(self) -> bool:
-        return self._pin is not None and self._enabled
-
-    @contextlib.contextmanager
-    def pin_disabled(self) -> Iterator[None]:
-        before = self._enabled
-        self._enabled = False
-        try:
-            yield
-        finally:
-            self._enabled = before
-
-    def vlm_parameters(self):
-        return self.model.named_parameters()
 
     @property
     def vlm_options(self) -> dict:

@@ -14,9 +14,8 @@ Text as the authors' ``utils/text_constructor.py``:
 
 from __future__ import annotations
 
-import contextlib
 from dataclasses import dataclass
-from typing import Iterator, Sequence
+from typing import Sequence
 
 import torch
 
@@ -102,29 +101,6 @@ class OpenFlamingoAdapter(VLMAdapter):
             raise RuntimeError(f"PIN shape {tuple(pin.shape)} does not match vision features "
                                f"{tuple(tokens.shape[1:])}")
         return tokens + pin.to(tokens.dtype).unsqueeze(0)
-
-    def attach_pin(self, pin: PinFn) -> None:
-        self._pin = pin
-        self._enabled = True
-
-    def detach_pin(self) -> None:
-        self._pin = None
-
-    @property
-    def pin_enabled(self) -> bool:
-        return self._pin is not None and self._enabled
-
-    @contextlib.contextmanager
-    def pin_disabled(self) -> Iterator[None]:
-        before = self._enabled
-        self._enabled = False
-        try:
-            yield
-        finally:
-            self._enabled = before
-
-    def vlm_parameters(self):
-        return self.model.named_parameters()
 
     # data / forward ----------------------------------------------------------------------
     def preprocess(self, pixels: torch.Tensor) -> torch.Tensor:
