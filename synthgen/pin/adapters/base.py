@@ -32,19 +32,42 @@ def loss_span(name_loss: bool | str) -> tuple[bool, bool]:
     return span in ("name", "name_prompt"), span == "name_prompt"
 
 
+class Batcher:
+    """Padding and decoding shared by the codecs: they hold a ``tokenizer``."""
+
+    tokenizer: object
+
+    @property
+    def pad_id(self) -> int:
+        pid = self.tokenizer.pad_token_id
+        return int(pid if pid is not None else self.tokenizer.eos_token_id)
+
+    def collate(self, seqs: Sequence[tuple[list[int], list[int]]], left_pad: bool = False
+                ) -> dict[str, torch.Tensor]:
+        """Pad to the longest sequence (right for training, left for generation)."""
+        n = max(len(s[0]) for s in seqs)
+        ids = torch.full((len(seqs), n), self.pad_id, dtype=torch.long)
+        lab = torch.full((len(seqs), n), -100, dtype=torch.long)
+        att = torch.zeros((len(seqs), n), dtype=torch.long)
+        for i, (x, y) in enumerate(seqs):
+            sl = slice(n - len(x), n) if left_pad else slice(0, len(x))
+            ids[i, sl] = torch.tensor(x)
+            lab[i, sl] = torch.tensor(y)
+            att[i, sl] = 1
+        return {"input_ids": ids, "attention_mask": att, "labels": lab}
+
+    def decode(self, ids: Sequence[int]) -> str:
+        return self.tokenizer.decode(list(ids), skip_special_tokens=True)
+
+
 @dataclass
-class TextCodec:
+class TextCodec(Batcher):
     """Prompt/answer -> token ids and labels for one VLM. Picklable (used in DataLoader workers)."""
 
     tokenizer: object
     num_query_tokens: int
     image_token_id: int
     add_eos: bool = True
-
-    @property
-    def pad_id(self) -> int:
-        pid = self.tokenizer.pad_token_id
-        return int(pid if pid is not None else self.tokenizer.eos_token_id)
 
     def _ids(self, text: str, special: bool = False) -> list[int]:
         return list(self.tokenizer(text, add_special_tokens=special)["input_ids"])
@@ -77,23 +100,6 @@ class TextCodec:
             ids += a
             labels += a
         return ids, labels
-
-    def collate(self, seqs: Sequence[tuple[list[int], list[int]]], left_pad: bool = False
-                ) -> dict[str, torch.Tensor]:
-        """Pad to the longest sequence (right for training, left for generation)."""
-        n = max(len(s[0]) for s in seqs)
-        ids = torch.full((len(seqs), n), self.pad_id, dtype=torch.long)
-        lab = torch.full((len(seqs), n), -100, dtype=torch.long)
-        att = torch.zeros((len(seqs), n), dtype=torch.long)
-        for i, (x, y) in enumerate(seqs):
-            sl = slice(n - len(x), n) if left_pad else slice(0, len(x))
-            ids[i, sl] = torch.tensor(x)
-            lab[i, sl] = torch.tensor(y)
-            att[i, sl] = 1
-        return {"input_ids": ids, "attention_mask": att, "labels": lab}
-
-    def decode(self, ids: Sequence[int]) -> str:
-        return self.tokenizer.decode(list(ids), skip_special_tokens=True)
 
 
 class VLMAdapter:

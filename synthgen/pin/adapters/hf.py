@@ -29,13 +29,13 @@ import torch
 
 from synthgen.errors import UserError
 from synthgen.grounding import prompt_parts
-from synthgen.pin.adapters.base import PinFn, VLMAdapter, loss_span
+from synthgen.pin.adapters.base import Batcher, PinFn, VLMAdapter, loss_span
 
 _PROMPT, _ANSWER = "\x00PINPROMPT\x00", "\x00PINANSWER\x00"  # sentinels rendered through the template
 
 
 @dataclass
-class ChatCodec:
+class ChatCodec(Batcher):
     """Prompt/answer -> ``(input_ids, labels)`` in a VLM's own layout. Picklable (DataLoader workers).
 
     The text is ``head + prompt + between + answer + end + after`` for training and
@@ -55,11 +55,6 @@ class ChatCodec:
     add_special_tokens: bool = True
     image_token_id: int = -1
     end_token_id: int | None = None
-
-    @property
-    def pad_id(self) -> int:
-        pid = self.tokenizer.pad_token_id
-        return int(pid if pid is not None else self.tokenizer.eos_token_id)
 
     def _tokens(self, text: str, spans: Sequence[tuple[int, int]], special: bool) -> tuple[list[int], list[int]]:
         enc = self.tokenizer(text, add_special_tokens=special, return_offsets_mapping=True)
@@ -92,23 +87,6 @@ class ChatCodec:
             return ids + a_ids, labels + a_labels
         spans.append((len(text), len(text) + len(answer) + len(self.end)))
         return self._tokens(text + answer + self.end + self.after, spans, self.add_special_tokens)
-
-    def collate(self, seqs: Sequence[tuple[list[int], list[int]]], left_pad: bool = False
-                ) -> dict[str, torch.Tensor]:
-        """Pad to the longest sequence (right for training, left for generation)."""
-        n = max(len(s[0]) for s in seqs)
-        ids = torch.full((len(seqs), n), self.pad_id, dtype=torch.long)
-        lab = torch.full((len(seqs), n), -100, dtype=torch.long)
-        att = torch.zeros((len(seqs), n), dtype=torch.long)
-        for i, (x, y) in enumerate(seqs):
-            sl = slice(n - len(x), n) if left_pad else slice(0, len(x))
-            ids[i, sl] = torch.tensor(x)
-            lab[i, sl] = torch.tensor(y)
-            att[i, sl] = 1
-        return {"input_ids": ids, "attention_mask": att, "labels": lab}
-
-    def decode(self, ids: Sequence[int]) -> str:
-        return self.tokenizer.decode(list(ids), skip_special_tokens=True)
 
 
 def _first(exc: Exception) -> str:
