@@ -148,15 +148,7 @@ class ObjectBank:
             layout, read, root, source, file = "xpaste-pools", _read_pools, p, str(p), p / POOLS_FILE
         else:
             layout, read, root, source, file = "tree", _read_tree, p, str(p), p
-        listing = _Listing(root, tuple(extra_roots))
-        read(file, listing)
-        if not listing.entries and listing.rejected:
-            why = "; ".join(f"{len(v)} {k}" for k, v in listing.rejected.items())
-            raise UserError(f"object bank {source}: no usable object ({why})")
-        bank = cls(listing.entries, source, layout, root=str(root), **kw)
-        bank.rejected = listing.rejected
-        bank.roots = (str(root), *listing.extra)
-        return bank
+        return cls._read(layout, read, root, source, file, tuple(extra_roots), **kw)
 
     @classmethod
     def _open_remote(cls, path: str, extra_roots: tuple[str, ...], **kw) -> "ObjectBank":
@@ -175,6 +167,11 @@ class ObjectBank:
             raise UserError(f"object bank {p}: expected a folder, {INDEX_FILE} or {POOLS_FILE}")
         else:
             raise UserError(f"object bank not found: {p}")
+        return cls._read(layout, read, root, source, file, extra_roots, **kw)
+
+    @classmethod
+    def _read(cls, layout: str, read, root, source: str, file, extra_roots: tuple[str, ...], **kw) -> "ObjectBank":
+        """List the bank with its layout's reader; refuse one with no usable object."""
         listing = _Listing(root, extra_roots)
         read(file, listing)
         if not listing.entries and listing.rejected:
