@@ -165,9 +165,12 @@ def load_canvas(src: str | Path | bytes, size: int, *, orient: bool = True, what
     return arr.copy(), (int(w), int(h))
 
 
-def encode_jpeg(arr: np.ndarray, quality: int) -> bytes:
+def encode_jpeg(img: np.ndarray | Image.Image, quality: int) -> bytes:
+    """JPEG bytes of pixels only: no metadata of the image's source (Pillow would copy a decoded
+    source's comment from ``img.info``)."""
     buf = io.BytesIO()
-    Image.fromarray(arr).save(buf, format="JPEG", quality=quality)
+    (img if isinstance(img, Image.Image) else Image.fromarray(img)).save(
+        buf, format="JPEG", quality=quality, comment=b"")
     return buf.getvalue()
 
 

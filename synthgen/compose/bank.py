@@ -47,14 +47,21 @@ def _intern(name: str) -> str:
 
 @dataclass
 class CutOut:
-    """An RGBA cut-out cropped to its opaque extent."""
+    """An RGBA cut-out cropped to its opaque extent, and the same pixels with premultiplied
+    alpha (Pillow's ``RGBa``), which is what every resize of an RGBA image works on: kept so
+    that a scene's resizes do not convert the cut-out again (the bytes are the same)."""
 
     rgba: np.ndarray          # (h, w, 4) uint8
     aspect: float             # width / height of the opaque extent at full resolution
+    premultiplied: Image.Image = field(repr=False, default=None)  # type: ignore[assignment]
+
+    def __post_init__(self) -> None:
+        if self.premultiplied is None:
+            self.premultiplied = Image.fromarray(self.rgba, "RGBA").convert("RGBa")
 
     @property
     def nbytes(self) -> int:
-        return int(self.rgba.nbytes)
+        return 2 * int(self.rgba.nbytes)
 
 
 LAYOUTS = {"index": "synthgen bank (index.jsonl)", "xpaste-pools": f"X-Paste pools ({POOLS_FILE})"}
@@ -256,7 +263,7 @@ def load_cutout(path: str | bytes, max_side: int) -> CutOut | Skip:
         s = max_side / max(img.size)
         img = img.resize((max(1, round(img.size[0] * s)), max(1, round(img.size[1] * s))),
                          Image.Resampling.LANCZOS, reducing_gap=3.0)
-    return CutOut(np.array(img, dtype=np.uint8), aspect)
+    return CutOut(np.array(img, dtype=np.uint8), aspect, img.convert("RGBa"))
 
 
 class _Listing:

@@ -17,6 +17,7 @@ exists after ``size_retries`` sizes the object is dropped (never pasted against 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from functools import lru_cache
 from typing import Sequence
 
 import numpy as np
@@ -63,9 +64,17 @@ def aspect_error(shape: tuple[int, int], aspect: float) -> float:
     return abs((w / h) / aspect - 1.0)
 
 
+@lru_cache(maxsize=65536)
 def size_candidates(n: int, aspect: float, p: LayoutParams) -> np.ndarray:
     """Longer sides allowed for this object: those whose grid rounding keeps the aspect within
-    ``max_aspect_error``; if none does, the ones with the smallest error."""
+    ``max_aspect_error``; if none does, the ones with the smallest error. (A pure function of
+    its arguments, memoised: a bank has a few thousand aspect ratios; the array is read-only.)"""
+    out = _size_candidates(n, aspect, p)
+    out.flags.writeable = False
+    return out
+
+
+def _size_candidates(n: int, aspect: float, p: LayoutParams) -> np.ndarray:
     lo, hi = long_side_range(n, p)
     sides = np.arange(lo, hi)
     errs = np.array([aspect_error(box_shape(int(s), aspect), aspect) for s in sides])
@@ -80,6 +89,16 @@ def _window_sums(mask: np.ndarray, w: int, h: int) -> np.ndarray:
     ii = np.zeros((mask.shape[0] + 1, mask.shape[1] + 1), dtype=np.int64)
     ii[1:, 1:] = mask.astype(np.int64).cumsum(0).cumsum(1)
     return ii[h:, w:] - ii[:-h, w:] - ii[h:, :-w] + ii[:-h, :-w]
+
+
+def _overlaps(box: CellBox, w: int, h: int, grid: int) -> np.ndarray:
+    """Cells shared by ``box`` and every ``h x w`` window inside the grid, shape (G-h+1, G-w+1):
+    the window sums of the box's mask, as the product of the overlaps along each axis."""
+    x = np.arange(grid - w + 1)
+    y = np.arange(grid - h + 1)
+    ox = np.maximum(np.minimum(x + w, box[2]) - np.maximum(x, box[0]), 0)
+    oy = np.maximum(np.minimum(y + h, box[3]) - np.maximum(y, box[1]), 0)
+    return oy[:, None] * ox[None, :]
 
 
 def _rect_mask(box: CellBox, grid: int) -> np.ndarray:
@@ -106,7 +125,7 @@ def valid_positions(shape: tuple[int, int], boxes: Sequence[CellBox], p: LayoutP
     if uncovered is None:
         uncovered = visible_cells(boxes, g)
     for box, unc in zip(boxes, uncovered):
-        inter = _window_sums(_rect_mask(box, g), w, h)
+        inter = _overlaps(box, w, h, g)
         a = box_area(box)
         total += np.maximum(inter / area_new, inter / a)
         still = unc.sum() - _window_sums(unc, w, h)

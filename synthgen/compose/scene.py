@@ -1,7 +1,7 @@
 """The composition function C: one scene from (seed, sample index, inputs).
 
 ``(t_p, I_p) = C(I_b, r, a_max, s_min, s_max, o_max)``: pick a background and 1..a_max objects,
-lay them out on the grid (:mod:`.layout`), hard-paste them in order, name each one
+lay them out on the grid (:mod:`.layout`), paste them in order, name each one
 (:mod:`.referral`) and build the training text for a target object. A scene depends only
 on ``(seed, index)`` and the inputs, never on which worker makes it.
 """
@@ -29,22 +29,30 @@ PASTE_ALPHA = 64          # resized alpha at or above this is pasted (hard paste
 DROP_EMPTY = "empty_after_resize"
 
 
-def fit_cutout(rgba: np.ndarray, w: int, h: int, passes: int = 3,
-               alpha_min: int = PASTE_ALPHA) -> tuple[np.ndarray, np.ndarray]:
-    """Resize a cut-out to its ``w`` x ``h`` box and return ``(rgba, opaque)``.
+def fit_cutout(cut: CutOut, w: int, h: int, passes: int = 3,
+               alpha_min: int = PASTE_ALPHA) -> tuple[Image.Image, np.ndarray]:
+    """Resize a cut-out to its ``w`` x ``h`` box and return ``(rgba image, opaque)``.
 
     Downscaling averages area (thin parts fade instead of vanishing); ``opaque`` (the object's
     pixels: its box, mask and visible fraction) is alpha >= ``alpha_min``. When thin borders
-    still fade out so that the opaque extent no longer reaches every edge of the box, the source is cropped to the part that produced the extent
-    and resized again, so the pasted object fills its box: the box is its opaque extent.
+    still fade out so that the opaque extent no longer reaches every edge of the box, the source
+    is cropped to the part that produced the extent and resized again, so the pasted object
+    fills its box: the box is its opaque extent. Resizing works on the cut-out's premultiplied
+    pixels, as Pillow's resize of an RGBA image does (same bytes, one conversion fewer).
     """
-    src = rgba
+    x0, y0 = 0, 0
+    sh, sw = cut.rgba.shape[:2]
     out = opaque = None
     for _ in range(passes):
-        sh, sw = src.shape[:2]
         method = Image.Resampling.BOX if (sw >= w and sh >= h) else Image.Resampling.BILINEAR
-        out = np.asarray(Image.fromarray(src, "RGBA").resize((w, h), method))
-        opaque = out[:, :, 3] >= alpha_min
+        if (sw, sh) == (w, h):
+            out = Image.fromarray(cut.rgba[y0:y0 + sh, x0:x0 + sw], "RGBA")
+        else:
+            src = cut.premultiplied
+            if (x0, y0, sw, sh) != (0, 0, src.width, src.height):
+                src = src.crop((x0, y0, x0 + sw, y0 + sh))
+            out = src.resize((w, h), method).convert("RGBA")
+        opaque = np.asarray(out.getchannel("A")) >= alpha_min
         cols, rows = np.flatnonzero(opaque.any(0)), np.flatnonzero(opaque.any(1))
         if not len(cols):
             break
@@ -56,7 +64,7 @@ def fit_cutout(rgba: np.ndarray, w: int, h: int, passes: int = 3,
              min(sw, int(np.ceil(x2 * fx))), min(sh, int(np.ceil(y2 * fy))))
         if c == (0, 0, sw, sh):
             break
-        src = src[c[1]:c[3], c[0]:c[2]]
+        x0, y0, sw, sh = x0 + c[0], y0 + c[1], c[2] - c[0], c[3] - c[1]
     return out, opaque
 
 
@@ -83,12 +91,17 @@ class SceneStats:
 @dataclass
 class Scene:
     key: str
-    image: np.ndarray            # (size, size, 3) uint8
+    canvas: Image.Image          # the scene, RGB, size x size
     mask: np.ndarray | None      # (size, size) uint8: 0 background, i+1 visible pixels of object i
     record: SceneRecord
 
+    @property
+    def image(self) -> np.ndarray:
+        """The scene as a (size, size, 3) uint8 array."""
+        return np.array(self.canvas)
+
     def encode(self, jpeg_quality: int) -> dict[str, bytes]:
-        out = {"jpg": encode_jpeg(self.image, jpeg_quality), "json": self.record.to_json()}
+        out = {"jpg": encode_jpeg(self.canvas, jpeg_quality), "json": self.record.to_json()}
         if self.mask is not None:
             out["mask.png"] = encode_png(self.mask)
         return out
@@ -112,7 +125,8 @@ class Composer:
         self._category_index = {c: k for k, c in enumerate(bank.categories)}
 
     # -- inputs ----------------------------------------------------------------------------
-    def _background(self, rng: np.random.Generator, stats: SceneStats) -> tuple[np.ndarray, str]:
+    def _background(self, rng: np.random.Generator, stats: SceneStats) -> tuple[Image.Image, str]:
+        """A freshly decoded background fitted to the canvas (the scene paints on it)."""
         for _ in range(MAX_INPUT_DRAWS):
             i = int(rng.integers(len(self.backgrounds)))
             item = self.backgrounds[i]
@@ -124,8 +138,7 @@ class Composer:
                     self._bad_backgrounds[i] = bad = img
                 else:
                     crop_rng = np.random.default_rng(rng.integers(1 << 62))
-                    arr = np.asarray(fit_square(img, self.p.size, self.p.background_fit, crop_rng))
-                    return arr.copy(), display_name(item)
+                    return fit_square(img, self.p.size, self.p.background_fit, crop_rng), display_name(item)
             stats.skip("background", display_name(item), bad)
         raise UserError(f"no usable background after {MAX_INPUT_DRAWS} draws "
                         f"({len(self._bad_backgrounds)} of {len(self.backgrounds)} are unusable)")
@@ -211,7 +224,7 @@ class Composer:
             objs, boxes, cboxes, fitted = [], [], [], []
             for i, cbox in zip(layout.placed, layout.boxes):
                 box = cells_to_pixels(cbox, cell)
-                rgba, opaque = fit_cutout(picks[i][1].rgba, box[2] - box[0], box[3] - box[1],
+                rgba, opaque = fit_cutout(picks[i][1], box[2] - box[0], box[3] - box[1],
                                           alpha_min=p.paste_alpha)
                 if not opaque.any():
                     drops.append(DROP_EMPTY)  # nothing of it would be drawn: never label it
@@ -251,26 +264,24 @@ class Composer:
             answer=format_box(objects[target].box))
         return Scene(key, canvas, owner if p.masks else None, record)
 
-    def _paint(self, bg: np.ndarray, fitted: list[tuple[np.ndarray, np.ndarray]], boxes: list[list[int]]
-               ) -> tuple[np.ndarray, np.ndarray, list[float]]:
-        """Paste in order (later objects occlude earlier ones): ``(canvas, owner map, visible
-        fraction per object)``. ``soft`` blends with the cut-out's alpha (the authors' paste),
+    def _paint(self, bg: Image.Image, fitted: list[tuple[Image.Image, np.ndarray]], boxes: list[list[int]]
+               ) -> tuple[Image.Image, np.ndarray, list[float]]:
+        """Paste in order (later objects occlude earlier ones) onto ``bg``: ``(canvas, owner
+        map, visible fraction per object)``. ``soft`` blends with the cut-out's alpha (the
+        authors' paste: ``round((rgb * a + bg * (255 - a)) / 255)``, Pillow's masked paste),
         ``hard`` copies the pixels with alpha >= ``paste_alpha``; either way a pixel belongs to
         an object (mask, visibility) when its alpha is >= ``paste_alpha``."""
-        canvas = bg.copy()
-        owner = np.zeros(canvas.shape[:2], dtype=np.uint8)
+        owner = np.zeros((bg.height, bg.width), dtype=np.uint8)
         opaque_counts = []
         for k, ((rgba, opaque), box) in enumerate(zip(fitted, boxes)):
-            region = canvas[box[1]:box[3], box[0]:box[2]]
             if self.p.paste == "soft":
-                a = rgba[:, :, 3:4].astype(np.uint16)
-                # round(x / 255) for x <= 255 * 255, in 16 bits: (x + 128 + ((x + 128) >> 8)) >> 8
-                x = rgba[:, :, :3] * a + region * (255 - a) + 128
-                region[...] = (x + (x >> 8)) >> 8
+                bg.paste(rgba, (box[0], box[1]), rgba)
             else:
-                region[opaque] = rgba[:, :, :3][opaque]
-            owner[box[1]:box[3], box[0]:box[2]][opaque] = k + 1
-            opaque_counts.append(int(opaque.sum()))
-        visible_counts = np.bincount(owner.ravel(), minlength=len(fitted) + 1)[1:]
-        visible = [round(float(v) / n, 4) if n else 0.0 for v, n in zip(visible_counts, opaque_counts)]
-        return canvas, owner, visible
+                bg.paste(rgba, (box[0], box[1]), Image.fromarray(opaque))
+            np.copyto(owner[box[1]:box[3], box[0]:box[2]], k + 1, where=opaque)
+            opaque_counts.append(np.count_nonzero(opaque))
+        visible = []
+        for k, (box, n) in enumerate(zip(boxes, opaque_counts)):
+            v = np.count_nonzero(owner[box[1]:box[3], box[0]:box[2]] == k + 1)
+            visible.append(round(float(v) / n, 4) if n else 0.0)
+        return bg, owner, visible

@@ -108,3 +108,24 @@ def test_layout_is_deterministic():
 def test_bad_parameters_are_reported(kw, needle):
     probs = LayoutParams(**kw).problems()
     assert probs and any(needle in p for p in probs)
+
+
+@settings(max_examples=300, deadline=None)
+@given(grid=st.integers(1, 24), data=st.data())
+def test_window_overlaps_of_a_box_equal_its_window_sums(grid, data):
+    """The cells a box shares with every window position (used for the overlap rule), computed
+    per axis, equal the window sums of the box's cell mask."""
+    from synthgen.compose.layout import _overlaps, _rect_mask, _window_sums
+
+    c1 = data.draw(st.integers(0, grid - 1))
+    r1 = data.draw(st.integers(0, grid - 1))
+    box = (c1, r1, data.draw(st.integers(c1 + 1, grid)), data.draw(st.integers(r1 + 1, grid)))
+    w, h = data.draw(st.integers(1, grid)), data.draw(st.integers(1, grid))
+    want = _window_sums(_rect_mask(box, grid), w, h)
+    got = _overlaps(box, w, h, grid)
+    assert got.shape == want.shape and np.array_equal(got, want)
+
+
+def test_size_candidates_are_memoised_read_only():
+    a = size_candidates(2, 1.37, PAPER)
+    assert size_candidates(2, 1.37, PAPER) is a and not a.flags.writeable

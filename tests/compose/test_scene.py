@@ -189,3 +189,100 @@ def test_thin_cutouts_fill_their_boxes_or_are_dropped(tmp_path, backgrounds):
         assert (sc.mask == t + 1).any()
     assert full > 40
     assert set(stats.dropped_objects) <= {"no_position", "empty_after_resize"}
+
+
+def _resize_rgba_reference(rgba: np.ndarray, w: int, h: int, passes: int = 3, alpha_min: int = 64):
+    """fit_cutout written the plain way: every pass resizes the RGBA array with Pillow."""
+    src = rgba
+    for _ in range(passes):
+        sh, sw = src.shape[:2]
+        method = Image.Resampling.BOX if (sw >= w and sh >= h) else Image.Resampling.BILINEAR
+        out = np.asarray(Image.fromarray(src, "RGBA").resize((w, h), method))
+        opaque = out[:, :, 3] >= alpha_min
+        cols, rows = np.flatnonzero(opaque.any(0)), np.flatnonzero(opaque.any(1))
+        if not len(cols):
+            break
+        x1, y1, x2, y2 = int(cols[0]), int(rows[0]), int(cols[-1]) + 1, int(rows[-1]) + 1
+        if (x1, y1, x2, y2) == (0, 0, w, h):
+            break
+        fx, fy = sw / w, sh / h
+        c = (int(np.floor(x1 * fx)), int(np.floor(y1 * fy)),
+             min(sw, int(np.ceil(x2 * fx))), min(sh, int(np.ceil(y2 * fy))))
+        if c == (0, 0, sw, sh):
+            break
+        src = src[c[1]:c[3], c[0]:c[2]]
+    return out, opaque
+
+
+def test_fit_cutout_on_premultiplied_pixels_gives_the_bytes_of_an_rgba_resize():
+    """The bank keeps each cut-out premultiplied so a scene's resizes skip a conversion: the
+    result must be byte for byte what resizing the RGBA cut-out gives, on every path (down and
+    up, the re-crop passes of thin borders, a box of the cut-out's own size)."""
+    from synthgen.compose.bank import CutOut
+    from synthgen.compose.scene import fit_cutout
+
+    rng = np.random.default_rng(3)
+    passes_seen = 0
+    for k in range(60):
+        h, w = (int(v) for v in rng.integers(8, 120, 2))
+        rgba = rng.integers(0, 256, (h, w, 4), dtype=np.uint8)
+        yy, xx = np.mgrid[0:h, 0:w]
+        # an ellipse with soft, partly faint borders: the thin rim fades when shrunk (re-crop)
+        r = ((yy - h / 2) / (h / 2)) ** 2 + ((xx - w / 2) / (w / 2)) ** 2
+        rgba[:, :, 3] = np.clip((1.2 - r) * 255 * (0.3 + 0.7 * (k % 2)), 0, 255).astype(np.uint8)
+        cut = CutOut(rgba, w / h)
+        for bw, bh in [(int(rng.integers(4, 160)), int(rng.integers(4, 160))), (w, h)]:
+            got, got_opaque = fit_cutout(cut, bw, bh)
+            want, want_opaque = _resize_rgba_reference(rgba, bw, bh)
+            assert got.mode == "RGBA" and got.size == (bw, bh)
+            assert np.array_equal(np.asarray(got), want), (k, bw, bh)
+            assert np.array_equal(got_opaque, want_opaque)
+            passes_seen += not want_opaque.all() and want_opaque.any()
+    assert passes_seen > 5   # the faint rims did take the re-crop path
+
+
+@pytest.mark.parametrize("paste", ["soft", "hard"])
+def test_paste_is_the_alpha_blend_formula(bank, backgrounds, paste):
+    """The scene's pixels are the background with each fitted cut-out blended in order,
+    ``round((rgb * a + bg * (255 - a)) / 255)`` (soft) or copied where alpha >= paste_alpha
+    (hard), computed here in numpy against the Pillow paste compose uses."""
+    from synthgen.compose.scene import fit_cutout
+
+    comp = _composer(bank, backgrounds, paste=paste)
+    for k in range(12):
+        sc = comp.scene(k)
+        rng = np.random.default_rng(sample_seed(comp.p.seed, k))
+        bg = np.asarray(comp._background(rng, SceneStats())[0]).astype(np.int64)
+        for o in sc.record.objects:
+            i = next(j for j, e in enumerate(comp.bank.entries) if e.id == o.object_id)
+            x1, y1, x2, y2 = o.box
+            rgba, opaque = fit_cutout(comp.bank.load(i), x2 - x1, y2 - y1, alpha_min=comp.p.paste_alpha)
+            px = np.asarray(rgba).astype(np.int64)
+            region = bg[y1:y2, x1:x2]
+            if paste == "soft":
+                a = px[:, :, 3:4]
+                region[...] = np.floor((px[:, :, :3] * a + region * (255 - a)) / 255 + 0.5)
+            else:
+                region[opaque] = px[:, :, :3][opaque]
+        assert np.array_equal(sc.image, bg.astype(np.uint8)), k
+
+
+def test_scene_jpeg_carries_no_metadata_of_its_background(tmp_path, bank):
+    """A background's JPEG comment, EXIF and ICC profile never reach the scenes (Pillow copies
+    a decoded image's comment into what is saved from it)."""
+    from PIL import ImageCms
+
+    bgdir = tmp_path / "bg"
+    bgdir.mkdir()
+    exif = Image.Exif()
+    exif[0x010E] = "secret description"
+    icc = ImageCms.ImageCmsProfile(ImageCms.createProfile("sRGB")).tobytes()
+    arr = np.random.default_rng(0).integers(0, 255, (300, 400, 3), dtype=np.uint8)
+    Image.fromarray(arr).save(bgdir / "a.jpg", quality=90, comment=b"owner: someone",
+                              exif=exif.tobytes(), icc_profile=icc)
+    src = Image.open(bgdir / "a.jpg")
+    assert src.info.get("comment") == b"owner: someone" and src.info.get("icc_profile")
+    out = _composer(bank, bgdir).scene(0).encode(95)["jpg"]
+    im = Image.open(io.BytesIO(out))
+    assert "comment" not in im.info and "icc_profile" not in im.info and "exif" not in im.info
+    assert b"owner: someone" not in out and b"secret description" not in out
