@@ -138,9 +138,10 @@ def atomic_write_json(path: str | Path, obj: Any) -> None:
 def remove_stale_temps(folder: str | Path, recursive: bool = False) -> int:
     """Delete temporaries left by a killed writer; returns how many. Call it only while holding
     the folder's lock: another live run's temporaries look the same. A remote folder has none
-    (its objects are uploaded whole); the local temporaries of killed uploads are removed."""
+    (its objects are uploaded whole); the local temporaries of killed uploads are removed, and
+    the unfinished multipart uploads of its objects are aborted."""
     if storage.is_remote(str(folder)):
-        return storage.remove_stale_uploads()
+        return storage.remove_stale_uploads() + storage.abort_multipart_uploads(str(folder), recursive)
     root = Path(folder)
     if not root.is_dir():
         return 0

@@ -12,6 +12,9 @@ What object stores lack, and what is done instead:
 * no rename: an object is written whole (a local temporary, then one PUT, or a multipart upload
   that becomes visible only when it completes), so a reader never sees a partial object under its
   final name; done markers are written after the data they mark (see :mod:`synthgen.rundir`).
+* no temporaries to remove after a kill, but a killed multipart upload leaves stored parts:
+  :func:`abort_multipart_uploads` aborts those of a folder whenever its lock is taken and at a
+  clean exit, as local temporaries are removed.
 * no ``flock``: :class:`ObjectLock`, a lock object created by a conditional PUT
   (``If-None-Match: *``: exactly one of two runs creates it), renewed by a heartbeat that is
   itself a compare-and-swap (``If-Match`` on its ETag), and taken over (again by ``If-Match``)
@@ -462,6 +465,40 @@ def remove_stale_uploads() -> int:
             f.unlink(missing_ok=True)
             n += 1
     return n
+
+
+def abort_multipart_uploads(folder: str, recursive: bool = False) -> int:
+    """Abort the unfinished multipart uploads of objects in ``folder`` (S3; others have none):
+    a writer killed during a large upload leaves its parts on the server, invisible in listings
+    but stored (and billed) until aborted. ``recursive`` also those in sub-folders. Call it only
+    while holding the folder's lock (a live run's upload looks the same); returns how many."""
+    if scheme(folder) not in ("s3", "s3a"):
+        return 0
+    fs, p = filesystem(folder)
+    bucket, _, key = p.rstrip("/").partition("/")
+    prefix = f"{key}/" if key else ""
+    n = 0
+    marker: dict[str, str] = {}
+    try:
+        while True:
+            with guard(folder, "list the unfinished uploads of"):
+                page = fs.call_s3("list_multipart_uploads", Bucket=bucket, Prefix=prefix, **marker)
+            for up in page.get("Uploads", []):
+                if not recursive and "/" in up["Key"][len(prefix):]:
+                    continue
+                try:
+                    with guard(folder, "abort an unfinished upload in"):
+                        fs.call_s3("abort_multipart_upload", Bucket=bucket, Key=up["Key"], UploadId=up["UploadId"])
+                except FileNotFoundError:
+                    continue  # (aborted meanwhile)
+                n += 1
+            if not page.get("IsTruncated"):
+                return n
+            marker = {"KeyMarker": page["NextKeyMarker"], "UploadIdMarker": page["NextUploadIdMarker"]}
+    except StorageError as exc:  # e.g. a policy without s3:ListBucketMultipartUploads: not fatal
+        print(f"warning: {exc}; the parts of uploads killed mid-way may stay stored (a bucket "
+              "lifecycle rule AbortIncompleteMultipartUpload removes them)", file=sys.stderr)
+        return n
 
 
 def _alive(pid: int) -> bool:

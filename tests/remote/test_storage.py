@@ -191,3 +191,41 @@ def test_options_that_take_local_paths_refuse_urls(tmp_path, cli_env):
                        env=cli_env, capture_output=True, text=True, cwd=tmp_path, timeout=120)
     one_line_error(r, "takes a local path, not the URL s3://bucket/run")
     assert not list(tmp_path.iterdir())
+
+
+def _start_upload(s3, key: str) -> str:
+    """A multipart upload with one part and no completion: what a writer killed mid-upload of
+    a large shard leaves on the server."""
+    up = s3.client.create_multipart_upload(Bucket=s3.bucket, Key=key)["UploadId"]
+    s3.client.upload_part(Bucket=s3.bucket, Key=key, UploadId=up, PartNumber=1, Body=b"x" * (5 << 20))
+    return up
+
+
+def _uploads(s3) -> list[str]:
+    return sorted(u["Key"] for u in s3.client.list_multipart_uploads(Bucket=s3.bucket).get("Uploads", []))
+
+
+def test_a_killed_multipart_upload_is_aborted_when_the_folder_is_taken(s3):
+    for key in ("out/scenes-000003.tar", "out/sub/part.tar", "outside/scenes-000001.tar", "out2/a.tar"):
+        _start_upload(s3, key)
+    with RunFolder(f"{s3.url}/out", "compose"):
+        # the folder's own unfinished upload is gone; a sub-folder's, a sibling prefix's and
+        # an unrelated one stay
+        assert _uploads(s3) == ["out/sub/part.tar", "out2/a.tar", "outside/scenes-000001.tar"]
+        _start_upload(s3, "out/scenes-000004.tar")   # a writer of this run dies mid-upload
+    assert _uploads(s3) == ["out/sub/part.tar", "out2/a.tar", "outside/scenes-000001.tar"]
+    with RunFolder(f"{s3.url}/out", "train-pin", clean="recursive"):
+        assert _uploads(s3) == ["out2/a.tar", "outside/scenes-000001.tar"]
+    assert not s3.keys("out")  # aborting writes no object
+
+
+def test_compose_resumed_after_a_kill_mid_upload_leaves_no_parts_on_the_server(s3, local_inputs):
+    from synthgen.compose.run import ComposeJob, run_compose
+
+    bank, bg = local_inputs
+    job = ComposeJob(objects=str(bank), backgrounds=str(bg), out=f"{s3.url}/ds", num_samples=8,
+                     samples_per_shard=4)
+    _start_upload(s3, "ds/scenes-000001.tar")
+    run_compose(job, executor="serial", progress=False)
+    assert _uploads(s3) == []
+    assert [k for k in s3.keys("ds") if k.endswith(".tar")] == ["scenes-000000.tar", "scenes-000001.tar"]
