@@ -48,7 +48,11 @@ STATE_FILE = "synthgen-run.json"
 ALIASES = {"train": "train-pin", "eval": "eval-pin", "prepare": "prepare-backgrounds"}
 RECIPE_SECTION = {"render": "render", "compose": "compose", "train-pin": "train"}
 NOT_STEPS = ("run", "demo")
-VIEWS = ("preview", "stats")  # steps that only look at data: running them changes nothing downstream
+VIEWS = ("preview", "stats", "predict")  # steps that only look: running them changes nothing downstream
+# exit statuses that report a result rather than a failure: predict --strict's "the answer held
+# no box" (its JSON and picture are written); the run goes on and ends with that status, and the
+# step is not recorded as done, so the next run checks again
+RESULT_CODES = {("predict", 3): "no box"}
 
 
 @dataclass(frozen=True)
@@ -333,7 +337,7 @@ def is_done(step: Step, commands: Mapping[str, Any] | None = None) -> bool:
 class Outcome:
     step: Step
     argv: list[str]
-    status: str                  # ran | skipped | failed | interrupted | not run
+    status: str                  # ran | skipped | failed | interrupted | not run | no box
     seconds: float = 0.0
     code: int = 0
     output: str = ""
@@ -411,9 +415,14 @@ def run_plan(plan: Plan, steps: list[Step], *, dry_run: bool = False, say: Calla
         except OSError as exc:  # the launcher is not installed
             say(f"error: cannot start {process_line(step, argv, python)[0]}: {exc.strerror or exc}")
             code = 2
-        outcome = Outcome(step, argv, "ran" if code == 0 else "interrupted" if code == 130 else "failed",
-                          seconds=time.time() - t0, code=code, output=shown)
+        verdict = RESULT_CODES.get((step.command, code))
+        status = "ran" if code == 0 else verdict or ("interrupted" if code == 130 else "failed")
+        outcome = Outcome(step, argv, status, seconds=time.time() - t0, code=code, output=shown)
         result.outcomes.append(outcome)
+        if verdict is not None:
+            say(f"[{step.index}] {step.name}: {verdict} (exit {code}); the run goes on and ends with exit {code}")
+            result.code = result.code or code
+            continue
         if code != 0:
             result.code = code
             result.outcomes += [Outcome(s, lines[s.index], "not run", output=str(output_of(s, commands) or ""))

@@ -51,11 +51,12 @@ def summarize(con, plan, result) -> None:
     table = Table(title="run summary", title_justify="left")
     for col in ("step", "command", "status", "seconds", "output"):
         table.add_column(col)
-    colours = {"ran": "green", "skipped": "cyan", "failed": "red", "interrupted": "yellow", "not run": "dim"}
+    colours = {"ran": "green", "skipped": "cyan", "failed": "red", "interrupted": "yellow", "not run": "dim",
+               "no box": "yellow"}
     for o in result.outcomes:
         name = o.step.name if o.step.name == o.step.command else f"{o.step.name} ({o.step.command})"
         table.add_row(str(o.step.index), name, f"[{colours[o.status]}]{o.status}[/]",
-                      f"{o.seconds:.1f}" if o.status in ("ran", "failed") else "", o.output)
+                      f"{o.seconds:.1f}" if o.status in ("ran", "failed", "no box") else "", o.output)
     con.print(table)
     rows = wf.eval_metrics(result)
     if rows:
@@ -96,8 +97,9 @@ def register(app: typer.Typer, user_errors) -> None:
         eval-pin ... as its `run:` section declares them, each the command you would type (echoed).
 
         A step whose output is complete and whose command line is unchanged is skipped; any other
-        runs and resumes its own partial work. A failed step stops the run. The summary lists what
-        ran, what was skipped, the outputs and the eval-pin metrics.
+        runs and resumes its own partial work. A failed step stops the run (its exit status is the
+        run's); a predict --strict step whose answer held no box is done, and the run goes on and
+        exits 3. The summary lists what ran, what was skipped, the outputs and the eval-pin metrics.
         """
         sets = parse_sets(set_)
         if out is not None:

@@ -366,7 +366,7 @@ def test_cli_train_eval_predict(vlm_dir, shards, tmp_path):
     assert r.exit_code == 2 and "not a PIN run" in r.output
 
 
-def test_predict_marks_a_fallback_box_and_strict_exits_3(vlm_dir, shards, tmp_path):
+def test_predict_marks_a_fallback_box_and_strict_exits_3(vlm_dir, shards, tmp_path, cli_env):
     """The tiny VLM's answer holds no box: predict says so (line, --json, picture) and --strict exits 3."""
     import numpy as np
     from PIL import Image
@@ -401,3 +401,26 @@ def test_predict_marks_a_fallback_box_and_strict_exits_3(vlm_dir, shards, tmp_pa
     assert r.stdout.startswith("[0,0,28,14]") and "fallback" in r.stdout
     r = runner.invoke(app, [*args, "--strict", "--json"])
     assert r.exit_code == 3 and json.loads(r.stdout)["fallback"] is True
+
+    # in a recipe, that exit 3 is the step's result, not a failure: the next step runs and the
+    # run ends with 3; a second run checks the strict step again and skips the other
+    import subprocess
+    import sys
+
+    import yaml
+    recipe = tmp_path / "recipe.yaml"
+    recipe.write_text(yaml.safe_dump({"run": {"vars": {"out": str(tmp_path / "runout")}, "steps": [
+        {"predict": {"run": str(run), "image": str(image), "text": "cat", "strict": True,
+                     "out": "{out}/strict.png"}},
+        {"predict": {"run": str(run), "image": str(image), "text": "cat", "out": "{out}/plain.png"}},
+    ]}}))
+    cmd = [sys.executable, "-m", "synthgen", "run", str(recipe)]
+    r = subprocess.run(cmd, env=cli_env, capture_output=True, text=True, timeout=600)
+    assert r.returncode == 3, r.stderr[-3000:]
+    assert "[1] predict: no box (exit 3); the run goes on" in r.stderr
+    assert (tmp_path / "runout" / "strict.png").is_file() and (tmp_path / "runout" / "plain.png").is_file()
+    rows = {line.split("│")[1].strip(): line for line in r.stderr.splitlines() if line.startswith("│")}
+    assert "no box" in rows["1"] and " ran " in rows["2"] and "failed" not in r.stderr
+    r = subprocess.run(cmd, env=cli_env, capture_output=True, text=True, timeout=600)
+    assert r.returncode == 3 and r.stderr.count("done, skipped") == 1, r.stderr[-3000:]
+    assert "[2] plain: done, skipped" in r.stderr or "[2] predict: done, skipped" in r.stderr
