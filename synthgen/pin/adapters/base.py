@@ -15,6 +15,7 @@ from typing import Callable, Iterator, Sequence
 
 import torch
 
+from synthgen.errors import UserError
 from synthgen.grounding import prompt_parts
 
 PinFn = Callable[[], torch.Tensor]
@@ -157,9 +158,23 @@ class VLMAdapter:
             raise AssertionError(f"VLM weights must stay frozen; trainable: {trainable[:5]}")
 
     # --- data ----------------------------------------------------------------------------
+    def set_pixel_normalisation(self, mean: Sequence[float], std: Sequence[float],
+                                rescale: float | None = None) -> None:
+        """How :meth:`preprocess` maps uint8 to the VLM's pixels: ``(x * rescale - mean) / std``
+        as transformers' image processors do, or with ``rescale`` None ``(x / 255 - mean) / std``
+        as torchvision's ``ToTensor`` does (the two differ in the last bit)."""
+        self._mean = torch.tensor(list(mean), dtype=torch.float32).view(1, 3, 1, 1).to(self.device)
+        self._std = torch.tensor(list(std), dtype=torch.float32).view(1, 3, 1, 1).to(self.device)
+        self._scale = rescale
+
     def preprocess(self, pixels: torch.Tensor) -> torch.Tensor:
         """uint8 ``[B,3,H,W]`` (already ``input_size``) -> the VLM's normalised pixel values."""
-        raise NotImplementedError
+        if pixels.shape[-1] != self.input_size or pixels.shape[-2] != self.input_size:
+            raise UserError(f"images are {pixels.shape[-1]}x{pixels.shape[-2]} but {self.model_id} "
+                            f"takes {self.input_size}x{self.input_size}")
+        x = pixels.to(self.device, non_blocking=True).float()
+        x = x / 255.0 if self._scale is None else x * self._scale
+        return ((x - self._mean) / self._std).to(self.dtype)
 
     def loss(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
         raise NotImplementedError

@@ -61,9 +61,7 @@ class Blip2Adapter(VLMAdapter):
         self.num_positions = self.patch_grid ** 2 + 1  # + CLS
         self.vision_width = int(vc.hidden_size)
         ip = self.processor.image_processor
-        self._mean = torch.tensor(ip.image_mean, dtype=torch.float32).view(1, 3, 1, 1).to(self.device)
-        self._std = torch.tensor(ip.image_std, dtype=torch.float32).view(1, 3, 1, 1).to(self.device)
-        self._scale = float(getattr(ip, "rescale_factor", 1 / 255))
+        self.set_pixel_normalisation(ip.image_mean, ip.image_std, float(getattr(ip, "rescale_factor", None) or 1 / 255))
         self.codec = TextCodec(self.processor.tokenizer, int(cfg.num_query_tokens),
                                int(cfg.image_token_index))
         self._pin: PinFn | None = None
@@ -83,13 +81,6 @@ class Blip2Adapter(VLMAdapter):
         return output
 
     # data / forward ----------------------------------------------------------------------
-    def preprocess(self, pixels: torch.Tensor) -> torch.Tensor:
-        if pixels.shape[-1] != self.input_size or pixels.shape[-2] != self.input_size:
-            raise UserError(f"images are {pixels.shape[-1]}x{pixels.shape[-2]} but {self.model_id} "
-                            f"takes {self.input_size}x{self.input_size}")
-        x = pixels.to(self.device, non_blocking=True).float() * self._scale
-        return ((x - self._mean) / self._std).to(self.dtype)
-
     def loss(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
         out = self.model(
             pixel_values=self.preprocess(batch["pixels"]),

@@ -143,9 +143,7 @@ class HFVisionLanguageAdapter(VLMAdapter):
         self.config = self.model.config
         self.input_size, self.patch_grid, self.num_positions, self.vision_width = self.geometry(self.config)
         ip = self.processor.image_processor
-        self._mean = torch.tensor(ip.image_mean, dtype=torch.float32).view(1, 3, 1, 1).to(self.device)
-        self._std = torch.tensor(ip.image_std, dtype=torch.float32).view(1, 3, 1, 1).to(self.device)
-        self._scale = float(getattr(ip, "rescale_factor", None) or 1 / 255)
+        self.set_pixel_normalisation(ip.image_mean, ip.image_std, float(getattr(ip, "rescale_factor", None) or 1 / 255))
         self.image_text = self._expanded_image_text()
         self.codec = self.layout()
         self._pin: PinFn | None = None
@@ -235,13 +233,6 @@ class HFVisionLanguageAdapter(VLMAdapter):
         return dict(self.options)
 
     # data / forward --------------------------------------------------------------------------
-    def preprocess(self, pixels: torch.Tensor) -> torch.Tensor:
-        if pixels.shape[-1] != self.input_size or pixels.shape[-2] != self.input_size:
-            raise UserError(f"images are {pixels.shape[-1]}x{pixels.shape[-2]} but {self.model_id} "
-                            f"takes {self.input_size}x{self.input_size}")
-        x = pixels.to(self.device, non_blocking=True).float() * self._scale
-        return ((x - self._mean) / self._std).to(self.dtype)
-
     def inputs(self, pixels: torch.Tensor, input_ids: torch.Tensor, attention_mask: torch.Tensor,
                labels: torch.Tensor | None = None) -> dict:
         """Everything the model's ``forward`` / ``generate`` takes for these images and texts."""

@@ -19,7 +19,6 @@ from typing import Sequence
 
 import torch
 
-from synthgen.errors import UserError
 from synthgen.grounding import prompt_parts
 from synthgen.pin.adapters.base import PinFn, TextCodec, VLMAdapter, loss_span
 from synthgen.pin.config import DEFAULT_MODELS
@@ -79,8 +78,7 @@ class OpenFlamingoAdapter(VLMAdapter):
         self.patch_grid = self.input_size // int(visual.patch_size[0])
         self.num_positions = self.patch_grid ** 2  # patch tokens; OpenFlamingo drops CLS
         self.vision_width = self.model.vis_dim
-        self._mean = torch.tensor(mean, dtype=torch.float32).view(1, 3, 1, 1).to(self.device)
-        self._std = torch.tensor(std, dtype=torch.float32).view(1, 3, 1, 1).to(self.device)
+        self.set_pixel_normalisation(mean, std)  # open_clip's ToTensor: x / 255
         self.codec = FlamingoCodec(self.tokenizer, 1, self.model.media_token_id, add_eos=False,
                                    eoc_token_id=self.model.eoc_token_id)
         self._pin: PinFn | None = None
@@ -103,13 +101,6 @@ class OpenFlamingoAdapter(VLMAdapter):
         return tokens + pin.to(tokens.dtype).unsqueeze(0)
 
     # data / forward ----------------------------------------------------------------------
-    def preprocess(self, pixels: torch.Tensor) -> torch.Tensor:
-        if pixels.shape[-1] != self.input_size or pixels.shape[-2] != self.input_size:
-            raise UserError(f"images are {pixels.shape[-1]}x{pixels.shape[-2]} but {self.model_id} "
-                            f"takes {self.input_size}x{self.input_size}")
-        x = pixels.to(self.device, non_blocking=True).float() / 255.0
-        return ((x - self._mean) / self._std).to(self.dtype)
-
     def loss(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
         out = self.model(self.preprocess(batch["pixels"]), batch["input_ids"].to(self.device),
                          attention_mask=batch["attention_mask"].to(self.device),
