@@ -8,14 +8,17 @@ referrals, json, mask) plus the same decode/encode. Reported as samples/s and ra
 * compose with two Ray workers / one Ray worker (target >= 1.8; needs two idle cores).
 
 Usage: python benchmarks/compose.py [--samples 400] [--megapixels 12] [--workdir /tmp/sgbench]
-       python benchmarks/compose.py --prepared [--real-backgrounds DIR] [--samples 300]
+       python benchmarks/compose.py --prepared [--real-backgrounds DIR] [--prepared-size 448] [--samples 300]
 
 ``--prepared`` times prepared backgrounds (``synthgen prepare-backgrounds``) against the raw
 folder, in one run, on one process: compose from the raw folder, compose from the prepared
 shards (goal >= 10x), and the floor on prepared backgrounds (read + decode a prepared background,
 fit, encode the scene: goal compose >= 0.7x of it), then where compose's time goes (cProfile).
 ``--real-backgrounds`` uses a folder of real wallpapers (e.g. the 26 of ../shared/data, 1.3-13 MP)
-instead of generated ones.
+instead of generated ones; ``--prepared-size`` is prepare-backgrounds' ``--size`` (default 448, twice
+the canvas). The three are timed in ``--rounds`` interleaved rounds (medians reported), and the
+ceiling of prepared / raw is printed: the floor / raw, what a compose costing no more than its
+floor would reach.
 
 ``--index`` times the per-shard scene index (``*_index.parquet``): the same compose run (one
 process, ``--samples-per-shard``, default 100: ten times the index writes of the CLI's default)
@@ -133,7 +136,8 @@ def prepared_comparison(args, bank: Path, bg: Path) -> None:
     prep_dir = args.workdir / "prepared"
     shutil.rmtree(prep_dir, ignore_errors=True)
     t0 = time.perf_counter()
-    prepare_backgrounds(PrepareJob(source=str(bg), out=str(prep_dir), size=448), executor="serial", progress=False)
+    prepare_backgrounds(PrepareJob(source=str(bg), out=str(prep_dir), size=args.prepared_size), executor="serial",
+                        progress=False)
     t_prep = time.perf_counter() - t0
     prepared = list_backgrounds(str(prep_dir)).items
     n = args.samples
@@ -212,6 +216,7 @@ def main() -> None:
     ap.add_argument("--workdir", type=Path, default=Path("/tmp/synthgen-bench-compose"))
     ap.add_argument("--skip-ray", action="store_true")
     ap.add_argument("--prepared", action="store_true", help="prepared backgrounds against the raw folder")
+    ap.add_argument("--prepared-size", type=int, default=448, help="--prepared: prepare-backgrounds --size")
     ap.add_argument("--real-backgrounds", type=Path, help="a folder of real backgrounds to use")
     ap.add_argument("--index", action="store_true", help="compose with and without the per-shard scene index")
     ap.add_argument("--samples-per-shard", type=int, default=100, help="--index: scenes per shard")
