@@ -117,7 +117,7 @@ def register(app: typer.Typer, user_errors) -> None:
     def prepare_backgrounds_cmd(
         backgrounds: str = typer.Argument(..., metavar="BACKGROUNDS", help="Backgrounds (a path or an s3:// / gs:// / hf:// URL): a folder of images (recursive), a WebDataset .tar, a folder of tars, or a brace pattern."),
         out: str = typer.Option(..., "--out", "-o", metavar="PATH", help="Folder (or s3:// / gs:// URL) for backgrounds-NNNNNN.tar shards, their _stats.json and manifest.json. Re-running resumes."),
-        size: int = typer.Option(448, "--size", help="Shorter side of the prepared images in pixels (never enlarged); twice the largest canvas you compose (448 for 224)."),
+        size: int = typer.Option(448, "--size", help="Shorter side of the prepared images in pixels (never enlarged); twice the largest canvas you compose (448 for 224). The canvas itself (224) makes compose ~1.3x faster for that canvas only."),
         per_shard: int = typer.Option(500, "--per-shard", help="Backgrounds per shard."),
         jpeg_quality: int = typer.Option(95, "--jpeg-quality", help="JPEG quality of the prepared images."),
         workers: Optional[int] = typer.Option(None, "--workers", "-w", help=WORKERS_HELP),
