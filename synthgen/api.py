@@ -124,7 +124,7 @@ class SceneGenerator:
     opens the bank and lists the backgrounds once, on first use.
 
         gen = SceneGenerator("objects/", "bg/", num_samples=10_000, a_max=3, seed=0)
-        scene = gen[0]   # .image (H, W, 3) uint8, .mask, .record (boxes, names, referral), .key
+        scene = gen[0]   # .image (H, W, 3) uint8 (.canvas: PIL), .mask, .record (boxes, names, referral), .key
         loader = torch.utils.data.DataLoader(gen, batch_size=None, num_workers=4, collate_fn=...)
     """
 

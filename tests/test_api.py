@@ -58,6 +58,8 @@ def test_scene_generator_gives_compose_scenes_in_memory(bank, backgrounds, tmp_p
         assert json.loads(sample["json"]) == json.loads(scene.record.to_json())
         assert np.array_equal(np.asarray(Image.open(io.BytesIO(sample["mask.png"]))), scene.mask)
         assert scene.encode(95)["jpg"] == sample["jpg"]  # the same pixels, so the same JPEG
+        assert scene.image.shape == (224, 224, 3) and scene.image.dtype == np.uint8
+        assert np.array_equal(scene.image, np.asarray(scene.canvas)) and scene.canvas.mode == "RGB"
     assert [s.key for s in gen] == [f"{k:09d}" for k in range(6)]
     with pytest.raises(IndexError):
         gen[6]
