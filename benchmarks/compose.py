@@ -90,7 +90,7 @@ def floor(backgrounds: list[str], n: int, size: int) -> float:
 
 
 def compose_one_process(bank: Path, backgrounds: list[str], n: int) -> float:
-    from synthgen.compose.bank import ObjectBank
+    from synthgen.bank.reader import ObjectBank
     from synthgen.compose.config import ComposeParams
     from synthgen.compose.scene import Composer
 

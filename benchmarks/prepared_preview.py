@@ -26,8 +26,8 @@ def main() -> None:
     ap.add_argument("-n", type=int, default=6)
     args = ap.parse_args()
 
+    from synthgen.bank.reader import ObjectBank
     from synthgen.compose.backgrounds import list_backgrounds
-    from synthgen.compose.bank import ObjectBank
     from synthgen.compose.config import ComposeParams
     from synthgen.compose.prepare import PrepareJob, prepare_backgrounds
     from synthgen.compose.scene import Composer

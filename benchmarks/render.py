@@ -39,11 +39,11 @@ def main() -> None:
 
     work = Path(tempfile.mkdtemp(prefix="synthgen-bench-"))
     os.environ.setdefault("REMBG_HOME", str(work / "rembg"))
+    from synthgen.demo.tiny_render import build_tiny_clip, build_tiny_sd, build_tiny_u2net
     from synthgen.render.categories import Category
     from synthgen.render.config import RenderConfig
     from synthgen.render.pipeline import _rows, _to_batch, render
     from synthgen.render.stages import CutoutStage, GenerateStage, ScoreStage
-    from synthgen.render.tiny import build_tiny_clip, build_tiny_sd, build_tiny_u2net
 
     sd = str(build_tiny_sd(work / "sd"))
     clip = f"local-dir:{build_tiny_clip(work / 'clip', model_cfg=BENCH_CLIP)}"

@@ -89,14 +89,14 @@ def main(argv=None) -> None:
     torch.set_num_threads(1)  # a DataLoader worker is one process, one thread
     from transformers import Blip2Processor
 
-    from synthgen.pin.adapters import TextCodec
-    from synthgen.pin.data import SceneStream, StreamConfig, decode_image
+    from synthgen.pin.models.adapters import TextCodec
+    from synthgen.pin.training.data import SceneStream, StreamConfig, decode_image
     from synthgen.shards import iter_tar
 
     tmp = Path(tempfile.mkdtemp(prefix="pin-bench-"))
     model = args.model
     if model is None:
-        from synthgen.pin.tiny import build_tiny_blip2
+        from synthgen.demo.tiny_blip2 import build_tiny_blip2
         model = str(build_tiny_blip2(tmp / "tiny-blip2", image_size=args.canvas, lm_steps=0))
     proc = Blip2Processor.from_pretrained(model)
     codec = TextCodec(proc.tokenizer, int(proc.num_query_tokens or 32),
@@ -154,7 +154,7 @@ def composed_rate(tmp: Path, codec, args) -> dict[str, float]:
 
     from synthgen.compose.backgrounds import list_backgrounds
     from synthgen.compose.config import ComposeParams
-    from synthgen.pin.scenes import ComposedConfig, ComposedStream, ComposeSource
+    from synthgen.pin.training.scenes import ComposedConfig, ComposedStream, ComposeSource
 
     bank, bg = make_inputs(tmp / "compose-inputs", args.backgrounds, args.megapixels, 200)
     source = ComposeSource(str(bank), list_backgrounds(str(bg)).items, ComposeParams(size=args.canvas))

@@ -27,7 +27,7 @@ column prints that share.
 
 Without ``--model`` it builds the tiny OpenFlamingo (at ``--canvas`` 224: ViT 16x16 patches like
 ViT-L/14, OpenFlamingo's perceiver/cross-attention sizes, tiny widths), the tiny BLIP-2 and the
-tiny transformers VLMs of :mod:`synthgen.pin.tiny_vlms` (at ``--canvas``), since this machine
+tiny transformers VLMs of :mod:`synthgen.demo.tiny_vlms` (at ``--canvas``), since this machine
 has no model hub. Their splits are not those of the real models: the tiny ones have
 a 2-layer 32-wide ViT against ViT-L/14's 24 x 1024, so the vision share here is a lower bound.
 """
@@ -55,7 +55,7 @@ def _median_ms(fn, steps: int) -> float:
 
 
 def _vision_fn(adapter, pixels):
-    if hasattr(adapter, "image_features"):  # the transformers VLMs (synthgen.pin.adapters.hf)
+    if hasattr(adapter, "image_features"):  # the transformers VLMs (synthgen.pin.models.adapters.hf)
         return lambda: adapter.image_features(pixels)
     x = adapter.preprocess(pixels)
     if adapter.name == "openflamingo":
@@ -68,7 +68,7 @@ def input_rate(adapter, root: Path, scenes: int, batch_size: int) -> float:
     sys.path.insert(0, str(Path(__file__).parent))
     from train_input import write_scene_shards
 
-    from synthgen.pin.data import SceneStream, StreamConfig
+    from synthgen.pin.training.data import SceneStream, StreamConfig
 
     shards = write_scene_shards(root / f"scenes-{adapter.input_size}", scenes, adapter.input_size)
     ds = SceneStream(StreamConfig(shards=shards, batch_size=batch_size, shuffle_buffer=100,
@@ -82,7 +82,7 @@ def input_rate(adapter, root: Path, scenes: int, batch_size: int) -> float:
 
 
 def measure(adapter, batch_size: int, steps: int) -> dict:
-    from synthgen.pin.module import PIN
+    from synthgen.pin.models.module import PIN
 
     torch.manual_seed(0)
     pin = PIN(adapter.num_positions, adapter.vision_width)
@@ -166,17 +166,17 @@ def estimate(vlm: str, text_tokens: int = 25) -> dict:
 
 
 def _tiny(vlm: str, root: Path, canvas: int) -> str:
-    from synthgen.pin.tiny_vlms import BUILDERS
+    from synthgen.demo.tiny_vlms import BUILDERS
 
     if vlm == "qwen2_5_vl":  # (its canvas is the adapter's option; the tiny processor is hub-like)
         return str(BUILDERS[vlm](root / f"tiny-{vlm}"))
     if vlm in BUILDERS:
         return str(BUILDERS[vlm](root / f"tiny-{vlm}", image_size=canvas))
     if vlm == "openflamingo":
-        from synthgen.pin.tiny_flamingo import build_tiny_openflamingo
+        from synthgen.demo.tiny_flamingo import build_tiny_openflamingo
 
         return str(build_tiny_openflamingo(root / "tiny-of", image_size=canvas, gate=0.5, lm_steps=0))
-    from synthgen.pin.tiny import build_tiny_blip2
+    from synthgen.demo.tiny_blip2 import build_tiny_blip2
 
     return str(build_tiny_blip2(root / "tiny-blip2", image_size=canvas, lm_steps=0))
 
@@ -196,7 +196,7 @@ def main(argv: list[str] | None = None) -> None:
         ap.error("--model needs exactly one --vlm")
     torch.set_num_threads(args.threads)
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-    from synthgen.pin.adapters import load_adapter
+    from synthgen.pin.models.adapters import load_adapter
 
     print(f"batch {args.batch}, median of {args.steps}, {args.threads} thread(s), torch {torch.__version__}")
     print(f"{'vlm':<14}{'tokens':>7}{'PIN':>10}{'step ms':>10}{'vision ms':>11}{'pin ms':>9}{'rest ms':>10}"

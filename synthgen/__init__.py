@@ -8,7 +8,7 @@ The Python API mirrors the commands: ``synthgen.render(...)``, ``synthgen.compos
 See ARCHITECTURE.md for where each concern lives. Heavy libraries (torch, diffusers, rembg, ray) are imported lazily by the stage that needs them.
 """
 
-__version__ = "0.1.0"
+from synthgen._version import __version__  # noqa: F401  (one place: pyproject reads it too)
 
 # The Python API (synthgen/api.py), loaded on first use so `import synthgen` stays light.
 # synthgen.compose and synthgen.render are also the stage packages: called, they are the API.

@@ -145,8 +145,8 @@ class SceneGenerator:
 
     def composer(self):
         if self._composer is None:
+            from synthgen.bank.reader import ObjectBank
             from synthgen.compose.backgrounds import list_backgrounds
-            from synthgen.compose.bank import ObjectBank
             from synthgen.compose.scene import Composer
 
             bank = ObjectBank.open(self.objects, extra_roots=self.extra_object_roots, max_side=self.params.size)
@@ -214,8 +214,8 @@ def _csv(value: str | Sequence[str] | None) -> str:
 
 
 def train_config(shards: str | Sequence[str] | None = None, *, recipe: str | Path | None = None, **options: Any):
-    """The :class:`~synthgen.pin.config.TrainConfig` that :func:`train_pin` trains with."""
-    from synthgen.pin.config import TrainConfig
+    """The :class:`~synthgen.pin.training.config.TrainConfig` that :func:`train_pin` trains with."""
+    from synthgen.pin.training.config import TrainConfig
 
     names = {f.name for f in dataclasses.fields(TrainConfig)}
     rec = _recipe(recipe, "train")
@@ -236,7 +236,7 @@ def train_pin(shards: str | Sequence[str] | None = None, *, recipe: str | Path |
     on the fly (``objects=``, ``backgrounds=``); the run's summary. ``options``: TrainConfig's
     fields (``out``, ``vlm``, ``model``, ``steps``, ``batch_size``, ``resume``, ...)."""
     require("train", "synthgen.train_pin()")
-    from synthgen.pin.train import train
+    from synthgen.pin.training.train import train
 
     return train(train_config(shards, recipe=recipe, **options), echo=echo)
 
@@ -248,7 +248,7 @@ def eval_pin(run: str, *, coco_json: str | None = None, voc: str | None = None, 
     (``baseline``, ``article``, ``parse``, ... ``out``, ``model``, ``batch_size``, ``limit``);
     writes ``preds.jsonl`` + ``metrics.json`` and returns the metrics."""
     require("train", "synthgen.eval_pin()")
-    from synthgen.pin import evaluate as ev
+    from synthgen.pin.evaluation import evaluate as ev
 
     sets = [name for name, v in (("coco_json", coco_json), ("voc", voc), ("refcoco", refcoco)) if v is not None]
     if len(sets) != 1:
@@ -269,6 +269,6 @@ def predict(run: str, image: str, text: str, *, out: str | None = None, model: s
     """``synthgen predict``: the box of ``text`` in ``image`` (original pixels), drawn to ``out``
     when given; ``{"box", "box_text", "parsed", "output", ...}``."""
     require("train", "synthgen.predict()")
-    from synthgen.pin.predict import predict as run_predict
+    from synthgen.pin.evaluation.predict import predict as run_predict
 
     return run_predict(run, image, text, out=out, model=model, vlm_options=dict(vlm_options) if vlm_options else None)

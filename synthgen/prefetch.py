@@ -4,7 +4,7 @@ stages read (the Hugging Face hub cache, open_clip's, rembg's model root) — fo
 
 Only files are fetched, nothing is built or loaded (a 7B VLM would not fit a build machine's
 memory). What is fetched is read from the stages' own defaults (:mod:`synthgen.render.config`,
-:data:`synthgen.pin.config.DEFAULT_MODELS`, the OpenFlamingo variants), so it cannot drift from
+:data:`synthgen.pin.models.registry.DEFAULT_MODELS`, the OpenFlamingo variants), so it cannot drift from
 what ``render`` and ``train-pin`` load.
 """
 
@@ -43,7 +43,7 @@ class Fetch:
 def plan(render: bool = False, vlms: Sequence[str] = (), models: dict[str, str] | None = None) -> list[Fetch]:
     """What to download for ``render`` (its default models) and each VLM family of ``vlms``
     (its default checkpoint, or ``models[family]``). Light: imports no model library."""
-    from synthgen.pin.config import DEFAULT_MODELS
+    from synthgen.pin.models.registry import DEFAULT_MODELS
     from synthgen.render.config import RenderConfig
 
     models = dict(models or {})
@@ -60,7 +60,7 @@ def plan(render: bool = False, vlms: Sequence[str] = (), models: dict[str, str] 
     for vlm in vlms:
         model = models.get(vlm, DEFAULT_MODELS[vlm])
         if vlm == "openflamingo":
-            from synthgen.pin.flamingo.variants import resolve_parts
+            from synthgen.pin.models.flamingo.variants import resolve_parts
 
             parts = resolve_parts(model)
             out.append(Fetch("hub-file", parts.checkpoint, ("checkpoint.pt",), "OpenFlamingo: its weights"))

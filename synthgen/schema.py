@@ -1,12 +1,10 @@
-"""Every data contract of synthgen, written once.
+"""The data contracts of scenes and run folders, written once (the object bank's: :mod:`synthgen.bank.format`).
 
 1. The scene record (``{key}.json`` in a shard, schema ``synthgen.scene/1``): :class:`SceneRecord`
    and :class:`SceneObject`, written by compose and read by every other stage.
-2. The object bank (``index.jsonl`` + RGBA PNGs, written by render, read by compose): file
-   names, :func:`bank_record` (a line of the index) and :class:`BankEntry` (what compose keeps).
-3. Run folders: the file names of compose, render and train-pin outputs, and the growth record
+2. Run folders: the file names of compose, render and train-pin outputs, and the growth record
    of an extended compose run (:func:`growth_step`).
-4. The scene index (``scenes-NNNNNN_index.parquet`` beside each shard, ``synthgen.scene-index/1``):
+3. The scene index (``scenes-NNNNNN_index.parquet`` beside each shard, ``synthgen.scene-index/1``):
    one row per scene, :data:`INDEX_COLUMNS` and :func:`index_row`.
 
 Category names: :func:`clean_name` (display name) and :func:`slugify` (folder name).
@@ -209,72 +207,7 @@ def _object(o: Any, where: str) -> SceneObject:
                        name=_str(o.get("name") or o["category"], f"{where} name"))
 
 
-# --- 2. object banks -----------------------------------------------------------------------
-
-INDEX_FILE = "index.jsonl"
-POOLS_FILE = "LVIS_instance_pools.json"        # X-Paste's {category: [png paths]}
-CATEGORIES_DIR = "_categories"                  # {slug}.json marks a finished category
-RENDER_STATS_FILE = "render_stats.json"
-RENDER_CONFIG_FILE = "render_config.json"
-REJECTED_DIR = "_rejected"
-
-
-def object_id(slug: str, index: int) -> str:
-    return f"{slug}/{int(index):05d}"
-
-
-def object_file(slug: str, index: int, kept: bool = True) -> str:
-    """Path of an object's PNG relative to the bank root."""
-    return f"{slug}/{int(index):05d}.png" if kept else f"{slug}/{REJECTED_DIR}/{int(index):05d}.png"
-
-
-def thumbnail_file(slug: str, index: int) -> str:
-    """Path of a rejected object's small thumbnail (its full PNG not kept) relative to the bank root."""
-    return f"{slug}/{REJECTED_DIR}/{int(index):05d}.thumb.png"
-
-
-def bank_record(*, id: str, category: str, category_id: int | None, path: str | None,
-                width: int | None, height: int | None, kept: bool, reason: str | None,
-                **meta: Any) -> dict[str, Any]:
-    """One line of ``index.jsonl``: the fields compose reads first, then free metadata. Lines
-    with ``kept: false`` are rejected objects (kept for inspection, never pasted): ``reason`` says
-    why; ``path`` is their full PNG with ``--keep-rejected``, else null, and then ``thumbnail``
-    (optional, absent in banks of earlier synthgen) is a small PNG of the cut-out
-    (:func:`thumbnail_file`, longer side <= 64 px) for ``synthgen preview``."""
-    return {"id": id, "category": category, "category_id": category_id, "path": path,
-            "width": width, "height": height, "kept": bool(kept), "reason": reason, **meta}
-
-
-@dataclass(frozen=True, slots=True)
-class BankEntry:
-    """One usable object of a bank (kept small: a bank can hold a million of them)."""
-
-    id: str
-    category: str      # display name (interned by the reader)
-    category_id: int | None
-    path: str          # PNG path relative to the bank root
-
-
-def read_bank_record(rec: Any, where: str) -> BankEntry | None:
-    """The entry of one ``index.jsonl`` record (None for a rejected object); UserError when the
-    record is malformed."""
-    if not isinstance(rec, dict):
-        raise UserError(f"{where}: expected a JSON object")
-    if rec.get("kept", True) is False:
-        return None
-    missing = [k for k in ("id", "category", "path") if rec.get(k) is None]
-    if missing:
-        raise UserError(f"{where}: missing field(s) {', '.join(missing)}")
-    cid = rec.get("category_id")
-    if cid is not None:
-        try:
-            cid = int(cid)
-        except (TypeError, ValueError):
-            raise UserError(f"{where}: category_id must be an integer or null (got {cid!r})") from None
-    return BankEntry(str(rec["id"]), clean_name(str(rec["category"])), cid, str(rec["path"]))
-
-
-# --- 3. run folders ------------------------------------------------------------------------
+# --- 2. run folders ------------------------------------------------------------------------
 
 LOCK_FILE = ".synthgen.lock"    # held while a run writes the folder, removed after
 
@@ -284,17 +217,17 @@ MANIFEST_FILE = "manifest.json"
 SHARD_PREFIX = "scenes"
 
 
-def shard_name(i: int) -> str:
-    return f"{SHARD_PREFIX}-{i:06d}.tar"
+def shard_name(i: int, prefix: str = SHARD_PREFIX) -> str:
+    return f"{prefix}-{i:06d}.tar"
 
 
-def stats_name(i: int) -> str:
+def stats_name(i: int, prefix: str = SHARD_PREFIX) -> str:
     """The done marker (and counters) of shard ``i``."""
-    return f"{SHARD_PREFIX}-{i:06d}_stats.json"
+    return f"{prefix}-{i:06d}_stats.json"
 
 
 def index_name(i: int) -> str:
-    """The scene index of shard ``i`` (section 4), written before its done marker."""
+    """The scene index of shard ``i`` (section 3), written before its done marker."""
     return f"{SHARD_PREFIX}-{i:06d}_index.parquet"
 
 
@@ -309,6 +242,12 @@ def growth_step(num_samples: int, rewritten: list[str] | None = None) -> dict[st
     return step
 
 
+# prepare-backgrounds: shards named as compose's (shard_name(i, BACKGROUNDS_PREFIX)) of {key}.jpg +
+# {key}.json (source name, original size), a manifest.json, and the identity of the source listing
+BACKGROUNDS_PREFIX = "backgrounds"
+BACKGROUNDS_FORMAT = "synthgen.backgrounds/1"
+PREPARED_FILE = "prepared.json"
+
 # train-pin
 PIN_FORMAT = "synthgen.pin/1"
 PIN_WEIGHTS_FILE = "pin.safetensors"
@@ -317,7 +256,7 @@ TRAIN_STATE_FILE = "train_state.pt"   # the commit point of a checkpoint
 TRAIN_LOG_FILE = "log.jsonl"
 
 
-# --- 4. the scene index --------------------------------------------------------------------
+# --- 3. the scene index --------------------------------------------------------------------
 
 INDEX_SCHEMA = "synthgen.scene-index/1"   # parquet key-value metadata "synthgen_schema"
 

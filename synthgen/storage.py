@@ -131,7 +131,7 @@ def overlap(a: str, b: str) -> bool:
         return False
     if is_remote(a):
         return inside(a, [b]) or inside(b, [a])
-    from synthgen.compose.bank import inside as local_inside
+    from synthgen.bank.reader import inside as local_inside
 
     ra, rb = os.path.realpath(localize(a)), os.path.realpath(localize(b))
     return local_inside(ra, [rb]) or local_inside(rb, [ra])

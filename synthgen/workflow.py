@@ -41,8 +41,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Iterable, Mapping
 
+from synthgen.bank.format import RENDER_STATS_FILE
 from synthgen.errors import UserError
-from synthgen.schema import LOCK_FILE, MANIFEST_FILE, PIN_META_FILE, RENDER_STATS_FILE
+from synthgen.schema import LOCK_FILE, MANIFEST_FILE, PIN_META_FILE
 
 STATE_FILE = "synthgen-run.json"
 ALIASES = {"train": "train-pin", "eval": "eval-pin", "prepare": "prepare-backgrounds"}
@@ -290,7 +291,7 @@ def _trained(folder: Path) -> bool:
 
 def metrics_file(preds: Path) -> Path:
     """Where eval-pin writes the metrics of the predictions file ``preds``."""
-    from synthgen.pin.evaluate import metrics_file as of
+    from synthgen.pin.evaluation.evaluate import metrics_file as of
 
     return of(preds)
 

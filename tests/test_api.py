@@ -67,7 +67,7 @@ def test_scene_generator_gives_compose_scenes_in_memory(bank, backgrounds, tmp_p
 
 @pytest.mark.slow
 def test_train_eval_predict_through_the_api(tmp_path, bank, backgrounds):
-    from synthgen.pin.tiny import build_tiny_blip2
+    from synthgen.demo.tiny_blip2 import build_tiny_blip2
 
     model = tmp_path / "tiny-blip2"
     build_tiny_blip2(str(model))

@@ -127,7 +127,7 @@ def test_token_authentication_as_ray_start_sets_it(bank, backgrounds, tmp_path, 
 
 
 def test_render_on_a_cluster_gives_the_local_bank(tmp_path, env, monkeypatch):
-    from synthgen.render.tiny import build_tiny_models
+    from synthgen.demo.tiny_render import build_tiny_models
 
     monkeypatch.setenv("REMBG_HOME", str(tmp_path / "rembg"))  # where the tiny cut-out net goes
     monkeypatch.delenv("U2NET_HOME", raising=False)

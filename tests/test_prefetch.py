@@ -11,7 +11,7 @@ import pytest
 
 from synthgen import prefetch as pf
 from synthgen.errors import ModelLoadError, UserError
-from synthgen.pin.config import DEFAULT_MODELS
+from synthgen.pin.training.config import DEFAULT_MODELS
 from synthgen.render.config import RenderConfig
 
 
@@ -21,7 +21,7 @@ def test_the_plan_is_the_stages_defaults():
     names = [(i.kind, i.name) for i in items]
     assert names[0] == ("hub", cfg.sd_model) and ("open_clip", cfg.clip_model) in names
     assert [("rembg", c) for c in cfg.cutout] == [n for n in names if n[0] == "rembg"]
-    from synthgen.pin.flamingo.variants import resolve_parts
+    from synthgen.pin.models.flamingo.variants import resolve_parts
 
     parts = resolve_parts(DEFAULT_MODELS["openflamingo"])
     assert ("hub-file", parts.checkpoint) in names and ("hub", parts.lm) in names
@@ -64,7 +64,7 @@ def test_fetch_uses_the_hub_cache_and_fails_in_one_line_when_it_cannot(tmp_path,
 def test_fetch_checks_a_custom_cutout_net_and_the_cli_reports_a_missing_one(tmp_path, monkeypatch, cli_env):
     home = tmp_path / "rembg"
     monkeypatch.setenv("U2NET_HOME", str(home))
-    from synthgen.render.tiny import build_tiny_u2net
+    from synthgen.demo.tiny_render import build_tiny_u2net
 
     onnx = build_tiny_u2net()
     assert onnx.is_relative_to(home)

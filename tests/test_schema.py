@@ -6,22 +6,13 @@ import json
 
 import pytest
 
+from synthgen.bank.format import bank_record, object_file, object_id, read_bank_record
+from synthgen.bank.reader import ObjectBank
 from synthgen.compose.backgrounds import list_backgrounds
-from synthgen.compose.bank import ObjectBank
 from synthgen.compose.config import ComposeParams
 from synthgen.compose.scene import Composer
 from synthgen.errors import UserError
-from synthgen.schema import (
-    SCENE_SCHEMA,
-    SceneRecord,
-    SchemaError,
-    bank_record,
-    clean_name,
-    object_file,
-    object_id,
-    read_bank_record,
-    slugify,
-)
+from synthgen.schema import SCENE_SCHEMA, SceneRecord, SchemaError, clean_name, slugify
 
 
 def test_composed_records_round_trip_byte_for_byte(bank, backgrounds):

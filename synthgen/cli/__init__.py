@@ -14,7 +14,7 @@ from typing import Callable, TypeVar
 
 import typer
 
-from synthgen import __version__
+from synthgen._version import __version__
 from synthgen.errors import UserError
 
 F = TypeVar("F", bound=Callable)

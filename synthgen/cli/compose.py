@@ -40,8 +40,8 @@ def compose_job(o: dict):
 def _is_bank(path: Path) -> bool:
     """A folder that is an object bank, not scene shards: an index.jsonl (render), an X-Paste
     pools file, or images and no .tar."""
+    from synthgen.bank.format import INDEX_FILE, POOLS_FILE
     from synthgen.images import IMAGE_EXTS
-    from synthgen.schema import INDEX_FILE, POOLS_FILE
 
     if not path.is_dir():
         return False
@@ -152,7 +152,7 @@ def register(app: typer.Typer, user_errors) -> None:
         from synthgen import storage
 
         if not storage.is_remote(source) and _is_bank(Path(storage.localize(source))):
-            from synthgen.render.preview import preview_bank
+            from synthgen.bank.preview import preview_bank
 
             path, shown = preview_bank(source, out, categories=category, per_category=per_category, thumb=thumb)
             typer.echo(f"wrote {path} ({shown} objects of the bank {source})")

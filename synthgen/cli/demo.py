@@ -26,7 +26,7 @@ def register(app: typer.Typer, user_errors) -> None:
         eval-pin (and the random baseline) -> predict. Every command is echoed before it runs.
         """
         from synthgen.cli.run import run_recipe
-        from synthgen.demo import demo_recipe
+        from synthgen.demo.data import demo_recipe
         from synthgen.errors import UserError
 
         if vlm not in ("blip2", "openflamingo"):
@@ -50,6 +50,6 @@ def register(app: typer.Typer, user_errors) -> None:
         samples, a cat photo, and tiny random-weight models (SD, open_clip, a u2net-style cut-out
         net, the VLM) saved as real checkpoints are and loaded by path (the models go under
         models/; the cut-out net under rembg's model root, U2NET_HOME)."""
-        from synthgen.demo import make_demo_data
+        from synthgen.demo.data import make_demo_data
 
         make_demo_data(out, vlm=vlm, say=typer.echo)

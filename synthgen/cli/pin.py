@@ -12,8 +12,8 @@ from typing import Optional
 import typer
 
 from synthgen.cli.common import csv, ints, options, recipe_option
-from synthgen.pin.config import DEFAULT_MODELS
-from synthgen.pin.config import TrainConfig as T
+from synthgen.pin.models.registry import DEFAULT_MODELS
+from synthgen.pin.training.config import TrainConfig as T
 
 _VLM_HELP = ("VLM family: " + ", ".join(DEFAULT_MODELS) + " (blip2: transformers Blip2ForConditionalGeneration), "
              "or auto (read from the --model checkpoint's config).")
@@ -112,7 +112,7 @@ def register(app, user_errors) -> None:
         """Train PIN on a frozen VLM from scene shards, or from scenes composed on the fly
         (torchrun for several GPUs)."""
         from synthgen.cli.pin_io import parse_vlm_options
-        from synthgen.pin.train import TrainConfig, train
+        from synthgen.pin.training.train import TrainConfig, train
         from synthgen.recipes import load_recipe
 
         o = options(ctx, recipe, "train", RECIPE_KEYS, raw=("vlm_options",))
@@ -197,7 +197,7 @@ def register(app, user_errors) -> None:
         Defaults follow the PIN authors' evaluation code; metrics.json records every choice (protocol).
         """
         from synthgen.errors import UserError
-        from synthgen.pin import evaluate as ev
+        from synthgen.pin.evaluation import evaluate as ev
 
         proto = ev.EvalProtocol(article=article, names=names, crowd=crowd, gt_boxes=gt_boxes, parse=parse,
                                 baseline=baseline, max_objects=max_objects, refcoco_sentences=refcoco_sentences,
@@ -216,7 +216,7 @@ def register(app, user_errors) -> None:
             raise UserError("--split applies to --voc and --refcoco only")
         what = f" ({baseline} baseline)" if baseline else ""
         from synthgen.cli.pin_io import parse_vlm_options
-        from synthgen.pin.checkpoint import read_run
+        from synthgen.pin.training.checkpoint import read_run
 
         options = parse_vlm_options(vlm_option, read_run(run).meta.get("vlm", "")) if vlm_option else None
         kw = dict(out=out, model=model, batch_size=batch_size, limit=limit, protocol=proto, vlm_options=options,
@@ -255,8 +255,8 @@ def register(app, user_errors) -> None:
         import json
 
         from synthgen.cli.pin_io import parse_vlm_options
-        from synthgen.pin.checkpoint import read_run
-        from synthgen.pin.predict import predict as run_predict
+        from synthgen.pin.evaluation.predict import predict as run_predict
+        from synthgen.pin.training.checkpoint import read_run
 
         options = parse_vlm_options(vlm_option, read_run(run).meta.get("vlm", "")) if vlm_option else None
         r = run_predict(run, image, text, out=out, model=model, vlm_options=options)

@@ -11,7 +11,7 @@ from typing import List, Optional
 import typer
 
 from synthgen.errors import UserError
-from synthgen.pin.config import VLM_OPTIONS, VLMS
+from synthgen.pin.models.registry import VLM_OPTIONS, VLMS
 
 _OPTION_HELP = ("VLM option KEY=VALUE, repeatable; openflamingo: "
                 + ", ".join(VLM_OPTIONS["openflamingo"]) + " (imports default to vision_tokens=ln_post, "
@@ -20,7 +20,7 @@ _OPTION_HELP = ("VLM option KEY=VALUE, repeatable; openflamingo: "
 
 def parse_vlm_options(items: List[str] | None, vlm: str) -> dict:
     """``["lm=DIR", "cross_attn_every=2"]`` -> ``{"lm": "DIR", "cross_attn_every": 2}`` (typed as
-    :data:`synthgen.pin.config.VLM_OPTIONS` says)."""
+    :data:`synthgen.pin.models.registry.VLM_OPTIONS` says)."""
     out: dict = {}
     kinds = VLM_OPTIONS.get(vlm, {})
     for item in items or []:
@@ -51,7 +51,7 @@ def register(app, user_errors) -> None:
         vlm_option: Optional[List[str]] = typer.Option(None, "--vlm-option", help=_OPTION_HELP),
     ) -> None:
         """Turn a PIN saved by the authors' code into a run that eval-pin and predict use."""
-        from synthgen.pin.portable import import_pin as run_import
+        from synthgen.pin.training.portable import import_pin as run_import
 
         meta = run_import(file, out, vlm=vlm, model=model, vlm_options=parse_vlm_options(vlm_option, vlm))
         typer.echo(f"imported {file} -> {out}: {meta['vlm']} {meta['model']}, PIN {meta['num_positions']}x"
@@ -64,6 +64,6 @@ def register(app, user_errors) -> None:
         out: Path = typer.Option(..., "--out", "-o", help="File to write in the authors' format (e.g. PIN_OF.pt)."),
     ) -> None:
         """Write a run's PIN in the authors' format ({'mlp': ..., 'pos_enc': ...}, torch.save)."""
-        from synthgen.pin.portable import export_pin as run_export
+        from synthgen.pin.training.portable import export_pin as run_export
 
         typer.echo(f"wrote {run_export(run, out)}")

@@ -26,7 +26,7 @@ from pathlib import Path
 import numpy as np
 
 from synthgen import storage
-from synthgen.compose.bank import inside
+from synthgen.bank.reader import inside
 from synthgen.errors import UserError
 from synthgen.rundir import atomic_write, atomic_write_json
 from synthgen.schema import SceneRecord, SchemaError, valid_key

@@ -27,22 +27,20 @@ import time
 from dataclasses import dataclass
 from typing import Any
 
-from synthgen import storage
+from synthgen import schema, storage
 from synthgen.errors import UserError
 from synthgen.rundir import RunFolder, atomic_write_json
-
-PREFIX = "backgrounds"
-IDENTITY_FILE = "prepared.json"
-MANIFEST_FILE = "manifest.json"
-FORMAT = "synthgen.backgrounds/1"
+from synthgen.schema import BACKGROUNDS_FORMAT as FORMAT
+from synthgen.schema import BACKGROUNDS_PREFIX, MANIFEST_FILE
+from synthgen.schema import PREPARED_FILE as IDENTITY_FILE
 
 
 def shard_name(i: int) -> str:
-    return f"{PREFIX}-{i:06d}.tar"
+    return schema.shard_name(i, BACKGROUNDS_PREFIX)
 
 
 def stats_name(i: int) -> str:
-    return f"{PREFIX}-{i:06d}_stats.json"
+    return schema.stats_name(i, BACKGROUNDS_PREFIX)
 
 
 @dataclass(frozen=True)

@@ -28,7 +28,8 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Any, Callable
 
-from synthgen import __version__, storage
+from synthgen import storage
+from synthgen._version import __version__
 from synthgen.compose.config import MIN_USABLE, ComposeParams, min_usable_problems
 from synthgen.compose.scene import Composer, SceneStats
 from synthgen.errors import UserError, raise_problems
@@ -100,7 +101,7 @@ class ComposeJob:
 
 @lru_cache(maxsize=4)
 def _open_bank(path: str, max_side: int, extra_roots: tuple[str, ...] = ()):
-    from synthgen.compose.bank import ObjectBank
+    from synthgen.bank.reader import ObjectBank
 
     return ObjectBank.open(path, extra_roots=extra_roots, max_side=max_side)
 

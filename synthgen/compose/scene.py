@@ -13,8 +13,8 @@ from dataclasses import dataclass, field
 import numpy as np
 from PIL import Image
 
+from synthgen.bank.reader import CutOut, ObjectBank
 from synthgen.compose.backgrounds import display_name, read_background
-from synthgen.compose.bank import CutOut, ObjectBank
 from synthgen.compose.config import ComposeParams
 from synthgen.compose.layout import cells_to_pixels, draw_count, place_objects
 from synthgen.compose.referral import make_referral

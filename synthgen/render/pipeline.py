@@ -28,6 +28,7 @@ from typing import Callable, Iterator, Sequence
 
 import numpy as np
 
+from synthgen.bank.format import RENDER_CONFIG_FILE
 from synthgen.errors import raise_problems, recover
 from synthgen.render.categories import Category, check_names
 from synthgen.render.config import RenderConfig
@@ -36,7 +37,6 @@ from synthgen.render.records import finish_category, unpack
 from synthgen.render.seeds import object_seed, prompt_for
 from synthgen.render.stages import CutoutStage, GenerateStage, ScoreStage, StageCounts
 from synthgen.rundir import RunFolder
-from synthgen.schema import RENDER_CONFIG_FILE
 
 STAGES = ("generate", "cut-out", "CLIP score")
 
@@ -202,7 +202,7 @@ def render(categories: Sequence[Category], cfg: RenderConfig, *, use_ray: bool =
     ``on_category(display_name, stats)`` is called after each category is written;
     ``progress``: show the bars (on stderr).
     """
-    from synthgen.render.bank_writer import BankWriter
+    from synthgen.bank.writer import BankWriter
 
     raise_problems(cfg.problems())
     check_names(categories)

@@ -2,7 +2,7 @@
 
 Rows come back from the model stages one image at a time (:func:`unpack`); when a category has
 all its objects, :func:`finish_category` applies the filter and builds what the bank writer
-stores: one :func:`~synthgen.schema.bank_record` per object (kept or rejected, with its scores)
+stores: one :func:`~synthgen.bank.format.bank_record` per object (kept or rejected, with its scores)
 and the PNGs of the kept ones (and rejected ones with ``--keep-rejected``, else their thumbnails).
 """
 
@@ -13,12 +13,12 @@ import math
 from dataclasses import asdict
 from typing import Iterator, Sequence
 
-from synthgen.render.bank_writer import quantiles, rejected_thumbnail
+from synthgen.bank.format import bank_record, object_file, object_id, thumbnail_file
+from synthgen.bank.writer import quantiles, rejected_thumbnail
 from synthgen.render.categories import Category
 from synthgen.render.config import SCHEDULER, RenderConfig
 from synthgen.render.filter import REASONS, filter_category
 from synthgen.render.stages import rejection_reason
-from synthgen.schema import bank_record, object_file, object_id, thumbnail_file
 
 
 def finish_category(cat: Category, rows: list[dict], cfg: RenderConfig, seconds: float

@@ -8,7 +8,7 @@ import sys
 
 import pytest
 
-from synthgen.compose.bank import CutOut, ObjectBank
+from synthgen.bank.reader import CutOut, ObjectBank
 
 
 def test_help_is_light_and_lists_commands(cli_env):
@@ -81,7 +81,7 @@ def test_paper_recipe_is_valid(tmp_path):
 
 def test_demo_bank_is_cut_out_from_skimage(tmp_path):
     pytest.importorskip("skimage")
-    from synthgen.demo import build_demo_backgrounds, build_demo_bank
+    from synthgen.demo.data import build_demo_backgrounds, build_demo_bank
 
     bank = ObjectBank.open(build_demo_bank(tmp_path / "objects"))
     assert {"coin", "horse", "cat", "coffee cup"} <= set(bank.categories)
@@ -107,7 +107,7 @@ def test_cli_defaults_come_from_the_config_dataclasses():
 
     from synthgen.cli.common import csv
     from synthgen.compose.config import ComposeParams, LayoutParams
-    from synthgen.pin.config import TrainConfig
+    from synthgen.pin.training.config import TrainConfig
     from synthgen.render.config import RenderConfig
 
     def defaults(cls):

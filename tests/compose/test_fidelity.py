@@ -10,8 +10,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from synthgen.bank.reader import ObjectBank
 from synthgen.compose.backgrounds import list_backgrounds
-from synthgen.compose.bank import ObjectBank
 from synthgen.compose.config import ComposeParams, LayoutParams, params_from_options
 from synthgen.compose.layout import place_objects
 from synthgen.compose.scene import Composer

@@ -10,8 +10,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from synthgen.bank.reader import CutOut, ObjectBank
 from synthgen.compose.backgrounds import list_backgrounds, read_background
-from synthgen.compose.bank import CutOut, ObjectBank
 from synthgen.compose.config import ComposeParams
 from synthgen.compose.scene import Composer, SceneStats
 from synthgen.errors import UserError

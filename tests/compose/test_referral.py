@@ -190,8 +190,8 @@ def test_same_seed_same_text_and_the_relation_is_read_back():
 
 
 def test_scenes_without_position_words_are_the_same_bytes_in_both_grammars(bank, backgrounds):
+    from synthgen.bank.reader import ObjectBank
     from synthgen.compose.backgrounds import list_backgrounds
-    from synthgen.compose.bank import ObjectBank
     from synthgen.compose.scene import Composer
 
     bank_, bgs = ObjectBank.open(bank), list_backgrounds(str(backgrounds)).items

@@ -9,8 +9,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from synthgen.bank.reader import ObjectBank
 from synthgen.compose.backgrounds import list_backgrounds
-from synthgen.compose.bank import ObjectBank
 from synthgen.compose.config import ComposeParams, LayoutParams
 from synthgen.compose.scene import Composer, SceneStats, sample_seed
 from synthgen.grounding import format_box, query_prompt
@@ -218,7 +218,7 @@ def test_fit_cutout_on_premultiplied_pixels_gives_the_bytes_of_an_rgba_resize():
     """The bank keeps each cut-out premultiplied so a scene's resizes skip a conversion: the
     result must be byte for byte what resizing the RGBA cut-out gives, on every path (down and
     up, the re-crop passes of thin borders, a box of the cut-out's own size)."""
-    from synthgen.compose.bank import CutOut
+    from synthgen.bank.reader import CutOut
     from synthgen.compose.scene import fit_cutout
 
     rng = np.random.default_rng(3)

@@ -30,7 +30,7 @@ def one_line_error(r, *needles):
 
 @pytest.fixture(scope="session")
 def tiny_vlm(tmp_path_factory):
-    from synthgen.pin.tiny import build_tiny_blip2
+    from synthgen.demo.tiny_blip2 import build_tiny_blip2
 
     return build_tiny_blip2(tmp_path_factory.mktemp("vlm") / "tiny-blip2", image_size=CANVAS, lm_steps=20)
 

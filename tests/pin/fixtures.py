@@ -123,7 +123,7 @@ def ddp_nan_worker(rank: int, world: int, port: int, shards: str, out: str, resu
 
     import torch
 
-    from synthgen.pin.train import TrainConfig, train
+    from synthgen.pin.training.train import TrainConfig, train
 
     os.environ.update(WORLD_SIZE=str(world), RANK=str(rank), LOCAL_RANK=str(rank),
                       MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))

@@ -11,7 +11,7 @@ import torch
 from PIL import Image
 
 from synthgen.grounding import parse_box
-from synthgen.pin import protocol as P
+from synthgen.pin.evaluation import protocol as P
 from tests.pin.fixtures import write_shards
 
 pytestmark = pytest.mark.slow
@@ -47,8 +47,8 @@ def test_eval_pin_cli_end_to_end(tmp_path):
     from typer.testing import CliRunner
 
     from synthgen.cli import app
-    from synthgen.pin.checkpoint import load_run
-    from synthgen.pin.tiny import build_tiny_blip2
+    from synthgen.demo.tiny_blip2 import build_tiny_blip2
+    from synthgen.pin.training.checkpoint import load_run
     from tests.pin.test_eval_sets import _voc
 
     vlm = build_tiny_blip2(tmp_path / "vlm", image_size=CANVAS, lm_steps=20)
@@ -93,7 +93,7 @@ def test_eval_pin_cli_end_to_end(tmp_path):
                              "lenient": sum(not x["parsed_lenient"] for x in recs)}
     assert m["unparseable"] == m["rejected"]["strict"]
     # the output is the raw continuation (not stripped), exactly what the adapter generates
-    from synthgen.pin.evaluate import canvas_tensor
+    from synthgen.pin.evaluation.evaluate import canvas_tensor
 
     _, adapter = load_run(run, device="cpu")
     px = canvas_tensor(images / "2.jpg", CANVAS)[0].unsqueeze(0)
@@ -128,7 +128,7 @@ def test_every_result_has_its_own_name_and_none_is_replaced_silently(tmp_path):
     from typer.testing import CliRunner
 
     from synthgen.cli import app
-    from synthgen.pin.tiny import build_tiny_blip2
+    from synthgen.demo.tiny_blip2 import build_tiny_blip2
 
     vlm = build_tiny_blip2(tmp_path / "vlm", image_size=CANVAS, lm_steps=20)
     write_shards(tmp_path / "shards", 8, canvas=CANVAS, grid=GRID, per_shard=4)

@@ -13,9 +13,9 @@ import pytest
 from PIL import Image
 
 from synthgen.errors import UserError
-from synthgen.pin import eval_sets as S
-from synthgen.pin import evaluate as ev
-from synthgen.pin import protocol as P
+from synthgen.pin.evaluation import evaluate as ev
+from synthgen.pin.evaluation import protocol as P
+from synthgen.pin.evaluation import sets as S
 
 
 def _run(tmp_path: Path, canvas: int = 224, grid: int = 16) -> Path:

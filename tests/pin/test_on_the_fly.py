@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from synthgen.errors import UserError
-from synthgen.pin.sources import steps_per_epoch
+from synthgen.pin.training.sources import steps_per_epoch
 from tests.helpers import make_backgrounds, make_index_bank
 from tests.pin.fixtures import write_shards
 
@@ -27,7 +27,7 @@ def one_thread():
 
 @pytest.fixture(scope="module")
 def vlm_dir(tmp_path_factory):
-    from synthgen.pin.tiny import build_tiny_blip2
+    from synthgen.demo.tiny_blip2 import build_tiny_blip2
 
     return build_tiny_blip2(tmp_path_factory.mktemp("vlm") / "tiny-blip2", image_size=CANVAS, lm_steps=20)
 
@@ -39,7 +39,7 @@ def inputs(tmp_path_factory):
 
 
 def _cfg(inputs, out, vlm_dir, **kw):
-    from synthgen.pin.train import TrainConfig
+    from synthgen.pin.training.train import TrainConfig
 
     bank, bg = inputs
     base = dict(objects=str(bank), backgrounds=str(bg), compose=dict(COMPOSE), out=str(out), model=str(vlm_dir),
@@ -63,7 +63,7 @@ def test_steps_per_epoch_split_over_ranks_like_a_distributed_sampler():
 def test_loss_spans_of_the_codec(vlm_dir):
     from transformers import Blip2Processor
 
-    from synthgen.pin.adapters.base import TextCodec
+    from synthgen.pin.models.adapters.base import TextCodec
 
     proc = Blip2Processor.from_pretrained(vlm_dir)
     codec = TextCodec(proc.tokenizer, 8, proc.tokenizer.convert_tokens_to_ids("<image>"))
@@ -82,7 +82,7 @@ def test_loss_spans_of_the_codec(vlm_dir):
 
 @pytest.mark.slow
 def test_on_the_fly_training_with_a_warmup_resumes_to_the_same_curve(inputs, vlm_dir, tmp_path, one_thread):
-    from synthgen.pin.train import train
+    from synthgen.pin.training.train import train
 
     full = tmp_path / "full"
     res = train(_cfg(inputs, full, vlm_dir, loader_workers=1), echo=lambda *_: None)
@@ -109,7 +109,7 @@ def test_on_the_fly_training_with_a_warmup_resumes_to_the_same_curve(inputs, vlm
 
 
 def test_warmup_needs_epochs_and_warmup_shards_with_shard_input(tmp_path):
-    from synthgen.pin.train import TrainConfig, train
+    from synthgen.pin.training.train import TrainConfig, train
 
     shards = write_shards(tmp_path / "s", 8, canvas=CANVAS, grid=GRID)[0].parent
     with pytest.raises(UserError, match="--warmup-epochs needs the run's length in epochs"):
@@ -127,7 +127,7 @@ def test_warmup_needs_epochs_and_warmup_shards_with_shard_input(tmp_path):
 
 @pytest.mark.slow
 def test_warmup_from_shards_reads_the_warmup_set_first(tmp_path, vlm_dir, one_thread):
-    from synthgen.pin.train import TrainConfig, train
+    from synthgen.pin.training.train import TrainConfig, train
 
     main = write_shards(tmp_path / "main", 8, canvas=CANVAS, grid=GRID, max_objects=1)[0].parent
     warm = write_shards(tmp_path / "warm", 8, canvas=CANVAS, grid=GRID, max_objects=3, seed=5)[0].parent

@@ -36,7 +36,7 @@ def one_thread():
 @pytest.fixture(scope="module")
 def tiny_dir(tmp_path_factory):
     """A tiny OpenFlamingo with a MosaicML-format (mosaic_gpt, QK-LayerNorm) MPT LM, fitted on text."""
-    from synthgen.pin.tiny_flamingo import build_tiny_openflamingo
+    from synthgen.demo.tiny_flamingo import build_tiny_openflamingo
 
     return build_tiny_openflamingo(tmp_path_factory.mktemp("of") / "tiny-of", image_size=CANVAS,
                                    vision_width=VISION_WIDTH, gate=1.0, **FAST)
@@ -46,7 +46,7 @@ def tiny_dir(tmp_path_factory):
 def of_dir(tmp_path_factory):
     """OpenFlamingo's own perceiver/cross-attention sizes (what open_flamingo 2.0.1 builds), every
     2nd layer of a 4-layer MPT, random LM."""
-    from synthgen.pin.tiny_flamingo import build_tiny_openflamingo
+    from synthgen.demo.tiny_flamingo import build_tiny_openflamingo
 
     return build_tiny_openflamingo(tmp_path_factory.mktemp("of") / "of-sizes", image_size=CANVAS,
                                    vision_width=VISION_WIDTH, lm_layers=4, cross_attn_every=2, gate=0.7,
@@ -61,7 +61,7 @@ def shards(tmp_path_factory):
 
 
 def _cfg(shards, out, model, **kw):
-    from synthgen.pin.train import TrainConfig
+    from synthgen.pin.training.train import TrainConfig
 
     base = dict(shards=str(shards), out=str(out), vlm="openflamingo", model=str(model), batch_size=16,
                 loader_workers=0, log_every=1, save_every=1000, progress=False, shuffle_buffer=16)
@@ -76,8 +76,8 @@ def _losses(run: Path) -> list[float]:
 @pytest.fixture(scope="module")
 def trained(tiny_dir, shards, tmp_path_factory):
     """400 steps of PIN training on the tiny OpenFlamingo: ``(run dir, adapter, VLM state before)``."""
-    from synthgen.pin.adapters import load_adapter
-    from synthgen.pin.train import train
+    from synthgen.pin.models.adapters import load_adapter
+    from synthgen.pin.training.train import train
 
     a = load_adapter("openflamingo", str(tiny_dir))
     before = {k: v.clone() for k, v in a.model.state_dict().items()}
@@ -90,8 +90,8 @@ def trained(tiny_dir, shards, tmp_path_factory):
 
 @pytest.mark.slow
 def test_adapter_geometry_and_pin_shape(tiny_dir):
-    from synthgen.pin.adapters import load_adapter
-    from synthgen.pin.module import PIN
+    from synthgen.pin.models.adapters import load_adapter
+    from synthgen.pin.models.module import PIN
 
     a = load_adapter("openflamingo", str(tiny_dir))
     assert (a.name, a.input_size, a.patch_grid, a.num_positions, a.vision_width) == (
@@ -115,7 +115,7 @@ def test_adapter_geometry_and_pin_shape(tiny_dir):
 
 @pytest.mark.slow
 def test_text_layout_is_the_authors(tiny_dir):
-    from synthgen.pin.adapters import load_adapter
+    from synthgen.pin.models.adapters import load_adapter
 
     a = load_adapter("openflamingo", str(tiny_dir))
     codec = pickle.loads(pickle.dumps(a.codec))  # DataLoader workers get a pickled copy
@@ -137,8 +137,8 @@ def test_text_layout_is_the_authors(tiny_dir):
 
 @pytest.mark.slow
 def test_pin_off_restores_the_vlm_exactly(tiny_dir):
-    from synthgen.pin.adapters import load_adapter
-    from synthgen.pin.module import PIN
+    from synthgen.pin.models.adapters import load_adapter
+    from synthgen.pin.models.module import PIN
 
     a = load_adapter("openflamingo", str(tiny_dir))
     px = torch.randint(0, 256, (2, 3, CANVAS, CANVAS), dtype=torch.uint8)
@@ -158,8 +158,8 @@ def test_pin_off_restores_the_vlm_exactly(tiny_dir):
 
 @pytest.mark.slow
 def test_only_pin_gets_gradients_and_the_vision_encoder_runs_without_them(tiny_dir):
-    from synthgen.pin.adapters import load_adapter
-    from synthgen.pin.module import PIN
+    from synthgen.pin.models.adapters import load_adapter
+    from synthgen.pin.models.module import PIN
 
     a = load_adapter("openflamingo", str(tiny_dir))
     a.assert_frozen()
@@ -178,8 +178,8 @@ def test_only_pin_gets_gradients_and_the_vision_encoder_runs_without_them(tiny_d
 
 @pytest.mark.slow
 def test_pin_learns_and_the_vlm_stays_bit_identical(trained, shards):
-    from synthgen.pin.evaluate import evaluate_scenes
-    from synthgen.pin.module import PIN
+    from synthgen.pin.evaluation.evaluate import evaluate_scenes
+    from synthgen.pin.models.module import PIN
     from synthgen.shards import find_shards
 
     run, a, before = trained
@@ -205,7 +205,7 @@ def test_pin_learns_and_the_vlm_stays_bit_identical(trained, shards):
 def test_train_pin_resumes_the_same_curve_and_records_the_vlm_options(tiny_dir, shards, tmp_path):
     from safetensors.torch import load_file
 
-    from synthgen.pin.train import train
+    from synthgen.pin.training.train import train
 
     opts = {"vision_tokens": "ln_post"}  # a VLM option, passed to load_adapter and recorded
     kw = dict(hidden=(64, 64), batch_size=4, save_every=3, shuffle_buffer=8, vlm_options=opts)
@@ -248,8 +248,8 @@ def _coco(tmp_path: Path) -> tuple[Path, Path]:
 
 @pytest.mark.slow
 def test_eval_pin_and_predict_read_the_run(trained, tmp_path):
-    from synthgen.pin.evaluate import evaluate_coco
-    from synthgen.pin.predict import predict
+    from synthgen.pin.evaluation.evaluate import evaluate_coco
+    from synthgen.pin.evaluation.predict import predict
 
     run, _, _ = trained
     coco, images = _coco(tmp_path)
@@ -274,8 +274,8 @@ def _package_flamingo(model_dir: Path, adapter):
     from open_flamingo.src.flamingo_lm import FlamingoLMMixin
     from open_flamingo.src.utils import extend_instance
 
-    from synthgen.pin.flamingo.loading import load_tokenizer
-    from synthgen.pin.flamingo.mpt import load_language_model
+    from synthgen.pin.models.flamingo.loading import load_tokenizer
+    from synthgen.pin.models.flamingo.mpt import load_language_model
 
     tok = load_tokenizer(str(model_dir / "lm"))
     lm = load_language_model(str(model_dir / "lm"))
@@ -322,8 +322,8 @@ def _compare(adapter, pkg, px, with_pin: torch.Tensor | None) -> None:
 @pytest.mark.slow
 def test_same_model_as_open_flamingo_2_0_1(of_dir):
     pytest.importorskip("open_flamingo", reason="pip install --no-deps open-flamingo==2.0.1")
-    from synthgen.pin.adapters import load_adapter
-    from synthgen.pin.module import PIN
+    from synthgen.pin.models.adapters import load_adapter
+    from synthgen.pin.models.module import PIN
 
     a = load_adapter("openflamingo", str(of_dir))
     assert a.vlm_options["cross_attn_every"] == 2
@@ -356,8 +356,8 @@ def test_create_model_and_transforms_and_synthgen_agree(tmp_path):
     import open_clip
     from open_flamingo import create_model_and_transforms
 
-    from synthgen.pin.adapters import load_adapter
-    from synthgen.pin.tiny_flamingo import build_tiny_openflamingo
+    from synthgen.demo.tiny_flamingo import build_tiny_openflamingo
+    from synthgen.pin.models.adapters import load_adapter
 
     d = build_tiny_openflamingo(tmp_path / "of-hf", image_size=CANVAS, vision_width=VISION_WIDTH, lm_format="hf",
                                 qk_ln=False, lm_steps=0, gate=0.7, seed=5)
@@ -431,7 +431,7 @@ def _mosaic_reference(config: dict, sd: dict, ids: torch.Tensor, mask: torch.Ten
 
 
 def test_mosaic_gpt_mpt_maps_onto_transformers_mpt(tmp_path):
-    from synthgen.pin.flamingo.mpt import hf_to_mosaic_key, load_language_model, mosaic_to_hf_key
+    from synthgen.pin.models.flamingo.mpt import hf_to_mosaic_key, load_language_model, mosaic_to_hf_key
 
     config, sd = _mosaic_checkpoint()
     (tmp_path / "mpt1b").mkdir()
@@ -465,7 +465,7 @@ def test_mosaic_gpt_mpt_maps_onto_transformers_mpt(tmp_path):
 
 def test_mpt_in_transformers_layout_loads_natively(tmp_path):
     """MPT-7B's layout (model_type mpt) = transformers' MptForCausalLM: saved and loaded back."""
-    from synthgen.pin.flamingo.mpt import build_mpt, load_language_model, mpt_config
+    from synthgen.pin.models.flamingo.mpt import build_mpt, load_language_model, mpt_config
 
     config, _ = _mosaic_checkpoint()
     cfg, _ = mpt_config(dict(config, attn_qk_ln=False))
@@ -488,7 +488,7 @@ def test_mpt_in_transformers_layout_loads_natively(tmp_path):
     ("bias", "unexpected MPT weight"),
 ])
 def test_mpt_that_transformers_cannot_express_is_refused(tmp_path, change, message):
-    from synthgen.pin.flamingo.mpt import load_language_model
+    from synthgen.pin.models.flamingo.mpt import load_language_model
 
     d = 30 if isinstance(change, dict) and "d_model" in change else 32
     config, sd = _mosaic_checkpoint(d=d, heads=2 if d == 30 else 4)
@@ -510,8 +510,8 @@ def test_mpt_that_transformers_cannot_express_is_refused(tmp_path, change, messa
 # --- variants and checkpoint.pt ------------------------------------------------------------
 
 def test_variants_by_hub_id_and_overrides(tmp_path):
-    from synthgen.pin.config import DEFAULT_MODELS
-    from synthgen.pin.flamingo.variants import resolve_parts
+    from synthgen.pin.models.flamingo.variants import resolve_parts
+    from synthgen.pin.training.config import DEFAULT_MODELS
 
     p = resolve_parts(None)
     assert p.model_id == DEFAULT_MODELS["openflamingo"] == "openflamingo/OpenFlamingo-3B-vitl-mpt1b-langinstruct"
@@ -545,7 +545,7 @@ def test_variants_by_hub_id_and_overrides(tmp_path):
 def test_checkpoint_that_does_not_fit_is_a_one_line_error(tiny_dir, of_dir, tmp_path):
     import shutil
 
-    from synthgen.pin.adapters import load_adapter
+    from synthgen.pin.models.adapters import load_adapter
 
     bad = shutil.copytree(tiny_dir, tmp_path / "bad")
     sd = torch.load(tiny_dir / "checkpoint.pt", weights_only=True)
@@ -593,7 +593,7 @@ def test_import_pin_gives_a_run_that_evaluates_and_export_round_trips(tiny_dir, 
     from typer.testing import CliRunner
 
     from synthgen.cli import app
-    from synthgen.pin.checkpoint import load_run
+    from synthgen.pin.training.checkpoint import load_run
 
     src = _authors_file(tmp_path / "PIN_OF.pt")
     assert sorted(src["mlp"]) == [f"{i}.{w}" for i in (0, 2, 3, 5, 6) for w in ("bias", "weight")]
@@ -632,8 +632,8 @@ def test_import_pin_gives_a_run_that_evaluates_and_export_round_trips(tiny_dir, 
 def test_import_pin_of_for_the_released_openflamingo_and_back(tmp_path):
     """PIN_OF.pt's own shapes (256 x 1024) for the default OpenFlamingo-3B: imported from the configs
     alone (no weights needed), exported back bit for bit."""
-    from synthgen.pin.config import DEFAULT_MODELS
-    from synthgen.pin.portable import export_pin, import_pin
+    from synthgen.pin.training.config import DEFAULT_MODELS
+    from synthgen.pin.training.portable import export_pin, import_pin
 
     src = _authors_file(tmp_path / "PIN_OF.pt", n=256, out_dim=1024)
     meta = import_pin(tmp_path / "PIN_OF.pt", tmp_path / "pin-of", vlm="openflamingo")
@@ -691,7 +691,7 @@ class _Evil:
 
 
 def test_import_refuses_a_pickle_that_runs_code(tmp_path):
-    from synthgen.pin.portable import import_pin
+    from synthgen.pin.training.portable import import_pin
 
     _Evil.marker = str(tmp_path / "marker")
     torch.save({"mlp": _Evil(), "pos_enc": torch.zeros(1, 4, 64)}, tmp_path / "evil.pt")
@@ -704,7 +704,7 @@ def test_import_refuses_a_pickle_that_runs_code(tmp_path):
 def test_openai_clip_weights_get_quick_gelu():
     """open_clip 3.x builds ViT-L-14 with GELU even for the QuickGELU-trained openai weights (a
     warning only); OpenFlamingo's encoder is the QuickGELU one."""
-    from synthgen.pin.flamingo.loading import geometry, open_clip_kwargs
+    from synthgen.pin.models.flamingo.loading import geometry, open_clip_kwargs
 
     assert open_clip_kwargs("ViT-L-14", "openai") == {"force_quick_gelu": True}
     assert open_clip_kwargs("ViT-L-14", "laion2b_s32b_b82k") == {"force_quick_gelu": False}
@@ -737,9 +737,9 @@ def test_gpt_neox_lm_as_in_openflamingo_4b(tmp_path):
     from open_flamingo import create_model_and_transforms
     from transformers import GPTNeoXConfig, GPTNeoXForCausalLM
 
-    from synthgen.pin.adapters import load_adapter
-    from synthgen.pin.module import PIN
-    from synthgen.pin.tiny_flamingo import _write_vision, build_lm_tokenizer
+    from synthgen.demo.tiny_flamingo import _write_vision, build_lm_tokenizer
+    from synthgen.pin.models.adapters import load_adapter
+    from synthgen.pin.models.module import PIN
 
     _write_vision(tmp_path / "vision", CANVAS, 14, VISION_WIDTH, 1, seed=0)
     tok = build_lm_tokenizer()

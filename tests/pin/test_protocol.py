@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 from synthgen.grounding import query_prompt
-from synthgen.pin import protocol as P
+from synthgen.pin.evaluation import protocol as P
 
 # --- the query text ------------------------------------------------------------------------
 

@@ -28,7 +28,7 @@ def one_thread():
 
 @pytest.fixture(scope="module")
 def vlm_dir(tmp_path_factory):
-    from synthgen.pin.tiny import build_tiny_blip2
+    from synthgen.demo.tiny_blip2 import build_tiny_blip2
 
     return build_tiny_blip2(tmp_path_factory.mktemp("vlm") / "tiny-blip2", image_size=CANVAS)
 
@@ -41,7 +41,7 @@ def shards(tmp_path_factory):
 
 
 def _cfg(shards, out, vlm_dir, **kw):
-    from synthgen.pin.train import TrainConfig
+    from synthgen.pin.training.train import TrainConfig
 
     base = dict(shards=str(shards), out=str(out), model=str(vlm_dir), batch_size=16, loader_workers=0,
                 log_every=1, save_every=1000, progress=False, shuffle_buffer=16, hidden=(512, 768))
@@ -54,8 +54,8 @@ def _losses(run: Path) -> list[float]:
 
 
 def test_pin_off_restores_the_vlm_exactly(vlm_dir):
-    from synthgen.pin.adapters import load_adapter
-    from synthgen.pin.module import PIN
+    from synthgen.pin.models.adapters import load_adapter
+    from synthgen.pin.models.module import PIN
 
     a = load_adapter("blip2", str(vlm_dir))
     assert (a.input_size, a.patch_grid, a.num_positions) == (CANVAS, 8, 65)
@@ -76,8 +76,8 @@ def test_pin_off_restores_the_vlm_exactly(vlm_dir):
 
 
 def test_only_pin_gets_gradients(vlm_dir):
-    from synthgen.pin.adapters import load_adapter
-    from synthgen.pin.module import PIN
+    from synthgen.pin.models.adapters import load_adapter
+    from synthgen.pin.models.module import PIN
 
     a = load_adapter("blip2", str(vlm_dir))
     a.assert_frozen()
@@ -99,10 +99,10 @@ def test_only_pin_gets_gradients(vlm_dir):
 
 
 def test_pin_learns_and_vlm_stays_bit_identical(vlm_dir, shards, tmp_path):
-    from synthgen.pin.adapters import load_adapter
-    from synthgen.pin.evaluate import evaluate_scenes
-    from synthgen.pin.module import PIN
-    from synthgen.pin.train import train
+    from synthgen.pin.evaluation.evaluate import evaluate_scenes
+    from synthgen.pin.models.adapters import load_adapter
+    from synthgen.pin.models.module import PIN
+    from synthgen.pin.training.train import train
     from synthgen.shards import find_shards as list_shards
 
     a = load_adapter("blip2", str(vlm_dir))
@@ -137,7 +137,7 @@ def test_encoder_decoder_blip2_is_refused(vlm_dir, tmp_path):
 
     from transformers import Blip2Config
 
-    from synthgen.pin.adapters import load_adapter
+    from synthgen.pin.models.adapters import load_adapter
 
     t5_dir = shutil.copytree(vlm_dir, tmp_path / "blip2-t5")
     cfg = Blip2Config.from_pretrained(vlm_dir)
@@ -154,8 +154,8 @@ def test_encoder_decoder_blip2_is_refused(vlm_dir, tmp_path):
 def test_checkpoint_round_trip(vlm_dir, shards, tmp_path):
     from safetensors.torch import load_file
 
-    from synthgen.pin.checkpoint import load_run, load_state
-    from synthgen.pin.train import train
+    from synthgen.pin.training.checkpoint import load_run, load_state
+    from synthgen.pin.training.train import train
 
     run = tmp_path / "run"
     train(_cfg(shards, run, vlm_dir, steps=3, activation="swiglu", table="learned", hidden=(64, 48)),
@@ -183,7 +183,7 @@ def test_checkpoint_round_trip(vlm_dir, shards, tmp_path):
 
 @pytest.mark.parametrize("workers", [0, 2])
 def test_resume_reproduces_the_uninterrupted_curve(vlm_dir, shards, tmp_path, workers):
-    from synthgen.pin.train import train
+    from synthgen.pin.training.train import train
 
     kw = dict(hidden=(64, 64), batch_size=4, loader_workers=workers, save_every=3, shuffle_buffer=8)
     train(_cfg(shards, tmp_path / "full", vlm_dir, steps=8, **kw), echo=lambda *_: None)
@@ -209,8 +209,8 @@ def test_resume_after_a_kill_mid_checkpoint(vlm_dir, shards, tmp_path, monkeypat
     (from step 6 when train_state.pt was written, else from step 3) along the same curve."""
     from safetensors.torch import load_file
 
-    import synthgen.pin.checkpoint as C
-    import synthgen.pin.train as T
+    import synthgen.pin.training.checkpoint as C
+    import synthgen.pin.training.train as T
 
     kw = dict(hidden=(16, 16), batch_size=4, loader_workers=0, save_every=3, shuffle_buffer=8)
     T.train(_cfg(shards, tmp_path / "full", vlm_dir, steps=8, **kw), echo=lambda *_: None)
@@ -241,7 +241,7 @@ def test_resume_after_a_kill_mid_checkpoint(vlm_dir, shards, tmp_path, monkeypat
 
 
 def test_resume_refuses_changed_settings(vlm_dir, shards, tmp_path, monkeypatch):
-    from synthgen.pin.train import train
+    from synthgen.pin.training.train import train
 
     kw = dict(hidden=(16, 16), batch_size=4, loader_workers=0, shuffle_buffer=8, steps=2)
     run = tmp_path / "run"
@@ -275,7 +275,7 @@ def test_canvas_mismatch_is_a_clear_error(vlm_dir, tmp_path):
     from typer.testing import CliRunner
 
     from synthgen.cli import app
-    from synthgen.pin.train import train
+    from synthgen.pin.training.train import train
 
     write_shards(tmp_path / "s64", 2, canvas=64, grid=4)
     with pytest.raises(UserError, match=r"64x64 canvas but .* takes 112x112"):
@@ -373,7 +373,7 @@ def test_predict_marks_a_fallback_box_and_strict_exits_3(vlm_dir, shards, tmp_pa
     from typer.testing import CliRunner
 
     from synthgen.cli import app
-    from synthgen.pin.predict import BOX_COLOUR, FALLBACK_COLOUR
+    from synthgen.pin.evaluation.predict import BOX_COLOUR, FALLBACK_COLOUR
 
     runner = CliRunner()
     run = tmp_path / "run"

@@ -13,11 +13,11 @@ import torch
 
 from synthgen.errors import UserError  # noqa: E402
 from synthgen.grounding import iou  # noqa: E402
-from synthgen.pin import eval_sets as S  # noqa: E402
-from synthgen.pin import evaluate as ev  # noqa: E402
-from synthgen.pin import protocol as P  # noqa: E402
-from synthgen.pin.data import SceneStream, StreamConfig, make_loader  # noqa: E402
-from synthgen.pin.module import PIN, sinusoid_table  # noqa: E402
+from synthgen.pin.evaluation import evaluate as ev  # noqa: E402
+from synthgen.pin.evaluation import protocol as P  # noqa: E402
+from synthgen.pin.evaluation import sets as S  # noqa: E402
+from synthgen.pin.models.module import PIN, sinusoid_table  # noqa: E402
+from synthgen.pin.training.data import SceneStream, StreamConfig, make_loader  # noqa: E402
 from synthgen.shards import find_shards as list_shards  # noqa: E402
 from tests.pin.fixtures import write_shards  # noqa: E402
 
@@ -273,7 +273,7 @@ def test_restricted_unpickler_reads_plain_refs(tmp_path):
 def test_cuda_rng_is_saved_and_restored_for_the_current_device_only(monkeypatch):
     """A run saved on a machine with several GPUs resumes on one with fewer: only the training
     device's CUDA generator is saved and restored (never get/set_rng_state_all)."""
-    from synthgen.pin import checkpoint as T
+    from synthgen.pin.training import checkpoint as T
 
     calls = []
 
@@ -491,7 +491,7 @@ def test_a_fallback_box_is_drawn_apart_from_a_parsed_one():
     import numpy as np
     from PIL import Image
 
-    from synthgen.pin.predict import BOX_COLOUR, FALLBACK_COLOUR, draw_prediction
+    from synthgen.pin.evaluation.predict import BOX_COLOUR, FALLBACK_COLOUR, draw_prediction
 
     def drawn(parsed):
         im = draw_prediction(Image.new("RGB", (224, 112), (40, 90, 160)), [0.0, 0.0, 14.0, 14.0], "cat",

@@ -1,5 +1,5 @@
 """PIN on LLaVA, SmolVLM / Idefics3, Qwen2.5-VL and PaliGemma 2: tiny random models built from
-their real config classes (:mod:`synthgen.pin.tiny_vlms`), saved and loaded back by path with their
+their real config classes (:mod:`synthgen.demo.tiny_vlms`), saved and loaded back by path with their
 real processor classes, no mocks. Pure checks (native answer decoding) run without a model."""
 
 from __future__ import annotations
@@ -32,7 +32,7 @@ def one_thread():
 @pytest.fixture(scope="module")
 def tiny(tmp_path_factory):
     """family -> folder of its tiny model (built lazily, once)."""
-    from synthgen.pin.tiny_vlms import BUILDERS
+    from synthgen.demo.tiny_vlms import BUILDERS
 
     root, built = tmp_path_factory.mktemp("vlms"), {}
 
@@ -45,7 +45,7 @@ def tiny(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def adapters(tiny):
-    from synthgen.pin.adapters import load_adapter
+    from synthgen.pin.models.adapters import load_adapter
 
     cache = {}
 
@@ -75,7 +75,7 @@ def _pil(px: torch.Tensor):
 
 
 def _cfg(shards, out, model, **kw):
-    from synthgen.pin.train import TrainConfig
+    from synthgen.pin.training.train import TrainConfig
 
     base = dict(shards=str(shards), out=str(out), vlm="auto", model=str(model), batch_size=8, loader_workers=0,
                 log_every=1, save_every=1000, progress=False, shuffle_buffer=16, hidden=(64, 64), lr=3e-3)
@@ -90,7 +90,7 @@ def _losses(run: Path) -> list[float]:
 # --- pure: the native answers ------------------------------------------------------------------
 
 def test_paligemma_loc_tokens_decode_to_canvas_boxes():
-    from synthgen.pin.native import loc_tokens_to_box
+    from synthgen.pin.models.native import loc_tokens_to_box
 
     # y1 x1 y2 x2 over 1024 bins: x 256/1024, y 512/1024 of a 224 canvas
     assert loc_tokens_to_box("<loc0512><loc0256><loc1023><loc0768> cat", 224) == [56.0, 112.0, 168.0, 223.78125]
@@ -102,7 +102,7 @@ def test_paligemma_loc_tokens_decode_to_canvas_boxes():
 
 
 def test_qwen_bbox_2d_json_decodes_to_canvas_boxes():
-    from synthgen.pin.native import bbox_2d_to_box
+    from synthgen.pin.models.native import bbox_2d_to_box
 
     fenced = '```json\n[\n\t{"bbox_2d": [12, 30, 100, 211], "label": "cat"},\n\t{"bbox_2d": [1, 2, 3, 4]}\n]\n```'
     assert bbox_2d_to_box(fenced, 224) == [12.0, 30.0, 100.0, 211.0]
@@ -127,7 +127,7 @@ def _fusion_input(a, px):
 @pytest.mark.slow
 @pytest.mark.parametrize("family", FAMILIES)
 def test_geometry_pin_shape_and_insertion_point(adapters, family):
-    from synthgen.pin.module import PIN
+    from synthgen.pin.models.module import PIN
 
     a = adapters(family)
     assert (a.name, a.input_size, a.patch_grid, a.num_positions, a.vision_width) == (family, CANVAS, GRID, 64, WIDTH)
@@ -215,7 +215,7 @@ def test_text_is_the_processors_and_the_loss_covers_the_answer(adapters, family)
 @pytest.mark.slow
 @pytest.mark.parametrize("family", FAMILIES)
 def test_pin_off_restores_the_vlm_exactly_and_only_pin_gets_gradients(adapters, family):
-    from synthgen.pin.module import PIN
+    from synthgen.pin.models.module import PIN
 
     a = adapters(family)
     a.detach_pin()
@@ -273,8 +273,8 @@ def test_qwen_pin_follows_the_patches_through_the_window_order(adapters):
 def test_idefics3_smolvlm_v1_and_model_checks(tiny, tmp_path):
     """SmolVLM v1 checkpoints are Idefics3 classes: the same adapter. Other families, bad Qwen
     canvases and unknown options are refused with one line, before the weights are read."""
-    from synthgen.pin.adapters import detect_family, load_adapter
-    from synthgen.pin.tiny_vlms import build_tiny_smolvlm
+    from synthgen.demo.tiny_vlms import build_tiny_smolvlm
+    from synthgen.pin.models.adapters import detect_family, load_adapter
 
     v1 = build_tiny_smolvlm(tmp_path / "idefics3", idefics3=True)
     a = load_adapter("auto", str(v1))
@@ -283,7 +283,7 @@ def test_idefics3_smolvlm_v1_and_model_checks(tiny, tmp_path):
     px = _pixels()
     enc = a.codec.collate([a.codec.encode("cat", "[14,28,56,70]")] * 2)
     base = a.logits(px, enc["input_ids"], enc["attention_mask"])
-    from synthgen.pin.module import PIN
+    from synthgen.pin.models.module import PIN
 
     a.attach_pin(PIN(64, WIDTH, hidden=(16, 16)))
     with a.pin_disabled():
@@ -309,7 +309,7 @@ def test_idefics3_smolvlm_v1_and_model_checks(tiny, tmp_path):
     q = load_adapter("auto", str(tiny("qwen2_5_vl")), canvas="224")  # (auto: typed once resolved)
     assert (q.input_size, q.patch_grid, q.num_positions, q.vlm_options) == (224, 16, 256, {"canvas": 224})
     assert load_adapter("qwen2_5_vl", str(tiny("qwen2_5_vl"))).input_size == 224  # the default canvas
-    from synthgen.pin.portable import vlm_geometry
+    from synthgen.pin.training.portable import vlm_geometry
 
     with pytest.raises(UserError, match="authors released PINs for openflamingo and blip2, not llava"):
         vlm_geometry("llava", str(tiny("llava")), {})  # import-pin: no authors' PIN for these VLMs
@@ -320,7 +320,7 @@ def test_idefics3_smolvlm_v1_and_model_checks(tiny, tmp_path):
 @pytest.fixture(scope="module")
 def trained(tiny, adapters, shards, tmp_path_factory):
     """family -> (run folder of 80 train-pin steps with --vlm auto, adapter, VLM state before)."""
-    from synthgen.pin.train import train
+    from synthgen.pin.training.train import train
 
     runs = {}
 
@@ -359,8 +359,8 @@ def test_train_pin_learns_and_the_vlm_stays_bit_identical(trained, family):
 def test_eval_pin_and_predict_read_the_run(trained, shards, family, tmp_path):
     from PIL import Image
 
-    from synthgen.pin.evaluate import evaluate_coco, evaluate_scenes
-    from synthgen.pin.predict import predict
+    from synthgen.pin.evaluation.evaluate import evaluate_coco, evaluate_scenes
+    from synthgen.pin.evaluation.predict import predict
     from synthgen.shards import find_shards
 
     run, a, _ = trained(family)
@@ -416,7 +416,7 @@ def test_baseline_native(trained, family, tmp_path):
 
 @pytest.mark.slow
 def test_resume_continues_the_same_curve_with_the_vlm_options(tiny, shards, tmp_path):
-    from synthgen.pin.train import train
+    from synthgen.pin.training.train import train
 
     kw = dict(batch_size=4, save_every=3, shuffle_buffer=8, hidden=(16, 16), vlm_options={"canvas": CANVAS})
     model = tiny("qwen2_5_vl")
@@ -433,7 +433,7 @@ def test_resume_continues_the_same_curve_with_the_vlm_options(tiny, shards, tmp_
 
 @pytest.mark.slow
 def test_shards_of_another_canvas_are_a_one_line_error(tiny, tmp_path):
-    from synthgen.pin.train import train
+    from synthgen.pin.training.train import train
 
     write_shards(tmp_path / "s64", 2, canvas=64, grid=4)
     with pytest.raises(UserError, match=r"64x64 canvas but paligemma \(.*\) takes 112x112") as exc:

@@ -165,10 +165,10 @@ def test_kill_9_mid_compose_to_s3_then_resume_gives_the_uninterrupted_dataset(s3
 def test_render_writes_its_bank_to_s3_and_compose_reads_it(s3, tmp_path, monkeypatch):
     """render (tiny random models, in this process) into s3://; a re-run skips the finished
     categories; compose reads the remote bank."""
+    from synthgen.demo.tiny_render import build_tiny_models
     from synthgen.render.categories import Category
     from synthgen.render.config import RenderConfig
     from synthgen.render.pipeline import render
-    from synthgen.render.tiny import build_tiny_models
 
     monkeypatch.setenv("REMBG_HOME", str(tmp_path / "rembg"))
     monkeypatch.delenv("U2NET_HOME", raising=False)

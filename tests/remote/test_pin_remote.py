@@ -20,7 +20,7 @@ CANVAS, GRID = 112, 8
 
 @pytest.fixture(scope="module")
 def vlm_dir(tmp_path_factory):
-    from synthgen.pin.tiny import build_tiny_blip2
+    from synthgen.demo.tiny_blip2 import build_tiny_blip2
 
     return build_tiny_blip2(tmp_path_factory.mktemp("vlm") / "tiny-blip2", image_size=CANVAS, lm_steps=20)
 
@@ -34,7 +34,7 @@ def one_thread():
 
 
 def _cfg(shards, out, vlm_dir, **kw):
-    from synthgen.pin.train import TrainConfig
+    from synthgen.pin.training.train import TrainConfig
 
     base = dict(shards=None if shards is None else str(shards), out=str(out), model=str(vlm_dir), batch_size=4, loader_workers=0, log_every=1,
                 save_every=2, progress=False, shuffle_buffer=8, hidden=(32, 32))
@@ -50,9 +50,9 @@ def test_train_pin_on_s3_resumes_and_eval_pin_reads_the_run(s3, vlm_dir, tmp_pat
     from safetensors.torch import load
 
     from synthgen.compose.export import export_coco
-    from synthgen.pin.evaluate import evaluate_coco
-    from synthgen.pin.predict import predict
-    from synthgen.pin.train import train
+    from synthgen.pin.evaluation.evaluate import evaluate_coco
+    from synthgen.pin.evaluation.predict import predict
+    from synthgen.pin.training.train import train
 
     write_shards(tmp_path / "shards", 16, canvas=CANVAS, grid=GRID, per_shard=8)
     shards = s3.upload(tmp_path / "shards", "shards")
@@ -87,7 +87,7 @@ def test_train_pin_on_s3_resumes_and_eval_pin_reads_the_run(s3, vlm_dir, tmp_pat
 def test_eval_pin_cli_reads_a_run_on_s3(s3, vlm_dir, tmp_path, cli_env):
     """The CLI takes URLs for the run, --coco-json and --images (typer paths would mangle them)."""
     from synthgen.compose.export import export_coco
-    from synthgen.pin.train import train
+    from synthgen.pin.training.train import train
 
     write_shards(tmp_path / "shards", 8, canvas=CANVAS, grid=GRID, per_shard=8)
     shards = s3.upload(tmp_path / "shards", "shards")
@@ -108,7 +108,7 @@ def test_eval_pin_cli_reads_a_run_on_s3(s3, vlm_dir, tmp_path, cli_env):
 def test_train_pin_composes_on_the_fly_from_a_bank_and_backgrounds_on_s3(s3, vlm_dir, tmp_path):
     """--objects/--backgrounds on s3: the DataLoader workers read the bank's cut-outs and the
     backgrounds by URL; the scenes are those of the same inputs on a local disk."""
-    from synthgen.pin.train import train
+    from synthgen.pin.training.train import train
     from tests.helpers import make_backgrounds, make_index_bank
     from tests.pin.test_on_the_fly import COMPOSE
 

@@ -106,7 +106,7 @@ def test_a_live_runs_heartbeat_keeps_its_lock_and_a_lost_lock_stops_its_writes(s
 
 
 def test_object_paths_must_stay_inside_a_remote_bank(s3, tmp_path):
-    from synthgen.compose.bank import ObjectBank
+    from synthgen.bank.reader import ObjectBank
 
     bank = make_index_bank(tmp_path / "bank", per_category=1)
     lines = (bank / "index.jsonl").read_text().splitlines()

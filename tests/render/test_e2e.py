@@ -36,7 +36,7 @@ def tiny(tmp_path_factory):
     old = os.environ.get("REMBG_HOME"), os.environ.get("U2NET_HOME")
     os.environ["REMBG_HOME"] = str(root / "rembg")  # Ray workers inherit it
     os.environ.pop("U2NET_HOME", None)
-    from synthgen.render.tiny import build_tiny_models
+    from synthgen.demo.tiny_render import build_tiny_models
 
     yield build_tiny_models(root / "models")
     for key, val in zip(("REMBG_HOME", "U2NET_HOME"), old):
@@ -133,7 +133,7 @@ def test_same_seed_gives_identical_pngs_in_process(tiny, ray_bank, tmp_path):
 @pytest.fixture(scope="module")
 def nsfw_sd(tiny, tmp_path_factory):
     """The tiny pipeline plus an SD-v1.5-style safety checker that flags every image."""
-    from synthgen.render.tiny import add_tiny_safety_checker
+    from synthgen.demo.tiny_render import add_tiny_safety_checker
 
     return str(add_tiny_safety_checker(tiny.sd_model, tmp_path_factory.mktemp("sd") / "nsfw"))
 

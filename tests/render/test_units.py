@@ -10,9 +10,9 @@ import sys
 import numpy as np
 import pytest
 
+from synthgen.bank.writer import BankWriter, read_index
 from synthgen.errors import UserError, raise_problems
 from synthgen.render import categories as C
-from synthgen.render.bank_writer import BankWriter, read_index
 from synthgen.render.config import RenderConfig
 from synthgen.render.filter import AREA, EMPTY_MASK, LOW_CLIP, NSFW, SMALL_CATEGORY, FilterConfig, filter_category
 from synthgen.render.pipeline import render
@@ -279,9 +279,9 @@ def test_rejected_cut_outs_leave_a_small_thumbnail_compose_never_reads(tmp_path,
 
     from PIL import Image
 
-    from synthgen.render.preview import preview_bank
+    from synthgen.bank.format import read_bank_record
+    from synthgen.bank.preview import preview_bank
     from synthgen.render.records import finish_category
-    from synthgen.schema import read_bank_record
 
     cfg = RenderConfig(out=tmp_path, per_category=3, min_per_category=1, keep_rejected=keep_rejected)
     rows = [{"index": i, "seed": i, "prompt": "p", "png": png, "width": 300, "height": 200, "clip_score": score,

@@ -1,0 +1,8 @@
+"""The object bank, in one place: the cut-outs render writes and compose pastes.
+
+- :mod:`.format`    the files of a bank and the record of one object (``index.jsonl``)
+- :mod:`.reader`    :class:`~.reader.ObjectBank`: a synthgen bank, a ``<category>/*.png`` tree or
+                    X-Paste pools, local or on an object store; cut-outs decoded on demand
+- :mod:`.writer`    :class:`~.writer.BankWriter`: render's writer (resumable, atomic)
+- :mod:`.preview`   the contact sheet of a bank (``synthgen preview BANK``)
+"""

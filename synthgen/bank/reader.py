@@ -1,0 +1,423 @@
+"""Object bank reader: the cut-outs that compose pastes.
+
+Three layouts are read by the same :class:`ObjectBank`:
+
+* a synthgen bank: a folder with ``index.jsonl`` (one object per line: ``id``, ``category``,
+  ``category_id`` (may be null), ``path`` (PNG relative to the folder), ``width``, ``height``,
+  free metadata; lines with ``"kept": false`` are rejected objects and are ignored);
+* a plain tree ``<category>/*.png`` (loose PNGs in the folder: category from the file name);
+* X-Paste's ``LVIS_instance_pools.json`` (``{category: [png paths]}``), given as the file or
+  as a folder holding it; ``bow_(weapon)`` becomes ``bow (weapon)``.
+
+Only the index is held in memory; pixels are decoded on demand and kept in a small LRU cache
+bounded in bytes, so a worker's memory does not grow with the bank. Cut-outs are cropped to
+their alpha bounding box and downscaled to at most ``max_side`` pixels. Unusable objects (no
+alpha, unreadable, all transparent) are returned as :class:`~synthgen.images.Skip`;
+:meth:`ObjectBank.survey` counts them (with the layout detected) for compose's line about the bank.
+
+A bank may be an object-store URL (``s3://bucket/objects``, :mod:`synthgen.storage`): the index
+is read once, the tree or pools layout listed once, and a cut-out fetched by one GET when it is
+first used; object paths must stay inside the bank's prefix (checked lexically: objects have no
+symlinks).
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+import re
+import sys
+from collections import Counter, OrderedDict
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+
+from synthgen import storage
+from synthgen.bank.format import INDEX_FILE, POOLS_FILE, BankEntry, read_bank_record
+from synthgen.errors import Skip, UserError
+from synthgen.images import IMAGE_EXTS, decode  # JPEG/BMP objects: listed, counted as no_alpha
+from synthgen.schema import clean_name
+
+
+def _intern(name: str) -> str:
+    return sys.intern(name)
+
+
+@dataclass
+class CutOut:
+    """An RGBA cut-out cropped to its opaque extent, and the same pixels with premultiplied
+    alpha (Pillow's ``RGBa``), which is what every resize of an RGBA image works on: kept so
+    that a scene's resizes do not convert the cut-out again (the bytes are the same)."""
+
+    rgba: np.ndarray          # (h, w, 4) uint8
+    aspect: float             # width / height of the opaque extent at full resolution
+    premultiplied: Image.Image = field(repr=False, default=None)  # type: ignore[assignment]
+
+    def __post_init__(self) -> None:
+        if self.premultiplied is None:
+            self.premultiplied = Image.fromarray(self.rgba, "RGBA").convert("RGBa")
+
+    @property
+    def nbytes(self) -> int:
+        return 2 * int(self.rgba.nbytes)
+
+
+LAYOUTS = {"index": "synthgen bank (index.jsonl)", "xpaste-pools": f"X-Paste pools ({POOLS_FILE})"}
+SURVEY_LIMIT = 500  # cut-outs decoded by :meth:`ObjectBank.survey`; a larger bank is sampled evenly
+
+
+@dataclass(frozen=True)
+class BankSurvey:
+    """What a bank holds: its layout in words, its categories and cut-outs, and how many of them
+    are unusable by reason (refused when listing: :attr:`ObjectBank.rejected`; or when decoded:
+    the :class:`~synthgen.errors.Skip` of :meth:`ObjectBank.load`). A bank of more than ``limit``
+    cut-outs is judged on an even sample (``checked`` < ``listed``)."""
+
+    layout: str
+    categories: int
+    listed: int                     # cut-outs listed: usable-looking entries + refused ones
+    checked: int                    # of which were looked at: the refused ones and the decoded ones
+    unusable: dict[str, int] = field(default_factory=dict)  # reason -> count among the checked
+
+    @property
+    def num_unusable(self) -> int:
+        return sum(self.unusable.values())
+
+    @property
+    def usable_fraction(self) -> float:
+        return 1.0 - self.num_unusable / self.checked if self.checked else 0.0
+
+    def reasons(self) -> str:
+        return ", ".join(f"{n} {r.replace('_', ' ')}" for r, n in sorted(self.unusable.items(), key=lambda x: -x[1]))
+
+    def counts(self) -> str:
+        """``340 cut-outs (3 unusable: 2 no alpha, 1 unreadable)``."""
+        of = f" of {self.checked} checked" if self.checked < self.listed else ""
+        bad = f"{self.num_unusable} unusable{of}: {self.reasons()}" if self.unusable else f"all usable{of}"
+        return f"{self.listed} cut-outs ({bad})"
+
+    def line(self) -> str:
+        """The one line compose prints about the bank it read."""
+        return f"objects: {self.layout}, {self.categories} categories, {self.counts()}"
+
+
+class ObjectBank:
+    def __init__(self, entries: list[BankEntry], source: str, layout: str,
+                 max_side: int = 448, cache_bytes: int = 128 << 20, root: str = ""):
+        if not entries:
+            raise UserError(f"object bank {source} holds no objects")
+        self.entries = sorted(entries, key=lambda e: e.id)
+        ids = [e.id for e in self.entries]
+        if len(set(ids)) != len(ids):
+            dup = next(i for i in ids if ids.count(i) > 1)
+            raise UserError(f"object bank {source}: duplicate object id {dup!r}")
+        self.source = source
+        self.root = root
+        self.layout = layout
+        self.max_side = max_side
+        self.cache_bytes = cache_bytes
+        cats: dict[str, list[int]] = {}
+        for i, e in enumerate(self.entries):
+            cats.setdefault(e.category, []).append(i)
+        self.categories = sorted(cats)
+        self.by_category = [cats[c] for c in self.categories]
+        self._cache: OrderedDict[int, CutOut | Skip] = OrderedDict()
+        self._cached_bytes = 0
+        self.rejected: dict[str, dict[str, str]] = {}   # refused when reading: reason -> {id: why}
+        self.roots: tuple[str, ...] = (root,)
+
+    def __len__(self) -> int:
+        return len(self.entries)
+
+    # -- reading ---------------------------------------------------------------------------
+    @classmethod
+    def open(cls, path: str | Path, extra_roots: tuple[str, ...] = (), **kw) -> "ObjectBank":
+        """Read a bank (see the module doc). Object paths must lie inside the bank's folder, or
+        inside one of ``extra_roots``; others are refused and listed in :attr:`rejected`."""
+        if storage.is_remote(str(path)):
+            return cls._open_remote(str(path), tuple(extra_roots), **kw)
+        p = Path(storage.localize(str(path)))
+        if not p.exists():
+            raise UserError(f"object bank not found: {p}")
+        if p.is_file():
+            if p.name == INDEX_FILE:
+                layout, read, root, source = "index", _read_index, p.parent, str(p.parent)
+            elif p.suffix == ".json":
+                layout, read, root, source = "xpaste-pools", _read_pools, p.parent, str(p)
+            else:
+                raise UserError(f"object bank {p}: expected a folder, {INDEX_FILE} or {POOLS_FILE}")
+            file = p
+        elif (p / INDEX_FILE).exists():
+            layout, read, root, source, file = "index", _read_index, p, str(p), p / INDEX_FILE
+        elif (p / POOLS_FILE).exists():
+            layout, read, root, source, file = "xpaste-pools", _read_pools, p, str(p), p / POOLS_FILE
+        else:
+            layout, read, root, source, file = "tree", _read_tree, p, str(p), p
+        return cls._read(layout, read, root, source, file, tuple(extra_roots), **kw)
+
+    @classmethod
+    def _open_remote(cls, path: str, extra_roots: tuple[str, ...], **kw) -> "ObjectBank":
+        p = storage.RemotePath(path)
+        if p.name == INDEX_FILE and p.is_file():
+            layout, read, root, source, file = "index", _read_index, p.parent, str(p.parent), p
+        elif p.suffix == ".json" and p.is_file():
+            layout, read, root, source, file = "xpaste-pools", _read_pools, p.parent, str(p), p
+        elif (p / INDEX_FILE).is_file():
+            layout, read, root, source, file = "index", _read_index, p, str(p), p / INDEX_FILE
+        elif (p / POOLS_FILE).is_file():
+            layout, read, root, source, file = "xpaste-pools", _read_pools, p, str(p), p / POOLS_FILE
+        elif p.is_dir():
+            layout, read, root, source, file = "tree", _read_tree_remote, p, str(p), p
+        elif p.is_file():
+            raise UserError(f"object bank {p}: expected a folder, {INDEX_FILE} or {POOLS_FILE}")
+        else:
+            raise UserError(f"object bank not found: {p}")
+        return cls._read(layout, read, root, source, file, extra_roots, **kw)
+
+    @classmethod
+    def _read(cls, layout: str, read, root, source: str, file, extra_roots: tuple[str, ...], **kw) -> "ObjectBank":
+        """List the bank with its layout's reader; refuse one with no usable object."""
+        listing = _Listing(root, extra_roots)
+        read(file, listing)
+        if not listing.entries and listing.rejected:
+            why = "; ".join(f"{len(v)} {k}" for k, v in listing.rejected.items())
+            raise UserError(f"object bank {source}: no usable object ({why})")
+        bank = cls(listing.entries, source, layout, root=str(root), **kw)
+        bank.rejected = listing.rejected
+        bank.roots = (str(root), *listing.extra)
+        return bank
+
+    def path_of(self, i: int) -> str:
+        return _join(self.root, self.entries[i].path)
+
+    def load(self, i: int) -> CutOut | Skip:
+        """Decoded cut-out ``i`` (cropped, downscaled) or a Skip; LRU-cached. A path that leaves
+        the bank through a symlink is a Skip (``outside_bank``)."""
+        hit = self._cache.get(i)
+        if hit is not None:
+            self._cache.move_to_end(i)
+            return hit
+        path = self.path_of(i)
+        if storage.is_remote(path):
+            try:
+                item: CutOut | Skip = load_cutout(storage.RemotePath(path).read_bytes(), self.max_side)
+            except FileNotFoundError:
+                item = Skip("missing", f"no such object: {path}")
+        elif inside(path, self.roots, real=False) and not inside(path, self.roots, real=True):
+            item = Skip("outside_bank", f"{self.entries[i].path} links outside the bank")
+        else:
+            item = load_cutout(path, self.max_side)
+        self._cache[i] = item
+        self._cached_bytes += item.nbytes if isinstance(item, CutOut) else 64
+        while self._cached_bytes > self.cache_bytes and len(self._cache) > 1:
+            _, old = self._cache.popitem(last=False)
+            self._cached_bytes -= old.nbytes if isinstance(old, CutOut) else 64
+        return item
+
+    def layout_words(self) -> str:
+        """The layout that was detected, in words (a tree is told apart by where its PNGs lie)."""
+        if self.layout in LAYOUTS:
+            return LAYOUTS[self.layout]
+        nested = any("/" in e.path for e in self.entries)
+        loose = any("/" not in e.path for e in self.entries)
+        if nested and loose:
+            return "folder of category sub-folders and loose files (categories from file names)"
+        return "folder of category sub-folders" if nested else "flat folder (categories from file names)"
+
+    def survey(self, limit: int = SURVEY_LIMIT) -> BankSurvey:
+        """Count the unusable cut-outs: those refused when listing, and those that :meth:`load`
+        skips (decoding every cut-out, or ``limit`` of them spread evenly over a larger bank)."""
+        n = len(self.entries)
+        picks = range(n) if n <= limit else sorted({round(k * (n - 1) / (limit - 1)) for k in range(limit)})
+        unusable = Counter({r: len(v) for r, v in self.rejected.items() if v})
+        for i in picks:
+            item = self.load(i)
+            if isinstance(item, Skip):
+                unusable[item.reason] += 1
+        refused = sum(len(v) for v in self.rejected.values())
+        return BankSurvey(self.layout_words(), len(self.categories), n + refused, len(picks) + refused,
+                          dict(unusable))
+
+    def first_usable(self, limit: int | None = None) -> int | None:
+        """Index of the first usable object (scanning at most ``limit``), or None."""
+        for i in range(len(self.entries) if limit is None else min(limit, len(self.entries))):
+            if isinstance(self.load(i), CutOut):
+                return i
+        return None
+
+
+def load_cutout(path: str | bytes, max_side: int) -> CutOut | Skip:
+    img = decode(path, keep_alpha=True)
+    if isinstance(img, Skip):
+        return img
+    alpha = np.asarray(img.getchannel("A"))
+    ys, xs = np.nonzero(alpha >= 128)
+    if len(ys) == 0:
+        return Skip("transparent", "no pixel with alpha >= 128")
+    x1, y1, x2, y2 = int(xs.min()), int(ys.min()), int(xs.max()) + 1, int(ys.max()) + 1
+    img = img.crop((x1, y1, x2, y2))
+    aspect = (x2 - x1) / (y2 - y1)
+    if max(img.size) > max_side:
+        s = max_side / max(img.size)
+        img = img.resize((max(1, round(img.size[0] * s)), max(1, round(img.size[1] * s))),
+                         Image.Resampling.LANCZOS, reducing_gap=3.0)
+    return CutOut(np.array(img, dtype=np.uint8), aspect, img.convert("RGBa"))
+
+
+class _Listing:
+    """Entries of a bank being read, and the ones refused (reason -> {name: detail}).
+
+    Refused: a path that is absolute or climbs out of the bank (``../../etc/passwd``) unless it
+    lies in an allowed extra root, and names that are not valid UTF-8 (lone surrogates from
+    undecodable file names or ``\\udcxx`` escapes would reach the scene json)."""
+
+    def __init__(self, root, extra_roots: tuple[str, ...] = ()):
+        self.root = root
+        self.extra = tuple(str(storage.RemotePath(r)) if storage.is_remote(r) else os.path.abspath(r)
+                           for r in extra_roots)
+        self.entries: list[BankEntry] = []
+        self.rejected: dict[str, dict[str, str]] = {}
+
+    def reject(self, reason: str, name: str, detail: str) -> None:
+        self.rejected.setdefault(reason, {})[_printable(name)] = detail
+
+    def add(self, id: str, category: str, category_id: int | None, path: str) -> None:
+        if not (_utf8(id) and _utf8(category) and _utf8(path)):
+            self.reject("non_utf8", id, "a name or path that is not valid UTF-8")
+            return
+        if not inside(_join(str(self.root), path), (str(self.root), *self.extra)):
+            self.reject("outside_bank", id, f"path {path!r} is outside the bank {self.root}")
+            return
+        self.entries.append(BankEntry(id, _intern(category), category_id, path))
+
+
+def _utf8(text: str) -> bool:
+    try:
+        text.encode("utf-8")
+        return True
+    except UnicodeEncodeError:
+        return False
+
+
+def _printable(text: str) -> str:
+    return text.encode("utf-8", "backslashreplace").decode("utf-8")
+
+
+def inside(path: str, roots: tuple[str, ...] | list[str], real: bool = False) -> bool:
+    """Whether ``path`` lies inside one of ``roots``: lexically (``..`` and absolute paths
+    resolved), or with ``real`` after following symlinks too. A URL is inside a URL root only
+    (lexically: objects have no links); a local path never inside a URL root."""
+    if storage.is_remote(path):
+        return storage.inside(path, roots)
+    roots = [r for r in roots if not storage.is_remote(r)]
+    norm = os.path.realpath if real else os.path.abspath
+    p = norm(path)
+    for r in roots:
+        r = norm(r)
+        if p == r or p.startswith(r.rstrip(os.sep) + os.sep):
+            return True
+    return False
+
+
+def _join(root: str, rel: str) -> str:
+    return storage.join(root, rel) if storage.is_remote(root) else os.path.join(root, rel)
+
+
+def _read_index(index, listing: _Listing) -> None:
+    remote = isinstance(index, storage.RemotePath)
+    with (io.BytesIO(index.read_bytes()) if remote else open(index, "rb")) as f:
+        for ln, raw in enumerate(f, 1):
+            try:
+                line = raw.decode("utf-8").strip()
+            except UnicodeDecodeError:
+                listing.reject("non_utf8", f"{INDEX_FILE}:{ln}", "the line is not valid UTF-8")
+                continue
+            if not line:
+                continue
+            try:
+                rec = json.loads(line)
+            except json.JSONDecodeError as exc:
+                raise UserError(f"{index}:{ln}: not valid JSON ({exc.msg})") from None
+            e = read_bank_record(rec, f"{index}:{ln}")
+            if e is not None:
+                listing.add(e.id, e.category, e.category_id, e.path)
+
+
+def _resolve_pool_path(raw: str, root: Path, roots: tuple[str, ...]) -> str:
+    """A pools entry as a path relative to the bank root, looked for only inside ``roots``.
+    X-Paste stores absolute paths of the authors' machine: those are re-rooted by the part after
+    ``images/`` (``ROOT/images/TAIL`` or ``ROOT/TAIL``)."""
+    p = Path(raw)
+    if (p.is_absolute() and inside(raw, roots)) or (not p.is_absolute() and (root / p).exists()):
+        return os.path.relpath(root / p, root)
+    tail = raw.split("images/")[-1].lstrip("/")
+    for cand in (root / "images" / tail, root / tail):
+        if cand.exists():
+            return os.path.relpath(cand, root)
+    return os.path.relpath(root / p, root)  # missing (or outside): refused or skipped later
+
+
+def _resolve_pool_url(raw: str, root: str, objects: set[str]) -> str:
+    """:func:`_resolve_pool_path` for a bank on an object store (``objects``: its listing)."""
+    if not raw.startswith("/") and storage.join(root, raw) in objects:
+        return raw
+    tail = raw.split("images/")[-1].lstrip("/")
+    for cand in (f"images/{tail}", tail):
+        if storage.join(root, cand) in objects:
+            return cand
+    return raw  # missing (or outside): refused or skipped later
+
+
+def _read_pools(pools, listing: _Listing) -> None:
+    try:
+        data = json.loads(pools.read_bytes().decode("utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise UserError(f"{pools}: not valid UTF-8 JSON ({getattr(exc, 'msg', exc)})") from None
+    if not isinstance(data, dict) or not all(isinstance(v, list) for v in data.values()):
+        raise UserError(f"{pools}: expected {{category: [png paths]}} as in X-Paste's {POOLS_FILE}")
+    root = pools.parent
+    if isinstance(pools, storage.RemotePath):
+        objects = set(root.find())
+        for key in sorted(data):
+            for j, raw in enumerate(data[key]):
+                listing.add(f"{key}/{j:06d}", clean_name(key), None, _resolve_pool_url(str(raw), str(root), objects))
+        return
+    roots = (str(root), *listing.extra)
+    for key in sorted(data):
+        for j, raw in enumerate(data[key]):
+            listing.add(f"{key}/{j:06d}", clean_name(key), None,
+                        _resolve_pool_path(str(raw), root, roots))
+
+
+def _stem_category(stem: str) -> str:
+    return clean_name(re.sub(r"[_\-.\s]*\d+$", "", stem) or stem)
+
+
+def _read_tree(root: Path, listing: _Listing) -> None:
+    """``<category>/*.png`` (recursive below each category), plus loose PNGs directly in ``root``
+    whose category is the file name without a trailing number (``apple_02.png`` -> ``apple``)."""
+    for f in sorted(root.iterdir()):
+        if f.is_file() and f.suffix.lower() in IMAGE_EXTS:
+            listing.add(f.name, _stem_category(f.stem), None, f.name)
+    for d in sorted(x for x in root.iterdir() if x.is_dir()):
+        for f in sorted(d.rglob("*")):
+            if f.is_file() and f.suffix.lower() in IMAGE_EXTS:
+                rel = f.relative_to(root).as_posix()
+                listing.add(rel, clean_name(d.name), None, rel)
+
+
+def _read_tree_remote(root, listing: _Listing) -> None:
+    """:func:`_read_tree` on an object store: one recursive listing."""
+    loose, nested = [], []
+    for url in root.find():
+        rel = url[len(str(root)) + 1:]
+        if os.path.splitext(rel)[1].lower() not in IMAGE_EXTS:
+            continue
+        (nested if "/" in rel else loose).append(rel)
+    for rel in sorted(loose):
+        listing.add(rel, _stem_category(os.path.splitext(rel)[0]), None, rel)
+    for rel in sorted(nested, key=lambda r: (r.split("/", 1)[0], r)):
+        listing.add(rel, clean_name(rel.split("/", 1)[0]), None, rel)

@@ -1,0 +1,316 @@
+"""The evaluation protocol's maths (pure): answer parsing, ground-truth boxes on the canvas, size
+buckets, baselines, metrics, and the options that choose between the authors' rules and ours.
+
+Defaults follow the PIN authors' evaluation code (QUVA-Lab/PIN ``eval_dloaders/``,
+``utils/grid_codec.py``, ``trainer.py``); every other rule is an option, recorded in
+``metrics.json`` (:meth:`EvalProtocol.record`) so that numbers say how they were made.
+
+* Parsing (``parse``): ``strict`` is ``GridCodec.decode``: the first `` [a,b,c,d]`` (with the
+  space before the bracket) whose four values are grid-line names (:func:`grid_line_names`),
+  ``a``/``b`` not the last line, ``c``/``d`` not the first, ``a < c`` and ``b < d``; the box is
+  the lines' indices times ``ceil(canvas / grid)`` (far corner capped at the canvas). ``lenient``
+  is :func:`synthgen.grounding.parse_box`: the first bracketed four numbers anywhere, corners
+  reordered. An answer either rule rejects counts as the one-cell box at the origin.
+* Ground-truth boxes (``gt_boxes``): ``authors`` scales and truncates as their loaders do
+  (:func:`coco_box_on_canvas`, :func:`voc_box_on_canvas`); ``exact`` scales the box as floats.
+* Size buckets are measured on the ground-truth boxes on the canvas, COCO's thresholds scaled by
+  ``canvas / 224`` (medium: area in ``[(32s)^2, (96s)^2)``, large: ``>= (96s)^2``).
+* Baselines: ``random`` is the paper's (a ground-truth box of another image of the same set,
+  :class:`OtherImageBoxes`); ``uniform`` draws corners uniformly on the grid lines; ``native`` asks
+  the VLM (PIN off) with its own grounding prompt (:mod:`synthgen.pin.models.native` reads the box).
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from dataclasses import asdict, dataclass
+from typing import Hashable, Iterable, Sequence
+
+import numpy as np
+
+from synthgen.grounding import area, parse_box
+
+BUCKETS = ("small", "medium", "large")
+
+ARTICLES = ("auto", "a")
+NAMES = ("strip", "raw")
+CROWD = ("query", "skip")
+GT_BOXES = ("authors", "exact")
+PARSERS = ("strict", "lenient")
+BASELINES = ("random", "uniform", "native")  # native: the VLM's own grounding output (PaliGemma, Qwen2.5-VL)
+REFCOCO_SENTENCES = ("last", "all")
+
+
+# --- options -------------------------------------------------------------------------------
+
+@dataclass
+class EvalProtocol:
+    """How eval-pin turns a set into queries and answers into boxes (the authors' by default)."""
+
+    article: str = "auto"            # a/an by the first letter | "a" always
+    names: str = "strip"             # COCO-format names: "bow_(weapon)" -> "bow" | raw: "bow (weapon)"
+    crowd: str = "query"             # COCO iscrowd annotations: queried | skip: counted, not queried
+    gt_boxes: str = "authors"        # scaled and truncated as the authors' loaders | exact floats
+    parse: str = "strict"            # GridCodec.decode | lenient: any [a,b,c,d]
+    baseline: str | None = None      # None: the model | random: GT box of another image | uniform
+    max_objects: int = 3             # images with 1..N annotated objects
+    refcoco_sentences: str = "last"  # one query per ref (last sentence, raw) | all: each sentence
+    seed: int = 0                    # of the baselines
+    num_beams: int = 3
+    max_new_tokens: int = 12
+
+    def problems(self) -> list[str]:
+        out = []
+        for flag, value, allowed in (("--article", self.article, ARTICLES), ("--names", self.names, NAMES),
+                                     ("--crowd", self.crowd, CROWD), ("--gt-boxes", self.gt_boxes, GT_BOXES),
+                                     ("--parse", self.parse, PARSERS),
+                                     ("--refcoco-sentences", self.refcoco_sentences, REFCOCO_SENTENCES)):
+            if value not in allowed:
+                out.append(f"{flag} must be one of {', '.join(allowed)} (got {value!r})")
+        if self.baseline is not None and self.baseline not in BASELINES:
+            out.append(f"--baseline must be one of {', '.join(BASELINES)} (got {self.baseline!r})")
+        for flag, value in (("--max-objects", self.max_objects), ("--num-beams", self.num_beams),
+                            ("--max-new-tokens", self.max_new_tokens)):
+            if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+                out.append(f"{flag} must be an integer >= 1 (got {value!r})")
+        return out
+
+    @property
+    def art(self) -> str | None:
+        """The article to force (None: a/an by the first letter)."""
+        return None if self.article == "auto" else self.article
+
+    def record(self, kind: str, canvas: int, grid: int) -> dict:
+        """The options that shaped the numbers of a ``kind`` set (``coco-json``, ``voc``,
+        ``refcoco``), for ``metrics.json``; options that do not apply to the kind are left out."""
+        d = asdict(self)
+        if kind != "coco-json":
+            d.pop("names")
+            d.pop("crowd")
+        if kind != "refcoco":
+            d.pop("refcoco_sentences")
+        else:
+            d.pop("max_objects")
+        if self.baseline is not None:  # no model: the generation settings played no part
+            d.pop("num_beams")
+            d.pop("max_new_tokens")
+        return {"set_kind": kind, **d, "canvas": canvas, "grid": grid}
+
+    def label(self, kind: str) -> str:
+        """The name of what is scored, for the output folder: ``model`` or ``random-baseline``
+        (``uniform-baseline``, ``native-baseline``), then every choice that differs from the
+        authors' protocol and applies to ``kind``, e.g. ``model+parse-lenient+article-a``."""
+        who = f"{self.baseline}-baseline" if self.baseline else "model"
+        default = EvalProtocol()
+        rec, base = self.record(kind, 0, 0), default.record(kind, 0, 0)
+        changed = [f"{k.replace('_', '-')}-{v}" for k, v in rec.items()
+                   if k not in ("set_kind", "canvas", "grid", "baseline") and k in base and v != base[k]
+                   and not (k == "seed" and not self.baseline)]
+        return "+".join([who, *changed])
+
+    def summary_line(self, kind: str, canvas: int, grid: int) -> str:
+        """:meth:`record` as one ``key=value`` line (the CLI prints it under the table)."""
+        return " ".join(f"{k}={'model' if k == 'baseline' and v is None else v}"
+                        for k, v in self.record(kind, canvas, grid).items())
+
+
+# --- names ---------------------------------------------------------------------------------
+
+def class_name(raw: str, names: str = "strip") -> str:
+    """A category name as queried. ``strip`` (the authors' LVIS rule, applied to every COCO-format
+    set): ``_`` -> space, then everything from the first `` (`` on is dropped
+    (``bow_(weapon)`` -> ``bow``); ``raw`` keeps the qualifier (``bow (weapon)``). Both collapse
+    runs of white space (no LVIS/COCO name has any); the result may be empty (a bad category)."""
+    text = raw.replace("_", " ")
+    if names == "strip":
+        text = text.split(" (")[0]
+    return " ".join(text.split())
+
+
+# --- ground-truth boxes on the canvas ------------------------------------------------------
+
+def coco_box_on_canvas(xywh: Sequence[float], width: float, height: float, canvas: int,
+                       rule: str = "authors") -> list[float]:
+    """A COCO ``[x, y, w, h]`` box of a ``width`` x ``height`` image on the square canvas.
+
+    ``authors`` (their ``Resize`` + ``coco_get_bboxes``, also RefCOCO's ``Resize`` +
+    ``get_bboxes``): ``x, y, w, h`` are each scaled by their axis ratio and truncated with
+    ``int()``, then ``[x, y, min(x + w, canvas - 1), min(y + h, canvas - 1)]``. ``exact``: the
+    corners ``x, y, x + w, y + h`` scaled as floats."""
+    x, y, w, h = xywh
+    if rule == "exact":
+        sx, sy = canvas / width, canvas / height
+        return [x * sx, y * sy, (x + w) * sx, (y + h) * sy]
+    if rule != "authors":
+        raise ValueError(f"unknown ground-truth box rule {rule!r}")
+    rw, rh = canvas / width, canvas / height
+    x, y, w, h = int(x * rw), int(y * rh), int(w * rw), int(h * rh)
+    return [float(x), float(y), float(min(x + w, canvas - 1)), float(min(y + h, canvas - 1))]
+
+
+def voc_box_on_canvas(box: Sequence[float], width: float, height: float, canvas: int,
+                      rule: str = "authors") -> list[float]:
+    """A VOC ``xmin, ymin, xmax, ymax`` box (1-based pixel indices, ``xmax`` inclusive) of a
+    ``width`` x ``height`` image on the square canvas.
+
+    ``authors`` (their ``voc_dataset_utils.Resize`` + ``voc_get_bboxes``): each value truncated
+    to an integer, scaled by its axis ratio, truncated again and clipped to ``[1, canvas]``; the
+    result is used as a continuous box. ``exact``: the pixels' extent ``[xmin - 1, ymin - 1, xmax,
+    ymax]`` scaled as floats."""
+    x1, y1, x2, y2 = box
+    if rule == "exact":
+        sx, sy = canvas / width, canvas / height
+        return [(x1 - 1) * sx, (y1 - 1) * sy, x2 * sx, y2 * sy]
+    if rule != "authors":
+        raise ValueError(f"unknown ground-truth box rule {rule!r}")
+    rw, rh = canvas / width, canvas / height
+
+    def one(v: float, ratio: float) -> float:
+        return float(min(max(int(int(v) * ratio), 1), canvas))
+
+    return [one(x1, rw), one(y1, rh), one(x2, rw), one(y2, rh)]
+
+
+# --- answers -------------------------------------------------------------------------------
+
+def grid_line_names(canvas: int, grid: int) -> list[str]:
+    """The text of the ``grid + 1`` grid lines, ``canvas * i / grid`` (the authors'
+    ``range_max_value`` is the canvas, 224): as an integer when integral, else with one decimal
+    when that is exact, else two (``GridCodec._generate_numbers``)."""
+    out = []
+    for i in range(grid + 1):
+        v = (canvas * i) / grid
+        if v == int(v):
+            out.append(str(int(v)))
+        elif int(v * 10) == v * 10:
+            out.append(f"{v:.1f}")
+        else:
+            out.append(f"{v:.2f}")
+    return out
+
+
+_STRICT_RE = re.compile(r" \[(.+?),(.+?),(.+?),(.+?)\]")
+
+
+def strict_cell(canvas: int, grid: int) -> int:
+    """The cell side the authors' decoder multiplies line indices by: ``ceil(canvas / grid)``."""
+    return int(math.ceil(canvas / grid))
+
+
+def parse_box_strict(text: str, canvas: int, grid: int) -> list[float] | None:
+    """``GridCodec.decode``'s box for ``text``, or None where it falls back to the origin cell.
+
+    The first match of `` \\[(.+?),(.+?),(.+?),(.+?)\\]`` (a space before the bracket; values
+    taken verbatim, so `` [0, 14,28,42]`` fails on `` 14``); ``x1``/``y1`` must name a grid line
+    other than the last, ``x2``/``y2`` one other than the first, with ``x1 < x2`` and
+    ``y1 < y2`` as line indices. The box is ``[i1 c, j1 c, min(i2 c, canvas), min(j2 c,
+    canvas)]`` with ``c = ceil(canvas / grid)``, as their ``gc_to_bboxes_default_image_size``."""
+    m = _STRICT_RE.search(text)
+    if m is None:
+        return None
+    names = grid_line_names(canvas, grid)
+    index = {n: i for i, n in enumerate(names)}
+    x1, y1, x2, y2 = m.groups()
+    if x1 not in names[:-1] or y1 not in names[:-1] or x2 not in names[1:] or y2 not in names[1:]:
+        return None
+    i1, j1, i2, j2 = index[x1], index[y1], index[x2], index[y2]
+    if i1 >= i2 or j1 >= j2:
+        return None
+    c = strict_cell(canvas, grid)
+    return [float(i1 * c), float(j1 * c), float(min(i2 * c, canvas)), float(min(j2 * c, canvas))]
+
+
+def one_cell_box(canvas: int, grid: int, rule: str = "lenient") -> list[float]:
+    """The box an unparseable answer counts as: the cell at the origin (``strict``: the authors'
+    ``ceil(canvas / grid)`` side, capped at the canvas; ``lenient``: ``canvas / grid``)."""
+    c = min(strict_cell(canvas, grid), canvas) if rule == "strict" else canvas / grid
+    return [0.0, 0.0, float(c), float(c)]
+
+
+def box_from_text(text: str, canvas: int, grid: int, rule: str = "lenient") -> tuple[list[float], bool]:
+    """The predicted box and whether ``rule`` (``strict`` | ``lenient``) parsed it (else the
+    one-cell box at the origin)."""
+    if rule == "strict":
+        box = parse_box_strict(text, canvas, grid)
+    elif rule == "lenient":
+        box = parse_box(text)
+    else:
+        raise ValueError(f"unknown parse rule {rule!r}")
+    if box is None:
+        return one_cell_box(canvas, grid, rule), False
+    return box, True
+
+
+def parsed_by(text: str, canvas: int, grid: int) -> dict[str, bool]:
+    """Whether each rule accepts ``text`` (both are reported, whichever one scores)."""
+    return {"strict": parse_box_strict(text, canvas, grid) is not None, "lenient": parse_box(text) is not None}
+
+
+# --- buckets, baselines, metrics -----------------------------------------------------------
+
+def size_bucket(box: Sequence[float], canvas: int) -> str:
+    """COCO size bucket of a box already scaled to the canvas, thresholds scaled by canvas/224."""
+    s = canvas / 224.0
+    a = area(box)
+    if a < (32 * s) ** 2:
+        return "small"
+    if a < (96 * s) ** 2:
+        return "medium"
+    return "large"
+
+
+def uniform_box(rng: np.random.Generator, canvas: int, grid: int) -> list[float]:
+    """``uniform`` baseline: corners drawn uniformly on the grid lines, non-empty."""
+    cell = canvas / grid
+    xs = np.sort(rng.choice(grid + 1, size=2, replace=False)) * cell
+    ys = np.sort(rng.choice(grid + 1, size=2, replace=False)) * cell
+    return [float(xs[0]), float(ys[0]), float(xs[1]), float(ys[1])]
+
+
+class OtherImageBoxes:
+    """The paper's ``random`` baseline: for a query on image ``k``, a ground-truth box (on the
+    canvas) drawn uniformly from the boxes of the set's *other* images.
+
+    ``pool`` is ``(image key, box)`` per object of the set; each draw uses ``rng`` once."""
+
+    def __init__(self, pool: Iterable[tuple[Hashable, Sequence[float]]]):
+        by_image: dict[Hashable, list[list[float]]] = {}
+        for key, box in pool:
+            by_image.setdefault(key, []).append([float(v) for v in box])
+        self.boxes: list[list[float]] = []
+        self.span: dict[Hashable, tuple[int, int]] = {}  # image -> [start, end) in boxes
+        for key, boxes in by_image.items():
+            self.span[key] = (len(self.boxes), len(self.boxes) + len(boxes))
+            self.boxes += boxes
+
+    @property
+    def images(self) -> int:
+        return len(self.span)
+
+    def draw(self, rng: np.random.Generator, image: Hashable) -> list[float]:
+        start, end = self.span.get(image, (0, 0))
+        n = len(self.boxes) - (end - start)
+        if n <= 0:
+            raise ValueError("the random baseline needs ground-truth boxes of at least two images")
+        i = int(rng.integers(n))
+        return list(self.boxes[i if i < start else i + (end - start)])
+
+
+def summarize(records: Iterable[dict], threshold: float = 0.3) -> dict:
+    """n, mIoU overall and per bucket (``miou_M``, ``miou_L``, ``miou_S``, pooled over the
+    queries), unparseable count (by the rule used), how many answers each parse rule rejected
+    (``rejected``, over the records that carry model output) and P@threshold, from records with
+    ``iou``, ``bucket`` and ``parsed`` (and ``parsed_strict`` / ``parsed_lenient``)."""
+    recs = list(records)
+    out: dict = {"n": len(recs)}
+    ious = [r["iou"] for r in recs]
+    out["miou"] = float(np.mean(ious)) if ious else float("nan")
+    for name, tag in (("small", "S"), ("medium", "M"), ("large", "L")):
+        b = [r["iou"] for r in recs if r.get("bucket") == name]
+        out[f"n_{tag}"] = len(b)
+        out[f"miou_{tag}"] = float(np.mean(b)) if b else float("nan")
+    out["unparseable"] = sum(1 for r in recs if not r.get("parsed", True))
+    out["rejected"] = {rule: sum(1 for r in recs if not r.get(f"parsed_{rule}", True)) for rule in PARSERS}
+    out[f"p@{threshold}"] = float(np.mean([i >= threshold for i in ious])) if ious else float("nan")
+    return out

@@ -1,0 +1,14 @@
+"""The models of train-pin: PIN itself, the VLMs it is added to, and the table of those VLMs.
+
+- :mod:`.module`     the PIN module (sinusoid/learned table + MLP)
+- :mod:`.registry`   the supported VLM families: one row each (default checkpoint, model types,
+                     options, adapter class)
+- :mod:`.adapters`   one adapter per family: where PIN goes, prompts, loss, generation
+- :mod:`.flamingo`   OpenFlamingo built in synthgen (no open-flamingo package); loads its checkpoint.pt
+- :mod:`.native`     boxes in the VLMs' own grounding answers (``eval-pin --baseline native``)
+
+Light: nothing here imports torch until a submodule that needs it is imported.
+"""
+
+ACTIVATIONS = ("silu", "swiglu")   # the PIN MLP's: silu (the authors' code), swiglu (the paper's text)
+TABLES = ("sinusoid", "learned")   # the PIN input table: fixed sinusoid (the authors') or learned

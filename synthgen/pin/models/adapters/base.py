@@ -1,0 +1,187 @@
+"""The adapter interface: everything PIN training and evaluation need to know about a VLM.
+
+An adapter says what the VLM takes (``input_size``, ``patch_grid``, ``num_positions`` vision
+tokens of width ``vision_width``), adds PIN to its vision features before the fusion network
+(:meth:`VLMAdapter.attach_pin` / :meth:`~VLMAdapter.pin_disabled` / :meth:`~VLMAdapter.detach_pin`),
+turns prompts/answers into token ids and loss labels (a light, picklable :class:`TextCodec` that
+DataLoader workers use), computes the training loss and generates answers.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from dataclasses import dataclass
+from typing import Callable, Iterator, Sequence
+
+import torch
+
+from synthgen.errors import UserError
+from synthgen.grounding import prompt_parts
+
+PinFn = Callable[[], torch.Tensor]
+
+LOSS_SPANS = ("box", "name", "name_prompt")
+
+
+def loss_span(name_loss: bool | str) -> tuple[bool, bool]:
+    """Whether the loss covers the name, and the prompt after it (`` located at``), beyond the
+    answer: ``False``/``"box"`` neither, ``True``/``"name"`` the name, ``"name_prompt"`` both
+    (the authors' first 40 epochs: ``{name} located at [box]``)."""
+    span = "name" if name_loss is True else "box" if not name_loss else str(name_loss)
+    if span not in LOSS_SPANS:
+        raise ValueError(f"loss span must be one of {LOSS_SPANS}, got {name_loss!r}")
+    return span in ("name", "name_prompt"), span == "name_prompt"
+
+
+class Batcher:
+    """Padding and decoding shared by the codecs: they hold a ``tokenizer``."""
+
+    tokenizer: object
+
+    @property
+    def pad_id(self) -> int:
+        pid = self.tokenizer.pad_token_id
+        return int(pid if pid is not None else self.tokenizer.eos_token_id)
+
+    def collate(self, seqs: Sequence[tuple[list[int], list[int]]], left_pad: bool = False
+                ) -> dict[str, torch.Tensor]:
+        """Pad to the longest sequence (right for training, left for generation)."""
+        n = max(len(s[0]) for s in seqs)
+        ids = torch.full((len(seqs), n), self.pad_id, dtype=torch.long)
+        lab = torch.full((len(seqs), n), -100, dtype=torch.long)
+        att = torch.zeros((len(seqs), n), dtype=torch.long)
+        for i, (x, y) in enumerate(seqs):
+            sl = slice(n - len(x), n) if left_pad else slice(0, len(x))
+            ids[i, sl] = torch.tensor(x)
+            lab[i, sl] = torch.tensor(y)
+            att[i, sl] = 1
+        return {"input_ids": ids, "attention_mask": att, "labels": lab}
+
+    def decode(self, ids: Sequence[int]) -> str:
+        return self.tokenizer.decode(list(ids), skip_special_tokens=True)
+
+
+@dataclass
+class TextCodec(Batcher):
+    """Prompt/answer -> token ids and labels for one VLM. Picklable (used in DataLoader workers)."""
+
+    tokenizer: object
+    num_query_tokens: int
+    image_token_id: int
+    add_eos: bool = True
+
+    def _ids(self, text: str, special: bool = False) -> list[int]:
+        return list(self.tokenizer(text, add_special_tokens=special)["input_ids"])
+
+    def encode(self, referral: str, answer: str | None = None, name_loss: bool | str = False,
+               art: str | None = None) -> tuple[list[int], list[int]]:
+        """``(input_ids, labels)``: image tokens + BOS + prompt (+ `` answer`` + EOS when given).
+
+        Labels are -100 on the image tokens and the prompt, so the loss covers only the answer
+        (the box text and EOS), and also the parts of the prompt ``name_loss`` names
+        (:func:`loss_span`). ``art`` forces the article (default a/an by the first letter).
+        """
+        on_name, on_post = loss_span(name_loss)
+        pre, name, post = prompt_parts(referral, art)
+        ids = [self.image_token_id] * self.num_query_tokens
+        labels = [-100] * self.num_query_tokens
+        head = self._ids(pre, special=True)  # BOS + prefix (the tokenizer adds BOS if it does)
+        ids += head
+        labels += [-100] * len(head)
+        n = self._ids(name)
+        ids += n
+        labels += n if on_name else [-100] * len(n)
+        p = self._ids(post)
+        ids += p
+        labels += p if on_post else [-100] * len(p)
+        if answer is not None:
+            a = self._ids(" " + answer)
+            if self.add_eos and self.tokenizer.eos_token_id is not None:
+                a.append(int(self.tokenizer.eos_token_id))
+            ids += a
+            labels += a
+        return ids, labels
+
+
+class VLMAdapter:
+    """What a VLM must provide for PIN. Subclasses set the attributes and implement the methods."""
+
+    name: str = ""
+    model_id: str = ""
+    input_size: int = 0       # square input side in pixels = the scene canvas it accepts
+    patch_grid: int = 0       # vision patches per side
+    num_positions: int = 0    # vision tokens PIN is added to (patches, + CLS where present)
+    vision_width: int = 0     # D_v
+    device: torch.device = torch.device("cpu")
+    dtype: torch.dtype = torch.float32
+    codec: TextCodec
+
+    @property
+    def vlm_options(self) -> dict:
+        """Extra options that rebuild this VLM with :func:`~synthgen.pin.models.adapters.load_adapter`
+        (recorded in a run's ``pin.json``); none by default."""
+        return {}
+
+    # --- PIN: ``_pin`` is the attached PIN (called for its tensor), ``_enabled`` its switch; an
+    # adapter's insertion hook adds ``self._pin()`` while both are set ----------------------------
+    _pin: PinFn | None = None
+    _enabled: bool = True
+
+    def attach_pin(self, pin: PinFn) -> None:
+        self._pin = pin
+        self._enabled = True
+
+    def detach_pin(self) -> None:
+        self._pin = None
+
+    @property
+    def pin_enabled(self) -> bool:
+        return self._pin is not None and self._enabled
+
+    @contextlib.contextmanager
+    def pin_disabled(self) -> Iterator[None]:
+        before = self._enabled
+        self._enabled = False
+        try:
+            yield
+        finally:
+            self._enabled = before
+
+    # --- frozen VLM ----------------------------------------------------------------------
+    def vlm_parameters(self) -> Iterator[tuple[str, torch.nn.Parameter]]:
+        """The VLM's parameters (all frozen): ``self.model``'s by default."""
+        return self.model.named_parameters()
+
+    def assert_frozen(self) -> None:
+        trainable = [n for n, p in self.vlm_parameters() if p.requires_grad]
+        if trainable:
+            raise AssertionError(f"VLM weights must stay frozen; trainable: {trainable[:5]}")
+
+    # --- data ----------------------------------------------------------------------------
+    def set_pixel_normalisation(self, mean: Sequence[float], std: Sequence[float],
+                                rescale: float | None = None) -> None:
+        """How :meth:`preprocess` maps uint8 to the VLM's pixels: ``(x * rescale - mean) / std``
+        as transformers' image processors do, or with ``rescale`` None ``(x / 255 - mean) / std``
+        as torchvision's ``ToTensor`` does (the two differ in the last bit)."""
+        self._mean = torch.tensor(list(mean), dtype=torch.float32).view(1, 3, 1, 1).to(self.device)
+        self._std = torch.tensor(list(std), dtype=torch.float32).view(1, 3, 1, 1).to(self.device)
+        self._scale = rescale
+
+    def preprocess(self, pixels: torch.Tensor) -> torch.Tensor:
+        """uint8 ``[B,3,H,W]`` (already ``input_size``) -> the VLM's normalised pixel values."""
+        if pixels.shape[-1] != self.input_size or pixels.shape[-2] != self.input_size:
+            raise UserError(f"images are {pixels.shape[-1]}x{pixels.shape[-2]} but {self.model_id} "
+                            f"takes {self.input_size}x{self.input_size}")
+        x = pixels.to(self.device, non_blocking=True).float()
+        x = x / 255.0 if self._scale is None else x * self._scale
+        return ((x - self._mean) / self._std).to(self.dtype)
+
+    def loss(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+        raise NotImplementedError
+
+    def generate(self, pixels: torch.Tensor, referrals: Sequence[str], *, num_beams: int = 3,
+                 max_new_tokens: int = 12, art: str | None = None) -> list[str]:
+        """Answer text after ``In the image is {a|an} {referral} located at`` for each image: the
+        decoded continuation as generated, not stripped (a trained answer starts with the space
+        before ``[``, which the authors' strict parser requires); special tokens left out."""
+        raise NotImplementedError
