@@ -14,8 +14,6 @@ model sees its inputs resampled the same way in training and evaluation.
 from __future__ import annotations
 
 import io
-import os
-import stat
 import warnings
 from pathlib import Path
 from typing import BinaryIO, Union
@@ -24,6 +22,7 @@ import numpy as np
 from PIL import Image, ImageOps
 
 from synthgen.errors import Skip, UserError
+from synthgen.storage.local import regular_file
 
 Source = Union[str, Path, bytes, BinaryIO]
 
@@ -35,22 +34,6 @@ IMAGE_EXTS = frozenset({".jpg", ".jpeg", ".png", ".webp", ".bmp", ".tif", ".tiff
 # below; any other larger image is skipped as ``too_large`` (decoding a 144 MP PNG for a 224 px
 # canvas costs ~1.2 GB and seconds per draw).
 MAX_PIXELS = Image.MAX_IMAGE_PIXELS or 89_478_485
-
-
-def regular_file(path: str | Path) -> Skip | None:
-    """None when ``path`` is a regular file (symlinks followed); else why it cannot be read
-    (missing, a FIFO, a device, a folder...): reading a FIFO would block forever."""
-    try:
-        st = os.stat(path)
-    except FileNotFoundError:
-        return Skip("missing", f"no such file: {path}")
-    except OSError as exc:
-        return Skip("unreadable", f"{type(exc).__name__}: {exc}"[:200])
-    if not stat.S_ISREG(st.st_mode):
-        kind = ("a folder" if stat.S_ISDIR(st.st_mode) else "a FIFO" if stat.S_ISFIFO(st.st_mode)
-                else "a device" if stat.S_ISCHR(st.st_mode) or stat.S_ISBLK(st.st_mode) else "a socket")
-        return Skip("not_a_file", f"{path} is {kind}, not a regular file")
-    return None
 
 
 def _open(src: Source) -> Image.Image:

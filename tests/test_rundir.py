@@ -9,12 +9,12 @@ import sys
 import pytest
 
 from synthgen.errors import UserError
-from synthgen.rundir import RunFolder, atomic_write, identity_diff, remove_stale_temps, temp_path
 from synthgen.schema import LOCK_FILE
+from synthgen.storage import RunFolder, atomic_write, identity_diff, remove_stale_temps, temp_path
 
 HOLD = """
 import sys, time
-from synthgen.rundir import RunFolder
+from synthgen.storage import RunFolder
 with RunFolder(sys.argv[1], "compose"):
     print("locked", flush=True)
     sys.stdin.readline()
@@ -124,7 +124,7 @@ def test_atomic_write_leaves_no_temporary(tmp_path):
 
 
 def test_a_clean_exit_removes_the_temporaries_of_writers_that_died(tmp_path):
-    from synthgen.rundir import RunFolder, temp_path
+    from synthgen.storage import RunFolder, temp_path
 
     out = tmp_path / "out"
     with RunFolder(out, "compose"):

@@ -10,7 +10,7 @@ Layout of ``BANK/``:
 - ``index.jsonl``, ``render_stats.json``, ``LVIS_instance_pools.json``: rebuilt from the finished
   categories (atomically: temp file + rename), so they never hold duplicates or half lines.
 - ``render_config.json``: the settings that determine the objects; a re-run must match them
-  (:meth:`synthgen.rundir.RunFolder.check_identity`).
+  (:meth:`synthgen.storage.RunFolder.check_identity`).
 
 Every file is written to a temporary name in the same folder and renamed into place (on an
 object store, ``BANK`` an ``s3://`` URL: uploaded whole, the category's record after its PNGs).
@@ -32,7 +32,7 @@ from synthgen.bank.format import POOLS_FILE as POOLS
 from synthgen.bank.format import RENDER_CONFIG_FILE as CONFIG
 from synthgen.bank.format import RENDER_STATS_FILE as STATS
 from synthgen.errors import UserError
-from synthgen.rundir import atomic_write
+from synthgen.storage import atomic_write
 
 
 def quantiles(values: Iterable[float]) -> dict[str, float] | None:
@@ -72,7 +72,7 @@ def rejected_thumbnail(png: bytes, side: int = REJECTED_THUMB_SIDE) -> bytes | N
 
 class BankWriter:
     """Holds the finished categories of a bank and writes new ones (the caller holds the
-    folder's lock: :class:`~synthgen.rundir.RunFolder`)."""
+    folder's lock: :class:`~synthgen.storage.RunFolder`)."""
 
     def __init__(self, root):
         self.root = storage.path(root)

@@ -28,9 +28,9 @@ import numpy as np
 from synthgen import storage
 from synthgen.bank.reader import inside
 from synthgen.errors import UserError
-from synthgen.rundir import atomic_write, atomic_write_json
 from synthgen.schema import SceneRecord, SchemaError, valid_key
 from synthgen.shards import find_shards, iter_samples
+from synthgen.storage import atomic_write, atomic_write_json
 
 
 def _image_name(rec: SceneRecord, url: str, taken: set[str]) -> str:

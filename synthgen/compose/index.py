@@ -16,7 +16,6 @@ from typing import Any, Iterable, Sequence
 
 from synthgen import storage
 from synthgen.errors import UserError
-from synthgen.rundir import atomic_write_with
 from synthgen.schema import (
     INDEX_COLUMNS,
     INDEX_SCHEMA,
@@ -27,6 +26,7 @@ from synthgen.schema import (
     index_row,
     shard_name,
 )
+from synthgen.storage import atomic_write_with
 
 _STATS_RE = re.compile(rf"{SHARD_PREFIX}-([0-9]{{6,}})_stats\.json")
 

@@ -20,7 +20,7 @@ from synthgen.fonts import fit_text, wrap_text
 from synthgen.fonts import font as _font
 from synthgen.grounding import format_box
 from synthgen.schema import SceneRecord
-from synthgen.shards import find_shards, is_url, iter_samples
+from synthgen.shards import find_shards, is_stream, iter_samples
 
 # object colours (object i gets PALETTE[i % 9]); the target always gets TARGET, which none of them is
 PALETTE = [(230, 25, 75), (60, 180, 75), (255, 225, 25), (0, 130, 200), (245, 130, 48),
@@ -211,7 +211,7 @@ def _stats_file(shard: str):
     streams such as ``pipe:`` or ``https://``)."""
     from synthgen import storage
 
-    if is_url(shard) and not storage.is_remote(shard) and storage.scheme(shard) != "file":
+    if is_stream(shard):
         return None
     p = storage.path(shard)
     return p.with_name(p.stem + "_stats.json")

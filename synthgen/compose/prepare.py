@@ -13,7 +13,7 @@ differs, in two steps instead of one (area-like down to ``--size``, then bicubic
 
 Like compose it is deterministic (item ``k`` of the sorted listing is key ``k``), parallel (Ray
 tasks, one a shard), resumable (a shard is done when its ``_stats.json`` exists) and locked
-(:class:`~synthgen.rundir.RunFolder`); ``prepared.json`` records the source listing, and a
+(:class:`~synthgen.storage.RunFolder`); ``prepared.json`` records the source listing, and a
 folder prepared from other backgrounds or at another size is refused.
 """
 
@@ -29,10 +29,10 @@ from typing import Any
 
 from synthgen import schema, storage
 from synthgen.errors import UserError
-from synthgen.rundir import RunFolder, atomic_write_json
 from synthgen.schema import BACKGROUNDS_FORMAT as FORMAT
 from synthgen.schema import BACKGROUNDS_PREFIX, MANIFEST_FILE
 from synthgen.schema import PREPARED_FILE as IDENTITY_FILE
+from synthgen.storage import RunFolder, atomic_write_json
 
 
 def shard_name(i: int) -> str:
@@ -155,9 +155,8 @@ def prepare_backgrounds(job: PrepareJob, *, workers: int | None = None, ray_addr
              "size": job.size, "quality": job.quality, "per_shard": job.per_shard}
     with RunFolder(job.out, "prepare-backgrounds") as folder:
         folder.check_identity(IDENTITY_FILE, ident, what="settings or backgrounds")
-        names = ({p.name for p in folder.path.iterdir()} if folder.path.exists() else set()) if folder.remote else None
-        todo = [s for s in range(n_shards)
-                if not (stats_name(s) in names if names is not None else (folder.path / stats_name(s)).exists())]
+        done = folder.names()
+        todo = [s for s in range(n_shards) if stats_name(s) not in done]
         failures = _run(job, todo, items, workers or os.cpu_count() or 1, ray_address, executor, progress)
         if failures:
             lines = "; ".join(f"{shard_name(todo[i])}: {m}" for i, m in sorted(failures.items()))

@@ -5,7 +5,7 @@ its ``*_stats.json`` exists; a re-run skips done shards and rewrites the others 
 A worker writes the shard, then its scene index (``*_index.parquet``, :mod:`.index`), then its
 stats (the marker). ``run.json`` records the options of the run in a folder so that a re-run with
 other options is refused instead of mixing two datasets; the folder is locked while a run writes
-it (:class:`~synthgen.rundir.RunFolder`). ``--out`` (and the inputs) may be object-store URLs: a
+it (:class:`~synthgen.storage.RunFolder`). ``--out`` (and the inputs) may be object-store URLs: a
 shard is uploaded whole, then its index, then its stats, then at the end the manifest.
 
 Growing a dataset (``--extend``, :func:`_grow`): the only option that may change is a larger
@@ -33,7 +33,6 @@ from synthgen._version import __version__
 from synthgen.compose.config import MIN_USABLE, ComposeParams, min_usable_problems
 from synthgen.compose.scene import Composer, SceneStats
 from synthgen.errors import UserError, raise_problems
-from synthgen.rundir import RunFolder, atomic_write_json
 from synthgen.schema import (
     MANIFEST_FILE,
     RUN_FILE,
@@ -45,6 +44,7 @@ from synthgen.schema import (
     stats_name,
 )
 from synthgen.shards import ShardWriter
+from synthgen.storage import RunFolder, atomic_write_json
 
 
 @dataclass(frozen=True)
@@ -127,24 +127,14 @@ def _digest(lines: list[str]) -> str:
     return h.hexdigest()
 
 
-def _size(path: str) -> int:
-    try:
-        return os.stat(path).st_size
-    except OSError:
-        return -1
-
-
 def inputs_identity(bank, backgrounds: list[str]) -> dict[str, Any]:
     """Counts, total bytes and a digest of (name, size) of the objects and backgrounds: a
     resume over inputs that changed is refused (naming what changed)."""
     from synthgen.compose.backgrounds import item_size
 
     bg = [(item, item_size(item)) for item in backgrounds]
-    if storage.is_remote(bank.root):  # one listing, not a request per object
-        sizes = storage.RemotePath(bank.root).find()
-        obj = [(e.id, e.path, sizes.get(storage.join(bank.root, e.path), -1)) for e in bank.entries]
-    else:
-        obj = [(e.id, e.path, _size(os.path.join(bank.root, e.path))) for e in bank.entries]
+    size = storage.sizes(bank.root)  # (an object store: one listing, not a request per object)
+    obj = [(e.id, e.path, size(storage.join(bank.root, e.path))) for e in bank.entries]
     return {"backgrounds": {"count": len(bg), "bytes": sum(max(n, 0) for _, n in bg),
                             "sha256": _digest([f"{i}\t{n}" for i, n in bg])},
             "objects": {"count": len(obj), "bytes": sum(max(n, 0) for *_, n in obj),
@@ -238,7 +228,7 @@ OPTIONAL_IDENTITY = ("inputs", "extra_object_roots")  # absent in the run.json o
 
 def _recorded(folder: RunFolder) -> dict | None:
     """The folder's ``run.json`` (None when there is none, or it cannot be read: then
-    :meth:`~synthgen.rundir.RunFolder.check_identity` names every difference)."""
+    :meth:`~synthgen.storage.RunFolder.check_identity` names every difference)."""
     f = folder.path / RUN_FILE
     if not f.exists():
         return None
@@ -260,16 +250,8 @@ def shards_to_do(job: ComposeJob, folder: RunFolder, inputs: Inputs, extend: boo
     if isinstance(n_old, int) and not isinstance(n_old, bool) and n_old != job.num_samples:
         ident = _grow(job, folder, old, ident, extend)
     folder.check_identity(RUN_FILE, ident, what="options", optional=OPTIONAL_IDENTITY)
-    if folder.remote:  # one listing, not a request per shard
-        names = {p.name for p in folder.path.iterdir()} if folder.path.exists() else set()
-        return [s for s in range(job.num_shards) if stats_name(s) not in names]
-    return [s for s in range(job.num_shards) if not (folder.path / stats_name(s)).exists()]
-
-
-def _remove(path) -> None:
-    if storage.is_remote(str(path)):
-        storage.check_lock(str(path))  # (writes check it; a removal is a write)
-    path.unlink(missing_ok=True)
+    done = folder.names()
+    return [s for s in range(job.num_shards) if stats_name(s) not in done]
 
 
 def _grow(job: ComposeJob, folder: RunFolder, old: dict, ident: dict, extend: bool) -> dict:
@@ -287,11 +269,11 @@ def _grow(job: ComposeJob, folder: RunFolder, old: dict, ident: dict, extend: bo
         raise UserError(f"{what}: add --extend to grow it to {n_new} scenes (scenes {n_old}..{n_new - 1} "
                         "are added, the done shards kept), or use a new --out folder")
     out = folder.path
-    _remove(out / MANIFEST_FILE)  # no longer a finished dataset
+    (out / MANIFEST_FILE).unlink(missing_ok=True)  # no longer a finished dataset
     rewritten = []
     if n_old % per:  # the partial last shard gains scenes: composed again, like a fresh run's
         last = n_old // per
-        _remove(out / stats_name(last))  # (before run.json: never a stale marker)
+        (out / stats_name(last)).unlink(missing_ok=True)  # (before run.json: never a stale marker)
         rewritten.append(shard_name(last))
     growth = list(old.get("growth") or [growth_step(n_old)]) + [growth_step(n_new, rewritten)]
     ident = {**ident, "growth": growth}

@@ -151,7 +151,7 @@ def make_demo_data(out: Path, vlm: str = "blip2", say=print) -> dict:
     import os
 
     from synthgen.demo.tiny_render import build_tiny_models, rembg_home
-    from synthgen.rundir import atomic_write_json
+    from synthgen.storage import atomic_write_json
 
     out = Path(out)
     if vlm not in ("blip2", "openflamingo"):

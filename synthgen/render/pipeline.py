@@ -13,7 +13,7 @@ Progress (display only, :class:`_Bars`): a bar per stage (images generated, cut 
 with the category the stage is on) and one of the categories filtered and written. Each stage
 counts its batches in a :class:`~.stages.StageCounts` (on Ray an actor without CPUs, told by the
 stage actors without waiting; the driver reads it twice a second).
-The bank folder is locked for the life of the run (:class:`~synthgen.rundir.RunFolder`).
+The bank folder is locked for the life of the run (:class:`~synthgen.storage.RunFolder`).
 """
 
 from __future__ import annotations
@@ -36,7 +36,7 @@ from synthgen.render.plan import plan_resources
 from synthgen.render.records import finish_category, unpack
 from synthgen.render.seeds import object_seed, prompt_for
 from synthgen.render.stages import CutoutStage, GenerateStage, ScoreStage, StageCounts
-from synthgen.rundir import RunFolder
+from synthgen.storage import RunFolder
 
 STAGES = ("generate", "cut-out", "CLIP score")
 

@@ -71,7 +71,7 @@ def test_train_pin_checkpoint_on_a_full_disk_is_one_line(small_disk, tmp_path, c
 
 def test_a_manifest_write_on_a_full_disk_leaves_the_previous_one(small_disk):
     from synthgen.errors import UserError
-    from synthgen.rundir import atomic_write_json
+    from synthgen.storage import atomic_write_json
 
     atomic_write_json(small_disk / "manifest.json", {"v": 1})
     (small_disk / "filler").write_bytes(b"\0" * (1024 * 1024 - 8 * 1024))

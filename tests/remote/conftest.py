@@ -111,7 +111,7 @@ def s3(moto_endpoint, monkeypatch, tmp_path):
     """A fresh bucket on the session's moto server; this process's environment points at it."""
     import boto3
 
-    from synthgen import storage
+    from synthgen.storage import remote
 
     env = aws_env(moto_endpoint, tmp_path)
     for k in AWS_CLEAR:
@@ -119,12 +119,12 @@ def s3(moto_endpoint, monkeypatch, tmp_path):
     for k, v in env.items():
         if os.environ.get(k) != v:
             monkeypatch.setenv(k, v)
-    storage._FS.clear()
-    storage._PROBED.clear()
+    remote._FS.clear()
+    remote._PROBED.clear()
     client = boto3.client("s3", endpoint_url=moto_endpoint, region_name="us-east-1", **{
         "aws_access_key_id": "testing", "aws_secret_access_key": "testing"})
     bucket = f"t-{uuid.uuid4().hex[:16]}"
     client.create_bucket(Bucket=bucket)
     yield S3(bucket, moto_endpoint, env, client)
-    storage._FS.clear()
-    storage._PROBED.clear()
+    remote._FS.clear()
+    remote._PROBED.clear()

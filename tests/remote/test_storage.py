@@ -15,8 +15,8 @@ import pytest
 
 from synthgen import storage
 from synthgen.errors import UserError
-from synthgen.rundir import RunFolder, atomic_write_json, atomic_write_with
 from synthgen.schema import LOCK_FILE
+from synthgen.storage import RunFolder, atomic_write_json, atomic_write_with, objectlock
 from tests.helpers import make_backgrounds, make_index_bank
 from tests.hostile.conftest import one_line_error
 from tests.remote.conftest import aws_env, start_moto, stop
@@ -70,7 +70,7 @@ def test_a_killed_runs_lock_is_taken_over(s3, capsys):
     # on this machine, its pid gone: at once
     proc = subprocess.Popen([sys.executable, "-c", "pass"])
     proc.wait()
-    _plant_lock(s3, "a", host=storage.socket.gethostname(), boot_id=storage._boot_id(), pid=proc.pid, ttl_s=3600)
+    _plant_lock(s3, "a", host=objectlock.socket.gethostname(), boot_id=objectlock._boot_id(), pid=proc.pid, ttl_s=3600)
     with RunFolder(f"{s3.url}/a", "compose"):
         assert json.loads(s3.objects("a")[LOCK_FILE])["pid"] == os.getpid()
     assert "took over the lock" in capsys.readouterr().err

@@ -18,7 +18,7 @@ from synthgen.render.filter import AREA, EMPTY_MASK, LOW_CLIP, NSFW, SMALL_CATEG
 from synthgen.render.pipeline import render
 from synthgen.render.plan import LIGHT_GPU, plan_resources
 from synthgen.render.seeds import object_seed, prompt_for
-from synthgen.rundir import RunFolder
+from synthgen.storage import RunFolder
 
 # A small LVIS-format annotation file: 4 COCO classes (one of them not a VOC class), names that
 # differ from COCO's (cow = beef.n.01, couch = sofa.n.01), and 4 non-COCO categories.

@@ -35,7 +35,7 @@ from synthgen.grounding import iou, query_prompt, scale_box
 from synthgen.pin.evaluation import protocol as P
 from synthgen.pin.evaluation.protocol import EvalProtocol, box_from_text, parsed_by, size_bucket, summarize, uniform_box
 from synthgen.pin.evaluation.sets import Skips, coco_queries, find_image, refcoco_queries, safe_load_pickle, voc_queries
-from synthgen.rundir import atomic_write
+from synthgen.storage import atomic_write
 
 __all__ = ["EvalProtocol", "evaluate_coco", "evaluate_refcoco", "evaluate_scenes", "evaluate_voc",
            "safe_load_pickle", "score_queries"]

@@ -26,8 +26,8 @@ import torch
 
 from synthgen import storage
 from synthgen.errors import UserError
-from synthgen.rundir import atomic_write_with
 from synthgen.schema import PIN_META_FILE, PIN_WEIGHTS_FILE, TRAIN_STATE_FILE
+from synthgen.storage import atomic_write_with
 
 # --- RNG -----------------------------------------------------------------------------------
 
@@ -226,7 +226,7 @@ def resume_conflicts(prev: dict, now: dict) -> list[str]:
     """``"option old -> new"`` for every setting of ``now`` that differs from the run's ``prev``
     (settings a run of an earlier synthgen did not record are not compared). 0 and 1
     ``--loader-workers`` are the same stream (one data split per rank)."""
-    from synthgen.rundir import identity_diff
+    from synthgen.storage import identity_diff
 
     def differs(k: str) -> bool:
         old, new = prev[k], now.get(k)

@@ -173,8 +173,8 @@ def export_pin(run_dir: str | os.PathLike, out: str | os.PathLike) -> Path:
 
     from synthgen.pin.models.module import sinusoid_table
     from synthgen.pin.training.checkpoint import read_run
-    from synthgen.rundir import atomic_write_with
     from synthgen.schema import PIN_WEIGHTS_FILE
+    from synthgen.storage import atomic_write_with
 
     run = read_run(run_dir)
     cfg = run.meta["pin"]

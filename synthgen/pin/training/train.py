@@ -28,8 +28,8 @@ from synthgen.pin.training.checkpoint import (
     set_rng_state,
 )
 from synthgen.pin.training.config import AUTO, PRECISIONS, TrainConfig
-from synthgen.rundir import RunFolder, atomic_write
 from synthgen.schema import PIN_FORMAT, PIN_META_FILE, TRAIN_LOG_FILE, TRAIN_STATE_FILE
+from synthgen.storage import RunFolder, atomic_write
 
 __all__ = ["TrainConfig", "train"]
 
