@@ -15,22 +15,24 @@ their alpha bounding box and downscaled to at most ``max_side`` pixels. Unusable
 alpha, unreadable, all transparent) are returned as :class:`~synthgen.images.Skip`;
 :meth:`ObjectBank.survey` counts them (with the layout detected) for compose's line about the bank.
 
-A bank may be an object-store URL (``s3://bucket/objects``, :mod:`synthgen.storage`): the index
-is read once, the tree or pools layout listed once, and a cut-out fetched by one GET when it is
-first used; object paths must stay inside the bank's prefix (checked lexically: objects have no
-symlinks).
+A bank may be a local folder or an object-store URL (``s3://bucket/objects``,
+:mod:`synthgen.storage`), read by the same code: the index is read once, a tree listed once
+(``find`` of its path), the pools' paths looked up in one listing of an object store
+(:func:`~synthgen.storage.sizes`), and a cut-out read (one GET) when it is first used. Object
+paths must stay inside the bank (or an extra root): checked when listing (lexically), and locally
+again when a cut-out is read (a symlink leading out is refused).
 """
 
 from __future__ import annotations
 
 import io
 import json
-import os
 import re
 import sys
 from collections import Counter, OrderedDict
 from dataclasses import dataclass, field
-from pathlib import Path
+from pathlib import Path, PurePosixPath
+from typing import Callable
 
 import numpy as np
 from PIL import Image
@@ -137,9 +139,7 @@ class ObjectBank:
     def open(cls, path: str | Path, extra_roots: tuple[str, ...] = (), **kw) -> "ObjectBank":
         """Read a bank (see the module doc). Object paths must lie inside the bank's folder, or
         inside one of ``extra_roots``; others are refused and listed in :attr:`rejected`."""
-        if storage.is_remote(str(path)):
-            return cls._open_remote(str(path), tuple(extra_roots), **kw)
-        p = Path(storage.localize(str(path)))
+        p = storage.path(path)
         if not p.exists():
             raise UserError(f"object bank not found: {p}")
         if p.is_file():
@@ -159,25 +159,6 @@ class ObjectBank:
         return cls._read(layout, read, root, source, file, tuple(extra_roots), **kw)
 
     @classmethod
-    def _open_remote(cls, path: str, extra_roots: tuple[str, ...], **kw) -> "ObjectBank":
-        p = storage.RemotePath(path)
-        if p.name == INDEX_FILE and p.is_file():
-            layout, read, root, source, file = "index", _read_index, p.parent, str(p.parent), p
-        elif p.suffix == ".json" and p.is_file():
-            layout, read, root, source, file = "xpaste-pools", _read_pools, p.parent, str(p), p
-        elif (p / INDEX_FILE).is_file():
-            layout, read, root, source, file = "index", _read_index, p, str(p), p / INDEX_FILE
-        elif (p / POOLS_FILE).is_file():
-            layout, read, root, source, file = "xpaste-pools", _read_pools, p, str(p), p / POOLS_FILE
-        elif p.is_dir():
-            layout, read, root, source, file = "tree", _read_tree_remote, p, str(p), p
-        elif p.is_file():
-            raise UserError(f"object bank {p}: expected a folder, {INDEX_FILE} or {POOLS_FILE}")
-        else:
-            raise UserError(f"object bank not found: {p}")
-        return cls._read(layout, read, root, source, file, extra_roots, **kw)
-
-    @classmethod
     def _read(cls, layout: str, read, root, source: str, file, extra_roots: tuple[str, ...], **kw) -> "ObjectBank":
         """List the bank with its layout's reader; refuse one with no usable object."""
         listing = _Listing(root, extra_roots)
@@ -191,7 +172,7 @@ class ObjectBank:
         return bank
 
     def path_of(self, i: int) -> str:
-        return _join(self.root, self.entries[i].path)
+        return storage.join(self.root, self.entries[i].path)
 
     def load(self, i: int) -> CutOut | Skip:
         """Decoded cut-out ``i`` (cropped, downscaled) or a Skip; LRU-cached. A path that leaves
@@ -201,15 +182,14 @@ class ObjectBank:
             self._cache.move_to_end(i)
             return hit
         path = self.path_of(i)
-        if storage.is_remote(path):
-            try:
-                item: CutOut | Skip = load_cutout(storage.RemotePath(path).read_bytes(), self.max_side)
-            except FileNotFoundError:
-                item = Skip("missing", f"no such object: {path}")
-        elif inside(path, self.roots, real=False) and not inside(path, self.roots, real=True):
+        item: CutOut | Skip
+        if not storage.inside(path, self.roots, real=True):  # (listed: inside until links are followed)
             item = Skip("outside_bank", f"{self.entries[i].path} links outside the bank")
         else:
-            item = load_cutout(path, self.max_side)
+            try:
+                item = load_cutout(storage.path(path).source(), self.max_side)
+            except FileNotFoundError:  # (an object; a missing file is the decoder's Skip)
+                item = Skip("missing", f"no such object: {path}")
         self._cache[i] = item
         self._cached_bytes += item.nbytes if isinstance(item, CutOut) else 64
         while self._cached_bytes > self.cache_bytes and len(self._cache) > 1:
@@ -276,8 +256,7 @@ class _Listing:
 
     def __init__(self, root, extra_roots: tuple[str, ...] = ()):
         self.root = root
-        self.extra = tuple(str(storage.RemotePath(r)) if storage.is_remote(r) else os.path.abspath(r)
-                           for r in extra_roots)
+        self.extra = tuple(storage.absolute(r) for r in extra_roots)
         self.entries: list[BankEntry] = []
         self.rejected: dict[str, dict[str, str]] = {}
 
@@ -288,7 +267,7 @@ class _Listing:
         if not (_utf8(id) and _utf8(category) and _utf8(path)):
             self.reject("non_utf8", id, "a name or path that is not valid UTF-8")
             return
-        if not inside(_join(str(self.root), path), (str(self.root), *self.extra)):
+        if not storage.inside(storage.join(self.root, path), (str(self.root), *self.extra)):
             self.reject("outside_bank", id, f"path {path!r} is outside the bank {self.root}")
             return
         self.entries.append(BankEntry(id, _intern(category), category_id, path))
@@ -306,29 +285,8 @@ def _printable(text: str) -> str:
     return text.encode("utf-8", "backslashreplace").decode("utf-8")
 
 
-def inside(path: str, roots: tuple[str, ...] | list[str], real: bool = False) -> bool:
-    """Whether ``path`` lies inside one of ``roots``: lexically (``..`` and absolute paths
-    resolved), or with ``real`` after following symlinks too. A URL is inside a URL root only
-    (lexically: objects have no links); a local path never inside a URL root."""
-    if storage.is_remote(path):
-        return storage.inside(path, roots)
-    roots = [r for r in roots if not storage.is_remote(r)]
-    norm = os.path.realpath if real else os.path.abspath
-    p = norm(path)
-    for r in roots:
-        r = norm(r)
-        if p == r or p.startswith(r.rstrip(os.sep) + os.sep):
-            return True
-    return False
-
-
-def _join(root: str, rel: str) -> str:
-    return storage.join(root, rel) if storage.is_remote(root) else os.path.join(root, rel)
-
-
 def _read_index(index, listing: _Listing) -> None:
-    remote = isinstance(index, storage.RemotePath)
-    with (io.BytesIO(index.read_bytes()) if remote else open(index, "rb")) as f:
+    with io.BytesIO(index.read_bytes()) as f:
         for ln, raw in enumerate(f, 1):
             try:
                 line = raw.decode("utf-8").strip()
@@ -346,29 +304,21 @@ def _read_index(index, listing: _Listing) -> None:
                 listing.add(e.id, e.category, e.category_id, e.path)
 
 
-def _resolve_pool_path(raw: str, root: Path, roots: tuple[str, ...]) -> str:
-    """A pools entry as a path relative to the bank root, looked for only inside ``roots``.
-    X-Paste stores absolute paths of the authors' machine: those are re-rooted by the part after
+def _resolve_pool(raw: str, root: str, roots: tuple[str, ...], size: Callable[[str], int]) -> str:
+    """A pools entry as a path relative to the bank root, looked for only inside ``roots``
+    (``size``: :func:`~synthgen.storage.sizes` of the bank, -1 for what is missing). X-Paste
+    stores absolute paths of the authors' machine: those are re-rooted by the part after
     ``images/`` (``ROOT/images/TAIL`` or ``ROOT/TAIL``)."""
-    p = Path(raw)
-    if (p.is_absolute() and inside(raw, roots)) or (not p.is_absolute() and (root / p).exists()):
-        return os.path.relpath(root / p, root)
-    tail = raw.split("images/")[-1].lstrip("/")
-    for cand in (root / "images" / tail, root / tail):
-        if cand.exists():
-            return os.path.relpath(cand, root)
-    return os.path.relpath(root / p, root)  # missing (or outside): refused or skipped later
+    def found(rel: str) -> bool:
+        return size(storage.join(root, rel)) >= 0
 
-
-def _resolve_pool_url(raw: str, root: str, objects: set[str]) -> str:
-    """:func:`_resolve_pool_path` for a bank on an object store (``objects``: its listing)."""
-    if not raw.startswith("/") and storage.join(root, raw) in objects:
-        return raw
+    if storage.inside(raw, roots) if raw.startswith("/") else found(raw):
+        return storage.relative(storage.join(root, raw), root)
     tail = raw.split("images/")[-1].lstrip("/")
     for cand in (f"images/{tail}", tail):
-        if storage.join(root, cand) in objects:
-            return cand
-    return raw  # missing (or outside): refused or skipped later
+        if found(cand):
+            return storage.relative(storage.join(root, cand), root)
+    return storage.relative(storage.join(root, raw), root)  # missing (or outside): refused or skipped later
 
 
 def _read_pools(pools, listing: _Listing) -> None:
@@ -378,46 +328,28 @@ def _read_pools(pools, listing: _Listing) -> None:
         raise UserError(f"{pools}: not valid UTF-8 JSON ({getattr(exc, 'msg', exc)})") from None
     if not isinstance(data, dict) or not all(isinstance(v, list) for v in data.values()):
         raise UserError(f"{pools}: expected {{category: [png paths]}} as in X-Paste's {POOLS_FILE}")
-    root = pools.parent
-    if isinstance(pools, storage.RemotePath):
-        objects = set(root.find())
-        for key in sorted(data):
-            for j, raw in enumerate(data[key]):
-                listing.add(f"{key}/{j:06d}", clean_name(key), None, _resolve_pool_url(str(raw), str(root), objects))
-        return
-    roots = (str(root), *listing.extra)
+    root = str(pools.parent)
+    roots, size = (root, *listing.extra), storage.sizes(root)  # (a store: one listing)
     for key in sorted(data):
         for j, raw in enumerate(data[key]):
-            listing.add(f"{key}/{j:06d}", clean_name(key), None,
-                        _resolve_pool_path(str(raw), root, roots))
+            listing.add(f"{key}/{j:06d}", clean_name(key), None, _resolve_pool(str(raw), root, roots, size))
 
 
 def _stem_category(stem: str) -> str:
     return clean_name(re.sub(r"[_\-.\s]*\d+$", "", stem) or stem)
 
 
-def _read_tree(root: Path, listing: _Listing) -> None:
+def _read_tree(root, listing: _Listing) -> None:
     """``<category>/*.png`` (recursive below each category), plus loose PNGs directly in ``root``
-    whose category is the file name without a trailing number (``apple_02.png`` -> ``apple``)."""
-    for f in sorted(root.iterdir()):
-        if f.is_file() and f.suffix.lower() in IMAGE_EXTS:
-            listing.add(f.name, _stem_category(f.stem), None, f.name)
-    for d in sorted(x for x in root.iterdir() if x.is_dir()):
-        for f in sorted(d.rglob("*")):
-            if f.is_file() and f.suffix.lower() in IMAGE_EXTS:
-                rel = f.relative_to(root).as_posix()
-                listing.add(rel, clean_name(d.name), None, rel)
-
-
-def _read_tree_remote(root, listing: _Listing) -> None:
-    """:func:`_read_tree` on an object store: one recursive listing."""
+    whose category is the file name without a trailing number (``apple_02.png`` -> ``apple``);
+    from one recursive listing."""
     loose, nested = [], []
-    for url in root.find():
-        rel = url[len(str(root)) + 1:]
-        if os.path.splitext(rel)[1].lower() not in IMAGE_EXTS:
-            continue
-        (nested if "/" in rel else loose).append(rel)
+    prefix = str(root).rstrip("/") + "/"
+    for name in root.find():
+        rel = PurePosixPath(name[len(prefix):])
+        if rel.suffix.lower() in IMAGE_EXTS:
+            (nested if len(rel.parts) > 1 else loose).append(rel)
     for rel in sorted(loose):
-        listing.add(rel, _stem_category(os.path.splitext(rel)[0]), None, rel)
-    for rel in sorted(nested, key=lambda r: (r.split("/", 1)[0], r)):
-        listing.add(rel, clean_name(rel.split("/", 1)[0]), None, rel)
+        listing.add(rel.name, _stem_category(rel.stem), None, rel.name)
+    for rel in sorted(nested, key=lambda r: (r.parts[0], str(r))):
+        listing.add(str(rel), clean_name(rel.parts[0]), None, str(rel))

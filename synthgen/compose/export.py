@@ -26,7 +26,6 @@ from pathlib import Path
 import numpy as np
 
 from synthgen import storage
-from synthgen.bank.reader import inside
 from synthgen.errors import UserError
 from synthgen.schema import SceneRecord, SchemaError, valid_key
 from synthgen.shards import find_shards, iter_samples
@@ -122,7 +121,7 @@ def export_coco(shards: str, out: Path | str, limit: int | None = None) -> dict:
                 continue
         name = _image_name(rec, str(sample["__url__"]), taken)
         path = img_dir / name
-        if not valid_key(rec.key) or not inside(str(path), [str(img_dir)], real=True):
+        if not valid_key(rec.key) or not storage.inside(path, [img_dir], real=True):
             skipped.setdefault("bad_key", []).append(where)  # (valid keys cannot get here)
             continue
         atomic_write(path, sample["jpg"])

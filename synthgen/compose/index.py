@@ -90,9 +90,9 @@ def _read(path, columns):
     import pyarrow as pa
     import pyarrow.parquet as pq
 
-    src = pa.BufferReader(path.read_bytes()) if storage.is_remote(str(path)) else str(path)
+    cols = list(columns) if columns is not None else None
     try:
-        table = pq.read_table(src, columns=list(columns) if columns is not None else None)
+        table = pq.read_table(pa.BufferReader(path.read_bytes()), columns=cols)
     except (pa.ArrowException, OSError) as exc:
         raise UserError(f"cannot read the scene index {path}: {exc}") from None
     meta = table.schema.metadata or {}

@@ -121,7 +121,7 @@ def find_image(images_dir: Path, file_name: str) -> Path | None:
     ``images_dir`` may be a :class:`~synthgen.storage.RemotePath` (checked lexically, before
     any request)."""
     from synthgen import storage
-    from synthgen.bank.reader import inside
+    from synthgen.storage import inside
 
     if isinstance(images_dir, storage.RemotePath):
         for rel in (file_name, Path(file_name).name):
@@ -256,7 +256,7 @@ def voc_queries(voc_dir: Path, split: str = "test", max_objects: int = 3,
     Ids that are not plain file names, annotations that are missing, outside the VOC folder,
     malformed, with a DOCTYPE or without a size, and objects without a name or with a bad box are
     skipped and counted; a folder of the wrong layout is a UserError."""
-    from synthgen.bank.reader import inside
+    from synthgen.storage import inside
 
     skips = skips if skips is not None else Skips()
     d = Path(voc_dir)
