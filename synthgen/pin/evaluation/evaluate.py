@@ -118,8 +118,7 @@ def canvas_tensor(path: Path, canvas: int):
 
     from synthgen.images import load_canvas
 
-    src = path.read_bytes() if isinstance(path, storage.RemotePath) else path
-    arr, size = load_canvas(src, canvas, orient=False, what=f"image {path}")
+    arr, size = load_canvas(storage.path(path).source(), canvas, orient=False, what=f"image {path}")
     return torch.from_numpy(arr).permute(2, 0, 1).contiguous(), size
 
 
@@ -290,7 +289,7 @@ def _extra(kind: str, set_name: str, records: list[dict], run, proto: EvalProtoc
 def _local_only(folder, option: str) -> None:
     """VOC devkits and RefCOCO folders are read by path (thousands of small files, a pickle):
     an object-store URL is refused with one line."""
-    if storage.is_remote(str(folder)):
+    if storage.is_remote(folder):  # inherent: these readers open local files by path
         raise UserError(f"{option} reads a local folder, not {folder}: copy it to a local disk "
                         "(eval-pin reads the run folder, --coco-json and --images from URLs)")
 

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-from pathlib import Path
-
 from synthgen.errors import UserError
 from synthgen.grounding import format_box, scale_box
 
@@ -57,7 +55,7 @@ def predict(run_dir, image, text: str, *, out=None, model: str | None = None,
     path = storage.path(str(image))
     if not path.is_file():
         raise UserError(f"no such image: {path}")
-    src = path.read_bytes() if isinstance(path, storage.RemotePath) else path
+    src = path.source()
     if not text.strip():
         raise UserError("the object text is empty")
     from synthgen.pin.training.checkpoint import read_run
@@ -76,15 +74,11 @@ def predict(run_dir, image, text: str, *, out=None, model: str | None = None,
     if out:
         import io
 
+        buf = io.BytesIO()
         with Image.open(io.BytesIO(src) if isinstance(src, bytes) else src) as im:
             im = ImageOps.exif_transpose(im).convert("RGB")  # the frame the box is in
             draw_prediction(im, orig, text, parsed=ok)
-            if storage.is_remote(str(out)):
-                buf = io.BytesIO()
-                im.save(buf, format=Image.registered_extensions().get(storage.path(str(out)).suffix.lower(), "PNG"))
-                storage.path(str(out)).write_bytes(buf.getvalue())
-            else:
-                Path(out).parent.mkdir(parents=True, exist_ok=True)
-                im.save(out)
+            im.save(buf, format=Image.registered_extensions().get(storage.path(out).suffix.lower(), "PNG"))
+        storage.atomic_write(out, buf.getvalue())
         result["drawn"] = str(out)
     return result

@@ -118,23 +118,16 @@ def find_image(images_dir: Path, file_name: str) -> Path | None:
     """``images_dir/file_name``, else ``images_dir/basename`` (``--images`` given as the folder of
     one split, e.g. ``val2017/``, for an LVIS name ``val2017/x.jpg``); None when neither exists.
     A path that resolves outside ``images_dir`` (``../``, absolute, a symlink out) is refused.
-    ``images_dir`` may be a :class:`~synthgen.storage.RemotePath` (checked lexically, before
-    any request)."""
+    ``images_dir`` may be on an object store (checked lexically, before any request:
+    :func:`~synthgen.storage.locate`)."""
     from synthgen import storage
-    from synthgen.storage import inside
 
-    if isinstance(images_dir, storage.RemotePath):
-        for rel in (file_name, Path(file_name).name):
-            url = storage.join(str(images_dir), rel)
-            if not storage.inside(url, [str(images_dir)]):
-                raise PermissionError(f"{file_name} resolves outside {images_dir}")
-            if storage.RemotePath(url).is_file():
-                return storage.RemotePath(url)
-        return None
-    for path in (images_dir / file_name, images_dir / Path(file_name).name):
-        if path.is_file():
-            if not inside(str(path), [str(images_dir)], real=True):
-                raise PermissionError(f"{file_name} resolves outside {images_dir}")
+    for rel in (file_name, Path(file_name).name):
+        try:
+            path = storage.locate(images_dir, rel)
+        except PermissionError:
+            raise PermissionError(f"{file_name} resolves outside {images_dir}") from None
+        if path is not None:
             return path
     return None
 

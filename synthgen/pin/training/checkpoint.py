@@ -108,30 +108,31 @@ def save_checkpoint(out: Path, pin, optimizer, scaler, step: int, meta: dict,
 
 
 def _load_weights(path) -> dict:
-    """A safetensors file (local, or an object read whole) as tensors."""
-    if isinstance(path, storage.RemotePath):
-        from safetensors.torch import load
+    """A safetensors file (read whole) as tensors."""
+    from safetensors.torch import load
 
-        return load(path.read_bytes())
-    from safetensors.torch import load_file
-
-    return load_file(str(path))
+    return load(path.read_bytes())
 
 
 def _safetensors_step(path) -> int:
-    """The ``step`` in a safetensors file's metadata (its header only)."""
-    if isinstance(path, storage.RemotePath):
-        import struct
+    """The ``step`` in a safetensors file's metadata, from its header (two small reads); a file
+    shorter than its header says is refused (ValueError), as safetensors does."""
+    import struct
 
-        head = path.read_range(0, 8)
-        (n,) = struct.unpack("<Q", head)
-        if n > 100 << 20:
-            raise ValueError("not a safetensors header")
-        return int(json.loads(path.read_range(8, n))["__metadata__"]["step"])
-    from safetensors import safe_open
-
-    with safe_open(str(path), "pt") as f:
-        return int((f.metadata() or {})["step"])
+    path = storage.path(path)
+    head = path.read_range(0, 8)
+    if len(head) != 8:
+        raise ValueError("not a safetensors file")
+    (n,) = struct.unpack("<Q", head)
+    if n > 100 << 20:
+        raise ValueError("not a safetensors header")
+    header = json.loads(path.read_range(8, n))
+    if not isinstance(header, dict):
+        raise ValueError("not a safetensors header")
+    end = max((v["data_offsets"][1] for k, v in header.items() if k != "__metadata__"), default=0)
+    if path.size() != 8 + n + end:
+        raise ValueError("the safetensors file is cut short")
+    return int(header["__metadata__"]["step"])
 
 
 def load_state(out: Path) -> dict:
@@ -144,8 +145,7 @@ def load_state(out: Path) -> dict:
     try:
         with warnings.catch_warnings():  # (torch warns about pickle protocols it reads anyway)
             warnings.simplefilter("ignore", UserWarning)
-            src = io.BytesIO(path.read_bytes()) if isinstance(path, storage.RemotePath) else path
-            state = torch.load(src, map_location="cpu", weights_only=True)
+            state = torch.load(io.BytesIO(path.read_bytes()), map_location="cpu", weights_only=True)
     except (pickle.UnpicklingError, RuntimeError, EOFError, ValueError, AttributeError) as exc:
         kind = "holds objects other than tensors and plain containers" if isinstance(
             exc, pickle.UnpicklingError) else "is damaged or not a torch file"

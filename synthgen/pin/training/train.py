@@ -149,7 +149,7 @@ class _Log:
         from synthgen.pin.training.checkpoint import read_log
 
         self.path, self.enabled = path, enabled
-        self.remote = isinstance(path, storage.RemotePath)
+        self.remote = path.remote  # inherent: an object cannot be appended to
         self.lines: list[str] = []
         self._flushed = time.monotonic()
         if enabled:
