@@ -2,18 +2,20 @@
 
 Stages: ``render`` (objects from text), ``compose`` (the composition function C over
 backgrounds, written as WebDataset shards) and ``train-pin`` (PIN on a frozen VLM).
-The Python API mirrors the commands: ``synthgen.render(...)``, ``synthgen.compose(...)``,
-``synthgen.prepare_backgrounds(...)``, ``synthgen.SceneGenerator``, ``synthgen.train_pin(...)``,
-``synthgen.eval_pin(...)``, ``synthgen.predict(...)`` (see :mod:`synthgen.api`).
-See ARCHITECTURE.md for where each concern lives. Heavy libraries (torch, diffusers, rembg, ray) are imported lazily by the stage that needs them.
+The Python API is the commands' (:mod:`synthgen.api`): ``synthgen.render(...)``,
+``synthgen.compose(...)``, ``synthgen.prepare_backgrounds(...)``, ``synthgen.SceneGenerator``,
+``synthgen.train_pin(...)``, ``synthgen.eval_pin(...)``, ``synthgen.predict(...)``, ...
+ARCHITECTURE.md says where each concern lives. Heavy libraries (torch, diffusers, rembg, ray) are
+imported lazily by the stage that needs them.
 """
 
 from synthgen._version import __version__  # noqa: F401  (one place: pyproject reads it too)
 
 # The Python API (synthgen/api.py), loaded on first use so `import synthgen` stays light.
 # synthgen.compose and synthgen.render are also the stage packages: called, they are the API.
-__all__ = ["compose", "render", "prepare_backgrounds", "SceneGenerator", "train_pin", "eval_pin", "predict"]
-_LAZY = ("prepare_backgrounds", "SceneGenerator", "train_pin", "eval_pin", "predict", "compose_params")
+__all__ = ["render", "prepare_backgrounds", "compose", "SceneGenerator", "compose_params", "preview", "stats",
+           "export_coco", "train_pin", "eval_pin", "predict", "import_pin", "export_pin", "run"]
+_LAZY = tuple(n for n in __all__ if n not in ("compose", "render"))
 
 
 def __getattr__(name: str):

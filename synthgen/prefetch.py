@@ -121,3 +121,21 @@ def prefetch(items: Sequence[Fetch], say: Callable[[str], None] = print) -> list
         say(f"[{i}/{len(items)}] {item.describe()}")
         paths.append(fetch(item))
     return paths
+
+
+def run(what: Sequence[str], models: dict[str, str] | None = None, dry_run: bool = False,
+        say: Callable[[str], None] = print) -> list[str]:
+    """``synthgen prefetch WHAT``: ``render`` and/or VLM families, ``models`` their checkpoints
+    (default: each family's); lists the items with ``dry_run``. The local paths (none on a dry run)."""
+    models = dict(models or {})
+    vlms = [w for w in what if w != "render"]
+    if set(models) - set(vlms):
+        raise UserError(f"--model {sorted(set(models) - set(vlms))[0]}=...: that VLM is not among WHAT")
+    items = plan(render="render" in what, vlms=vlms, models=models)
+    if dry_run:
+        for item in items:
+            say(item.describe())
+        return []
+    paths = prefetch(items, say=say)
+    say(f"fetched {len(paths)} item(s)")
+    return paths

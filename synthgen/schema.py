@@ -16,6 +16,7 @@ import json
 import math
 import re
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 from synthgen.errors import UserError
@@ -255,6 +256,62 @@ PIN_META_FILE = "pin.json"
 TRAIN_STATE_FILE = "train_state.pt"   # the commit point of a checkpoint
 TRAIN_LOG_FILE = "log.jsonl"
 
+
+# what each kind of output folder holds when it is complete: `synthgen run` asks each command's
+# (synthgen.commands) before it skips a step; a folder still locked by a run is not complete
+COCO_FILE = "instances.json"        # export-coco
+DEMO_DATA_FILE = "demo-data.json"   # demo-data: written last
+
+
+def unlocked(folder: Path, marker: str) -> bool:
+    """Whether ``marker`` is in ``folder`` and no run holds the folder."""
+    return (folder / marker).is_file() and not (folder / LOCK_FILE).exists()
+
+
+def scenes_done(out: Path) -> bool:
+    """A compose (or prepare-backgrounds) folder: its manifest, written after every shard."""
+    return unlocked(out, MANIFEST_FILE)
+
+
+prepared_done = scenes_done
+
+
+def pin_run_done(out: Path) -> bool:
+    """A train-pin run that reached its planned steps."""
+    try:
+        meta = json.loads((out / PIN_META_FILE).read_text())
+        return (not (out / LOCK_FILE).exists() and meta.get("step") is not None
+                and meta.get("steps_planned") is not None and meta["step"] >= meta["steps_planned"])
+    except (OSError, ValueError, TypeError):
+        return False
+
+
+def pin_run_exists(out: Path) -> bool:
+    """An imported run (it has no steps to reach)."""
+    return (out / PIN_META_FILE).is_file()
+
+
+def metrics_file(preds: Any) -> Any:
+    """The ``metrics.json`` eval-pin writes beside its predictions file (a path of either kind)."""
+    return preds.with_name("metrics.json") if preds.name == "preds.jsonl" else preds.with_suffix(".metrics.json")
+
+
+def eval_done(preds: Path) -> bool:
+    """An evaluation: its metrics, written after its predictions."""
+    return metrics_file(preds).is_file()
+
+
+def coco_done(out: Path) -> bool:
+    return (out / COCO_FILE).is_file()
+
+
+def demo_data_done(out: Path) -> bool:
+    return (out / DEMO_DATA_FILE).is_file()
+
+
+def file_done(out: Path) -> bool:
+    """A command whose output is one file (preview, stats -o, predict -o, export-pin)."""
+    return out.is_file()
 
 # --- 3. the scene index --------------------------------------------------------------------
 

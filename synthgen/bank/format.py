@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from synthgen.errors import UserError
-from synthgen.schema import clean_name
+from synthgen.schema import clean_name, unlocked
 
 INDEX_FILE = "index.jsonl"
 POOLS_FILE = "LVIS_instance_pools.json"        # X-Paste's {category: [png paths]}
@@ -79,15 +79,22 @@ def read_bank_record(rec: Any, where: str) -> BankEntry | None:
     return BankEntry(str(rec["id"]), clean_name(str(rec["category"])), cid, str(rec["path"]))
 
 
-def is_bank(path: Path) -> bool:
-    """A local folder that is an object bank, not scene shards: an index.jsonl (render), an
-    X-Paste pools file, or images and no .tar."""
+def is_bank(spec: str | Path) -> bool:
+    """A folder (a path or a URL) that is an object bank, not scene shards: an index.jsonl
+    (render), an X-Paste pools file, or images and no .tar."""
+    from synthgen import storage
     from synthgen.images import IMAGE_EXTS
 
-    if not path.is_dir():
+    p = storage.path(spec)
+    if not p.is_dir():
         return False
-    if (path / INDEX_FILE).is_file() or (path / POOLS_FILE).is_file():
+    if (p / INDEX_FILE).is_file() or (p / POOLS_FILE).is_file():
         return True
-    if any(path.glob("*.tar")):
+    if any(p.glob("*.tar")):
         return False
-    return any(p.suffix.lower() in IMAGE_EXTS for p in path.rglob("*") if p.is_file())
+    return any(Path(f).suffix.lower() in IMAGE_EXTS for f in p.find())
+
+
+def bank_done(out: Path) -> bool:
+    """A rendered bank is complete: its totals, written when every category is."""
+    return unlocked(out, RENDER_STATS_FILE)

@@ -10,8 +10,10 @@ category has more objects than columns, rejected ones get at least half of the c
 
 from __future__ import annotations
 
+import io
 from pathlib import Path
 
+from synthgen import storage
 from synthgen.errors import UserError
 
 GREEN, RED, GREY = (40, 170, 60), (210, 50, 50), (150, 150, 150)
@@ -98,7 +100,7 @@ def preview_bank(bank: str | Path, out: str | Path | None = None, *, categories:
         raise UserError(f"-n must be >= 1 (got {per_category})")
     if not (16 <= thumb <= 1024):
         raise UserError(f"--thumb must lie in 16..1024 pixels (got {thumb})")
-    bank = Path(bank)
+    bank = storage.path(bank)
     from_render = (bank / INDEX_FILE).is_file()
     records = read_index(bank) if from_render else folder_records(bank)
     wanted = {c.strip().lower() for c in categories.split(",") if c.strip()}
@@ -137,7 +139,7 @@ def preview_bank(bank: str | Path, out: str | Path | None = None, *, categories:
             tile = base.copy()
             src = next((bank / p for p in (r.get("path"), r.get("thumbnail")) if p and (bank / p).is_file()), None)
             if src is not None:
-                with Image.open(src) as im:
+                with Image.open(io.BytesIO(src.read_bytes())) as im:
                     im = im.convert("RGBA")
                     k = thumb / max(im.width, im.height)
                     im = im.resize((max(1, round(im.width * k)), max(1, round(im.height * k))),
@@ -161,7 +163,6 @@ def preview_bank(bank: str | Path, out: str | Path | None = None, *, categories:
                 if from_render:
                     draw.text((x + 4, ty + line), fit_text(draw, detail, f, cell - 6), fill="black", font=f)
             shown += 1
-    path = Path(out) if out else bank / "preview.png"
-    path.parent.mkdir(parents=True, exist_ok=True)
-    sheet.save(path)
+    path = storage.path(out) if out else bank / "preview.png"
+    storage.atomic_write_with(path, lambda tmp: sheet.save(tmp, format="PNG"))
     return path, shown

@@ -1,9 +1,10 @@
-"""The ``synthgen`` command line: a thin layer over each stage's config and driver.
+"""The ``synthgen`` command line: every command of :data:`synthgen.commands.COMMANDS`, made into a
+typer command from its option contract (:mod:`.build`), its result printed by :mod:`.present`.
 
-Each stage registers its commands from a light module (:mod:`.render`, :mod:`.compose`,
-:mod:`.pin`, :mod:`.demo`) that imports typer and the stage's config dataclasses (whose defaults
-the options show); the heavy work is imported inside the command body, so ``synthgen --help``
-is instant. A :class:`~synthgen.errors.UserError` ends a command with one line and status 2.
+Typer only reads the words; every value then goes through the same :func:`synthgen.commands.build`
+as the Python API's, so a command line, a recipe and an API call make the same configuration. The
+heavy work is imported when a command runs: ``synthgen --help`` is instant. A
+:class:`~synthgen.errors.UserError` ends a command with one line and status 2.
 """
 
 from __future__ import annotations
@@ -33,27 +34,13 @@ app = typer.Typer(
 )
 
 
-def _refuse_urls_in_local_paths(kwargs: dict) -> None:
-    """Options typed as local paths (recipes, plots, the demo, import-pin/export-pin) cannot take a
-    URL: ``Path("s3://b/x")`` is ``s3:/b/x``, which would quietly become a local folder ``s3:``."""
-    import re
-    from pathlib import PurePath
-
-    for name, value in kwargs.items():
-        for v in value if isinstance(value, (list, tuple)) else [value]:
-            if isinstance(v, PurePath) and re.match(r"^[A-Za-z][A-Za-z0-9+.-]+:/", str(v)):
-                url = re.sub(r"^([A-Za-z][A-Za-z0-9+.-]+):/+", r"\1://", str(v))
-                raise UserError(f"--{name.replace('_', '-')} takes a local path, not the URL {url}; "
-                                "copy the file to a local disk first")
-
-
-def user_errors(fn: F) -> F:
-    """Turn :class:`UserError` into a one-line message and exit status 2."""
+def user_errors(name: str, fn: F) -> F:
+    """Turn :class:`UserError` (and a missing optional dependency) into a one-line message and exit
+    status 2; Ctrl-C into one line and status 130."""
 
     @functools.wraps(fn)
     def wrapper(*args, **kwargs):
         try:
-            _refuse_urls_in_local_paths(kwargs)
             return fn(*args, **kwargs)
         except UserError as exc:
             typer.secho(f"error: {exc}", fg=typer.colors.RED, err=True)
@@ -61,7 +48,7 @@ def user_errors(fn: F) -> F:
         except ModuleNotFoundError as exc:  # an optional dependency the core install leaves out
             from synthgen.extras import missing_extra
 
-            error = missing_extra(exc, fn.__name__.removesuffix("_cmd").replace("_", "-"))
+            error = missing_extra(exc, name)
             if error is None:
                 raise
             typer.secho(f"error: {error}", fg=typer.colors.RED, err=True)
@@ -89,14 +76,15 @@ def _root(
 
 
 def _register() -> None:
-    from synthgen.cli import compose, demo, pin, pin_io, render, run
+    from synthgen.cli.build import typer_command
     from synthgen.cli.common import readable_help
+    from synthgen.commands import COMMANDS
 
     readable_help()
-
-    for stage in (render, compose, pin, pin_io, run, demo):
-        stage.register(app, user_errors)
-    run.register_prefetch(app, user_errors)
+    for name, cmd in COMMANDS.items():
+        bare = not any(o.required or o.argument for o in cmd.options) and cmd.section is None  # (demo)
+        app.command(name, help=cmd.help, no_args_is_help=not bare)(
+            user_errors(name, typer_command(cmd)))
 
 
 _register()

@@ -20,7 +20,7 @@ from PIL import Image
 
 from synthgen.bank.format import INDEX_FILE, bank_record, object_file, object_id
 from synthgen.errors import UserError
-from synthgen.schema import slugify
+from synthgen.schema import DEMO_DATA_FILE, slugify
 
 
 def _skimage():
@@ -112,7 +112,6 @@ def build_demo_backgrounds(folder: Path) -> Path:
 
 
 DEMO_RENDER_CATEGORIES = ("apple", "teddy bear", "umbrella")
-DEMO_DATA_FILE = "demo-data.json"
 
 
 def build_demo_photo(folder: Path) -> Path:
@@ -183,9 +182,25 @@ def demo_recipe() -> Path:
     """``recipes/demo.yaml`` of a source checkout, or the copy an installed wheel carries."""
     import sys
 
-    for folder in (Path(__file__).resolve().parents[1] / "recipes",
+    for folder in (Path(__file__).resolve().parents[2] / "recipes",
                    Path(sys.prefix) / "share" / "synthgen" / "recipes"):
         if (folder / "demo.yaml").is_file():
             return folder / "demo.yaml"
     raise UserError("recipes/demo.yaml not found (neither in the source checkout nor in "
                     f"{Path(sys.prefix) / 'share' / 'synthgen' / 'recipes'})")
+
+
+def run_demo(out: Path = Path("demo-out"), num_samples: int = 256, workers: int = 2, steps: int = 150,
+             train: bool = True, render: bool = True, vlm: str = "blip2") -> int:
+    """``synthgen demo``: the demo recipe with these variables (``synthgen run recipes/demo.yaml``);
+    its exit status."""
+    from synthgen.workflow.report import run_recipe
+
+    if vlm not in ("blip2", "openflamingo"):
+        raise UserError(f"--vlm must be blip2 or openflamingo (got {vlm!r})")
+    if num_samples < 1 or steps < 1 or workers < 1:
+        raise UserError("--num-samples, --steps and --workers must be >= 1")
+    sets = {"out": str(out), "samples": str(num_samples), "workers": str(workers), "steps": str(steps),
+            "eval_every": str(max(1, steps // 2)), "vlm": vlm}
+    skip = ",".join(w for w, keep in (("render", render), ("train", train)) if not keep)
+    return run_recipe(demo_recipe(), sets, skip=skip)

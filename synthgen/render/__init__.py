@@ -6,8 +6,8 @@
 - :mod:`.generate`, :mod:`.cutout`, :mod:`.score`   the three models (diffusers, rembg, open_clip)
 - :mod:`.stages`       the models as batch stages; :mod:`.plan` their actors and resources
 - :mod:`.pipeline`     the driver (Ray Data or in-process); :mod:`.records` a finished category
-- :mod:`.bank_writer`  the bank on disk; :mod:`.preview` its contact sheet
-- :mod:`.tiny`         tiny random-weight models for tests and the demo
+- the bank it writes, and its contact sheet: :mod:`synthgen.bank`; tiny random-weight models
+  for tests and the demo: :mod:`synthgen.demo.tiny_render`
 """
 
 import sys

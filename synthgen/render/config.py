@@ -109,3 +109,15 @@ class RenderConfig:
         d["scheduler"] = SCHEDULER
         d["clip_text"] = CLIP_TEXT
         return d
+
+
+@dataclass(frozen=True)
+class RenderJob:
+    """A render run: the categories to render (``lvis``, ``coco``, ``voc``, a names file, or a
+    list of names; narrowed by ``only`` then ``exclude``) and the settings."""
+
+    config: RenderConfig
+    categories: str | tuple[str, ...] = "lvis"
+    categories_file: str | None = None
+    exclude: tuple[str, ...] = ()
+    only: tuple[str, ...] = ()

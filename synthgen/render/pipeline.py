@@ -7,7 +7,7 @@ generators leave of the GPUs, or on the CPU). ``use_ray=False`` runs the same st
 after the other in this process (the benchmark's baseline, and handy for debugging).
 
 Results stream back in order; when a category has all its objects it is filtered and written
-(:mod:`.records`, :mod:`.bank_writer`), so a killed run loses at most the categories in flight.
+(:mod:`.records`, :mod:`synthgen.bank.writer`), so a killed run loses at most the categories in flight.
 
 Progress (display only, :class:`_Bars`): a bar per stage (images generated, cut out, CLIP-scored,
 with the category the stage is on) and one of the categories filtered and written. Each stage
@@ -31,7 +31,7 @@ import numpy as np
 from synthgen.bank.format import RENDER_CONFIG_FILE
 from synthgen.errors import raise_problems, recover
 from synthgen.render.categories import Category, check_names
-from synthgen.render.config import RenderConfig
+from synthgen.render.config import RenderConfig, RenderJob
 from synthgen.render.plan import plan_resources
 from synthgen.render.records import finish_category, unpack
 from synthgen.render.seeds import object_seed, prompt_for
@@ -192,6 +192,24 @@ def preflight(cfg: RenderConfig) -> None:
     fetch_clip(cfg.clip_model, cfg.clip_pretrained)
     for spec in parse_cutout(cfg.cutout):
         fetch_cutout(spec)
+
+
+def run_render(job: RenderJob, *, on_category: Callable[[str, dict], None] | None = None,
+               echo: Callable[[str], None] | None = None, progress: bool = True) -> RenderResult:
+    """``synthgen render``: select the job's categories (``echo`` gets the line saying which),
+    then :func:`render` them."""
+    from synthgen.render.categories import select_categories
+
+    raise_problems(job.config.problems())
+    if isinstance(job.categories, tuple):
+        cats = [Category(name, None) for name in job.categories]
+    else:
+        sel = select_categories(job.categories, categories_file=job.categories_file, exclude=job.exclude,
+                                only=job.only)
+        cats = sel.categories
+        if echo is not None:
+            echo(sel.summary())
+    return render(cats, job.config, on_category=on_category, progress=progress)
 
 
 def render(categories: Sequence[Category], cfg: RenderConfig, *, use_ray: bool = True,

@@ -102,29 +102,30 @@ def _params(command: str) -> dict:
     return {p.name: p for p in typer.main.get_command(app).commands[command].params}
 
 
-def test_cli_defaults_come_from_the_config_dataclasses():
+def test_option_defaults_come_from_the_config_dataclasses_and_the_help_shows_them():
     import dataclasses
 
-    from synthgen.cli.common import csv
+    from synthgen.commands import COMMANDS
+    from synthgen.commands.shared import csv
     from synthgen.compose.config import ComposeParams, LayoutParams
     from synthgen.pin.training.config import TrainConfig
     from synthgen.render.config import RenderConfig
 
     def defaults(cls):
-        out = {}
-        for f in dataclasses.fields(cls):
-            if f.default is not dataclasses.MISSING:
-                out[f.name] = csv(f.default) if isinstance(f.default, tuple) else f.default
-        return out
+        return {f.name: f.default for f in dataclasses.fields(cls) if f.default is not dataclasses.MISSING}
 
     for command, classes in (("compose", (LayoutParams, ComposeParams)), ("render", (RenderConfig,)),
                              ("train-pin", (TrainConfig,))):
-        params = _params(command)
+        cmd, params = COMMANDS[command], _params(command)
         checked = 0
         for cls in classes:
             for name, value in defaults(cls).items():
-                if name in params and name not in ("out",):
-                    assert params[name].default == value, (command, name, params[name].default, value)
+                if name in {o.name for o in cmd.options} and name not in ("out",):
+                    assert cmd.option(name).default == value, (command, name, cmd.option(name).default, value)
+                    if name in params and not getattr(params[name], "is_flag", False):  # what --help shows
+                        shown = params[name].default
+                        want = None if value in (None, ()) else csv(value) if isinstance(value, tuple) else str(value)
+                        assert shown == want, (name, shown, want)
                     checked += 1
         assert checked >= 10, (command, checked)
         for p in params.values():  # every option explains itself
@@ -165,7 +166,7 @@ def test_render_and_train_recipes_set_defaults(tmp_path, cli_env, synthgen_cmd):
 
 HOLD = """
 import sys
-from synthgen.rundir import RunFolder
+from synthgen.storage import RunFolder
 with RunFolder(sys.argv[1], sys.argv[2]):
     print("locked", flush=True)
     sys.stdin.readline()

@@ -11,19 +11,19 @@ import pytest
 from PIL import Image
 
 from synthgen.bank.reader import ObjectBank
+from synthgen.commands.compose import scene_params
 from synthgen.compose.backgrounds import list_backgrounds
-from synthgen.compose.config import ComposeParams, LayoutParams, params_from_options
+from synthgen.compose.config import ComposeParams, LayoutParams
 from synthgen.compose.layout import place_objects
 from synthgen.compose.scene import Composer
 from synthgen.errors import UserError
-from synthgen.recipes import load_recipe
 from tests.helpers import make_backgrounds, write_rgba
 
 RECIPES = Path(__file__).resolve().parents[2] / "recipes"
 
 
 def _recipe(name: str) -> ComposeParams:
-    return params_from_options(load_recipe(RECIPES / f"{name}.yaml", "compose"))
+    return scene_params(recipe=RECIPES / f"{name}.yaml")
 
 
 def test_longer_sides_span_exactly_the_authors_ranges():
@@ -141,8 +141,8 @@ def test_soft_paste_blends_with_alpha_and_hard_paste_thresholds(tmp_path):
 
 
 def test_compose_options_from_a_recipe_section_are_typed():
-    assert params_from_options({"s_min": "0.5,0.2", "a_max": 2, "s_max": [1, 1]}).layout.s_min == (0.5, 0.2)
-    for bad, word in (({"a_max": "three"}, "an integer"), ({"masks": "yes"}, "true or false"),
+    assert scene_params({"s_min": "0.5,0.2", "a_max": 2, "s_max": [1, 1]}).layout.s_min == (0.5, 0.2)
+    for bad, word in (({"a_max": "three"}, "an integer"), ({"masks": "maybe"}, "true or false"),
                       ({"o_max": "x"}, "a number"), ({"nope": 1}, "unknown option")):
         with pytest.raises(UserError, match=word):
-            params_from_options(bad)
+            scene_params(bad)

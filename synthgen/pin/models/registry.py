@@ -75,3 +75,12 @@ def vlm_option_problems(vlm: str, options) -> list[str]:
         elif kind is str and not (isinstance(v, str) and v.strip()):
             out.append(f"{vlm} option {k} must be a non-empty string, got {v!r}")
     return out
+
+
+def typed_options(vlm: str, options) -> dict:
+    """``options`` with text values of integer options as integers (``--vlm-option cross_attn_every=2``
+    comes as text; a recipe's YAML already typed it). Other values are left as they are: a wrong one
+    is named by :func:`vlm_option_problems`."""
+    kinds = VLM_OPTIONS.get(vlm, {})
+    return {k: int(v) if kinds.get(k) is int and isinstance(v, str) and v.strip().isdigit() else v
+            for k, v in dict(options or {}).items()}

@@ -79,22 +79,13 @@ class Loop:
         return float(loss.detach())
 
     def run(self, plan, step: int) -> tuple[int, float, dict | None]:
-        from rich.progress import (
-            BarColumn,
-            MofNCompleteColumn,
-            Progress,
-            TextColumn,
-            TimeElapsedColumn,
-            TimeRemainingColumn,
-        )
+        from synthgen.progress import progress_bars
 
-        progress = Progress(
-            TextColumn("[bold]train-pin {task.fields[phase]}"), BarColumn(), MofNCompleteColumn(),
-            TextColumn("loss {task.fields[loss]}"), TextColumn("{task.fields[sps]} samples/s"),
-            TimeElapsedColumn(), TimeRemainingColumn(), disable=not (self.cfg.progress and self.env.main))
+        # train-pin ━━━ 120/1000 steps  2.1/s  0:07:12  loss 1.2345  134 samples/s
+        progress = progress_bars("steps", enabled=self.cfg.progress and self.env.main, label_width=16, note=True)
         self.last_loss, self.val = float("nan"), None
         with progress:
-            self.task = progress.add_task("train", total=plan.steps, completed=step, loss="-", sps="-", phase="")
+            self.task = progress.add_task("train-pin", total=plan.steps, completed=step, begin=step, note="")
             self.progress = progress
             for phase in plan.phases:
                 if step < phase.end:
@@ -112,7 +103,8 @@ class Loop:
         stream, scfg = stream_for(phase, cfg, rank=env.rank, world=env.world, image_size=self.adapter.input_size)
         loader = make_loader(scfg, self.adapter.codec, workers=cfg.loader_workers, start_batch=step - phase.start,
                              pin_memory=env.device.type == "cuda", stream=stream)
-        self.progress.update(self.task, phase=phase.name if len(plan.phases) > 1 else "")
+        if len(plan.phases) > 1:
+            self.progress.update(self.task, description=f"train-pin {phase.name}")
         losses, objects, n_since, t_log = [], [], 0, time.perf_counter()
         it = iter(loader)
         while step < phase.end:
@@ -128,7 +120,7 @@ class Loop:
             n_since += batch["input_ids"].shape[0] * env.world
             if step % cfg.log_every == 0 or step == phase.end:
                 mean, sps = self._log_train(step, phase, losses, objects, n_since, time.perf_counter() - t_log)
-                self.progress.update(self.task, loss=f"{mean:.4f}", sps=f"{sps:.1f}")
+                self.progress.update(self.task, note=f"loss {mean:.4f}  {sps:.1f} samples/s")
                 losses, objects, n_since, t_log = [], [], 0, time.perf_counter()
             self.progress.update(self.task, completed=step)
             if self.val_shards and (step % cfg.eval_every == 0 or step == plan.steps):

@@ -100,12 +100,12 @@ def _plan_shards(cfg, total: int, warm: int, main_span: str, settings: dict) -> 
 
 def _plan_composed(cfg, total: int, warm: int, main_span: str, settings: dict) -> DataPlan:
     from synthgen.bank.reader import ObjectBank
+    from synthgen.commands.compose import scene_params
     from synthgen.compose.backgrounds import list_backgrounds
-    from synthgen.compose.config import params_from_options
     from synthgen.compose.run import inputs_identity
     from synthgen.pin.training.scenes import ComposeSource, phase_seed
 
-    params = params_from_options(cfg.compose, "train-pin compose settings")
+    params = scene_params(cfg.compose)
     bank = ObjectBank.open(cfg.objects, extra_roots=tuple(cfg.extra_object_roots), max_side=params.size)
     if bank.first_usable(limit=min(len(bank), 2000)) is None:
         raise UserError(f"object bank {cfg.objects}: none of the first {min(len(bank), 2000)} cut-outs "

@@ -22,8 +22,8 @@ from synthgen.pin.models.registry import (
     DEFAULT_MODELS,
     FAMILIES,
     MODEL_TYPES,
-    VLM_OPTIONS,
     VLMS,
+    typed_options,
     vlm_option_problems,
 )
 
@@ -70,10 +70,7 @@ def load_adapter(vlm: str = "blip2", model: str | None = None, *, device: str | 
         if not model:
             raise UserError("--vlm auto reads the VLM family from the checkpoint: give --model")
         vlm = detect_family(model)
-        # options given before the family was known came as text (the CLI types them per family)
-        kinds = VLM_OPTIONS.get(vlm, {})
-        vlm_options = {k: int(v) if kinds.get(k) is int and isinstance(v, str) and v.strip().isdigit() else v
-                       for k, v in vlm_options.items()}
+    vlm_options = typed_options(vlm, vlm_options)  # (options typed on a command line come as text)
     if vlm not in DEFAULT_MODELS:
         raise UserError(f"unknown --vlm {vlm!r}; choose one of: {', '.join(VLMS)} or {AUTO}")
     problems = vlm_option_problems(vlm, vlm_options)

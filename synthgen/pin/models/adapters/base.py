@@ -138,6 +138,16 @@ class VLMAdapter:
     def pin_enabled(self) -> bool:
         return self._pin is not None and self._enabled
 
+    def _add_pin_to(self, tokens: torch.Tensor) -> torch.Tensor:
+        """``tokens`` ``[B, positions, width]`` plus PIN (unchanged while PIN is off)."""
+        if not self.pin_enabled:
+            return tokens
+        pin = self._pin()
+        if pin.shape != tokens.shape[1:]:
+            raise RuntimeError(f"PIN shape {tuple(pin.shape)} does not match vision features "
+                               f"{tuple(tokens.shape[1:])}")
+        return tokens + pin.to(tokens.dtype).unsqueeze(0)
+
     @contextlib.contextmanager
     def pin_disabled(self) -> Iterator[None]:
         before = self._enabled
@@ -185,3 +195,37 @@ class VLMAdapter:
         decoded continuation as generated, not stripped (a trained answer starts with the space
         before ``[``, which the authors' strict parser requires); special tokens left out."""
         raise NotImplementedError
+
+
+class PixelsTextAdapter(VLMAdapter):
+    """A VLM called as ``model(pixels, input_ids, attention_mask=..., labels=...)`` and
+    ``model.generate(pixels, input_ids, attention_mask=..., ...)`` (BLIP-2, OpenFlamingo): the loss,
+    the logits and beam search, written once. ``generate_options`` adds what a model needs."""
+
+    def generate_options(self) -> dict:
+        return {}
+
+    def _forward(self, pixels: torch.Tensor, input_ids: torch.Tensor, attention_mask: torch.Tensor, **kw):
+        return self.model(self.preprocess(pixels), input_ids.to(self.device),
+                          attention_mask=attention_mask.to(self.device), **kw)
+
+    def loss(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+        return self._forward(batch["pixels"], batch["input_ids"], batch["attention_mask"],
+                             labels=batch["labels"].to(self.device)).loss
+
+    def logits(self, pixels: torch.Tensor, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+        return self._forward(pixels, input_ids, attention_mask).logits
+
+    @torch.no_grad()
+    def generate(self, pixels: torch.Tensor, referrals: Sequence[str], *, num_beams: int = 3,
+                 max_new_tokens: int = 12, art: str | None = None) -> list[str]:
+        enc = self.codec.collate([self.codec.encode(r, art=art) for r in referrals], left_pad=True)
+        ids = enc["input_ids"].to(self.device)
+        out = self.model.generate(self.preprocess(pixels), ids, attention_mask=enc["attention_mask"].to(self.device),
+                                  num_beams=num_beams, max_new_tokens=max_new_tokens, do_sample=False,
+                                  pad_token_id=self.codec.pad_id, **self.generate_options())
+        if out.shape[1] >= ids.shape[1] and torch.equal(out[:, : ids.shape[1]], ids):
+            out = out[:, ids.shape[1]:]  # (a model that returns the prompt with the answer)
+        # the continuation as generated: the answer's leading space stays (the authors' strict
+        # parser wants ` [x1,y1,x2,y2]`); strip it only to show it
+        return [self.codec.decode(o) for o in out]

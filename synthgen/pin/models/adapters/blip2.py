@@ -9,16 +9,15 @@ prompt/label layout.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Sequence
 
 import torch
 
 from synthgen.errors import UserError
-from synthgen.pin.models.adapters.base import PinFn, TextCodec, VLMAdapter
+from synthgen.pin.models.adapters.base import PinFn, PixelsTextAdapter, TextCodec
 from synthgen.pin.models.registry import DEFAULT_MODELS
 
 
-class Blip2Adapter(VLMAdapter):
+class Blip2Adapter(PixelsTextAdapter):
     """BLIP-2 from transformers; PIN added to ``vision_model`` output, before the Q-Former."""
 
     name = "blip2"
@@ -70,45 +69,8 @@ class Blip2Adapter(VLMAdapter):
 
     # PIN ---------------------------------------------------------------------------------
     def _add_pin(self, module, args, output):
-        if self._pin is None or not self._enabled:
-            return output
-        hidden = output.last_hidden_state
-        pin = self._pin()
-        if pin.shape != hidden.shape[1:]:
-            raise RuntimeError(f"PIN shape {tuple(pin.shape)} does not match vision features "
-                               f"{tuple(hidden.shape[1:])}")
-        output.last_hidden_state = hidden + pin.to(hidden.dtype).unsqueeze(0)
+        output.last_hidden_state = self._add_pin_to(output.last_hidden_state)
         return output
 
-    # data / forward ----------------------------------------------------------------------
-    def loss(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
-        out = self.model(
-            pixel_values=self.preprocess(batch["pixels"]),
-            input_ids=batch["input_ids"].to(self.device),
-            attention_mask=batch["attention_mask"].to(self.device),
-            labels=batch["labels"].to(self.device),
-        )
-        return out.loss
-
-    def logits(self, pixels: torch.Tensor, input_ids: torch.Tensor, attention_mask: torch.Tensor
-               ) -> torch.Tensor:
-        out = self.model(pixel_values=self.preprocess(pixels), input_ids=input_ids.to(self.device),
-                         attention_mask=attention_mask.to(self.device))
-        return out.logits
-
-    @torch.no_grad()
-    def generate(self, pixels: torch.Tensor, referrals: Sequence[str], *, num_beams: int = 3,
-                 max_new_tokens: int = 12, art: str | None = None) -> list[str]:
-        enc = self.codec.collate([self.codec.encode(r, art=art) for r in referrals], left_pad=True)
-        ids = enc["input_ids"].to(self.device)
-        out = self.model.generate(
-            pixel_values=self.preprocess(pixels), input_ids=ids,
-            attention_mask=enc["attention_mask"].to(self.device), num_beams=num_beams,
-            max_new_tokens=max_new_tokens, do_sample=False,
-            pad_token_id=self.codec.pad_id, eos_token_id=self.codec.tokenizer.eos_token_id,
-        )
-        if out.shape[1] >= ids.shape[1] and torch.equal(out[:, : ids.shape[1]], ids):
-            out = out[:, ids.shape[1]:]
-        # the continuation as generated: the answer's leading space stays (the authors' strict
-        # parser wants ` [x1,y1,x2,y2]`); strip it only to show it
-        return [self.codec.decode(o) for o in out]
+    def generate_options(self) -> dict:
+        return {"eos_token_id": self.codec.tokenizer.eos_token_id}

@@ -15,12 +15,11 @@ Text as the authors' ``utils/text_constructor.py``:
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Sequence
 
 import torch
 
 from synthgen.grounding import prompt_parts
-from synthgen.pin.models.adapters.base import PinFn, TextCodec, VLMAdapter, loss_span
+from synthgen.pin.models.adapters.base import PinFn, PixelsTextAdapter, TextCodec, loss_span
 from synthgen.pin.models.registry import DEFAULT_MODELS
 
 
@@ -55,7 +54,7 @@ class FlamingoCodec(TextCodec):
         return ids, labels
 
 
-class OpenFlamingoAdapter(VLMAdapter):
+class OpenFlamingoAdapter(PixelsTextAdapter):
     """OpenFlamingo; PIN added to the vision encoder's patch tokens, before the perceiver."""
 
     name = "openflamingo"
@@ -83,43 +82,9 @@ class OpenFlamingoAdapter(VLMAdapter):
                                    eoc_token_id=self.model.eoc_token_id)
         self._pin: PinFn | None = None
         self._enabled = True
-        self.model.feature_hook = self._add_pin
+        self.model.feature_hook = self._add_pin_to
 
     @property
     def vlm_options(self) -> dict:
         """The options that rebuild this VLM (all parts resolved), recorded in ``pin.json``."""
         return self.parts.options()
-
-    # PIN ---------------------------------------------------------------------------------
-    def _add_pin(self, tokens: torch.Tensor) -> torch.Tensor:
-        if self._pin is None or not self._enabled:
-            return tokens
-        pin = self._pin()
-        if pin.shape != tokens.shape[1:]:
-            raise RuntimeError(f"PIN shape {tuple(pin.shape)} does not match vision features "
-                               f"{tuple(tokens.shape[1:])}")
-        return tokens + pin.to(tokens.dtype).unsqueeze(0)
-
-    # data / forward ----------------------------------------------------------------------
-    def loss(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
-        out = self.model(self.preprocess(batch["pixels"]), batch["input_ids"].to(self.device),
-                         attention_mask=batch["attention_mask"].to(self.device),
-                         labels=batch["labels"].to(self.device))
-        return out.loss
-
-    def logits(self, pixels: torch.Tensor, input_ids: torch.Tensor, attention_mask: torch.Tensor
-               ) -> torch.Tensor:
-        out = self.model(self.preprocess(pixels), input_ids.to(self.device),
-                         attention_mask=attention_mask.to(self.device))
-        return out.logits
-
-    @torch.no_grad()
-    def generate(self, pixels: torch.Tensor, referrals: Sequence[str], *, num_beams: int = 3,
-                 max_new_tokens: int = 12, art: str | None = None) -> list[str]:
-        enc = self.codec.collate([self.codec.encode(r, art=art) for r in referrals], left_pad=True)
-        ids = enc["input_ids"].to(self.device)
-        out = self.model.generate(self.preprocess(pixels), ids, attention_mask=enc["attention_mask"].to(self.device),
-                                  num_beams=num_beams, max_new_tokens=max_new_tokens, do_sample=False,
-                                  pad_token_id=self.codec.pad_id)
-        # the continuation as generated (its leading space kept: the strict parser needs ' [')
-        return [self.codec.decode(o) for o in out[:, ids.shape[1]:]]

@@ -1,0 +1,76 @@
+"""One evaluation as ``eval-pin`` runs it: the run, the set (COCO-format json, VOC or RefCOCO),
+the protocol and where the results go; :func:`run_eval` sends it to the set's scorer. Light: the
+scorers (torch) are imported when it runs."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+from synthgen.errors import UserError
+from synthgen.pin.evaluation.protocol import EvalProtocol
+
+
+@dataclass(frozen=True)
+class EvalJob:
+    run: str
+    coco_json: str | None = None
+    voc: str | None = None
+    refcoco: str | None = None
+    images: str | None = None
+    split: str | None = None      # RefCOCO split (testA) or VOC image set (test)
+    protocol: EvalProtocol = field(default_factory=EvalProtocol)
+    out: str | None = None
+    model: str | None = None
+    batch_size: int = 16
+    limit: int | None = None
+    vlm_options: dict = field(default_factory=dict)
+    overwrite: bool = False
+
+    @property
+    def kind(self) -> str:
+        return "voc" if self.voc is not None else "refcoco" if self.refcoco is not None else "coco-json"
+
+    def check(self) -> None:
+        """One line for every mistake in the choice of set and options, before any work."""
+        problems = self.protocol.problems()
+        if self.batch_size < 1 or (self.limit is not None and self.limit < 1):
+            problems.append("--batch-size and --limit must be >= 1")
+        if problems:
+            raise UserError("; ".join(problems))
+        sets = [flag for flag, v in (("--coco-json", self.coco_json), ("--voc", self.voc),
+                                     ("--refcoco", self.refcoco)) if v is not None]
+        if len(sets) != 1:
+            raise UserError("give one of --coco-json FILE, --voc DIR or --refcoco DIR"
+                            + (f" (got {' and '.join(sets)})" if sets else ""))
+        if self.split is not None and self.coco_json is not None:
+            raise UserError("--split applies to --voc and --refcoco only")
+        if self.voc is not None and self.images is not None:
+            raise UserError("--images does not apply to --voc: its images are read from VOC/JPEGImages")
+        if self.voc is None and self.images is None:
+            raise UserError("--images DIR is required (the images of the set)")
+
+    def title(self) -> str:
+        """What the printed table is titled: the set, its split, and the baseline scored."""
+        from synthgen.storage import path
+
+        what = f" ({self.protocol.baseline} baseline)" if self.protocol.baseline else ""
+        if self.voc is not None:
+            return f"VOC {path(self.voc).name} {self.split or 'test'}{what}"
+        if self.refcoco is not None:
+            return f"RefCOCO {self.split or 'testA'}{what}"
+        return f"{path(self.coco_json).name}{what}"
+
+
+def run_eval(job: EvalJob) -> dict[str, Any]:
+    """Score the job's run on its set; writes ``preds.jsonl`` + ``metrics.json``, returns the metrics."""
+    from synthgen.pin.evaluation import evaluate as ev
+
+    job.check()
+    kw = dict(out=job.out, model=job.model, batch_size=job.batch_size, limit=job.limit, protocol=job.protocol,
+              vlm_options=job.vlm_options or None, overwrite=job.overwrite)
+    if job.voc is not None:
+        return ev.evaluate_voc(job.run, job.voc, split=job.split or "test", **kw)
+    if job.refcoco is not None:
+        return ev.evaluate_refcoco(job.run, job.refcoco, job.images, split=job.split or "testA", **kw)
+    return ev.evaluate_coco(job.run, job.coco_json, job.images, **kw)
