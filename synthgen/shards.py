@@ -29,8 +29,7 @@ def is_stream(spec: str) -> bool:
     """A stream read with webdataset's ``gopen`` (``pipe:``, ``http(s)://``): never listed nor
     globbed, its length unknown. Not a local path, nor an fsspec URL."""
     url = "://" in spec or spec.startswith("pipe:")
-    # inherent: which URLs are webdataset's streams rather than fsspec's (storage's) objects
-    return url and not storage.is_remote(spec) and storage.scheme(spec) != "file"
+    return url and not storage.is_remote(spec) and storage.scheme(spec) != "file"  # inherent: gopen's, not fsspec's
 
 
 def _braces(spec: str) -> list[str]:
