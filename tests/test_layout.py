@@ -108,3 +108,16 @@ def test_the_contract_and_the_command_line_import_nothing_heavy():
             "'numpy') if m in sys.modules))")
     r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert r.returncode == 0 and r.stdout.strip() == "[]", r.stdout + r.stderr
+
+
+def test_stage_code_does_not_ask_which_kind_of_path_it_holds():
+    """Local folders and object stores answer one protocol (synthgen/storage); outside it at most
+    three questions about the kind remain, each saying on its line why it is inherent."""
+    import re
+
+    asks = re.compile(r"is_remote\(|RemotePath|LocalPath|\bpath\.remote\b")
+    found = [f"{p.relative_to(PACKAGE)}:{i}: {line.strip()}"
+             for p in sorted(PACKAGE.rglob("*.py")) if "storage" not in p.relative_to(PACKAGE).parts
+             for i, line in enumerate(p.read_text(encoding="utf-8").splitlines(), 1) if asks.search(line)]
+    assert len(found) <= 3, found
+    assert all("inherent" in line for line in found), found

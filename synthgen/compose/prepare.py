@@ -52,14 +52,10 @@ class PrepareJob:
     quality: int = 95
 
     def problems(self) -> list[str]:
-        out = []
-        if self.size < 32:
-            out.append(f"--size must be >= 32 (got {self.size})")
-        if self.per_shard < 1:
-            out.append(f"--per-shard must be >= 1 (got {self.per_shard})")
-        if not 1 <= self.quality <= 100:
-            out.append(f"--jpeg-quality must lie in 1..100 (got {self.quality})")
-        return out
+        checks = ((self.size >= 32, f"--size must be >= 32 (got {self.size})"),
+                  (self.per_shard >= 1, f"--per-shard must be >= 1 (got {self.per_shard})"),
+                  (1 <= self.quality <= 100, f"--jpeg-quality must lie in 1..100 (got {self.quality})"))
+        return [msg for ok, msg in checks if not ok]
 
 
 def _digest(items: list[str]) -> str:

@@ -129,18 +129,9 @@ def _fit_steps(lm, tokenizer, opt, rng, steps: int) -> None:
         opt.step()
 
 
-def build_tiny_blip2(
-    out_dir: str | Path,
-    *,
-    image_size: int = 224,
-    patch_size: int = 14,
-    vision_width: int = 32,
-    qformer_width: int = 32,
-    text_width: int = 64,
-    num_query_tokens: int = 8,
-    seed: int = 0,
-    lm_steps: int = 150,
-) -> Path:
+def build_tiny_blip2(out_dir: str | Path, *, image_size: int = 224, patch_size: int = 14, vision_width: int = 32,
+                     qformer_width: int = 32, text_width: int = 64, num_query_tokens: int = 8, seed: int = 0,
+                     lm_steps: int = 150) -> Path:
     """Save a random-weight BLIP-2 (model + processor) to ``out_dir`` and return the path.
 
     ``image_size`` is the VLM's input size (the scene canvas it accepts) and ``patch_size`` its

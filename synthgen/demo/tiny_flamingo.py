@@ -152,26 +152,11 @@ def _init_flamingo(model, gate: float) -> None:
         emb.weight[-n_new:].normal_(0.0, 0.3)
 
 
-def build_tiny_openflamingo(
-    out_dir: str | Path,
-    *,
-    image_size: int = 224,
-    patch_size: int = 14,
-    vision_width: int = 32,
-    vision_layers: int = 2,
-    lm_width: int = 64,
-    lm_layers: int = 2,
-    lm_heads: int = 2,
-    cross_attn_every: int = 1,
-    qk_ln: bool = True,
-    lm_format: str = "mosaic",
-    gate: float = 0.5,
-    perceiver_depth: int = 6,
-    heads: int = 8,
-    num_latents: int = 64,
-    seed: int = 0,
-    lm_steps: int = 150,
-) -> Path:
+def build_tiny_openflamingo(out_dir: str | Path, *, image_size: int = 224, patch_size: int = 14,
+                            vision_width: int = 32, vision_layers: int = 2, lm_width: int = 64, lm_layers: int = 2,
+                            lm_heads: int = 2, cross_attn_every: int = 1, qk_ln: bool = True,
+                            lm_format: str = "mosaic", gate: float = 0.5, perceiver_depth: int = 6, heads: int = 8,
+                            num_latents: int = 64, seed: int = 0, lm_steps: int = 150) -> Path:
     """Write a random-weight OpenFlamingo to ``out_dir`` (layout in the module docstring) and
     return the path.
 

@@ -296,6 +296,16 @@ def _local_only(folder, option: str) -> None:
 
 # --- COCO-format sets ----------------------------------------------------------------------
 
+def _coco_gt(proto: EvalProtocol, canvas: int) -> Callable[[dict], list[float]]:
+    """A COCO-format query's ground-truth box on the canvas: the authors' truncation, or exact floats."""
+    def gt(q: dict) -> list[float]:
+        if proto.gt_boxes == "exact":  # today's float scaling of the corners
+            return scale_box(q["box_xyxy"], canvas / q["width"], canvas / q["height"])
+        return P.coco_box_on_canvas(q["bbox"], q["width"], q["height"], canvas, "authors")
+
+    return gt
+
+
 def evaluate_coco(run_dir, coco_json, images_dir, *, out=None, model: str | None = None, batch_size: int = 16,
                   limit: int | None = None, device: str | None = None, protocol: EvalProtocol | None = None,
                   vlm_options: dict | None = None, overwrite: bool = False, **options) -> dict:
@@ -324,11 +334,7 @@ def evaluate_coco(run_dir, coco_json, images_dir, *, out=None, model: str | None
         raise UserError(f"{coco_path}: no image has 1..{proto.max_objects} annotated objects")
     run, adapter = _run_and_adapter(run_dir, proto.baseline, model, device, vlm_options)
 
-    def gt(q: dict) -> list[float]:
-        if proto.gt_boxes == "exact":  # today's float scaling of the corners
-            return scale_box(q["box_xyxy"], run.canvas / q["width"], run.canvas / q["height"])
-        return P.coco_box_on_canvas(q["bbox"], q["width"], q["height"], run.canvas, "authors")
-
+    gt = _coco_gt(proto, run.canvas)
     baseline = _baseline(proto, ((q["image_id"], gt(q)) for q in queries), run.canvas, run.grid, coco_path.name)
     queries = queries[:limit] if limit is not None else queries
     records, counts = _score_set(
@@ -401,11 +407,7 @@ def evaluate_refcoco(run_dir, refcoco_dir, images_dir, *, split: str = "testA", 
     run, adapter = _run_and_adapter(run_dir, proto.baseline, model, device, vlm_options)
     images_dir = storage.path(str(images_dir))
 
-    def gt(q: dict) -> list[float]:
-        if proto.gt_boxes == "exact":
-            return scale_box(q["box_xyxy"], run.canvas / q["width"], run.canvas / q["height"])
-        return P.coco_box_on_canvas(q["bbox"], q["width"], q["height"], run.canvas, "authors")
-
+    gt = _coco_gt(proto, run.canvas)
     objects = {q["ann_id"]: (q["image_id"], gt(q)) for q in queries}  # one per object, not per sentence
     baseline = _baseline(proto, objects.values(), run.canvas, run.grid, refs_file.name)
     queries = queries[:limit] if limit is not None else queries
