@@ -74,9 +74,9 @@ def _function(api_name: str, command: str, positional: tuple[str, ...], hooks: d
 
     P = inspect.Parameter
     params: list[inspect.Parameter] = []
-    for n in positional:  # required ones have no default, unless one before them has
+    for n in positional:  # required ones have no default, unless a recipe may give them or one before them has one
         opt = cmd.option(n)
-        free = opt.required and all(p.default is P.empty for p in params)
+        free = opt.required and not opt.recipe and all(p.default is P.empty for p in params)
         params.append(P(n, P.POSITIONAL_OR_KEYWORD, default=P.empty if free else opt.default))
     params += [P(o.name, P.KEYWORD_ONLY, default=o.default) for o in cmd.options if o.api and o.name not in positional]
     params += [P(h, P.KEYWORD_ONLY, default=d) for h, d in hooks.items()]
