@@ -273,9 +273,6 @@ def scenes_done(out: Path) -> bool:
     return unlocked(out, MANIFEST_FILE)
 
 
-prepared_done = scenes_done
-
-
 def pin_run_done(out: Path) -> bool:
     """A train-pin run that reached its planned steps."""
     try:

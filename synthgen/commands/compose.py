@@ -6,7 +6,7 @@ from __future__ import annotations
 
 from typing import Any, Mapping
 
-from synthgen.commands.core import Command, Option
+from synthgen.commands.core import Command, Option, resolve
 from synthgen.commands.shared import EXECUTOR, RAY_ADDRESS, WORKERS, csv, recipe_option
 from synthgen.compose.config import MIN_USABLE, ComposeParams, LayoutParams
 from synthgen.errors import UserError
@@ -105,21 +105,16 @@ def scene_params_of(values: Mapping[str, Any]) -> ComposeParams:
 
 
 def scene_values(given: Mapping[str, Any], where: str = "compose settings") -> dict[str, Any]:
-    """The scene options among ``given`` (and in ``given["recipe"]``'s ``compose:`` section),
-    converted; the compose options that shape shards, not scenes, are accepted and left out."""
-    from synthgen.commands.core import recipe_values
-
-    given = dict(given)
-    recipe = given.pop("recipe", None)
-    found = dict(recipe_values(COMPOSE, recipe)) if recipe is not None else {}
-    for key, value in given.items():
+    """The scene options, resolved as ``synthgen compose`` resolves them from ``given`` (and
+    ``given["recipe"]``'s ``compose:`` section); the options a ``compose:`` section may set that
+    shape shards, not scenes, are accepted and left out; the others (``objects``, ...) refused."""
+    for key in given:
         opt = COMPOSE.option(key, where)
-        if opt.name not in SCENE_NAMES and not opt.recipe:
+        if opt.name not in SCENE_NAMES and not opt.recipe and opt.name != "recipe":
             raise UserError(f"{where}: {opt.name} is not a scene setting (the scene settings: "
                             f"{', '.join(sorted(SCENE_NAMES))})")
-        if value is not None:
-            found[opt.name] = opt.convert(value, f"{where}: {key}")
-    return {k: v for k, v in found.items() if k in SCENE_NAMES}
+    values = resolve(COMPOSE, given, check_required=False)
+    return {k: values[k] for k in sorted(SCENE_NAMES)}
 
 
 def scene_params(given: Mapping[str, Any] | None = None, **options: Any) -> ComposeParams:
@@ -174,7 +169,7 @@ PREPARE = Command(
      WORKERS, RAY_ADDRESS, EXECUTOR,
      Option("progress", True, "Show the progress bar (on stderr).", "bool", cli=False)),
     _prepare, run="synthgen.compose.prepare:prepare_backgrounds", runtime=("workers", "ray_address", "executor", "progress"),
-    done="synthgen.schema:prepared_done")
+    done="synthgen.schema:scenes_done")
 
 
 PREVIEW = Command(

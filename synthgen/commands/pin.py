@@ -28,8 +28,7 @@ def _train(v: dict[str, Any]):
 
     compose = {}
     if v["objects"] is not None:  # scenes composed on the fly: compose's scene settings, read as compose reads them
-        compose = scene_values({**v["compose"], "recipe": v["recipe"]} if v["recipe"] is not None else v["compose"],
-                               "train-pin compose settings")
+        compose = scene_values({**v["compose"], "recipe": v["recipe"]}, "train-pin compose settings")
     shards = v["shards"]
     names = ("objects", "backgrounds", "out", "vlm", "model", "steps", "epochs", "epoch_size", "warmup_epochs",
              "warmup_shards", "batch_size", "lr", "precision", "loader_workers", "val", "eval_every", "val_limit",
@@ -109,11 +108,9 @@ def _eval(v: dict[str, Any]):
     from synthgen.pin.evaluation.protocol import EvalProtocol
 
     proto = EvalProtocol(**{k: v[k] for k in EvalProtocol.__dataclass_fields__})
-    job = EvalJob(run=v["run"], coco_json=v["coco_json"], voc=v["voc"], refcoco=v["refcoco"], images=v["images"],
-                  split=v["split"], protocol=proto, out=v["out"], model=v["model"], batch_size=v["batch_size"],
-                  limit=v["limit"], vlm_options=dict(v["vlm_options"]), overwrite=v["overwrite"])
-    job.check()
-    return job
+    return EvalJob(run=v["run"], coco_json=v["coco_json"], voc=v["voc"], refcoco=v["refcoco"], images=v["images"],
+                   split=v["split"], protocol=proto, out=v["out"], model=v["model"], batch_size=v["batch_size"],
+                   limit=v["limit"], vlm_options=dict(v["vlm_options"]), overwrite=v["overwrite"])
 
 
 EVAL = Command(

@@ -35,6 +35,7 @@ from synthgen.grounding import iou, query_prompt, scale_box
 from synthgen.pin.evaluation import protocol as P
 from synthgen.pin.evaluation.protocol import EvalProtocol, box_from_text, parsed_by, size_bucket, summarize, uniform_box
 from synthgen.pin.evaluation.sets import Skips, coco_queries, find_image, refcoco_queries, safe_load_pickle, voc_queries
+from synthgen.schema import metrics_file
 from synthgen.storage import atomic_write
 
 __all__ = ["EvalProtocol", "evaluate_coco", "evaluate_refcoco", "evaluate_scenes", "evaluate_voc",
@@ -124,20 +125,12 @@ def canvas_tensor(path: Path, canvas: int):
 
 # --- shared by the sets --------------------------------------------------------------------
 
-def metrics_file(preds: Path) -> Path:
-    """The metrics json written next to the predictions file ``preds``."""
-    from synthgen import storage
-
-    preds = preds if hasattr(preds, "with_name") else storage.path(str(preds))
-    return preds.with_name("metrics.json") if preds.name == "preds.jsonl" else preds.with_suffix(".metrics.json")
-
-
 def _write_outputs(records: list[dict], metrics: dict, out: Path) -> Path:
     """Write ``preds.jsonl`` and its metrics json atomically (each temp file + rename); both are
     serialised before either is written, so a failure leaves the previous pair untouched."""
     preds = "".join(json.dumps(r) + "\n" for r in records)
     summary = json.dumps(metrics, indent=2) + "\n"
-    mpath = metrics_file(out)
+    mpath = metrics_file(storage.path(out))
     atomic_write(out, preds)
     atomic_write(mpath, summary)
     return mpath

@@ -31,7 +31,7 @@ class EvalJob:
     def kind(self) -> str:
         return "voc" if self.voc is not None else "refcoco" if self.refcoco is not None else "coco-json"
 
-    def check(self) -> None:
+    def __post_init__(self) -> None:
         """One line for every mistake in the choice of set and options, before any work."""
         problems = self.protocol.problems()
         if self.batch_size < 1 or (self.limit is not None and self.limit < 1):
@@ -66,7 +66,6 @@ def run_eval(job: EvalJob) -> dict[str, Any]:
     """Score the job's run on its set; writes ``preds.jsonl`` + ``metrics.json``, returns the metrics."""
     from synthgen.pin.evaluation import evaluate as ev
 
-    job.check()
     kw = dict(out=job.out, model=job.model, batch_size=job.batch_size, limit=job.limit, protocol=job.protocol,
               vlm_options=job.vlm_options or None, overwrite=job.overwrite)
     if job.voc is not None:
