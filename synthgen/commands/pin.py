@@ -22,6 +22,17 @@ def _vlm_options(help: str, recipe: bool = False) -> Option:
                   metavar="KEY=VALUE", shown="")
 
 
+def _device(what: str) -> Option:
+    return Option("device", None, f"Device {what} runs on: cpu, cuda (this process's GPU: under torchrun each rank "
+                  "its LOCAL_RANK's) or cuda:N (one process only) \\[default: the GPU if there is one].")
+
+
+def _micro_batch(value) -> int | str:
+    """``auto`` or a number as an integer (anything else is kept: TrainConfig's checks name it)."""
+    text = str(value).strip().lower()
+    return int(text) if text.isdigit() else "auto" if text == "auto" else value
+
+
 def _train(v: dict[str, Any]):
     from synthgen.commands.compose import scene_values
     from synthgen.pin.training.config import TrainConfig
@@ -33,8 +44,9 @@ def _train(v: dict[str, Any]):
     names = ("objects", "backgrounds", "out", "vlm", "model", "steps", "epochs", "epoch_size", "warmup_epochs",
              "warmup_shards", "batch_size", "lr", "precision", "loader_workers", "val", "eval_every", "val_limit",
              "save_every", "log_every", "resume", "seed", "name_loss", "activation", "table", "hidden",
-             "shuffle_buffer", "max_bad_samples", "progress")
-    cfg = TrainConfig(shards=shards if isinstance(shards, (str, type(None))) else list(shards), compose=compose,
+             "shuffle_buffer", "max_bad_samples", "progress", "grad_checkpointing", "attn_implementation",
+             "max_skipped_steps", "device")
+    cfg = TrainConfig(micro_batch=_micro_batch(v["micro_batch"]), shards=shards if isinstance(shards, (str, type(None))) else list(shards), compose=compose,
                       extra_object_roots=tuple(v["extra_object_roots"]),
                       vlm_options=typed_options(v["vlm"], v["vlm_options"]), **{k: v[k] for k in names})
     return cfg
@@ -72,11 +84,23 @@ TRAIN = Command(
             "shards also --warmup-shards.", "int", recipe=True),
      Option("warmup_shards", None, "Shards for the warm-up phase when training from shards (compose them with "
             "--fixed-count).", "names"),
-     Option("batch_size", T.batch_size, "Scenes per step per GPU (paper: 64).", "int", recipe=True),
+     Option("batch_size", T.batch_size, "Scenes per optimiser step per GPU (paper: 64).", "int", recipe=True),
+     Option("micro_batch", T.micro_batch, "Scenes a forward/backward takes: the batch is split into micro-batches "
+            "whose gradients add up to the whole batch's (gradient accumulation; the update is the batch's). "
+            "auto = the batch, halved on each CUDA out-of-memory error until it fits.", recipe=True, metavar="N|auto"),
+     Option("grad_checkpointing", T.grad_checkpointing, "Recompute the VLM's layers between PIN and the loss in "
+            "backward instead of keeping their activations (less memory, ~1/3 more compute).", "bool", recipe=True),
+     Option("attn_implementation", T.attn_implementation, "Attention kernels of the VLM: auto = transformers' "
+            "choice (sdpa where the model has it; Gemma 2, PaliGemma 2's LM, is eager), sdpa, flash_attention_2 "
+            "(needs flash-attn), eager. OpenFlamingo: its own sdpa always.", recipe=True),
      Option("lr", T.lr, "Adam learning rate, no weight decay (paper: 1e-3).", "float", recipe=True),
-     Option("precision", T.precision, "On GPU: fp16 = fp16 autocast over fp32 weights with a grad scaler (the "
-            "authors'); bf16 = the frozen VLM in bf16 too (half its memory, no scaler); auto = bf16 where supported, "
-            "else fp16; fp32. The CPU always trains in fp32.", recipe=True),
+     Option("precision", T.precision, "The frozen VLM's precision on GPU (PIN and Adam are fp32 always): bf16 = "
+            "weights and autocast bf16; fp16 = weights and autocast fp16 with a grad scaler; fp16-mixed = fp16 "
+            "autocast over fp32 weights with a grad scaler (the authors', Lightning precision=16; ~3x the memory); "
+            "auto = bf16 where the GPU has it, else fp16; fp32. The CPU always trains in fp32.", recipe=True),
+     Option("max_skipped_steps", T.max_skipped_steps, "Steps skipped in a row (loss not finite, or fp16 gradients "
+            "overflowed) before the run stops with the remedy.", "int", recipe=True),
+     _device("training"),
      Option("loader_workers", T.loader_workers, "DataLoader worker processes per GPU that read (or compose) the "
             "scenes (0 = in the main process). Not Ray CPUs: train-pin does not use Ray.", "int", recipe=True),
      Option("val", None, "Validation scene shards: mIoU every --eval-every steps.", "names"),
@@ -110,7 +134,7 @@ def _eval(v: dict[str, Any]):
     proto = EvalProtocol(**{k: v[k] for k in EvalProtocol.__dataclass_fields__})
     return EvalJob(run=v["run"], coco_json=v["coco_json"], voc=v["voc"], refcoco=v["refcoco"], images=v["images"],
                    split=v["split"], protocol=proto, out=v["out"], model=v["model"], batch_size=v["batch_size"],
-                   limit=v["limit"], vlm_options=dict(v["vlm_options"]), overwrite=v["overwrite"])
+                   limit=v["limit"], vlm_options=dict(v["vlm_options"]), overwrite=v["overwrite"], device=v["device"])
 
 
 EVAL = Command(
@@ -159,6 +183,7 @@ EVAL = Command(
      _vlm_options(VLM_OPTION_HELP),
      Option("batch_size", 16, "Queries per generate call.", "int"),
      Option("limit", None, "Evaluate only the first N queries.", "int"),
+     _device("the VLM"),
      Option("seed", 0, "Seed of the baselines.", "int")),
     _eval, run="synthgen.pin.evaluation.job:run_eval", done="synthgen.schema:eval_done", overwrite="--overwrite")
 
@@ -167,7 +192,7 @@ EXIT_FALLBACK = 3  # predict --strict: the answer held no box (2 is a user error
 
 def _predict(v: dict[str, Any]):
     return {"run_dir": v["run"], "image": v["image"], "text": v["text"], "out": v["out"], "model": v["model"],
-            "vlm_options": dict(v["vlm_options"]) or None}
+            "vlm_options": dict(v["vlm_options"]) or None, "device": v["device"]}
 
 
 PREDICT = Command(
@@ -181,6 +206,7 @@ PREDICT = Command(
             metavar="PATH"),
      Option("model", None, RUN_MODEL_HELP),
      _vlm_options(VLM_OPTION_HELP),
+     _device("the VLM"),
      Option("json", False, "Print the result as one JSON object (box, box_text, parsed, fallback, output: the raw "
             "answer, ...) instead of the box line.", "bool", api=False),
      Option("strict", False, f"Exit with status {EXIT_FALLBACK} when the answer holds no box (the one-cell fallback "

@@ -89,16 +89,17 @@ class FakeCodec:
 
 class FakeAdapter:
     """The adapter interface ``train`` uses, without a VLM: the loss is a function of PIN alone,
-    made NaN on ``nan_rank`` at its ``nan_step``-th step."""
+    made NaN on ``nan_rank`` from its ``nan_step``-th step on (``nan_steps`` steps)."""
 
     name, model_id, input_size, patch_grid, num_positions, vision_width = "blip2", "fake", 32, 4, 17, 8
 
-    def __init__(self, rank: int, nan_rank: int = -1, nan_step: int = -1):
+    def __init__(self, rank: int, nan_rank: int = -1, nan_step: int = -1, nan_steps: int = 10**9):
         import torch
 
         self.device = torch.device("cpu")
         self.codec = FakeCodec()
         self.rank, self.nan_rank, self.nan_step, self.calls = rank, nan_rank, nan_step, 0
+        self.nan_steps = nan_steps
         self._pin = None
 
     def attach_pin(self, pin):
@@ -110,14 +111,16 @@ class FakeAdapter:
     def loss(self, batch):
         self.calls += 1
         loss = (self._pin().float() ** 2).mean() * batch["input_ids"].shape[0]
-        if self.rank == self.nan_rank and self.calls == self.nan_step:
+        if self.rank == self.nan_rank and self.nan_step <= self.calls < self.nan_step + self.nan_steps:
             loss = loss * float("nan")
         return loss
 
 
-def ddp_nan_worker(rank: int, world: int, port: int, shards: str, out: str, result_dir: str) -> None:
-    """One gloo rank of a toy training (no VLM) whose loss turns NaN on rank 1 only; writes
-    ``rank{r}.txt`` with how ``train`` ended."""
+def ddp_nan_worker(rank: int, world: int, port: int, shards: str, out: str, result_dir: str,
+                   nan_steps: int = 10**9) -> None:
+    """One gloo rank of a toy training (no VLM) whose loss turns NaN on rank 1 only, from step 3
+    on for ``nan_steps`` steps, stopping after 2 skipped steps in a row; writes ``rank{r}.txt``
+    with how ``train`` ended (and the PIN weights' sum when it finished)."""
     import datetime
     import os
 
@@ -131,10 +134,12 @@ def ddp_nan_worker(rank: int, world: int, port: int, shards: str, out: str, resu
     torch.distributed.init_process_group("gloo", rank=rank, world_size=world,
                                          timeout=datetime.timedelta(seconds=60))  # collectives
     cfg = TrainConfig(shards=shards, out=out, steps=6, batch_size=2, loader_workers=0, log_every=1,
-                      save_every=100, progress=False, hidden=(8, 8), shuffle_buffer=4)
+                      save_every=100, progress=False, hidden=(8, 8), shuffle_buffer=4, max_skipped_steps=2)
     try:
-        train(cfg, echo=lambda *_: None, adapter=FakeAdapter(rank, nan_rank=1, nan_step=3))
-        result = "finished"
+        train(cfg, echo=lambda *_: None, adapter=FakeAdapter(rank, nan_rank=1, nan_step=3, nan_steps=nan_steps))
+        from safetensors.torch import load_file
+
+        result = f"finished {sum(float(v.sum()) for v in load_file(Path(out, 'pin.safetensors')).values())}"
     except Exception as exc:  # noqa: BLE001 - the test reads what happened
         result = f"{type(exc).__name__}: {exc}"
     Path(result_dir, f"rank{rank}.txt").write_text(result)

@@ -26,6 +26,7 @@ class EvalJob:
     limit: int | None = None
     vlm_options: dict = field(default_factory=dict)
     overwrite: bool = False
+    device: str | None = None
 
     @property
     def kind(self) -> str:
@@ -67,7 +68,7 @@ def run_eval(job: EvalJob) -> dict[str, Any]:
     from synthgen.pin.evaluation import evaluate as ev
 
     kw = dict(out=job.out, model=job.model, batch_size=job.batch_size, limit=job.limit, protocol=job.protocol,
-              vlm_options=job.vlm_options or None, overwrite=job.overwrite)
+              vlm_options=job.vlm_options or None, overwrite=job.overwrite, device=job.device)
     if job.voc is not None:
         return ev.evaluate_voc(job.run, job.voc, split=job.split or "test", **kw)
     if job.refcoco is not None:

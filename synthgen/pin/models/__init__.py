@@ -12,3 +12,6 @@ Light: nothing here imports torch until a submodule that needs it is imported.
 
 ACTIVATIONS = ("silu", "swiglu")   # the PIN MLP's: silu (the authors' code), swiglu (the paper's text)
 TABLES = ("sinusoid", "learned")   # the PIN input table: fixed sinusoid (the authors') or learned
+PRECISIONS = ("auto", "bf16", "fp16", "fp16-mixed", "fp32")  # the frozen VLM's (synthgen.pin.runtime)
+# transformers' attn_implementation values; auto: its own choice (sdpa where the model has it)
+ATTENTION = ("auto", "sdpa", "flash_attention_2", "eager")

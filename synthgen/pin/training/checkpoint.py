@@ -268,13 +268,16 @@ def read_run(run_dir: str | os.PathLike) -> Run:
 def load_run(run_dir: str | os.PathLike, model: str | None = None, device: str | None = None,
              vlm_options: dict | None = None):
     """``(run, adapter)``: the frozen VLM of the run (its ``pin.json``'s ``vlm``, ``model`` and
-    ``vlm_options``, each overridable) with its trained PIN attached."""
+    ``vlm_options``, each overridable) with its trained PIN attached, on ``device`` (default: the
+    GPU if any) in the dtype the run trained its VLM in, as far as the GPU supports it
+    (:func:`synthgen.pin.runtime.inference_dtype`)."""
     from synthgen.pin.models.adapters import load_adapter
     from synthgen.pin.models.module import PIN
+    from synthgen.pin.runtime import inference_dtype, pick_device
 
     run = read_run(run_dir)
-    dev = device or ("cuda" if torch.cuda.is_available() else "cpu")
-    dtype = torch.float32 if dev == "cpu" else torch.bfloat16
+    dev = pick_device(device, 0, 1, torch.cuda.is_available())
+    dtype = inference_dtype(run.meta.get("precision"), dev)
     options = {**run.meta.get("vlm_options", {}), **(vlm_options or {})}
     adapter = load_adapter(run.meta["vlm"], model or run.meta["model"], device=dev, dtype=dtype, **options)
     pin = PIN.from_config(run.meta["pin"])

@@ -8,10 +8,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Sequence
 
-from synthgen.pin.models import ACTIVATIONS, TABLES
+from synthgen.pin.models import ACTIVATIONS, ATTENTION, PRECISIONS, TABLES
 from synthgen.pin.models.registry import AUTO, DEFAULT_MODELS, VLMS, vlm_option_problems
-
-PRECISIONS = ("auto", "bf16", "fp16", "fp32")
 
 
 @dataclass
@@ -30,9 +28,13 @@ class TrainConfig:
     epoch_size: int = 60_000     # scenes an epoch, over all ranks
     warmup_epochs: int = 0       # the authors' 40: a_max objects, loss on "{name} located at" too
     warmup_shards: str | Sequence[str] | None = None  # the warm-up's scenes when reading shards
-    batch_size: int = 64         # per GPU
+    batch_size: int = 64         # per GPU: the optimiser's batch
+    micro_batch: int | str = "auto"  # samples a forward takes (gradient accumulation); auto: what fits
+    grad_checkpointing: bool = False
+    attn_implementation: str = "auto"
+    max_skipped_steps: int = 20  # non-finite / overflowed steps in a row before the run stops
     lr: float = 1e-3
-    precision: str = "fp16"      # the authors': fp16 autocast over fp32 weights (on GPU)
+    precision: str = "auto"      # bf16 where the GPU has it, else fp16 (the authors': fp16-mixed)
     loader_workers: int = 4      # DataLoader worker processes per GPU
     val: str | Sequence[str] | None = None
     eval_every: int = 1000
@@ -56,6 +58,13 @@ class TrainConfig:
         for name in ("steps", "batch_size", "eval_every", "save_every", "log_every", "val_limit"):
             if getattr(self, name) < 1:
                 out.append(f"--{name.replace('_', '-')} must be >= 1")
+        if self.micro_batch != "auto" and (isinstance(self.micro_batch, bool) or not isinstance(self.micro_batch, int)
+                                           or self.micro_batch < 1):
+            out.append(f"--micro-batch must be a positive integer or auto, got {self.micro_batch!r}")
+        if self.max_skipped_steps < 1:
+            out.append("--max-skipped-steps must be >= 1")
+        if self.attn_implementation not in ATTENTION:
+            out.append(f"--attn-implementation must be one of {', '.join(ATTENTION)}, got {self.attn_implementation!r}")
         if self.loader_workers < 0:
             out.append("--loader-workers must be >= 0")
         if not self.lr > 0:

@@ -3,36 +3,42 @@ checkpoints (what :func:`synthgen.pin.training.train.train` runs once everything
 
 from __future__ import annotations
 
+import contextlib
 import time
 
 import torch
 
 from synthgen import storage
+from synthgen.errors import UserError
+from synthgen.pin.models.adapters.base import loss_tokens
+from synthgen.pin.runtime import AUTOCAST
 from synthgen.pin.training.checkpoint import save_checkpoint
 
-# precision -> (dtype of the frozen VLM's weights, autocast dtype): fp16 is the authors' (Lightning
-# precision=16: fp32 weights, fp16 autocast, a grad scaler); bf16 also keeps the VLM in bf16,
-# which halves its memory (no scaler needed: bf16 has fp32's range)
-WEIGHTS = {"bf16": torch.bfloat16, "fp16": torch.float32, "fp32": torch.float32}
-AUTOCAST = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}
 
-
-def check_finite(loss: float, step: int, device: torch.device | None = None) -> None:
-    """Raise RuntimeError when the loss is not finite. Under DDP (``device`` given) the ranks first
-    agree through a one-element all-reduce, so that all of them raise at the same step: a rank
-    raising alone would leave the others waiting in their next collective."""
+def agree_finite(loss: float, device: torch.device | None = None) -> bool:
+    """Whether the loss is finite on every rank. Under DDP (``device`` given) the ranks agree
+    through a one-element all-reduce, so that all of them skip (or stop at) the same step."""
     import math
 
     finite = math.isfinite(loss)
-    everywhere = finite
-    if device is not None:
-        flag = torch.tensor([1 if finite else 0], dtype=torch.int32, device=device)
-        torch.distributed.all_reduce(flag, op=torch.distributed.ReduceOp.MIN)
-        everywhere = bool(flag.item())
-    if not finite:
-        raise RuntimeError(f"loss is {loss} at step {step}")
-    if not everywhere:
-        raise RuntimeError(f"loss is not finite on another rank at step {step}")
+    if device is None:
+        return finite
+    flag = torch.tensor([1 if finite else 0], dtype=torch.int32, device=device)
+    torch.distributed.all_reduce(flag, op=torch.distributed.ReduceOp.MIN)
+    return bool(flag.item())
+
+
+def micro_batches(batch: dict, size: int) -> list[dict]:
+    """``batch`` cut into pieces of at most ``size`` samples along its first dimension (what is
+    not a per-sample tensor, e.g. the bad-sample counts, goes with the first piece)."""
+    n = batch["input_ids"].shape[0]
+    if size >= n:
+        return [batch]
+    out = []
+    for i in range(0, n, size):
+        out.append({k: v[i:i + size] if isinstance(v, torch.Tensor) and v.ndim and v.shape[0] == n
+                    else (v if i == 0 else None) for k, v in batch.items()})
+    return out
 
 
 class Loop:
@@ -46,6 +52,11 @@ class Loop:
         self.val_shards, self.canvas, self.grid = val_shards, canvas, grid
         self.amp = precision != "fp32"
         self.bad: dict[str, int] = {}
+        # --micro-batch: samples a forward/backward takes; "auto" starts at the batch and halves
+        # on a CUDA out-of-memory error (the CPU has none to catch: there it stays the batch)
+        self.auto_micro = cfg.micro_batch == "auto"
+        self.micro = cfg.batch_size if self.auto_micro else min(int(cfg.micro_batch), cfg.batch_size)
+        self.skipped = 0  # optimiser steps skipped in a row (non-finite loss or fp16 overflow)
 
     def _autocast(self):
         return torch.autocast(self.env.device.type, dtype=AUTOCAST[self.precision], enabled=self.amp)
@@ -64,19 +75,65 @@ class Loop:
         self.adapter.attach_pin(self.pin_fn)
         return m
 
-    def step(self, batch: dict) -> float:
-        """One optimiser step; the loss before it."""
-        with self._autocast():
-            loss = self.adapter.loss(batch)
+    def _accumulate(self, batch: dict) -> float:
+        """Forward and backward over ``batch`` in micro-batches; the gradients add up to the
+        full batch's: each piece's mean loss is weighted by its share of the loss tokens. Under
+        DDP, gradients are synchronised once, after the last piece."""
+        pieces = micro_batches(batch, self.micro)
+        total = sum(loss_tokens(p["labels"]) for p in pieces) or 1
+        loss_sum = 0.0
+        for i, piece in enumerate(pieces):
+            last = i == len(pieces) - 1
+            sync = self.pin_fn.no_sync() if hasattr(self.pin_fn, "no_sync") and not last else contextlib.nullcontext()
+            with sync:
+                with self._autocast():
+                    loss = self.adapter.loss(piece) * (loss_tokens(piece["labels"]) / total)
+                (self.scaler.scale(loss) if self.scaler is not None else loss).backward()
+            loss_sum += float(loss.detach())
+        return loss_sum
+
+    def _fitting(self, batch: dict) -> float:
+        """:meth:`_accumulate`, halving ``--micro-batch auto`` on each CUDA out-of-memory error."""
+        while True:
+            try:
+                return self._accumulate(batch)
+            except torch.cuda.OutOfMemoryError:
+                if not self.auto_micro or self.micro == 1:
+                    raise
+                self.optimizer.zero_grad(set_to_none=True)
+                torch.cuda.empty_cache()
+                self.micro = max(1, self.micro // 2)
+                self.env.say(f"--micro-batch auto: out of GPU memory; {self.micro} samples a forward from now on")
+
+    def step(self, batch: dict, at: int) -> float:
+        """Optimiser step ``at``; the loss before it. A step whose loss is not finite (on any rank)
+        or whose fp16 gradients overflowed is skipped; ``--max-skipped-steps`` in a row stop the
+        run with the remedy."""
         self.optimizer.zero_grad(set_to_none=True)
-        if self.scaler is not None:
-            self.scaler.scale(loss).backward()
+        loss = self._fitting(batch)
+        finite = agree_finite(loss, self.env.device if self.env.ddp else None)
+        if self.scaler is not None:  # (its step skips non-finite gradients itself, and lowers the scale)
+            before = self.scaler.get_scale()
             self.scaler.step(self.optimizer)
             self.scaler.update()
+            skipped = not finite or self.scaler.get_scale() < before
         else:
-            loss.backward()
-            self.optimizer.step()
-        return float(loss.detach())
+            if finite:
+                self.optimizer.step()
+            skipped = not finite
+        self.skipped = self.skipped + 1 if skipped else 0
+        if self.skipped >= self.cfg.max_skipped_steps:
+            self._stop_skipping(at, loss)
+        return loss
+
+    def _stop_skipping(self, at: int, loss: float) -> None:
+        if self.precision in ("fp16", "fp16-mixed"):
+            why, remedy = ("fp16 overflowed", "train in bf16 (--precision bf16 or auto on a GPU that has it) or "
+                           "fp32; --resume continues from the last checkpoint")
+        else:
+            why, remedy = "the loss is not finite", "lower --lr or check the data; --resume continues from the last checkpoint"
+        raise UserError(f"{self.skipped} optimiser steps in a row skipped at step {at} ({why}; last loss {loss}): "
+                        f"{remedy}")
 
     def run(self, plan, step: int) -> tuple[int, float, dict | None]:
         from synthgen.progress import progress_bars
@@ -111,10 +168,8 @@ class Loop:
             batch = next(it)
             for reason, n in batch.get("bad", {}).get("counts", {}).items():
                 self.bad[reason] = self.bad.get(reason, 0) + n
-            self.last_loss = self.step(batch)
+            self.last_loss = self.step(batch, step + 1)
             step += 1
-            if self.scaler is None:  # (fp16's scaler skips non-finite steps itself)
-                check_finite(self.last_loss, step, env.device if env.ddp else None)
             losses.append(self.last_loss)
             objects.append(float(batch["n_objects"].float().mean()))
             n_since += batch["input_ids"].shape[0] * env.world

@@ -20,6 +20,7 @@ import torch
 from synthgen import storage
 from synthgen._version import __version__
 from synthgen.errors import UserError, raise_problems
+from synthgen.pin.runtime import resolve_precision
 from synthgen.pin.training.checkpoint import (
     DATA_SPLIT,
     read_checkpoint,
@@ -27,7 +28,7 @@ from synthgen.pin.training.checkpoint import (
     saved_step,
     set_rng_state,
 )
-from synthgen.pin.training.config import AUTO, PRECISIONS, TrainConfig
+from synthgen.pin.training.config import AUTO, TrainConfig
 from synthgen.schema import PIN_FORMAT, PIN_META_FILE, TRAIN_LOG_FILE, TRAIN_STATE_FILE
 from synthgen.storage import RunFolder, atomic_write
 
@@ -54,26 +55,15 @@ class _Env:
 
 
 def _environment(cfg: TrainConfig, echo: Callable[[str], None]) -> _Env:
+    from synthgen.pin.runtime import pick_device
+
     world = int(os.environ.get("WORLD_SIZE", "1"))
     rank = int(os.environ.get("RANK", "0"))
     local = int(os.environ.get("LOCAL_RANK", "0"))
-    if cfg.device:
-        device = torch.device(cfg.device)
-    else:
-        device = torch.device(f"cuda:{local}" if torch.cuda.is_available() else "cpu")
+    device = pick_device(cfg.device, local, world, torch.cuda.is_available())
     if device.type == "cuda":
         torch.cuda.set_device(device)
     return _Env(world, rank, device, echo if rank == 0 else (lambda *_: None))
-
-
-def resolve_precision(precision: str, device: torch.device) -> str:
-    if precision not in PRECISIONS:
-        raise UserError(f"--precision must be one of {', '.join(PRECISIONS)}, got {precision!r}")
-    if device.type != "cuda":
-        return "fp32"
-    if precision == "auto":
-        return "bf16" if torch.cuda.is_bf16_supported() else "fp16"
-    return precision
 
 
 def _resume_point(cfg: TrainConfig, env: _Env, plan):
@@ -186,8 +176,9 @@ def train(cfg: TrainConfig, echo: Callable[[str], None] = print, adapter=None) -
     (default: load ``cfg.vlm``/``cfg.model``); its VLM weights are left untouched.
     """
     from synthgen.pin.models.adapters import load_adapter
+    from synthgen.pin.runtime import SCALED, WEIGHTS
     from synthgen.pin.training.data import check_canvas, read_header
-    from synthgen.pin.training.loop import WEIGHTS, Loop
+    from synthgen.pin.training.loop import Loop
     from synthgen.pin.training.sources import plan_data
     from synthgen.shards import find_shards
 
@@ -220,7 +211,8 @@ def train(cfg: TrainConfig, echo: Callable[[str], None] = print, adapter=None) -
             model_id = prev["model"] if prev is not None else cfg.model
             options = {**(prev or {}).get("vlm_options", {}), **cfg.vlm_options}
             vlm = prev["vlm"] if prev is not None and cfg.vlm == AUTO else cfg.vlm
-            adapter = load_adapter(vlm, model_id, device=env.device, dtype=WEIGHTS[precision], **options)
+            adapter = load_adapter(vlm, model_id, device=env.device, dtype=WEIGHTS[precision],
+                                   attn_implementation=cfg.attn_implementation, **options)
         elif cfg.vlm not in (AUTO, adapter.name):
             raise UserError(f"adapter is {adapter.name} but the config says --vlm {cfg.vlm}")
         else:
@@ -240,10 +232,12 @@ def train(cfg: TrainConfig, echo: Callable[[str], None] = print, adapter=None) -
         pin, pin_fn = _build_pin(cfg, adapter, prev, weights, env)
         adapter.attach_pin(pin_fn)
         adapter.assert_frozen()
+        if cfg.grad_checkpointing:
+            env.say(f"gradient checkpointing: {adapter.enable_grad_checkpointing()} layers recompute in backward")
 
         # 6. the optimiser (and the run's state when resuming)
         optimizer = torch.optim.Adam(pin.parameters(), lr=cfg.lr, weight_decay=0.0)
-        scaler = torch.amp.GradScaler("cuda") if precision == "fp16" else None
+        scaler = torch.amp.GradScaler(env.device.type) if precision in SCALED else None
         step = 0
         if state is not None:
             optimizer.load_state_dict(state["optimizer"])

@@ -61,11 +61,14 @@ def detect_family(model: str) -> str:
 
 
 def load_adapter(vlm: str = "blip2", model: str | None = None, *, device: str | torch.device = "cpu",
-                 dtype: torch.dtype = torch.float32, **vlm_options) -> VLMAdapter:
+                 dtype: torch.dtype = torch.float32, attn_implementation: str = "auto", **vlm_options) -> VLMAdapter:
     """The adapter for ``vlm`` (a family, or ``auto``: read from ``model``'s config) with weights
     from ``model`` (hub id or local dir; default per VLM) and the VLM's extra options
     (:data:`synthgen.pin.models.registry.VLM_OPTIONS`, e.g. OpenFlamingo's ``lm=``, Qwen2.5-VL's
-    ``canvas=``). The adapter's ``name`` is the family resolved."""
+    ``canvas=``), loaded in ``dtype`` on ``device`` with ``attn_implementation`` (sdpa,
+    flash_attention_2, eager, or auto: transformers' choice; OpenFlamingo's own attention is
+    always sdpa). The adapter's ``name``
+    is the family resolved."""
     if vlm == AUTO:
         if not model:
             raise UserError("--vlm auto reads the VLM family from the checkpoint: give --model")
@@ -78,6 +81,9 @@ def load_adapter(vlm: str = "blip2", model: str | None = None, *, device: str | 
         raise UserError("; ".join(problems))
     model_id = model or DEFAULT_MODELS[vlm]
     cls = adapter_class(vlm)
-    if vlm == "blip2":
-        return cls(model_id, device=device, dtype=dtype)
-    return cls(model_id, device=device, dtype=dtype, **vlm_options)
+    if vlm == "openflamingo":
+        if attn_implementation not in ("auto", "sdpa"):
+            raise UserError(f"--attn-implementation {attn_implementation}: OpenFlamingo's attention is synthgen's "
+                            "own (torch sdpa); leave the option at auto")
+        return cls(model_id, device=device, dtype=dtype, **vlm_options)
+    return cls(model_id, device=device, dtype=dtype, attn_implementation=attn_implementation, **vlm_options)

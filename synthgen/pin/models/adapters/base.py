@@ -17,6 +17,7 @@ import torch
 
 from synthgen.errors import UserError
 from synthgen.grounding import prompt_parts
+from synthgen.pin.models import ATTENTION
 
 PinFn = Callable[[], torch.Tensor]
 
@@ -31,6 +32,74 @@ def loss_span(name_loss: bool | str) -> tuple[bool, bool]:
     if span not in LOSS_SPANS:
         raise ValueError(f"loss span must be one of {LOSS_SPANS}, got {name_loss!r}")
     return span in ("name", "name_prompt"), span == "name_prompt"
+
+
+def labelled_positions(labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(keep, targets)`` for a causal LM's loss: ``keep`` ``[B, T]`` marks the positions whose
+    next token is labelled (the only logits the loss needs), ``targets`` ``[N]`` those tokens in
+    the same (row-major) order."""
+    keep = torch.zeros_like(labels, dtype=torch.bool)
+    keep[:, :-1] = labels[:, 1:] != -100
+    return keep, labels[:, 1:][keep[:, :-1]]
+
+
+def labelled_loss(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+    """The mean cross-entropy over the labelled tokens (what transformers' causal-LM loss is),
+    from the logits ``[N, vocab]`` at :func:`labelled_positions` only, in fp32."""
+    return torch.nn.functional.cross_entropy(logits.reshape(-1, logits.shape[-1]).float(), targets.reshape(-1))
+
+
+def loss_tokens(labels: torch.Tensor) -> int:
+    """How many tokens a batch's loss averages over (micro-batches are weighted by it)."""
+    return int((labels[:, 1:] != -100).sum())
+
+
+def pretrained_placement(device: torch.device, dtype: torch.dtype, attn_implementation: str = "auto") -> dict:
+    """``from_pretrained`` arguments that load the frozen VLM straight in its compute ``dtype`` onto
+    ``device`` (no full-precision copy in host RAM first) with the attention kernels asked for."""
+    if attn_implementation not in ATTENTION:
+        raise UserError(f"--attn-implementation must be one of {', '.join(ATTENTION)}, got {attn_implementation!r}")
+    if attn_implementation == "flash_attention_2":
+        import importlib.util
+
+        if importlib.util.find_spec("flash_attn") is None:
+            raise UserError("--attn-implementation flash_attention_2 needs the flash-attn package "
+                            "(pip install flash-attn); or use sdpa")
+    out = {"dtype": dtype, "device_map": str(device)}
+    if attn_implementation != "auto":  # (auto: transformers' default, sdpa where the model supports it)
+        out["attn_implementation"] = attn_implementation
+    return out
+
+
+def _checkpointed(forward: Callable) -> Callable:
+    """``forward`` recomputed in backward instead of keeping its activations (non-reentrant
+    ``torch.utils.checkpoint``); run as is where no gradient is being recorded."""
+    import functools
+
+    from torch.utils.checkpoint import checkpoint
+
+    @functools.wraps(forward)
+    def run(*args, **kwargs):
+        if not torch.is_grad_enabled():
+            return forward(*args, **kwargs)
+        return checkpoint(forward, *args, use_reentrant=False, **kwargs)
+
+    run.synthgen_checkpointed = True
+    return run
+
+
+def outermost_layers(root: torch.nn.Module, kinds: tuple[type, ...], skip: Sequence[str] = ()) -> list[str]:
+    """Names of the modules under ``root`` that are instances of ``kinds``, not inside another
+    such module nor under a ``skip`` prefix (the frozen towers before PIN, which keep nothing for
+    backward)."""
+    out: list[str] = []
+    for name, module in root.named_modules():
+        if not isinstance(module, kinds) or any(name == s or name.startswith(s + ".") for s in skip):
+            continue
+        if any(name.startswith(o + ".") for o in out):
+            continue
+        out.append(name)
+    return out
 
 
 class Batcher:
@@ -167,6 +236,32 @@ class VLMAdapter:
         if trainable:
             raise AssertionError(f"VLM weights must stay frozen; trainable: {trainable[:5]}")
 
+    # --- memory --------------------------------------------------------------------------
+    def checkpoint_layers(self) -> list[str]:
+        """Names (in ``self.model``) of the layers on the gradient path (from PIN to the loss)
+        that :meth:`enable_grad_checkpointing` recomputes in backward: by default transformers'
+        checkpointable layers outside the vision tower."""
+        from transformers.modeling_layers import GradientCheckpointingLayer
+
+        return outermost_layers(self.model, (GradientCheckpointingLayer,), self.frozen_towers())
+
+    def frozen_towers(self) -> tuple[str, ...]:
+        """Module names (in ``self.model``) before PIN: no gradient flows through them."""
+        return ()
+
+    def enable_grad_checkpointing(self) -> int:
+        """Recompute each :meth:`checkpoint_layers` layer in backward rather than keep its
+        activations: only the layers' inputs are kept. Works on the frozen model in ``eval()``
+        (transformers' own switch acts only in training mode, which would turn dropout on).
+        Returns the number of layers wrapped."""
+        names = self.checkpoint_layers()
+        for name in names:
+            layer = self.model.get_submodule(name)
+            method = getattr(layer, "checkpointed_method", "forward")  # (a layer may name a narrower one)
+            if not getattr(getattr(layer, method), "synthgen_checkpointed", False):
+                setattr(layer, method, _checkpointed(getattr(layer, method)))
+        return len(names)
+
     # --- data ----------------------------------------------------------------------------
     def set_pixel_normalisation(self, mean: Sequence[float], std: Sequence[float],
                                 rescale: float | None = None) -> None:
@@ -210,8 +305,11 @@ class PixelsTextAdapter(VLMAdapter):
                           attention_mask=attention_mask.to(self.device), **kw)
 
     def loss(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
-        return self._forward(batch["pixels"], batch["input_ids"], batch["attention_mask"],
-                             labels=batch["labels"].to(self.device)).loss
+        """Mean cross-entropy over the labelled tokens, with logits at those positions only."""
+        keep, targets = labelled_positions(batch["labels"].to(self.device))
+        logits = self._forward(batch["pixels"], batch["input_ids"], batch["attention_mask"],
+                               logits_to_keep=keep, use_cache=False).logits
+        return labelled_loss(logits, targets)
 
     def logits(self, pixels: torch.Tensor, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
         return self._forward(pixels, input_ids, attention_mask).logits

@@ -13,7 +13,7 @@ from pathlib import Path
 import torch
 
 from synthgen.errors import UserError
-from synthgen.pin.models.adapters.base import PinFn, PixelsTextAdapter, TextCodec
+from synthgen.pin.models.adapters.base import PinFn, PixelsTextAdapter, TextCodec, pretrained_placement
 from synthgen.pin.models.registry import DEFAULT_MODELS
 
 
@@ -23,7 +23,7 @@ class Blip2Adapter(PixelsTextAdapter):
     name = "blip2"
 
     def __init__(self, model_id: str = DEFAULT_MODELS["blip2"], *, device: str | torch.device = "cpu",
-                 dtype: torch.dtype = torch.float32) -> None:
+                 dtype: torch.dtype = torch.float32, attn_implementation: str = "auto") -> None:
         from transformers import Blip2Config, Blip2ForConditionalGeneration, Blip2Processor
         from transformers.utils import logging as hf_logging
 
@@ -43,11 +43,12 @@ class Blip2Adapter(PixelsTextAdapter):
                     f"({config.text_config.model_type}); PIN needs a decoder-only BLIP-2 such as "
                     f"{DEFAULT_MODELS['blip2']}")
             self.processor = Blip2Processor.from_pretrained(self.model_id)
-            model = Blip2ForConditionalGeneration.from_pretrained(self.model_id, config=config, dtype=dtype)
+            model = Blip2ForConditionalGeneration.from_pretrained(
+                self.model_id, config=config, **pretrained_placement(self.device, dtype, attn_implementation))
         except (OSError, ValueError) as exc:
             first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
             raise UserError(f"cannot load BLIP-2 from {self.model_id!r}: {first}") from None
-        self.model = model.to(self.device).eval()
+        self.model = model.eval()
         for p in self.model.parameters():
             p.requires_grad_(False)
         cfg = self.model.config
@@ -71,6 +72,9 @@ class Blip2Adapter(PixelsTextAdapter):
     def _add_pin(self, module, args, output):
         output.last_hidden_state = self._add_pin_to(output.last_hidden_state)
         return output
+
+    def frozen_towers(self) -> tuple[str, ...]:
+        return ("vision_model",)
 
     def generate_options(self) -> dict:
         return {"eos_token_id": self.codec.tokenizer.eos_token_id}

@@ -29,7 +29,15 @@ import torch
 
 from synthgen.errors import UserError
 from synthgen.grounding import prompt_parts
-from synthgen.pin.models.adapters.base import Batcher, PinFn, VLMAdapter, loss_span
+from synthgen.pin.models.adapters.base import (
+    Batcher,
+    PinFn,
+    VLMAdapter,
+    labelled_loss,
+    labelled_positions,
+    loss_span,
+    pretrained_placement,
+)
 
 _PROMPT, _ANSWER = "\x00PINPROMPT\x00", "\x00PINANSWER\x00"  # sentinels rendered through the template
 
@@ -110,7 +118,7 @@ class HFVisionLanguageAdapter(VLMAdapter):
     native_max_new_tokens = 32
 
     def __init__(self, model_id: str, *, device: str | torch.device = "cpu", dtype: torch.dtype = torch.float32,
-                 **options) -> None:
+                 attn_implementation: str = "auto", **options) -> None:
         from transformers import AutoModelForImageTextToText, AutoProcessor, PreTrainedConfig
         from transformers.utils import logging as hf_logging
 
@@ -135,10 +143,11 @@ class HFVisionLanguageAdapter(VLMAdapter):
             config = AutoConfig.from_pretrained(self.model_id)
             self.options = self.resolve_options(config, options)
             self.processor = AutoProcessor.from_pretrained(self.model_id, **self.processor_options(config))
-            model = AutoModelForImageTextToText.from_pretrained(self.model_id, config=config, dtype=dtype)
+            model = AutoModelForImageTextToText.from_pretrained(
+                self.model_id, config=config, **pretrained_placement(self.device, dtype, attn_implementation))
         except (OSError, ValueError, ImportError) as exc:
             raise UserError(f"cannot load {self.title} from {self.model_id!r}: {_first(exc)}") from None
-        self.model = model.to(self.device).eval()
+        self.model = model.eval()
         for p in self.model.parameters():
             p.requires_grad_(False)
         self.config = self.model.config
@@ -250,9 +259,15 @@ class HFVisionLanguageAdapter(VLMAdapter):
         module too): ``model.get_image_features``."""
         return self.model.get_image_features(**self.pixel_inputs(self.preprocess(pixels)))
 
+    def frozen_towers(self) -> tuple[str, ...]:
+        return (self.vision_module,)
+
     def loss(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
-        return self.model(**self.inputs(batch["pixels"], batch["input_ids"], batch["attention_mask"],
-                                        batch["labels"])).loss
+        """Mean cross-entropy over the labelled tokens (the model's own loss), with the LM head
+        applied at those positions only: never the ``[B, T, vocab]`` logits."""
+        kw = self.inputs(batch["pixels"], batch["input_ids"], batch["attention_mask"], batch["labels"])
+        keep, targets = labelled_positions(kw.pop("labels"))
+        return labelled_loss(self.model(**kw, logits_to_keep=keep, use_cache=False).logits, targets)
 
     def logits(self, pixels: torch.Tensor, input_ids: torch.Tensor, attention_mask: torch.Tensor
                ) -> torch.Tensor:

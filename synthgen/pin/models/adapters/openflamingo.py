@@ -19,7 +19,7 @@ from dataclasses import dataclass
 import torch
 
 from synthgen.grounding import prompt_parts
-from synthgen.pin.models.adapters.base import PinFn, PixelsTextAdapter, TextCodec, loss_span
+from synthgen.pin.models.adapters.base import PinFn, PixelsTextAdapter, TextCodec, loss_span, outermost_layers
 from synthgen.pin.models.registry import DEFAULT_MODELS
 
 
@@ -83,6 +83,13 @@ class OpenFlamingoAdapter(PixelsTextAdapter):
         self._pin: PinFn | None = None
         self._enabled = True
         self.model.feature_hook = self._add_pin_to
+
+    def checkpoint_layers(self) -> list[str]:
+        """The LM's layers, each with its gated cross-attention block in front (where PIN's
+        gradient flows through the perceiver's output)."""
+        from synthgen.pin.models.flamingo.model import FlamingoLayer
+
+        return outermost_layers(self.model, (FlamingoLayer,))
 
     @property
     def vlm_options(self) -> dict:

@@ -173,13 +173,20 @@ class FlamingoLayer(nn.Module):
         self.decoder_layer = decoder_layer
         self._cond = conditioning
 
+    # what gradient checkpointing recomputes (the images are its arguments: in backward the
+    # model's conditioning has been cleared)
+    checkpointed_method = "block"
+
     def forward(self, hidden_states, *args, **kwargs):
         c = self._cond
+        if self.gated_cross_attn_layer is not None and (c.vis_x is None or c.media_locations is None):
+            raise RuntimeError("Flamingo layers called without images: use Flamingo.forward/generate")
+        return self.block(hidden_states, c.vis_x, c.media_locations, c.use_cached_media, *args, **kwargs)
+
+    def block(self, hidden_states, vis_x, media_locations, use_cached_media, *args, **kwargs):
+        """Gated cross-attention to the images, then the LM's decoder layer."""
         if self.gated_cross_attn_layer is not None:
-            if c.vis_x is None or c.media_locations is None:
-                raise RuntimeError("Flamingo layers called without images: use Flamingo.forward/generate")
-            hidden_states = self.gated_cross_attn_layer(hidden_states, c.vis_x, c.media_locations,
-                                                        c.use_cached_media)
+            hidden_states = self.gated_cross_attn_layer(hidden_states, vis_x, media_locations, use_cached_media)
         return self.decoder_layer(hidden_states, *args, **kwargs)
 
     def __getattr__(self, name: str):
