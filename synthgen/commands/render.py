@@ -68,9 +68,10 @@ RENDER = Command(
      Option("batch_size", R.batch_size, "Images per model call.", "int", recipe=True),
      Option("seed", R.seed, "Base seed; each (category, index) gets its own seed derived from it.", "int",
             recipe=True),
-     Option("gpus_per_worker", R.gpus_per_worker, "GPUs per generator actor: a whole number, or a fraction <= 1 to "
-            "pack several generators on a GPU; cut-out and CLIP actors take what the generators leave of the GPUs, "
-            "or run on the CPU when nothing is left.", "float", recipe=True),
+     Option("gpus_per_worker", R.gpus_per_worker, "GPU share of a generator actor: 1 (a GPU each), or a fraction "
+            "< 1 to pack several generators on a GPU (at most 1: a generator uses one GPU). The CLIP actors take "
+            "what the generators leave of each GPU; the rembg cut-out actors too when onnxruntime offers CUDA "
+            "(onnxruntime-gpu), else they run on the CPU.", "float", recipe=True),
      WORKERS, RAY_ADDRESS,
      Option("object_store_mb", R.object_store_mb, "Object store of the local Ray in MB (images in flight between "
             "the stages; ignored with --ray-address).", "int"),

@@ -83,9 +83,9 @@ class RenderConfig:
             (self.batch_size >= 1, "--batch-size must be >= 1"),
             (self.gpus_per_worker >= 0.01,
              "--gpus-per-worker must be >= 0.01 (at most 100 generators per GPU)"),
-            (self.gpus_per_worker <= 1 or float(self.gpus_per_worker).is_integer(),
-             f"--gpus-per-worker above 1 must be a whole number of GPUs (got "
-             f"{self.gpus_per_worker:g}): use 2, 3, ..., or a fraction <= 1 to share a GPU"),
+            (self.gpus_per_worker <= 1,
+             f"--gpus-per-worker must be <= 1 (got {self.gpus_per_worker:g}): one Stable Diffusion "
+             f"generator uses one GPU, more would sit idle; use 1, or a fraction <= 1 to share a GPU"),
             (self.workers is None or self.workers >= 1, f"--workers must be >= 1 (got {self.workers})"),
             (self.object_store_mb >= 64, "the object store needs at least 64 MB"),
         ]

@@ -95,7 +95,9 @@ def fetch_cutout(spec: SessionSpec) -> None:
         raise ModelLoadError(_cutout_hint(spec, short(exc))) from None
 
 
-def new_session(spec: SessionSpec):
+def new_session(spec: SessionSpec, providers: Sequence[str] | None = None):
+    """A rembg session for ``spec`` on onnxruntime's ``providers`` (None: rembg's choice, CUDA
+    whenever onnxruntime-gpu is installed, even where no GPU share was reserved)."""
     try:
         from rembg import new_session as _new
         from rembg.sessions import sessions
@@ -108,9 +110,10 @@ def new_session(spec: SessionSpec):
         opts = ort.SessionOptions()
         opts.add_session_config_entry("session.intra_op.allow_spinning", "0")
         opts.add_session_config_entry("session.inter_op.allow_spinning", "0")
+        kwargs = {} if providers is None else {"providers": list(providers)}  # (rembg wants a list)
         if spec.model_path is not None:
-            return _new(spec.name, sess_opts=opts, model_path=spec.model_path)
-        return _new(spec.name, sess_opts=opts)
+            kwargs["model_path"] = spec.model_path
+        return _new(spec.name, sess_opts=opts, **kwargs)
     except Exception as exc:
         raise ModelLoadError(_cutout_hint(spec, short(exc))) from None
 
@@ -159,14 +162,15 @@ def mask_to_cutout(image: np.ndarray, mask: np.ndarray, threshold: int = 128) ->
 
 
 class Cutter:
-    """Holds one rembg session per spec; ``__call__(images)`` -> per image, one candidate per
-    session (same order as the specs)."""
+    """Holds one rembg session per spec (on onnxruntime's ``providers``, :func:`new_session`);
+    ``__call__(images)`` -> per image, one candidate per session (same order as the specs)."""
 
-    def __init__(self, specs: str | Sequence[str] | Sequence[SessionSpec]):
+    def __init__(self, specs: str | Sequence[str] | Sequence[SessionSpec],
+                 providers: Sequence[str] | None = None):
         if isinstance(specs, str) or (specs and not isinstance(specs[0], SessionSpec)):
             specs = parse_cutout(specs)  # type: ignore[arg-type]
         self.specs: list[SessionSpec] = list(specs)  # type: ignore[arg-type]
-        self.sessions = [new_session(s) for s in self.specs]
+        self.sessions = [new_session(s, providers) for s in self.specs]
 
     def masks(self, image: np.ndarray) -> list[np.ndarray]:
         from PIL import Image

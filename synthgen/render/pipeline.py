@@ -2,9 +2,10 @@
 
 The three model stages (:mod:`.stages`) run as Ray Data ``map_batches`` stages over batches of
 ``(category, index, seed, prompt)`` rows, each an actor pool sized by :func:`.plan.plan_resources`
-(one generator per ``--gpus-per-worker`` GPUs; the cut-out and scorer actors on what the
-generators leave of the GPUs, or on the CPU). ``use_ray=False`` runs the same stage objects one
-after the other in this process (the benchmark's baseline, and handy for debugging).
+(``--gpus-per-worker`` <= 1 GPU per generator; the scorer actors on what the generators leave of
+the GPUs, the rembg cut-out actors too when onnxruntime offers CUDA, else on the CPU).
+``use_ray=False`` runs the same stage objects one after the other in this process (the
+benchmark's baseline, and handy for debugging).
 
 Results stream back in order; when a category has all its objects it is filtered and written
 (:mod:`.records`, :mod:`synthgen.bank.writer`), so a killed run loses at most the categories in flight.
@@ -144,6 +145,13 @@ def _polled(counts, bars: _Bars | None, every: float = 0.5) -> Iterator[None]:
         thread.join(timeout=15)
 
 
+def _onnx_providers() -> list[str]:
+    """What this machine's onnxruntime offers (the cluster's nodes run the same install)."""
+    import onnxruntime
+
+    return list(onnxruntime.get_available_providers())
+
+
 def _ray_batches(rows: list[dict], cfg: RenderConfig, bars: _Bars | None = None) -> Iterator[dict]:
     os.environ.setdefault("RAY_DATA_LOGGING_CONFIG", str(Path(__file__).with_name("ray_data_logging.yaml")))
     import ray
@@ -157,7 +165,7 @@ def _ray_batches(rows: list[dict], cfg: RenderConfig, bars: _Bars | None = None)
         res = ray.cluster_resources()
         node_gpus = [n["Resources"].get("GPU", 0.0) for n in ray.nodes() if n.get("Alive")]
         plan = plan_resources(res.get("GPU", 0.0), res.get("CPU", 1.0), cfg.gpus_per_worker,
-                              node_gpus=node_gpus)
+                              node_gpus=node_gpus, onnx_providers=_onnx_providers())
         counts = ray.remote(num_cpus=0)(StageCounts).remote()  # (display only)
         n_blocks = max(1, math.ceil(len(rows) / cfg.batch_size))
         ds = ray.data.from_items(rows, override_num_blocks=n_blocks)
@@ -169,9 +177,9 @@ def _ray_batches(rows: list[dict], cfg: RenderConfig, bars: _Bars | None = None)
             num_gpus=plan.gen_gpus, num_cpus=plan.gen_cpus)
         ds = ds.map_batches(
             CutoutStage, fn_constructor_kwargs=dict(cutout=list(cfg.cutout), threads=plan.light_threads,
-                                                    counts=counts),
+                                                    counts=counts, providers=plan.cut_providers),
             batch_size=cfg.batch_size, batch_format="numpy", compute=ray.data.ActorPoolStrategy(size=plan.n_light),
-            num_gpus=plan.light_gpus, num_cpus=plan.light_cpus)
+            num_gpus=plan.cut_gpus, num_cpus=plan.light_cpus)
         ds = ds.map_batches(
             ScoreStage, fn_constructor_kwargs=dict(model=cfg.clip_model, pretrained=cfg.clip_pretrained,
                                                    n_candidates=len(cfg.cutout),

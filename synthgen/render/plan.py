@@ -8,7 +8,9 @@ from typing import Sequence
 
 from synthgen.errors import UserError
 
-LIGHT_GPU = 0.1  # GPU share of a cut-out or scorer actor next to a generator
+LIGHT_GPU = 0.1  # GPU share of a scorer actor (and a cut-out one with onnxruntime-gpu) next to a generator
+CUDA_PROVIDER = "CUDAExecutionProvider"
+CPU_PROVIDER = "CPUExecutionProvider"
 
 
 @dataclass(frozen=True)
@@ -17,10 +19,17 @@ class Plan:
     gen_gpus: float
     gen_cpus: float
     n_light: int        # actors per light stage (cut-out, scorer)
-    light_gpus: float
+    light_gpus: float   # GPU share of a scorer actor (torch)
     light_cpus: float
     threads: int | None  # torch threads of a generator (CPU only)
     light_threads: int = 1
+    cut_gpus: float = 0.0  # GPU share of a cut-out actor: 0 unless onnxruntime offers CUDA
+
+    @property
+    def cut_providers(self) -> list[str]:
+        """The onnxruntime providers of the cut-out actors' rembg sessions: CUDA where they hold a
+        GPU share, else the CPU only (an actor without a GPU share must not use one it sees)."""
+        return [CUDA_PROVIDER, CPU_PROVIDER] if self.cut_gpus > 0 else [CPU_PROVIDER]
 
 
 def _down(x: float) -> float:
@@ -43,21 +52,24 @@ def _cpu_shares(cpus: float, n_gen: int, n_light: int, light_on_gpu: bool) -> tu
 
 
 def plan_resources(gpus: float, cpus: float, gpus_per_worker: float,
-                   node_gpus: Sequence[float] | None = None) -> Plan:
+                   node_gpus: Sequence[float] | None = None, onnx_providers: Sequence[str] = ()) -> Plan:
     """Actor counts and resources, never more than the cluster has and always valid for Ray
-    (fractions of 0.0001, whole numbers above 1). ``node_gpus`` lists the GPUs of each node
-    (default: all ``gpus`` on one node); a generator's GPUs are always on one node.
+    (fractions of 0.0001). ``node_gpus`` lists the GPUs of each node (default: all ``gpus`` on
+    one node); ``onnx_providers`` is ``onnxruntime.get_available_providers()``.
 
-    * ``gpus_per_worker`` = k > 1 (a whole number): per node ``floor(node GPUs / k)`` generators
-      with exactly k GPUs each. The light actors (cut-out, scorer) go on the GPUs left over (two
-      per GPU, half a GPU each) or, when none is left, run on the CPU with 0 GPUs.
-    * ``gpus_per_worker`` <= 1: k = ``floor(1 / gpus_per_worker)`` generators per GPU, plus one
-      cut-out and one scorer actor per GPU with ``LIGHT_GPU`` each (less when k is large); the
-      generators' share is trimmed so that k of them and the two light actors fill one GPU and
-      k + 1 generators never fit on one GPU (Ray packs fractions; the generator pool starts
-      first, so every GPU gets exactly k generators and room for its light actors).
+    * ``gpus_per_worker`` <= 1 (one Stable Diffusion generator uses one GPU at most; more is
+      refused): k = ``floor(1 / gpus_per_worker)`` generators per GPU, plus one cut-out and one
+      scorer actor per GPU with ``LIGHT_GPU`` each (less when k is large); the generators' share
+      is trimmed so that k of them and the two light actors fill one GPU and k + 1 generators
+      never fit on one GPU (Ray packs fractions; the generator pool starts first, so every GPU
+      gets exactly k generators and room for its light actors).
+    * The cut-out actors (rembg on onnxruntime) take their GPU share only when onnxruntime offers
+      CUDA (:func:`cutout_on_gpu`); with its CPU build they ask for none and run on the CPU.
     * No GPU: one actor per stage on the CPU.
     """
+    if gpus_per_worker > 1:
+        raise UserError(f"--gpus-per-worker must be <= 1 (got {gpus_per_worker:g}): one Stable Diffusion "
+                        "generator uses one GPU, more would sit idle; use 1, or a fraction <= 1 to share a GPU")
     per_node = [int(math.floor(g + 1e-9)) for g in (node_gpus if node_gpus is not None else [gpus])]
     whole = sum(per_node)
     if whole < 1:
@@ -65,22 +77,6 @@ def plan_resources(gpus: float, cpus: float, gpus_per_worker: float,
         light = 0.25 if cpus <= 2 else 1.0
         return Plan(1, 0.0, max(1.0, cpus - 2 * light) if cpus > 2 else 1.0, 1, 0.0, light,
                     threads=max(1, int(cpus)))
-    if gpus_per_worker > 1:
-        k = int(round(gpus_per_worker))
-        if abs(gpus_per_worker - k) > 1e-9:
-            raise UserError(f"--gpus-per-worker above 1 must be a whole number, got {gpus_per_worker:g}")
-        n_gen = sum(g // k for g in per_node)
-        if n_gen == 0:
-            raise UserError(f"--gpus-per-worker {k} needs {k} GPUs on one node, but the largest "
-                            f"node has {max(per_node)}; use --gpus-per-worker {max(per_node)} or less")
-        left = whole - n_gen * k
-        if left >= 1:
-            n_light, light_gpus = left, 0.5
-        else:
-            n_light, light_gpus = n_gen, 0.0
-        gen_cpus, light_cpus = _cpu_shares(cpus, n_gen, n_light, light_gpus > 0)
-        return Plan(n_gen, float(k), gen_cpus, n_light, light_gpus, light_cpus, None,
-                    light_threads=1 if light_gpus > 0 else max(1, int(light_cpus)))
     k = max(1, int(math.floor(1.0 / gpus_per_worker + 1e-9)))
     gen_gpus = min(_down(gpus_per_worker), _down((1.0 - 2 * LIGHT_GPU) / k))
     if (k + 1) * gen_gpus <= 1.0 + 1e-9:
@@ -90,4 +86,11 @@ def plan_resources(gpus: float, cpus: float, gpus_per_worker: float,
     n_gen, n_light = k * whole, whole
     gen_cpus, light_cpus = _cpu_shares(cpus, n_gen, n_light, light_gpus > 0)
     return Plan(n_gen, gen_gpus, gen_cpus, n_light, light_gpus, light_cpus, None,
-                light_threads=1 if light_gpus > 0 else max(1, int(light_cpus)))
+                light_threads=1 if light_gpus > 0 else max(1, int(light_cpus)),
+                cut_gpus=light_gpus if cutout_on_gpu(onnx_providers) else 0.0)
+
+
+def cutout_on_gpu(onnx_providers: Sequence[str]) -> bool:
+    """Whether rembg's sessions can run on a GPU: onnxruntime offers CUDA (``onnxruntime-gpu``).
+    Its CPU build (``onnxruntime``) offers ``CPUExecutionProvider`` (and Azure) only."""
+    return CUDA_PROVIDER in onnx_providers

@@ -4,6 +4,11 @@
 composited on white. Any open_clip model: a built-in name with a ``pretrained`` tag or checkpoint
 file (``ViT-L-14`` + ``openai``, X-Paste's CLIP), ``hf-hub:org/repo``, or a local directory
 (``local-dir:PATH`` or just ``PATH``) holding ``open_clip_config.json`` and the weights.
+
+The model gets the activation its weights were trained with (:mod:`synthgen.clip_models`):
+QuickGELU for the ``openai`` tag, as X-Paste's open_clip 2.x built it (open_clip 3.x would build
+GELU and only warn, which shifts every score). A checkpoint file takes the name's activation:
+OpenAI's weights as a file go with ``ViT-L-14-quickgelu``.
 """
 
 from __future__ import annotations
@@ -30,8 +35,9 @@ def resolve_clip(model: str, pretrained: str | None) -> tuple[str, str | None]:
 def _clip_hint(model: str, pretrained: str | None, err: str) -> str:
     what = model + (f" (pretrained {pretrained!r})" if pretrained else "")
     return (f"cannot load the CLIP model {what}: {err}. Pass a local copy: --clip-pretrained "
-            f"/path/to/checkpoint.bin with a built-in --clip-model name, or --clip-model PATH "
-            f"(a directory with open_clip_config.json and weights, as on the hub)")
+            f"/path/to/checkpoint.bin with a built-in --clip-model name (OpenAI's weights: "
+            f"ViT-L-14-quickgelu), or --clip-model PATH (a directory with open_clip_config.json "
+            f"and weights, as on the hub)")
 
 
 def fetch_clip(model: str, pretrained: str | None) -> None:
@@ -80,11 +86,13 @@ class Scorer:
         import open_clip
         import torch
 
+        from synthgen.clip_models import quick_gelu_kwargs
+
         name, tag = resolve_clip(model, pretrained)
         self.device = device_of(device)
         try:
-            m, _, preprocess = open_clip.create_model_and_transforms(name, pretrained=tag,
-                                                                      device=self.device)
+            m, _, preprocess = open_clip.create_model_and_transforms(name, pretrained=tag, device=self.device,
+                                                                      **quick_gelu_kwargs(name, tag))
             self.tokenizer = open_clip.get_tokenizer(name)
         except Exception as exc:
             raise ModelLoadError(_clip_hint(model, pretrained, short(exc))) from None

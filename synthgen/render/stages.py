@@ -70,12 +70,13 @@ def rejection_reason(batch: dict, i: int) -> str | None:
 class CutoutStage:
     counts = None  # where batches are counted (display only: :func:`report`)
 
-    def __init__(self, cutout: Sequence[str], threads: int | None = None, counts=None):
+    def __init__(self, cutout: Sequence[str], threads: int | None = None, counts=None,
+                 providers: Sequence[str] | None = None):
         _set_threads(threads)
         self.counts = counts
         from synthgen.render.cutout import Cutter
 
-        self.cutter = Cutter(list(cutout))
+        self.cutter = Cutter(list(cutout), providers=providers)
 
     def __call__(self, batch: dict) -> dict:
         from synthgen.render.cutout import Candidate
