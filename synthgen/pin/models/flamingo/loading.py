@@ -14,6 +14,7 @@ and builds GELU, which the package then silently uses); ``checkpoint.pt`` is rea
 
 from __future__ import annotations
 
+import json
 import re
 from dataclasses import replace
 from pathlib import Path
@@ -63,16 +64,11 @@ def geometry(vision: str) -> dict:
 def open_clip_kwargs(vision: str, pretrained: str | None) -> dict:
     """Extra ``open_clip.create_model`` arguments for weights ``pretrained`` of ``vision``: QuickGELU
     for tags trained with it (``openai``: open_clip 3.x only warns about the mismatch, while 2.x
-    built the OpenAI models, OpenFlamingo's ViT-L/14 among them, with QuickGELU)."""
-    import open_clip
+    built the OpenAI models, OpenFlamingo's ViT-L/14 among them, with QuickGELU); the rule for
+    files and ``local-dir:`` is in :mod:`synthgen.clip_models`."""
+    from synthgen.clip_models import quick_gelu_kwargs
 
-    if not pretrained or Path(pretrained).exists():
-        return {}
-    tag = open_clip.get_pretrained_cfg(vision, pretrained)
-    if not tag:
-        raise UserError(f"unknown open_clip weights {pretrained!r} for {vision}; known: "
-                        f"{', '.join(open_clip.list_pretrained_tags_by_model(vision)) or 'none'}, or a file path")
-    return {"force_quick_gelu": bool(tag.get("quick_gelu", False))}
+    return quick_gelu_kwargs(vision, pretrained)
 
 
 def load_vision(vision: str, pretrained: str | None, dtype: torch.dtype):
@@ -109,10 +105,33 @@ def load_tokenizer(tokenizer: str):
                              "lm=/path/to/local/dir (or tokenizer=, when it lives elsewhere)") from None
     finally:
         hf_logging.set_verbosity(before)
+    if tok.pad_token is not None and not _declares_pad(tokenizer):
+        tok.pad_token = None  # a class default of transformers 5, not the tokenizer's own (see _declares_pad)
     tok.add_special_tokens({"additional_special_tokens": [EOC_TOKEN, MEDIA_TOKEN]})
     if tok.pad_token is None:
         tok.add_special_tokens({"pad_token": PAD_TOKEN})
     return tok
+
+
+def _declares_pad(tokenizer: str) -> bool:
+    """Whether the tokenizer's own files (``tokenizer_config.json``, ``special_tokens_map.json``)
+    name a pad token; True where that cannot be told (its config unreadable).
+
+    OpenFlamingo was trained with transformers 4, whose ``GPTNeoXTokenizerFast`` had a pad token only
+    when its files named one, so it added ``<PAD>`` to MPT's GPT-NeoX tokenizer (which names none):
+    OpenFlamingo-3B's checkpoint.pt embeddings have 50277 + 3 = 50280 rows. transformers 5 gives
+    ``GPTNeoXTokenizer`` a pad token of its own (``<|padding|>``), which would leave ``<PAD>`` out and
+    the embeddings one row short of the checkpoint's."""
+    found = {}
+    for name in ("tokenizer_config.json", "special_tokens_map.json"):
+        try:
+            path = fetch(tokenizer, name, "the tokenizer")
+            found[name] = json.loads(path.read_text()) if path is not None else {}
+        except (ModelLoadError, OSError, ValueError):
+            continue
+    if not isinstance(found.get("tokenizer_config.json"), dict):
+        return True
+    return any(isinstance(d, dict) and bool(d.get("pad_token")) for d in found.values())
 
 
 # --- checkpoint.pt ------------------------------------------------------------------------------
