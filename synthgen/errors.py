@@ -24,6 +24,11 @@ class ModelLoadError(UserError):
     """A model could not be loaded: one line with its name and how to pass a local copy."""
 
 
+class Interrupted(KeyboardInterrupt):
+    """Ctrl-C or SIGTERM, after the work in progress was put in order: the message says what was
+    kept and how to go on (the CLI prints it on one line, exit status 130)."""
+
+
 @dataclass(frozen=True)
 class Skip:
     """An input that cannot be used, with the reason (a short snake_case word)."""

@@ -16,7 +16,7 @@ from typing import Callable, TypeVar
 import typer
 
 from synthgen._version import __version__
-from synthgen.errors import UserError
+from synthgen.errors import Interrupted, UserError
 
 F = TypeVar("F", bound=Callable)
 
@@ -32,6 +32,16 @@ app = typer.Typer(
     add_completion=False,
     context_settings={"help_option_names": ["-h", "--help"]},
 )
+
+
+def _interrupted(name: str) -> str:
+    """What a Ctrl-C leaves, for the command ``name``."""
+    from synthgen.commands import COMMANDS
+
+    cmd = COMMANDS.get(name)
+    flag = cmd.resume[0] if cmd is not None and cmd.resume else None
+    again = f"re-run the same command with {flag} to continue" if flag else "re-run the same command to resume"
+    return f"interrupted: finished work is kept; {again}"
 
 
 def user_errors(name: str, fn: F) -> F:
@@ -53,8 +63,8 @@ def user_errors(name: str, fn: F) -> F:
                 raise
             typer.secho(f"error: {error}", fg=typer.colors.RED, err=True)
             raise typer.Exit(2) from None
-        except KeyboardInterrupt:
-            typer.secho("interrupted: finished work is kept; re-run the same command to resume (train-pin: with --resume)",
+        except KeyboardInterrupt as exc:
+            typer.secho(f"interrupted: {exc}" if isinstance(exc, Interrupted) else _interrupted(name),
                         fg=typer.colors.YELLOW, err=True)
             raise typer.Exit(130) from None
 

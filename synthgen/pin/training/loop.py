@@ -9,7 +9,7 @@ import time
 import torch
 
 from synthgen import storage
-from synthgen.errors import UserError
+from synthgen.errors import Interrupted, UserError
 from synthgen.pin.models.adapters.base import loss_tokens
 from synthgen.pin.runtime import AUTOCAST
 from synthgen.pin.training.checkpoint import save_checkpoint
@@ -41,6 +41,41 @@ def micro_batches(batch: dict, size: int) -> list[dict]:
     return out
 
 
+class StopSignals:
+    """SIGINT and SIGTERM (Ctrl-C, and how schedulers stop jobs) while training: the first asks the
+    loop to stop after the step in progress, which it saves as a checkpoint; a second Ctrl-C stops
+    at once. Installed from the main thread only (signal handlers live there)."""
+
+    NAMES = ("SIGINT", "SIGTERM")
+
+    def __init__(self, say) -> None:
+        self.say, self.requested, self._before = say, None, {}
+
+    def __enter__(self) -> StopSignals:
+        import signal
+        import threading
+
+        if threading.current_thread() is threading.main_thread():
+            for name in self.NAMES:
+                sig = getattr(signal, name)
+                self._before[sig] = signal.signal(sig, self._handle)
+        return self
+
+    def __exit__(self, *exc) -> None:
+        import signal
+
+        for sig, handler in self._before.items():
+            signal.signal(sig, handler)
+
+    def _handle(self, signum, frame) -> None:
+        import signal
+
+        if self.requested is not None and signum == signal.SIGINT:
+            raise KeyboardInterrupt
+        self.requested = signal.Signals(signum).name
+        self.say(f"{self.requested}: stopping after this step, with a checkpoint (Ctrl-C again stops at once)")
+
+
 class Loop:
     """Optimiser steps over the phases of a :class:`~synthgen.pin.training.sources.DataPlan`."""
 
@@ -57,6 +92,7 @@ class Loop:
         self.auto_micro = cfg.micro_batch == "auto"
         self.micro = cfg.batch_size if self.auto_micro else min(int(cfg.micro_batch), cfg.batch_size)
         self.skipped = 0  # optimiser steps skipped in a row (non-finite loss or fp16 overflow)
+        self.saved: int | None = None  # the step of the last checkpoint this loop wrote
 
     def _autocast(self):
         return torch.autocast(self.env.device.type, dtype=AUTOCAST[self.precision], enabled=self.amp)
@@ -141,7 +177,7 @@ class Loop:
         # train-pin ━━━ 120/1000 steps  2.1/s  0:07:12  loss 1.2345  134 samples/s
         progress = progress_bars("steps", enabled=self.cfg.progress and self.env.main, label_width=16, note=True)
         self.last_loss, self.val = float("nan"), None
-        with progress:
+        with progress, StopSignals(progress.console.print if self.env.main else (lambda *_: None)) as self.stop:
             self.task = progress.add_task("train-pin", total=plan.steps, completed=step, begin=step, note="")
             self.progress = progress
             for phase in plan.phases:
@@ -165,7 +201,12 @@ class Loop:
         losses, objects, n_since, t_log = [], [], 0, time.perf_counter()
         it = iter(loader)
         while step < phase.end:
-            batch = next(it)
+            try:
+                batch = next(it)
+            except Exception:
+                if self.stop.requested:  # (the signal stopped the loader's workers too)
+                    self._interrupt(step)
+                raise
             for reason, n in batch.get("bad", {}).get("counts", {}).items():
                 self.bad[reason] = self.bad.get(reason, 0) + n
             self.last_loss = self.step(batch, step + 1)
@@ -180,16 +221,38 @@ class Loop:
             self.progress.update(self.task, completed=step)
             if self.val_shards and (step % cfg.eval_every == 0 or step == plan.steps):
                 self._validate(step)
-            if env.main and (step % cfg.save_every == 0 or step == plan.steps or step == phase.end):
-                save_checkpoint(storage.path(str(cfg.out)), self.pin, self.optimizer, self.scaler, step, self.meta,
-                                env.device)
-                flush = getattr(self.log, "flush", None)
-                if flush is not None:
-                    flush()  # a remote log.jsonl is rewritten whole with each checkpoint
+            if step % cfg.save_every == 0 or step == plan.steps or step == phase.end:
+                self._save(step)
             if env.ddp and step % cfg.save_every == 0:
                 torch.distributed.barrier()
+            if self._stopping():
+                self._interrupt(step)
         del it, loader
         return step
+
+    def _save(self, step: int) -> None:
+        if not self.env.main or self.saved == step:
+            return
+        save_checkpoint(storage.path(str(self.cfg.out)), self.pin, self.optimizer, self.scaler, step, self.meta,
+                        self.env.device)
+        self.saved = step
+        flush = getattr(self.log, "flush", None)
+        if flush is not None:
+            flush()  # a remote log.jsonl is rewritten whole with each checkpoint
+
+    def _stopping(self) -> bool:
+        """Whether a stop was asked for, on any rank (under DDP all ranks stop at the same step)."""
+        if not self.env.ddp:
+            return self.stop.requested is not None
+        flag = torch.tensor([0 if self.stop.requested is None else 1], dtype=torch.int32, device=self.env.device)
+        torch.distributed.all_reduce(flag, op=torch.distributed.ReduceOp.MAX)
+        return bool(flag.item())
+
+    def _interrupt(self, step: int):
+        """Save ``step`` (the last step done) and stop with what to do next."""
+        self._save(step)
+        raise Interrupted(f"{self.stop.requested or 'a signal on another rank'} at step {step}: the checkpoint of "
+                          f"step {step} is in {self.cfg.out}; continue with the same command and --resume")
 
     def _validate(self, step: int) -> None:
         self.val = val = self.validate()
