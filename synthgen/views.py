@@ -6,30 +6,42 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+SHEET_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp")  # what a scene contact sheet may be written as
+
 
 def preview(source: str, out: str | Path | None = None, n: int = 16, per_category: int = 16, scale: int = 2,
             category: str = "", thumb: int = 96) -> dict[str, Any]:
     """Draw the contact sheet of ``source``: an object bank (kept and rejected cut-outs) or scene
-    shards (boxes, referrals, the target's prompt and answer). ``{"path", "shown", "what"}``."""
+    shards (boxes, referrals, the target's prompt and answer), into ``out`` (default
+    ``preview.png`` in the current folder: never into the input, where compose would take it for
+    a cut-out). ``{"path", "shown", "what"}``."""
+    from synthgen import storage
     from synthgen.bank.format import is_bank
 
-    if is_bank(source):
+    bank = is_bank(source)
+    path = storage.output_file(out if out is not None else "preview.png", "--out",
+                               (".png",) if bank else SHEET_SUFFIXES)
+    if bank:
         from synthgen.bank.preview import preview_bank
 
-        path, shown = preview_bank(source, out, categories=category, per_category=per_category, thumb=thumb)
+        path, shown = preview_bank(source, path, categories=category, per_category=per_category, thumb=thumb)
         return {"path": path, "shown": shown, "what": f"objects of the bank {source}"}
     from synthgen.compose.inspection import contact_sheet
 
-    path = Path(out) if out is not None else Path("preview.png")
     return {"path": path, "shown": contact_sheet(source, path, n=n, scale=scale), "what": "scenes"}
 
 
 def stats(shards: str, out: str | Path | None = None, top: int = 15) -> dict[str, Any]:
     """The statistics of scene shards (:func:`synthgen.compose.inspection.collect_stats`), drawn
     into the PNG ``out`` when given."""
+    from synthgen import storage
     from synthgen.compose.inspection import collect_stats, plot_stats
+    from synthgen.errors import UserError
 
+    if top < 1:
+        raise UserError(f"--top must be >= 1 (got {top})")
+    path = storage.output_file(out, "--out", (".png",)) if out is not None else None
     st = collect_stats(shards)
-    if out is not None:
-        plot_stats(st, Path(out))
+    if path is not None:
+        plot_stats(st, Path(path))
     return st

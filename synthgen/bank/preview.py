@@ -88,7 +88,8 @@ def folder_records(bank: str | Path) -> list[dict]:
 
 def preview_bank(bank: str | Path, out: str | Path | None = None, *, categories: str = "",
                  per_category: int = 8, thumb: int = 96) -> tuple[Path, int]:
-    """Write the contact sheet of ``bank`` (``out``, default ``BANK/preview.png``); the path and
+    """Write the contact sheet of ``bank`` (``out``, default ``preview.png`` in the current folder,
+    never inside the bank, where compose would read it as a cut-out); the path and
     the number of cut-outs shown. A bank without ``index.jsonl`` is read as compose reads it."""
     from PIL import Image, ImageDraw
 
@@ -163,6 +164,9 @@ def preview_bank(bank: str | Path, out: str | Path | None = None, *, categories:
                 if from_render:
                     draw.text((x + 4, ty + line), fit_text(draw, detail, f, cell - 6), fill="black", font=f)
             shown += 1
-    path = storage.path(out) if out else bank / "preview.png"
-    storage.atomic_write_with(path, lambda tmp: sheet.save(tmp, format="PNG"))
+    path = storage.path(out or "preview.png")
+    try:
+        storage.atomic_write_with(path, lambda tmp: sheet.save(tmp, format="PNG"))
+    except OSError as exc:
+        raise UserError(f"cannot write {path}: {exc.strerror or exc}") from None
     return path, shown

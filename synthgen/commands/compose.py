@@ -179,7 +179,8 @@ PREVIEW = Command(
     (Option("source", None, "Scene shards (a folder, a .tar, or a brace pattern), or an object bank folder (from "
             "`synthgen render`, a folder of category sub-folders or of cut-outs, X-Paste pools).", argument=True,
             required=True, metavar="SHARDS_OR_BANK"),
-     Option("out", None, "PNG contact sheet to write (default: preview.png; for a bank BANK/preview.png).", "path",
+     Option("out", None, "Contact sheet to write (.png; scenes also .jpg/.webp) (default: preview.png in the current folder, "
+            "never inside the input).", "path",
             flags=("--out", "-o")),
      Option("n", 16, "Scenes: how many to show.", "int", flags=("-n", "--num")),
      Option("per_category", 16, "Bank: most cut-outs shown per category, kept ones first (rejected ones get at "

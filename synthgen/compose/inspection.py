@@ -185,7 +185,10 @@ def contact_sheet(shards: str, output: Path, n: int = 16, scale: int = 2) -> int
         if "jpg" not in sample:
             continue
         rec = _load_record(sample)
-        tiles.append(draw_scene(Image.open(io.BytesIO(sample["jpg"])), rec, scale))
+        scene = Image.open(io.BytesIO(sample["jpg"]))
+        if not tiles:
+            _check_sheet_size(scene.size, n, scale)
+        tiles.append(draw_scene(scene, rec, scale))
         if len(tiles) >= n:
             break
     if not tiles:
@@ -198,9 +201,31 @@ def contact_sheet(shards: str, output: Path, n: int = 16, scale: int = 2) -> int
         x, y = 4 + (i % cols) * (tw + 4), 4 + (i // cols) * (th + 4)
         sheet.paste(Image.new("RGB", (tw, th), FOOT_BG), (x, y))  # tiles of one height: white below
         sheet.paste(t, (x, y))
-    Path(output).parent.mkdir(parents=True, exist_ok=True)
-    sheet.save(output)
+    save_or_explain(output, lambda: sheet.save(output))
     return len(tiles)
+
+
+MAX_SHEET_PIXELS = 64_000_000  # below Pillow's decompression-bomb limit (~89 MP): any viewer opens it
+
+
+def _check_sheet_size(scene: tuple[int, int], n: int, scale: int) -> None:
+    """Refuse, before drawing, a sheet of ``n`` scenes of this size at ``scale`` that would be
+    too large to open."""
+    w, h = scene
+    pixels = n * (w * scale) * (h * scale)
+    if pixels > MAX_SHEET_PIXELS:
+        raise UserError(f"-n {n} scenes at --scale {scale} make a sheet of ~{pixels / 1e6:.0f} megapixels (at most "
+                        f"{MAX_SHEET_PIXELS // 1_000_000}); lower --scale or -n")
+
+
+def save_or_explain(output, save) -> None:
+    """Run ``save`` (which writes the file ``output``), its folder made first; a file that cannot
+    be written is a one-line error."""
+    try:
+        Path(output).parent.mkdir(parents=True, exist_ok=True)
+        save()
+    except OSError as exc:
+        raise UserError(f"cannot write {output}: {exc.strerror or exc}") from None
 
 
 # -- statistics ------------------------------------------------------------------------------------
@@ -440,7 +465,6 @@ def plot_stats(st: dict[str, Any], path: Path) -> dict[str, Any]:
     for a in (ax[1, 2], ax[1, 3]):
         a.xaxis.set_major_locator(MaxNLocator(integer=True))
     fig.tight_layout()
-    Path(path).parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=PLOT_DPI)
+    save_or_explain(path, lambda: fig.savefig(path, dpi=PLOT_DPI))
     plt.close(fig)
     return drawn

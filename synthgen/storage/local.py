@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import os
 import stat
-from pathlib import PosixPath
+from pathlib import Path, PosixPath
 from typing import BinaryIO, Callable
 
 from synthgen.errors import Skip
@@ -44,6 +44,19 @@ class LocalPath(PosixPath):
 
     def size(self) -> int:
         return os.stat(self).st_size
+
+    def write_problem(self) -> str | None:
+        """Why a file cannot be written here (a folder, under a file, no permission), or None."""
+        if self.is_dir():
+            return "is a folder"
+        parent = Path(os.path.abspath(self)).parent
+        while not parent.exists():
+            parent = parent.parent
+        if not parent.is_dir():
+            return f"lies under {parent}, which is a file"
+        if not os.access(parent, os.W_OK | os.X_OK):
+            return f"cannot be written: no permission to write in {parent}"
+        return None
 
     def find(self) -> dict[str, int]:
         """Every regular file below this folder, recursively (symlinked files followed, symlinked

@@ -109,3 +109,19 @@ def locate(root: str | os.PathLike | AnyPath, rel: str) -> AnyPath | None:
     if not inside(found, [root], real=True):
         raise PermissionError(f"{rel} resolves outside {root}")
     return found
+
+
+def output_file(spec: str | os.PathLike, flag: str, suffixes: Iterable[str]) -> AnyPath:
+    """The path of a file a command will write, checked before any work: its name ends in one of
+    ``suffixes`` (what it is written as), it is not a folder, and (locally) its folder can be made
+    and written. A :class:`UserError` names ``flag`` otherwise."""
+    from synthgen.errors import UserError
+
+    p = path(spec)
+    allowed = tuple(suffixes)
+    if p.suffix.lower() not in allowed:
+        raise UserError(f"{flag} {spec}: give a file name ending in {' or '.join(allowed)} (what is written there)")
+    problem = p.write_problem()
+    if problem:
+        raise UserError(f"{flag} {spec} {problem}")
+    return p

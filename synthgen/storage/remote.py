@@ -291,6 +291,10 @@ class RemotePath:
     def is_file(self) -> bool:
         return bool(self._ask("isfile"))
 
+    def write_problem(self) -> str | None:
+        """Why an object cannot be written here (a folder: objects under this prefix), or None."""
+        return "is a folder" if self.is_dir() else None
+
     def is_dir(self) -> bool:
         return bool(self._ask("isdir"))
 

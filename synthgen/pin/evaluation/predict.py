@@ -52,6 +52,10 @@ def predict(run_dir, image, text: str, *, out=None, model: str | None = None,
     from synthgen.pin.evaluation.evaluate import generate_boxes
     from synthgen.pin.training.checkpoint import load_run
 
+    if out:  # (before the model: a name it cannot write is a mistake to hear of first)
+        from synthgen.views import SHEET_SUFFIXES
+
+        storage.output_file(out, "--out", SHEET_SUFFIXES)
     path = storage.path(str(image))
     if not path.is_file():
         raise UserError(f"no such image: {path}")
@@ -79,6 +83,9 @@ def predict(run_dir, image, text: str, *, out=None, model: str | None = None,
             im = ImageOps.exif_transpose(im).convert("RGB")  # the frame the box is in
             draw_prediction(im, orig, text, parsed=ok)
             im.save(buf, format=Image.registered_extensions().get(storage.path(out).suffix.lower(), "PNG"))
-        storage.atomic_write(out, buf.getvalue())
+        try:
+            storage.atomic_write(out, buf.getvalue())
+        except OSError as exc:
+            raise UserError(f"cannot write {out}: {exc.strerror or exc}") from None
         result["drawn"] = str(out)
     return result
