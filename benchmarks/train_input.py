@@ -8,12 +8,20 @@ comparison, the last line times the stock ``Blip2Processor`` doing resize + norm
 the CPU per sample.
 
     python benchmarks/train_input.py [--model DIR|ID] [--scenes 2000] [--canvas 224]
-                                     [--composed 256] [--megapixels 12]
+                                     [--composed 256] [--bg-size 3000x2000] [--workers 1,2]
 
-The last lines time the other input, scenes composed on the fly in the worker (``train-pin
---objects --backgrounds``, the authors' way) from multi-megapixel JPEG backgrounds, against the
-~200 samples/s one GPU consumes (a train step of OpenFlamingo-3B / BLIP-2 at batch 64 in fp16 is
-of the order of 0.3 s on an A6000-class GPU).
+The last lines time the other input, scenes composed on the fly (``train-pin --objects
+--backgrounds``, the authors' way), through train-pin's own DataLoader (``make_loader`` over
+``ComposedStream``, its worker processes) with 1..N loader workers: from raw multi-megapixel JPEG
+backgrounds (generated, ``--bg-size``), and from the same backgrounds prepared the way train-pin
+now prepares them once in its run folder (``OUT/backgrounds-SIZE``, timed too). Each rate is
+scenes/s delivered to the training process (wall clock, with the load average beside it), and per
+worker. Then one worker's CPU cost a scene, measured in this process (``time.process_time``, the
+same ``ComposedStream``): the rate of a worker with a core of its own, whatever else the machine
+runs. The projection for 4 workers is 4 x that per-worker rate — a projection, not a measurement,
+on a machine with fewer than 4 free cores — against the ~200 scenes/s one GPU consumes (a train
+step of OpenFlamingo-3B / BLIP-2 at batch 64 in fp16 is of the order of 0.3 s on an A6000-class
+GPU).
 
 Without ``--model`` it builds the tiny BLIP-2 (same image-processor settings as
 Salesforce/blip2-opt-2.7b: 224 px, CLIP mean/std; a small local BPE tokenizer instead of OPT's
@@ -79,9 +87,15 @@ def main(argv=None) -> None:
     ap.add_argument("--scenes", type=int, default=2000)
     ap.add_argument("--canvas", type=int, default=224)
     ap.add_argument("--batch-size", type=int, default=64)
-    ap.add_argument("--composed", type=int, default=256, help="scenes composed on the fly (0: skip)")
-    ap.add_argument("--megapixels", type=float, default=12.0, help="size of their backgrounds")
-    ap.add_argument("--backgrounds", type=int, default=8)
+    ap.add_argument("--composed", type=int, default=256,
+                    help="scenes composed on the fly per timing from prepared backgrounds (0: skip); a "
+                         "quarter of them from raw ones")
+    ap.add_argument("--bg-size", default="3000x2000", help="WxH of the raw JPEG backgrounds")
+    ap.add_argument("--backgrounds", type=int, default=16, help="raw backgrounds generated")
+    ap.add_argument("--workers", default="1,2", help="loader workers to time, comma-separated")
+    ap.add_argument("--composed-batch", type=int, default=16, help="batch of the on-the-fly timings")
+    ap.add_argument("--warmup-scenes", type=int, default=192,
+                    help="scenes each worker composes before the steady timing (its cut-out cache fills)")
     args = ap.parse_args(argv)
 
     import torch
@@ -141,35 +155,116 @@ def main(argv=None) -> None:
             k += 1
         return k
     res["stock Blip2Processor per sample (CPU resize+normalise)"] = rate(stock)
-    if args.composed:
-        res.update(composed_rate(tmp, codec, args))
     for k, v in res.items():
-        print(f"{k:58s} {v:9.1f} " + ("workers" if k.startswith("   workers") else "samples/s"))
+        print(f"{k:58s} {v:9.1f} samples/s")
+    if args.composed:
+        composed_rates(tmp, codec, args)
 
 
-def composed_rate(tmp: Path, codec, args) -> dict[str, float]:
-    """Samples/s of one worker composing its scenes (ComposedStream, the train-pin code path)."""
-    sys.path.insert(0, str(Path(__file__).parent))
-    from compose import make_inputs
+def raw_backgrounds(root: Path, n: int, w: int, h: int) -> Path:
+    """``n`` photo-like JPEGs of ``w`` x ``h`` (a smooth colour field plus noise: they compress and
+    decode like photos, not like flat colours), every other one progressive."""
+    rng = np.random.default_rng(1)
+    root.mkdir(parents=True, exist_ok=True)
+    for i in range(n):
+        small = rng.integers(0, 255, (h // 64 + 1, w // 64 + 1, 3)).astype(np.uint8)
+        arr = np.asarray(Image.fromarray(small).resize((w, h), Image.Resampling.BICUBIC)).astype(np.int16)
+        arr += rng.integers(-12, 12, (h, w, 1), dtype=np.int16)
+        Image.fromarray(np.clip(arr, 0, 255).astype(np.uint8)).save(root / f"bg_{i:03d}.jpg", quality=90,
+                                                                    progressive=bool(i % 2))
+    return root
 
-    from synthgen.compose.backgrounds import list_backgrounds
-    from synthgen.compose.config import ComposeParams
-    from synthgen.pin.training.scenes import ComposedConfig, ComposedStream, ComposeSource
 
-    bank, bg = make_inputs(tmp / "compose-inputs", args.backgrounds, args.megapixels, 200)
-    source = ComposeSource(str(bank), list_backgrounds(str(bg)).items, ComposeParams(size=args.canvas))
-    cfg = ComposedConfig(shards=[], batch_size=args.batch_size, image_size=args.canvas, source=source)
-    stream = ComposedStream(cfg, codec)
-    it = stream.batches(0, 1)
-    next(it)  # warm: bank index, first decodes
-    n = max(1, args.composed // args.batch_size)
+def loader_rate(source, codec, canvas: int, batch: int, workers: int, scenes: int, warmup: int
+                ) -> tuple[float, float]:
+    """``(cold, steady)`` scenes/s that train-pin's DataLoader (``workers`` processes composing)
+    delivers: over the first ``warmup`` scenes of each worker (worker start, bank index, the
+    cut-out cache filling), then over the next ``scenes``."""
+    from synthgen.pin.training.data import make_loader
+    from synthgen.pin.training.scenes import ComposedConfig, ComposedStream
+
+    cfg = ComposedConfig(shards=[], batch_size=batch, image_size=canvas, source=source)
+    w = max(workers, 1)
+    t = time.perf_counter()
+    it = iter(make_loader(cfg, codec, workers=workers, stream=ComposedStream))
+    n = max(1, -(-warmup // batch)) * w
+    for _ in range(n):
+        next(it)
+    cold = n * batch / (time.perf_counter() - t)
+    n = max(1, scenes // batch // w) * w
     t = time.perf_counter()
     for _ in range(n):
         next(it)
-    rate = n * args.batch_size / (time.perf_counter() - t)
-    key = f"composed on the fly, {args.megapixels:g} MP JPEG backgrounds (1 worker)"
-    return {key: rate, "   workers needed for ~200 samples/s (one GPU)": 200 / rate}
+    steady = n * batch / (time.perf_counter() - t)
+    del it
+    return cold, steady
 
+
+def cpu_rate(source, codec, canvas: int, batch: int, scenes: int, warmup: int) -> float:
+    """Scenes per CPU second of one worker's work (``ComposedStream.batches`` in this process, after
+    ``warmup`` scenes): what a worker with a core of its own delivers, whatever else runs here."""
+    from synthgen.pin.training.scenes import ComposedConfig, ComposedStream
+
+    cfg = ComposedConfig(shards=[], batch_size=batch, image_size=canvas, source=source)
+    it = ComposedStream(cfg, codec).batches(0, 1)
+    for _ in range(max(1, -(-warmup // batch))):
+        next(it)
+    n = max(1, scenes // batch)
+    t = time.process_time()
+    for _ in range(n):
+        next(it)
+    return n * batch / (time.process_time() - t)
+
+
+def composed_rates(tmp: Path, codec, args) -> None:
+    """On-the-fly scenes/s from raw and from prepared backgrounds, by loader workers."""
+    import os
+
+    sys.path.insert(0, str(Path(__file__).parent))
+    from compose import make_inputs
+
+    from synthgen.commands.compose import scene_params
+    from synthgen.compose.backgrounds import list_backgrounds
+    from synthgen.pin.training.scenes import Backgrounds, ComposeSource
+
+    w, h = (int(x) for x in args.bg_size.lower().split("x"))
+    t0 = time.perf_counter()
+    bank, _ = make_inputs(tmp / "compose-inputs", 0, 1, 200)
+    bg = raw_backgrounds(tmp / "raw-bg", args.backgrounds, w, h)
+    mb = sum(p.stat().st_size for p in bg.iterdir()) / 1e6 / args.backgrounds
+    print(f"\non the fly: {args.backgrounds} raw backgrounds {w}x{h} ({w * h / 1e6:.1f} MP, {mb:.1f} MB JPEG), "
+          f"a bank of 200 cut-outs 512x512, made in {time.perf_counter() - t0:.1f}s; {os.cpu_count()} CPU cores")
+    params = scene_params(size=args.canvas)
+    raw_items = list_backgrounds(str(bg)).items
+    prepared = Backgrounds.of(str(bg), list_backgrounds(str(bg)), str(tmp / "run"), args.canvas)
+    t0 = time.perf_counter()
+    prepared_items = prepared.ready(progress=False)
+    took = time.perf_counter() - t0
+    print(f"prepared once into {prepared.folder} (shorter side {prepared.job.size}): {took:.2f}s, "
+          f"{took / args.backgrounds * 1000:.0f} ms a background")
+    sources = {"raw": ComposeSource(str(bank), raw_items, params),
+               "prepared": ComposeSource(str(bank), prepared_items, params)}
+    rows = []
+    print("   DataLoader wall clock (cold: each worker's first scenes, its cut-out cache filling; steady: the next)")
+    for n_workers in (int(x) for x in args.workers.split(",")):
+        for name, src in sources.items():
+            scenes = args.composed // 4 if name == "raw" else args.composed
+            load = os.getloadavg()[0]
+            cold, rate = loader_rate(src, codec, args.canvas, args.composed_batch, n_workers, scenes,
+                                     args.warmup_scenes)
+            rows.append((name, n_workers, rate))
+            print(f"   {name:8s} backgrounds, {n_workers} worker(s): cold {cold:6.1f}, steady {rate:6.1f} scenes/s = "
+                  f"{rate / n_workers:6.1f} per worker -> x4 ~{4 * rate / n_workers:4.0f} scenes/s  "
+                  f"(load average {load:.1f} on {os.cpu_count()} cores)", flush=True)
+    print("   one worker's CPU cost (in this process, steady; a worker with a core of its own)")
+    for name, src in sources.items():
+        scenes = args.composed // 4 if name == "raw" else args.composed
+        cpu = cpu_rate(src, codec, args.canvas, args.composed_batch, scenes, args.warmup_scenes)
+        wall = max(r / n for s, n, r in rows if s == name)
+        print(f"   {name:8s} backgrounds: {1000 / cpu:6.1f} ms CPU a scene = {cpu:6.1f} scenes/s a worker -> "
+              f"4 workers {4 * cpu:4.0f} scenes/s projected ({'>=' if 4 * cpu >= 200 else '<'} 200; best "
+              f"measured wall rate a worker {wall:.1f} -> x4 {4 * wall:.0f}); workers for 200/s: "
+              f"{200 / cpu:.1f}", flush=True)
 
 if __name__ == "__main__":
     sys.exit(main())

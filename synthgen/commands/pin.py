@@ -60,8 +60,11 @@ TRAIN = Command(
      Option("objects", None, "Compose the training scenes on the fly in the DataLoader workers (the authors' way: "
             "fresh scenes every step) from this object bank; the compose settings are the `compose:` section of "
             "--recipe (default: compose's defaults, the paper's; its options that shape shard folders, "
-            "num_samples, samples_per_shard and prepare_backgrounds, do not apply).", metavar="PATH"),
-     Option("backgrounds", None, "Backgrounds for --objects (a folder, tar shards or a pattern, as for compose).",
+            "num_samples and samples_per_shard, do not apply, and the backgrounds are always prepared).",
+            metavar="PATH"),
+     Option("backgrounds", None, "Backgrounds for --objects (a folder, tar shards or a pattern, as for compose). Raw "
+            "images are prepared once into OUT/backgrounds-SIZE (decoded and shrunk to twice the canvas, as compose "
+            "--prepare-backgrounds; reused by --resume); a prepare-backgrounds folder is read as it is.",
             metavar="PATH"),
      Option("extra_object_roots", (), "With --objects: a folder outside the bank that object paths may point into "
             "(repeatable).", "strs", flags=("--extra-object-root",), multiple=True, metavar="PATH"),

@@ -10,29 +10,154 @@ is scene ``k * n + s`` of a composer seeded by the run seed and the phase, so ev
 distinct scenes, the stream does not depend on timing, and ``--resume`` starts at ``k = skip``
 without composing the skipped scenes (the batches are those of the uninterrupted run). The
 scene's own target object is the one asked for.
+
+The workers read prepared backgrounds (``synthgen prepare-backgrounds``: each decoded once, at
+twice the canvas), several times faster than multi-megapixel originals. Raw backgrounds are
+prepared once, implicitly, into the run folder (``OUT/backgrounds-SIZE``, :class:`Backgrounds`)
+by the existing preparer, so the scenes are those ``synthgen compose --prepare-backgrounds``
+makes from the same backgrounds and seed.
 """
 
 from __future__ import annotations
 
+import datetime
+import os
 from dataclasses import dataclass, field
-from typing import Iterator
+from typing import Any, Callable, Iterator
 
 import numpy as np
 import torch
 
 from synthgen.compose.config import ComposeParams
+from synthgen.errors import UserError
 from synthgen.grounding import format_box
 from synthgen.pin.training.data import BatchStream, StreamConfig
+from synthgen.schema import BACKGROUNDS_PREFIX, PREPARED_FILE
 
 
 @dataclass(frozen=True)
 class ComposeSource:
-    """What the workers compose from: the bank, the background listing, the scene settings."""
+    """What the workers compose from: the bank, the prepared backgrounds' listing (empty until
+    :meth:`Backgrounds.ready`), the scene settings."""
 
     objects: str
     backgrounds: list[str] = field(repr=False)
     params: ComposeParams = ComposeParams()
     extra_object_roots: tuple[str, ...] = ()
+
+
+# how long the other ranks of a DDP run wait for rank 0 to prepare the backgrounds (a large
+# folder takes minutes; NCCL's default collective timeout, 10 minutes, is too short for it)
+PREPARE_WAIT = datetime.timedelta(hours=24)
+
+
+def prepared_name(size: int) -> str:
+    """The run folder's sub-folder of backgrounds prepared at ``size`` (twice the canvas)."""
+    return f"{BACKGROUNDS_PREFIX}-{size}"
+
+
+def given_prepared(spec: str) -> bool:
+    """Whether ``--backgrounds`` names a prepare-backgrounds folder (it holds ``prepared.json``);
+    one that is not finished, or is being written now, is refused."""
+    from synthgen import storage
+    from synthgen.schema import scenes_done
+    from synthgen.shards import expand, is_stream
+
+    paths = expand(spec)
+    if len(paths) != 1 or is_stream(paths[0]):
+        return False
+    folder = storage.path(paths[0])
+    if not (folder / PREPARED_FILE).is_file():
+        return False
+    if not scenes_done(folder):
+        raise UserError(f"--backgrounds {spec} is a prepare-backgrounds folder that is not finished (or is "
+                        "being written now): finish it by running its `synthgen prepare-backgrounds` again, "
+                        "or give the original backgrounds (they are then prepared inside --out)")
+    return True
+
+
+@dataclass
+class Backgrounds:
+    """The backgrounds an on-the-fly run reads: always prepared ones, made ready by :meth:`ready`.
+
+    ``--backgrounds`` naming a finished prepare-backgrounds folder is read as it is (``job`` is
+    None). Raw images are prepared once by :func:`~synthgen.compose.prepare.prepare_backgrounds`
+    into ``OUT/backgrounds-SIZE`` (SIZE twice the canvas, as ``compose --prepare-backgrounds``),
+    inside the run folder, and reused by a later run into it (``--resume``). The preparer's own
+    checks make this safe to interrupt: a shard is written whole to a temporary and is done only
+    once its ``_stats.json`` follows it, a re-run redoes the shards without one, the folder is
+    locked while it is written and refused when prepared from other backgrounds; and the folder
+    is listed only after every shard is done.
+    """
+
+    spec: str                       # --backgrounds
+    folder: str                     # the prepared folder the workers read
+    job: Any = None                 # the PrepareJob that makes `folder` (None: given prepared)
+    shards: int = 0                 # shards the preparation writes (> 1: Ray tasks, in parallel)
+    items: list[str] | None = None  # the listing of `folder`, once ready
+
+    @classmethod
+    def of(cls, spec: str, listing, out: str, canvas: int) -> Backgrounds:
+        """Those of ``--backgrounds spec`` (listed as ``listing``) for a run into ``out``."""
+        import math
+
+        from synthgen import storage
+        from synthgen.compose.prepare import PrepareJob
+
+        if given_prepared(spec):
+            return cls(spec, spec, items=list(listing.items))
+        size = 2 * canvas
+        job = PrepareJob(source=spec, out=str(storage.path(out) / prepared_name(size)), size=size)
+        return cls(spec, job.out, job, math.ceil(len(listing.items) / job.per_shard))
+
+    def ready(self, *, rank: int = 0, world: int = 1, progress: bool = False) -> list[str]:
+        """The prepared listing. The first call prepares what is not done yet: on rank 0 of a DDP
+        run while the other ranks wait (:func:`on_main_rank`), so one process prepares, before
+        any DataLoader worker starts."""
+        from synthgen.compose.backgrounds import list_backgrounds
+
+        if self.items is None:
+            if self.job is not None:
+                on_main_rank(lambda: self._prepare(progress), rank, world)
+            self.items = list_backgrounds(self.folder).items
+        return self.items
+
+    def _prepare(self, progress: bool) -> None:
+        from synthgen.compose.prepare import prepare_backgrounds
+
+        parallel = self.shards > 1 and (os.cpu_count() or 1) > 1  # (a shard is one task)
+        done = prepare_backgrounds(self.job, executor="ray" if parallel else "serial", progress=progress)
+        if not done["backgrounds"]:
+            why = ", ".join(f"{v['count']} {k}" for k, v in sorted(done["skipped"].items()))
+            raise UserError(f"--backgrounds {self.spec}: none of its {done['count']} images is usable ({why})")
+
+
+def on_main_rank(fn: Callable[[], Any], rank: int, world: int) -> None:
+    """Run ``fn()`` on rank 0 alone while the other ranks of a DDP run wait for it (on a gloo
+    group of their own that waits :data:`PREPARE_WAIT`); a failure there is raised on every rank.
+    Without a process group (one process) the caller runs it."""
+    import torch.distributed as dist
+
+    if world <= 1 or not (dist.is_available() and dist.is_initialized()):
+        fn()
+        return
+    group = dist.new_group(backend="gloo", timeout=PREPARE_WAIT)
+    outcome: list[str | None] = [None]
+    try:
+        if rank == 0:
+            try:
+                fn()
+            except BaseException as exc:
+                outcome = [str(exc) if isinstance(exc, UserError) else f"{type(exc).__name__}: {exc}"]
+                raise
+            finally:
+                dist.broadcast_object_list(outcome, src=0, group=group)
+        else:
+            dist.broadcast_object_list(outcome, src=0, group=group)
+    finally:
+        dist.destroy_process_group(group)
+    if outcome[0] is not None:
+        raise UserError(f"rank 0 could not prepare the backgrounds: {outcome[0]}")
 
 
 def phase_seed(seed: int, phase: int) -> int:
@@ -56,6 +181,8 @@ class ComposedStream(BatchStream):
         from synthgen.compose.scene import Composer
 
         src = self.cfg.source
+        if not src.backgrounds:
+            raise ValueError("the ComposeSource has no backgrounds yet (sources.stream_for makes them ready)")
         bank = ObjectBank.open(src.objects, extra_roots=src.extra_object_roots, max_side=src.params.size)
         return Composer(src.params, bank, src.backgrounds)
 

@@ -10,6 +10,10 @@ Phases (the authors' ``--epoch_change_reconstruct 40``): for the first ``--warmu
 scene has exactly ``a_max`` objects and the loss also covers ``{name} located at``; then
 ``1..a_max`` objects and the box only. With shards the warm-up reads its own shard set
 (``--warmup-shards``, composed with ``--fixed-count``); on the fly it composes such scenes.
+
+On the fly the workers read prepared backgrounds (:class:`~.scenes.Backgrounds`): raw ones are
+prepared once into the run folder, ``OUT/backgrounds-SIZE``, by :func:`stream_for` before the
+first DataLoader starts (on rank 0 of a DDP run, the other ranks waiting), and reused after.
 """
 
 from __future__ import annotations
@@ -28,7 +32,8 @@ class Phase:
     end: int                  # step after its last
     loss_span: str            # see synthgen.pin.models.adapters.base.loss_span
     shards: list[str] = field(default_factory=list)
-    source: Any = None        # a scenes.ComposeSource when composing on the fly
+    source: Any = None        # a scenes.ComposeSource when composing on the fly (no backgrounds
+    backgrounds: Any = None   # yet) and its scenes.Backgrounds, shared by the phases of a run
 
 
 @dataclass
@@ -103,7 +108,7 @@ def _plan_composed(cfg, total: int, warm: int, main_span: str, settings: dict) -
     from synthgen.commands.compose import scene_params
     from synthgen.compose.backgrounds import list_backgrounds
     from synthgen.compose.run import inputs_identity
-    from synthgen.pin.training.scenes import ComposeSource, phase_seed
+    from synthgen.pin.training.scenes import Backgrounds, ComposeSource, phase_seed
 
     params = scene_params(cfg.compose)
     bank = ObjectBank.open(cfg.objects, extra_roots=tuple(cfg.extra_object_roots), max_side=params.size)
@@ -111,25 +116,33 @@ def _plan_composed(cfg, total: int, warm: int, main_span: str, settings: dict) -
         raise UserError(f"object bank {cfg.objects}: none of the first {min(len(bank), 2000)} cut-outs "
                         "is usable (RGBA PNGs with some opaque pixels are needed)")
     listing = list_backgrounds(cfg.backgrounds)
+    backgrounds = Backgrounds.of(str(cfg.backgrounds), listing, str(cfg.out), params.size)
 
     def source(phase: int, **layout) -> ComposeSource:
         p = dataclasses.replace(params, seed=phase_seed(cfg.seed, phase),
                                 layout=dataclasses.replace(params.layout, **layout))
-        return ComposeSource(str(cfg.objects), listing.items, p, tuple(cfg.extra_object_roots))
+        return ComposeSource(str(cfg.objects), [], p, tuple(cfg.extra_object_roots))
 
     phases = []
     if warm:
-        phases.append(Phase("warmup", 0, warm, "name_prompt", source=source(0, fixed_count=True)))
-    phases.append(Phase("main", warm, total, main_span, source=source(1)))
+        phases.append(Phase("warmup", 0, warm, "name_prompt", source=source(0, fixed_count=True),
+                            backgrounds=backgrounds))
+    phases.append(Phase("main", warm, total, main_span, source=source(1), backgrounds=backgrounds))
     settings.update({"train_source": "composed", "compose": params.to_dict(),
                      "train_objects": str(cfg.objects), "train_backgrounds": str(cfg.backgrounds),
-                     "inputs": inputs_identity(bank, listing.items)})
+                     "inputs": inputs_identity(bank, listing.items),
+                     "prepared_backgrounds": None if backgrounds.job is None else {"size": backgrounds.job.size}})
+    how = ("prepared" if backgrounds.job is None
+           else f"prepared once into {backgrounds.folder}")
     return DataPlan(params.size, params.layout.grid, total, phases, settings,
-                    f"scenes composed from {cfg.objects} on {cfg.backgrounds}")
+                    f"scenes composed from {cfg.objects} on {cfg.backgrounds} ({how})")
 
 
 def stream_for(phase: Phase, cfg, *, rank: int, world: int, image_size: int):
-    """``(stream class, its config)`` of a phase."""
+    """``(stream class, its config)`` of a phase. Called by every rank before the phase's
+    DataLoader starts (inside the locked run folder, once the process group is up): on the fly,
+    the first call prepares the raw backgrounds (:meth:`~.scenes.Backgrounds.ready`: rank 0
+    alone, the others wait for it) and every phase's workers read the prepared folder."""
     from synthgen.pin.training.data import SceneStream, StreamConfig
     from synthgen.pin.training.scenes import ComposedConfig, ComposedStream
 
@@ -137,5 +150,7 @@ def stream_for(phase: Phase, cfg, *, rank: int, world: int, image_size: int):
                   shuffle_buffer=cfg.shuffle_buffer, image_size=image_size, name_loss=phase.loss_span,
                   max_bad_samples=cfg.max_bad_samples)
     if phase.source is not None:
-        return ComposedStream, ComposedConfig(shards=[], source=phase.source, **common)
+        items = phase.backgrounds.ready(rank=rank, world=world, progress=cfg.progress and rank == 0)
+        source = dataclasses.replace(phase.source, backgrounds=items)
+        return ComposedStream, ComposedConfig(shards=[], source=source, **common)
     return SceneStream, StreamConfig(shards=phase.shards, **common)
