@@ -56,7 +56,7 @@ class ComposeJob:
     samples_per_shard: int = 1000
     params: ComposeParams = ComposeParams()
     extra_object_roots: tuple[str, ...] = ()   # folders object paths may point into, besides the bank
-    prepare_backgrounds: bool = False          # decode them once, beside --out (prepared_folder)
+    prepare_backgrounds: bool = False          # decode them once, into --out (prepared_folder)
     prepared: str | None = None                # the prepared folder read instead (set by run_compose)
     index: bool = True                         # write each shard's scene index (off: benchmarks only)
     min_usable: float = MIN_USABLE             # refuse a bank with fewer usable cut-outs (not in identity)
@@ -207,7 +207,8 @@ def check_inputs(job: ComposeJob) -> Inputs:
     bank = _open_bank(job.objects, job.params.size, tuple(job.extra_object_roots))
     listing = list_backgrounds(job.prepared or job.backgrounds)
     sources = expand(job.backgrounds) if job.prepared else []
-    _refuse_nesting(job, [("--objects", bank.root)] + [("--backgrounds", r) for r in listing.roots + sources]
+    # (the prepared backgrounds are compose's own, inside --out: the raw sources are what to check)
+    _refuse_nesting(job, [("--objects", bank.root)] + [("--backgrounds", r) for r in sources or listing.roots]
                     + [("--extra-object-root", r) for r in job.extra_object_roots])
     if bank.first_usable(limit=min(len(bank), 2000)) is None:
         raise UserError(f"object bank {job.objects}: none of the first {min(len(bank), 2000)} "
@@ -339,9 +340,10 @@ def run_compose(job: ComposeJob, *, workers: int | None = None, ray_address: str
 
 
 def prepared_folder(job: ComposeJob) -> Path:
-    """Where ``--prepare-backgrounds`` keeps the prepared backgrounds: beside ``--out``."""
-    out = storage.path(job.out)
-    return out.with_name(f"{out.name}.backgrounds-{2 * job.params.size}")
+    """Where ``--prepare-backgrounds`` keeps the prepared backgrounds: inside ``--out`` (compose
+    writes nowhere else), ``OUT/backgrounds-SIZE``, whose shards the scene shards' listing of
+    ``OUT`` (its top-level ``*.tar``) never includes."""
+    return storage.path(job.out) / f"backgrounds-{2 * job.params.size}"
 
 
 def _with_prepared(job: ComposeJob, workers, ray_address, executor, progress) -> ComposeJob:

@@ -82,7 +82,7 @@ def test_prepare_resumes_and_refuses_other_settings(tmp_path):
         prepare_backgrounds(PrepareJob(source=str(src), out=str(src / "prep")), executor="serial", progress=False)
 
 
-def test_compose_prepare_backgrounds_is_cached_beside_out_and_reused(tmp_path, bank, cli_env, synthgen_cmd):
+def test_compose_prepare_backgrounds_is_cached_inside_out_and_reused(tmp_path, bank, cli_env, synthgen_cmd):
     import subprocess
 
     src = make_backgrounds(tmp_path / "bg", n=3, size=(1200, 900))
@@ -91,7 +91,7 @@ def test_compose_prepare_backgrounds_is_cached_beside_out_and_reused(tmp_path, b
                            "--executor", "serial", "--prepare-backgrounds"]
     r = subprocess.run(args, env=cli_env, capture_output=True, text=True)
     assert r.returncode == 0, r.stderr
-    cache = tmp_path / "shards.backgrounds-448"
+    cache = out / "backgrounds-448"
     assert (cache / "manifest.json").exists()
     stamp = {p.name: p.stat().st_mtime_ns for p in cache.glob("backgrounds-*")}
     recs = []
@@ -103,6 +103,7 @@ def test_compose_prepare_backgrounds_is_cached_beside_out_and_reused(tmp_path, b
     r = subprocess.run(args, env=cli_env, capture_output=True, text=True)  # the next run reuses it
     assert r.returncode == 0, r.stderr
     assert {p.name: p.stat().st_mtime_ns for p in cache.glob("backgrounds-*")} == stamp  # not prepared again
+    assert not [p for p in tmp_path.iterdir() if p.name.startswith("shards.")]  # nothing written beside --out
 
 
 @pytest.mark.slow
