@@ -134,8 +134,59 @@ def _compose_recipe(tmp_path, bank, backgrounds, n=8) -> Path:
 
 
 def _run(args, cli_env, **kw):
-    return subprocess.run([sys.executable, "-m", "synthgen", "run", *map(str, args)], env=cli_env,
-                          capture_output=True, text=True, timeout=600, **kw)
+    # (--allow-launcher: _compose_recipe's preview step runs under `python -X utf8`, not a known launcher)
+    return subprocess.run([sys.executable, "-m", "synthgen", "run", *map(str, args), "--allow-launcher"],
+                          env=cli_env, capture_output=True, text=True, timeout=600, **kw)
+
+
+@pytest.mark.parametrize("launcher", ["torchrun --nproc-per-node 2", "python3 -m torch.distributed.run --nnodes 1",
+                                      "accelerate launch --num_processes 2", "srun -N 2 python",
+                                      "mpirun -n 2 /usr/bin/python3.11"])
+def test_known_launchers_are_accepted(tmp_path, launcher):
+    recipe = _recipe(tmp_path, {"vars": {"out": str(tmp_path / "o")},
+                                "steps": [{"stats": {"shards": "s"}, "launcher": launcher}]})
+    assert wf.load_plan(recipe).steps[0].launcher == launcher
+
+
+@pytest.mark.parametrize("launcher, why", [
+    ("sh -c 'echo X > FILE' --", "not one of the known launchers"),
+    ("torchrun --no-python sh", "a program other than python"),
+    ("srun -N 2 bash", "srun must end with the python"),
+    ("python -c 'import os' --", "a program other than python")])
+def test_a_recipe_cannot_run_any_command_without_allow_launcher(tmp_path, cli_env, launcher, why):
+    """A shared recipe's launcher ran any shell command (issue 19, item 14): refused before any
+    step runs, one line naming --allow-launcher; nothing was executed."""
+    flag = tmp_path / "ran"
+    recipe = _recipe(tmp_path, {"vars": {"out": str(tmp_path / "o")},
+                                "steps": [{"stats": {"shards": "s"}, "launcher": launcher.replace("FILE", str(flag))}]})
+    r = subprocess.run([sys.executable, "-m", "synthgen", "run", str(recipe)], env=cli_env, capture_output=True,
+                       text=True, timeout=120)
+    assert r.returncode == 2 and "Traceback" not in r.stderr, r.stderr
+    assert why in r.stderr and "--allow-launcher" in r.stderr, r.stderr
+    assert not flag.exists() and "$ " not in r.stderr
+
+
+@pytest.mark.parametrize("var", ["LD_PRELOAD", "PYTHONPATH", "PATH", "DYLD_INSERT_LIBRARIES"])
+def test_run_env_cannot_set_code_loading_variables_without_allow_launcher(tmp_path, var):
+    recipe = _recipe(tmp_path, {"vars": {"out": str(tmp_path / "o")}, "env": {var: "/tmp/x"},
+                                "steps": [{"stats": {"shards": "s"}}]})
+    with pytest.raises(UserError, match=f"sets {var}.*--allow-launcher"):
+        wf.load_plan(recipe)
+    assert wf.load_plan(recipe, allow_launcher=True).env == {var: "/tmp/x"}
+
+
+def test_a_step_that_exits_0_without_its_output_failed(tmp_path, cli_env):
+    """A launcher that runs something else (allowed by the user) exits 0 but makes nothing: the
+    step is failed, not `ran`."""
+    out = tmp_path / "o"
+    recipe = _recipe(tmp_path, {"vars": {"out": str(out)}, "steps": [
+        {"export-pin": {"run": str(tmp_path / "r"), "out": "{out}/pin.pt"}, "launcher": "true"}]})
+    r = subprocess.run([sys.executable, "-m", "synthgen", "run", str(recipe), "--allow-launcher"], env=cli_env,
+                       capture_output=True, text=True, timeout=120)
+    assert r.returncode != 0, r.stderr
+    assert "exited 0 but left no complete output" in r.stderr, r.stderr
+    rows = [line for line in r.stderr.splitlines() if line.startswith("│")]
+    assert any("failed" in row for row in rows), r.stderr
 
 
 @pytest.mark.slow

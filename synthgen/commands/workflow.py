@@ -29,7 +29,11 @@ RUN = Command(
      Option("only", "", "Comma list: run only these steps (commands such as compose or train-pin, aliases "
             "train/eval/prepare, step names or tags). Their inputs must exist.", metavar="STEPS"),
      Option("skip", "", "Comma list: leave these steps out (same words as --only).", metavar="STEPS"),
-     Option("dry_run", False, "Print each step's command (and which are done) without running anything.", "bool")),
+     Option("dry_run", False, "Print each step's command (and which are done) without running anything.", "bool"),
+     Option("allow_launcher", False, "Let the recipe run a step under a launcher other than torchrun, python -m "
+            "torch.distributed.run, accelerate launch, srun/mpirun ... python, and set code-loading variables "
+            "(LD_PRELOAD, PYTHONPATH, PATH, ...) in `run.env`. Only for a recipe you trust: it may run any command.",
+            "bool")),
     _renamed(set="sets"), run="synthgen.workflow.report:run_recipe", output=None)
 
 DEMO = Command(

@@ -84,10 +84,13 @@ def _scalar(value: Any, where: str) -> str:
     raise UserError(f"{where} must be a string or a number (got {type(value).__name__})")
 
 
-def load_plan(path: str | Path, overrides: Mapping[str, str] | None = None) -> Plan:
+def load_plan(path: str | Path, overrides: Mapping[str, str] | None = None, allow_launcher: bool = False) -> Plan:
     """The ``run:`` section of the recipe at ``path``, its variables resolved (``overrides`` from
-    ``--set`` replace declared ones; each variable may use the ones declared before it)."""
+    ``--set`` replace declared ones; each variable may use the ones declared before it). Unknown
+    launchers and code-loading ``run.env`` variables are refused unless ``allow_launcher``
+    (:mod:`synthgen.workflow.trust`)."""
     from synthgen.recipes import load_recipe, read_recipe
+    from synthgen.workflow.trust import check_trust
 
     p = Path(path)
     run = load_recipe(p, "run")
@@ -123,6 +126,8 @@ def load_plan(path: str | Path, overrides: Mapping[str, str] | None = None) -> P
     if not isinstance(items, list) or not items:
         raise UserError(f"{where}: `run.steps` must be a list of steps, e.g. `- compose: {{out: ...}}`")
     steps = [_step(i, item, variables, where) for i, item in enumerate(items, 1)]
+    check_trust(env, [(f"step {s.index} ({s.command})", s.launcher) for s in steps if s.launcher], where,
+                allow_launcher)
     message = run.get("message")
     return Plan(recipe=p, vars=variables, env=env, steps=steps,
                 message=expand(str(message), variables, f"{where}: `run.message`") if message else None,

@@ -15,7 +15,7 @@ from synthgen.workflow.runner import Outcome, RunResult, run_plan
 
 
 def run_recipe(recipe: str | Path, sets: Mapping[str, str] | None = None, out: str | None = None, only: str = "",
-               skip: str = "", dry_run: bool = False) -> int:
+               skip: str = "", dry_run: bool = False, allow_launcher: bool = False) -> int:
     """Run the recipe's steps (``sets``: its variables; ``out``: the same as ``sets["out"]``),
     print the summary; the exit status of the run."""
     from rich.console import Console
@@ -24,7 +24,7 @@ def run_recipe(recipe: str | Path, sets: Mapping[str, str] | None = None, out: s
     # never wrap: the echoed commands are meant to be copied (rich wraps at 80 columns off a tty)
     con = Console(stderr=True, highlight=False, soft_wrap=True,
                   width=None if sys.stderr.isatty() else max(shutil.get_terminal_size().columns, 140))
-    plan = load_plan(recipe, sets)
+    plan = load_plan(recipe, sets, allow_launcher)
     steps = select(plan, only.split(","), skip.split(","))
     if not steps:
         raise UserError("--only/--skip leave no step to run")

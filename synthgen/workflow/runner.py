@@ -114,6 +114,9 @@ def run_plan(plan: Plan, steps: list[Step], *, dry_run: bool = False, say: Calla
         except OSError as exc:  # the launcher is not installed
             say(f"error: cannot start {process_line(step, argv, python)[0]}: {exc.strerror or exc}")
             code = 2
+        if code == 0 and output_of(step) is not None and COMMANDS[step.command].done and not is_done(step):
+            say(f"[{step.index}] {step.name}: exited 0 but left no complete output in {shown}: failed")
+            code = 1  # (a launcher that ran something else, or a step that wrote elsewhere)
         verdict = COMMANDS[step.command].results.get(code)
         status = "ran" if code == 0 else verdict or ("interrupted" if code == 130 else "failed")
         result.outcomes.append(Outcome(step, argv, status, seconds=time.time() - t0, code=code, output=shown))
