@@ -80,7 +80,7 @@ COMPOSE_OPTIONS = (
            "k stays scene k; done shards are kept, a partial last shard is rewritten). Without it another "
            "--num-samples is refused.", "bool"),
     Option("prepare_backgrounds", False, "Decode each background once, shrunk to twice the canvas, into shards "
-           "beside --out (OUT.backgrounds-SIZE, reused by the next run): several times faster on multi-megapixel "
+           "inside --out (OUT/backgrounds-SIZE, reused by the next run): several times faster on multi-megapixel "
            "backgrounds. Same as running `synthgen prepare-backgrounds` first.", "bool", recipe=True),
     Option("extra_object_roots", (), "A folder outside the bank that object paths may point into (repeatable; "
            "e.g. where an X-Paste pools file's images live). Any other path outside the bank is skipped and "
@@ -209,5 +209,7 @@ EXPORT_COCO = Command(
             "URLs).", argument=True, required=True, metavar="SHARDS"),
      Option("out", None, "Folder (or s3:// / gs:// URL) for images/ and instances.json.", flags=("--out", "-o"),
             required=True, metavar="PATH"),
-     Option("limit", None, "Export at most this many scenes.", "int")),
-    dict, run="synthgen.compose.export:export_coco", done="synthgen.schema:coco_done")
+     Option("limit", None, "Export at most this many scenes.", "int"),
+     Option("overwrite", False, "Replace an earlier export in --out (its instances.json and every image; without "
+            "it an earlier export is kept and export-coco stops before any work).", "bool")),
+    dict, run="synthgen.compose.export:export_coco", done="synthgen.schema:coco_done", overwrite="--overwrite")

@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 from pathlib import PurePosixPath
 
 from synthgen import storage
-from synthgen.errors import UserError
+from synthgen.errors import Skip, UserError
 from synthgen.images import IMAGE_EXTS
 from synthgen.shards import expand, list_members, read_member
 
@@ -88,14 +88,49 @@ def list_backgrounds(spec: str) -> BackgroundListing:
 
 
 def _list_tar(path: str) -> list[str]:
-    """Image members of a tar; a truncated tar keeps the members before the damage (warned)."""
-    members, err = list_members(str(path), IMAGE_EXTS)
+    """Image members of a tar; a truncated tar keeps the members before the damage (warned). A
+    shard of scenes (images that already hold objects, with their scene records) is refused."""
+    members, err = list_members(str(path), set(IMAGE_EXTS) | {".json"})
+    records = [m for m in members if m[0].lower().endswith(".json")]
+    if records and _is_scene_record(path, records[0]):
+        raise UserError(f"backgrounds: {path} is a shard of composed scenes (images that already hold objects); "
+                        "give background images without objects (e.g. BG-20k), or a prepare-backgrounds folder")
+    members = [m for m in members if not m[0].lower().endswith(".json")]
     if err is not None:
         if not members:
             raise UserError(f"backgrounds: cannot read shard {path}: {err}")
         print(f"warning: backgrounds: shard {path} is damaged ({err}); using its first "
               f"{len(members)} images", file=sys.stderr)
     return [_SEP.join((str(path), name, str(offset), str(size))) for name, offset, size in members]
+
+
+def _is_scene_record(path: str, member: tuple[str, int, int]) -> bool:
+    import json
+
+    from synthgen.schema import SCENE_SCHEMA
+
+    name, offset, size = member
+    if size > 1 << 20:
+        return False
+    try:
+        rec = json.loads(storage.path(path).read_range(offset, size))
+    except (OSError, ValueError):
+        return False
+    return isinstance(rec, dict) and rec.get("schema") == SCENE_SCHEMA
+
+
+def first_usable_background(items: list[str], size: int, min_side: int, limit: int = 200) -> tuple[int, dict]:
+    """``(index of the first background that decodes, {reason: count} of those before it)``;
+    index -1 when none of the first ``limit`` does (checked before any work, as the bank is)."""
+    from synthgen.images import decode
+
+    reasons: dict[str, int] = {}
+    for i, item in enumerate(items[:limit]):
+        img = decode(read_background(item), draft_to=size, min_side=min_side)
+        if not isinstance(img, Skip):
+            return i, reasons
+        reasons[img.reason] = reasons.get(img.reason, 0) + 1
+    return -1, reasons
 
 
 def read_background(item: str) -> bytes | str:

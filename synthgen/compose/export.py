@@ -94,9 +94,29 @@ def _mask(data: bytes, rec: SceneRecord) -> np.ndarray | None:
         return None
 
 
-def export_coco(shards: str, out: Path | str, limit: int | None = None) -> dict:
+def _clear_earlier(out, img_dir, overwrite: bool) -> None:
+    """A finished export in ``out`` (its instances.json) is refused, or with ``overwrite`` removed
+    first, every image with it, so no stale image outlives it; the images of an unfinished one
+    (interrupted before its instances.json) are removed: the same command starts it again."""
+    images = img_dir.find() if img_dir.is_dir() else {}
+    coco = out / "instances.json"
+    if not images and not coco.exists():
+        return
+    if coco.exists() and not overwrite:
+        raise UserError(f"--out {out} already holds a COCO export ({len(images)} images"
+                        f"{', instances.json' if coco.exists() else ''}); pass --overwrite to replace it, or "
+                        "choose another --out")
+    coco.unlink(missing_ok=True)  # (first: a half-cleared folder is never a finished export)
+    for f in images:
+        storage.path(f).unlink(missing_ok=True)
+
+
+def export_coco(shards: str, out: Path | str, limit: int | None = None, overwrite: bool = False) -> dict:
+    """Write ``out/images/`` and ``out/instances.json`` (COCO detection format, with each
+    object's referral and visibility) from scene shards."""
     out = storage.path(str(out))
     img_dir = out / "images"
+    _clear_earlier(out, img_dir, overwrite)
     img_dir.mkdir(parents=True, exist_ok=True)
     images, anns, cats = [], [], {}
     taken: set[str] = set()

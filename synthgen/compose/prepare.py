@@ -205,5 +205,8 @@ def _manifest(job: PrepareJob, n_shards: int, listing_skips: dict, ident: dict) 
             skipped.setdefault(reason, {}).update(names)
     manifest = {**ident, "shards": [shard_name(s) for s in range(n_shards)], "backgrounds": count,
                 "skipped": {r: {"count": len(n), "examples": sorted(n)[:20]} for r, n in skipped.items()}}
+    if not count:  # (no manifest: nothing here is usable, and a re-run says so again)
+        why = ", ".join(f"{v['count']} {k.replace('_', ' ')}" for k, v in sorted(manifest["skipped"].items()))
+        raise UserError(f"backgrounds {job.source}: none of its {ident['count']} images is usable ({why})")
     atomic_write_json(out / MANIFEST_FILE, manifest)
     return manifest

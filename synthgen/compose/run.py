@@ -118,6 +118,14 @@ class Inputs:
     bank: Any = None  # the bank's BankSurvey (layout, categories, unusable cut-outs)
 
 
+def backgrounds_line(job, inputs: Inputs) -> str:
+    """What compose says about its backgrounds when it starts (as it does about the bank)."""
+    skipped = {k: len(v) for k, v in inputs.skipped_backgrounds.items() if v}
+    left = f"; left out when listing: {', '.join(f'{n} {k}' for k, n in sorted(skipped.items()))}" if skipped else ""
+    how = f" (prepared once into {job.prepared})" if job.prepared else ""
+    return f"backgrounds: {len(inputs.backgrounds)} images from {job.backgrounds}{how}{left}"
+
+
 def _digest(lines: list[str]) -> str:
     import hashlib
 
@@ -199,7 +207,7 @@ def _refuse_nesting(job: ComposeJob, roots: list[str]) -> None:
 
 def check_inputs(job: ComposeJob) -> Inputs:
     """Fail fast (before any work) on bad options and unusable inputs; list the backgrounds."""
-    from synthgen.compose.backgrounds import list_backgrounds
+    from synthgen.compose.backgrounds import first_usable_background, list_backgrounds
 
     raise_problems(job.problems())
     from synthgen.shards import expand
@@ -213,6 +221,12 @@ def check_inputs(job: ComposeJob) -> Inputs:
     if bank.first_usable(limit=min(len(bank), 2000)) is None:
         raise UserError(f"object bank {job.objects}: none of the first {min(len(bank), 2000)} "
                         "cut-outs is usable (RGBA PNGs with some opaque pixels are needed)")
+    first, reasons = first_usable_background(listing.items, job.params.size, job.params.min_background_side)
+    if first < 0:
+        checked = min(len(listing.items), 200)
+        why = ", ".join(f"{n} {r.replace('_', ' ')}" for r, n in sorted(reasons.items()))
+        raise UserError(f"backgrounds {job.backgrounds}: none of the first {checked} images is usable ({why}); "
+                        f"compose needs decodable images of at least {job.params.min_background_side} px")
     survey = bank.survey()
     if survey.usable_fraction < job.min_usable:
         usable = survey.checked - survey.num_unusable
@@ -335,6 +349,7 @@ def run_compose(job: ComposeJob, *, workers: int | None = None, ray_address: str
         todo = shards_to_do(job, folder, inputs, extend=extend)
         if echo is not None:  # once the run starts: a refusal stays one line
             echo(inputs.bank.line())
+            echo(backgrounds_line(job, inputs))
         growth = (_recorded(folder) or {}).get("growth")
         return _run(job, todo, inputs, workers, ray_address, executor, progress, growth)
 

@@ -301,7 +301,8 @@ def test_min_usable_reaches_the_job_through_the_api_but_not_its_identity(tmp_pat
     m = synthgen.compose(str(objects), str(backgrounds), str(tmp_path / "o"), 2, executor="serial", progress=False,
                          min_usable=0.25, echo=lines.append)
     assert m["totals"]["samples"] == 2
-    assert lines == ["objects: folder of category sub-folders, 3 categories, 4 cut-outs (3 unusable: 3 no alpha)"]
+    assert lines == ["objects: folder of category sub-folders, 3 categories, 4 cut-outs (3 unusable: 3 no alpha)",
+                     f"backgrounds: 4 images from {backgrounds}"]
 
 
 def test_preview_of_a_folder_bank_shows_what_compose_skips_and_reads_nothing_outside(tmp_path, cli_env):

@@ -126,10 +126,8 @@ class Backgrounds:
         from synthgen.compose.prepare import prepare_backgrounds
 
         parallel = self.shards > 1 and (os.cpu_count() or 1) > 1  # (a shard is one task)
-        done = prepare_backgrounds(self.job, executor="ray" if parallel else "serial", progress=progress)
-        if not done["backgrounds"]:
-            why = ", ".join(f"{v['count']} {k}" for k, v in sorted(done["skipped"].items()))
-            raise UserError(f"--backgrounds {self.spec}: none of its {done['count']} images is usable ({why})")
+        # (none usable: prepare_backgrounds says so, naming the backgrounds, not this cache)
+        prepare_backgrounds(self.job, executor="ray" if parallel else "serial", progress=progress)
 
 
 def on_main_rank(fn: Callable[[], Any], rank: int, world: int) -> None:
