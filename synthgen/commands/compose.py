@@ -67,7 +67,8 @@ _LAYOUT = frozenset(LayoutParams.__dataclass_fields__)
 
 COMPOSE_OPTIONS = (
     Option("objects", None, "Object bank (a folder or an s3:// / gs:// / hf:// URL): a folder with index.jsonl "
-           "(from `synthgen render`), a <category>/*.png tree, or X-Paste's LVIS_instance_pools.json.",
+           "(from `synthgen render`), a <category>/*.png tree, a flat folder of RGBA PNGs (the category from each file "
+           "name), or X-Paste's LVIS_instance_pools.json.",
            required=True, metavar="PATH"),
     Option("backgrounds", None, f"Backgrounds {URL}: a folder of images (searched recursively; jpg/png/webp/...), "
            "a WebDataset .tar, a folder of tars, or a brace pattern like 'bg-{000..009}.tar'. BG-20k in the paper.",

@@ -168,6 +168,7 @@ def export_coco(shards: str, out: Path | str, limit: int | None = None, overwrit
     coco = {"info": {"description": f"synthgen scenes exported from {shards}",
                      "skipped_scenes": {k: {"count": len(v), "examples": v[:10]} for k, v in skipped.items()}},
             "images": images, "annotations": anns,
-            "categories": [{"id": ids[n], "name": n, "lvis_id": cats[n]["lvis_id"]} for n in sorted(cats)]}
+            "categories": [{"id": ids[n], "name": n, "supercategory": "object", "lvis_id": cats[n]["lvis_id"]}
+                           for n in sorted(cats)]}
     atomic_write_json(out / "instances.json", coco)
     return coco

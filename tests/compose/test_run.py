@@ -177,6 +177,7 @@ def test_export_coco_round_trips_boxes(bank, backgrounds, tmp_path):
     coco = export_coco(str(out), tmp_path / "coco")
     assert len(coco["images"]) == 6 and (tmp_path / "coco" / "images" / "000000000.jpg").exists()
     names = {c["id"]: c["name"] for c in coco["categories"]}
+    assert all(c["supercategory"] == "object" for c in coco["categories"])  # (COCO readers expect one)
     recs = [json.loads(s["json"]) for s in wds.WebDataset(str(out / "scenes-000000.tar"), shardshuffle=False)]
     expected = [(o["category"], o["box"]) for r in recs for o in r["objects"]]
     got = [(names[a["category_id"]], [a["bbox"][0], a["bbox"][1], a["bbox"][0] + a["bbox"][2],

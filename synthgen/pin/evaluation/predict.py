@@ -21,9 +21,10 @@ def draw_prediction(im, box, text: str, *, parsed: bool = True):
     lw = max(1, round(min(w, h) / 150))
     x1, y1, x2, y2 = box  # a parsed box may be empty ([56,70,112,70]): draw it as a line
     rect = [x1, y1, max(x1, x2 - 1), max(y1, y2 - 1)]
+    font = _font(w, h)
     if parsed:
         draw.rectangle(rect, outline=BOX_COLOUR, width=lw)
-        draw.text((x1 + lw + 1, y1 + lw + 1), text, fill=BOX_COLOUR)
+        _label(draw, (x1, y1), text, BOX_COLOUR, font, above=True)
         return im
     dash = max(2, 2 * lw)
     left, top, right, bottom = rect
@@ -35,8 +36,26 @@ def draw_prediction(im, box, text: str, *, parsed: bool = True):
         e = min(a + dash - 1, bottom)
         draw.line([(left, a), (left, e)], fill=FALLBACK_COLOUR, width=lw)
         draw.line([(right, a), (right, e)], fill=FALLBACK_COLOUR, width=lw)
-    draw.text((left + lw + 1, bottom + lw + 1), FALLBACK_LABEL, fill=FALLBACK_COLOUR)
+    _label(draw, (left, bottom + lw + 1), FALLBACK_LABEL, FALLBACK_COLOUR, font, above=False)
     return im
+
+
+def _font(w: int, h: int):
+    from synthgen.fonts import font
+
+    return font(max(11, min(w, h) // 32))[0]
+
+
+def _label(draw, at: tuple[float, float], text: str, colour, font, *, above: bool) -> None:
+    """``text`` in white on a ``colour`` plate, readable on any image: above the point ``at`` (a
+    box's top-left corner) where there is room, else below it."""
+    pad = 2
+    left, top, right, bottom = draw.textbbox((0, 0), text, font=font)
+    tw, th = right - left + 2 * pad, bottom - top + 2 * pad
+    x = min(max(0.0, at[0]), max(0.0, draw.im.size[0] - tw))
+    y = at[1] - th if above and at[1] - th >= 0 else at[1]
+    draw.rectangle([x, y, x + tw - 1, y + th - 1], fill=colour)
+    draw.text((x + pad - left, y + pad - top), text, fill=(255, 255, 255), font=font)
 
 
 def predict(run_dir, image, text: str, *, out=None, model: str | None = None,
