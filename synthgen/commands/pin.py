@@ -163,8 +163,10 @@ EVAL = Command(
             "kept and eval-pin stops before any work).", "bool"),
      Option("baseline", None, "Score a baseline instead of the model, on the same queries: 'random' = the paper's "
             "(for each query a ground-truth box of another image of the set), 'uniform' = corners drawn uniformly on "
-            "the grid, 'native' = the run's VLM without PIN, asked with its own grounding prompt (paligemma: "
-            "'detect NAME' -> <loc> tokens; qwen2_5_vl: bbox_2d JSON)."),
+            "the grid, 'prior' = the one grid box with the best mIoU on the other half of the set's images (where "
+            "objects usually are: a method must beat it), 'raw' = the run's VLM without PIN, asked PIN's question "
+            "(the paper's 'raw' row), 'native' = the run's VLM without PIN, asked with its own grounding prompt "
+            "(paligemma: 'detect NAME' -> <loc> tokens; qwen2_5_vl: bbox_2d JSON)."),
      Option("article", "auto", "Query article: 'auto' = a/an by the first letter (the authors' and training's), "
             "'a' = always 'a'."),
      Option("names", "strip", "COCO-format class names: 'strip' = '_' -> space and the qualifier dropped, "

@@ -152,8 +152,13 @@ def _run_and_adapter(run_dir, baseline: str | None, model: str | None, device: s
 
     if baseline not in (None, *BASELINES):
         raise UserError(f"unknown --baseline {baseline!r}: random (ground-truth boxes of other "
-                        "images, the paper's), uniform (uniform boxes on the grid) or native (the "
+                        "images, the paper's), uniform (uniform boxes on the grid), prior (the best constant box "
+                        "of the other half of the set), raw (the VLM without PIN) or native (the "
                         "VLM's own grounding output, PaliGemma and Qwen2.5-VL)")
+    if baseline == "raw":  # the run's VLM without PIN, asked PIN's question (the paper's "raw" row)
+        run, adapter = load_run(run_dir, model=model, device=device, vlm_options=vlm_options)
+        adapter.detach_pin()
+        return run, adapter
     if baseline == "native":  # the run's VLM without PIN, asked its own way
         from synthgen.pin.models.adapters import adapter_class
 
@@ -174,11 +179,18 @@ def _baseline(proto: EvalProtocol, pool: Iterable[tuple[object, list[float]]], c
     ground-truth box of another image of ``pool`` (every object of the set's kept images),
     ``uniform`` a grid box; both from ``seed``, one draw per scored query in order (``native``:
     None too, the VLM answers its own way)."""
-    if proto.baseline in (None, "native"):
+    if proto.baseline in (None, "native", "raw"):
         return None
     rng = np.random.default_rng(proto.seed)
     if proto.baseline == "uniform":
         return lambda _fields: uniform_box(rng, canvas, grid)
+    if proto.baseline == "prior":
+        try:
+            prior = P.PriorBox(pool, canvas, grid, proto.seed)
+        except ValueError:
+            raise UserError(f"{set_name}: --baseline prior fits a box on one half of the images and scores the "
+                            "other half: it needs ground-truth boxes of at least two images") from None
+        return lambda fields: prior.box(fields["image_id"])
     boxes = P.OtherImageBoxes(pool)
     if boxes.images < 2:
         raise UserError(f"{set_name}: --baseline random draws ground-truth boxes of other images, "

@@ -38,7 +38,11 @@ NAMES = ("strip", "raw")
 CROWD = ("query", "skip")
 GT_BOXES = ("authors", "exact")
 PARSERS = ("strict", "lenient")
-BASELINES = ("random", "uniform", "native")  # native: the VLM's own grounding output (PaliGemma, Qwen2.5-VL)
+# random: a GT box of another image (the paper's); uniform: a grid box; prior: the best constant box
+# of the other half of the set; raw: the run's VLM without PIN, PIN's prompt; native: the VLM's own
+# grounding output (PaliGemma, Qwen2.5-VL)
+BASELINES = ("random", "uniform", "prior", "raw", "native")
+MODEL_BASELINES = ("raw", "native")  # the VLM answers (generation settings apply)
 REFCOCO_SENTENCES = ("last", "all")
 
 
@@ -92,7 +96,7 @@ class EvalProtocol:
             d.pop("refcoco_sentences")
         else:
             d.pop("max_objects")
-        if self.baseline is not None:  # no model: the generation settings played no part
+        if self.baseline not in (None, *MODEL_BASELINES):  # no model: the generation settings played no part
             d.pop("num_beams")
             d.pop("max_new_tokens")
         return {"set_kind": kind, **d, "canvas": canvas, "grid": grid}
@@ -295,6 +299,55 @@ class OtherImageBoxes:
             raise ValueError("the random baseline needs ground-truth boxes of at least two images")
         i = int(rng.integers(n))
         return list(self.boxes[i if i < start else i + (end - start)])
+
+
+def grid_boxes(canvas: int, grid: int) -> np.ndarray:
+    """Every non-empty box with its corners on the grid lines, ``[C, 4]`` in canvas pixels."""
+    lines = np.arange(grid + 1) * (canvas / grid)
+    lo, hi = np.triu_indices(grid + 1, k=1)      # every pair of lines, lower first
+    xi, yi = np.meshgrid(np.arange(len(lo)), np.arange(len(lo)), indexing="ij")
+    xi, yi = xi.ravel(), yi.ravel()
+    return np.stack([lines[lo[xi]], lines[lo[yi]], lines[hi[xi]], lines[hi[yi]]], 1)
+
+
+def best_constant_box(gts: Sequence[Sequence[float]], canvas: int, grid: int) -> list[float]:
+    """The grid box with the highest mean IoU over the boxes ``gts`` (the first on a tie)."""
+    cand = grid_boxes(canvas, grid)
+    g = np.asarray(gts, dtype=np.float64)
+    area_c = (cand[:, 2] - cand[:, 0]) * (cand[:, 3] - cand[:, 1])
+    area_g = np.clip(g[:, 2] - g[:, 0], 0, None) * np.clip(g[:, 3] - g[:, 1], 0, None)
+    total = np.zeros(len(cand))
+    for start in range(0, len(g), 256):  # (candidates x a chunk of boxes at a time)
+        b = g[start:start + 256]
+        w = np.clip(np.minimum(cand[:, None, 2], b[None, :, 2]) - np.maximum(cand[:, None, 0], b[None, :, 0]), 0, None)
+        h = np.clip(np.minimum(cand[:, None, 3], b[None, :, 3]) - np.maximum(cand[:, None, 1], b[None, :, 1]), 0, None)
+        inter = w * h
+        union = area_c[:, None] + area_g[None, start:start + 256] - inter
+        total += np.where(union > 0, inter / np.where(union > 0, union, 1), 0.0).sum(1)
+    return [float(v) for v in cand[int(np.argmax(total))]]
+
+
+class PriorBox:
+    """The ``prior`` baseline: where objects usually are. The set's images are split in two halves
+    (a permutation drawn from ``seed``); a query on one half gets the constant grid box with the
+    best mean IoU over the other half's ground-truth boxes (cross-fitted: never fitted on the
+    image it answers). A method that does not beat it has learned the layout of the set, not
+    where the named object is."""
+
+    def __init__(self, pool: Iterable[tuple[Hashable, Sequence[float]]], canvas: int, grid: int, seed: int = 0):
+        by_image: dict[Hashable, list[list[float]]] = {}
+        for key, box in pool:
+            by_image.setdefault(key, []).append([float(v) for v in box])
+        if len(by_image) < 2:
+            raise ValueError("the prior baseline needs ground-truth boxes of at least two images")
+        keys = sorted(by_image, key=str)
+        order = np.random.default_rng(seed).permutation(len(keys))
+        self.half = {keys[i]: int(j >= len(keys) // 2) for j, i in enumerate(order)}
+        boxes = [[b for k, bs in by_image.items() if self.half[k] == h for b in bs] for h in (0, 1)]
+        self.boxes = [best_constant_box(boxes[1 - h], canvas, grid) for h in (0, 1)]  # fitted on the other half
+
+    def box(self, image: Hashable) -> list[float]:
+        return list(self.boxes[self.half.get(image, 0)])
 
 
 def summarize(records: Iterable[dict], threshold: float = 0.3) -> dict:
