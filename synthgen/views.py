@@ -32,10 +32,10 @@ def preview(source: str, out: str | Path | None = None, n: int = 16, per_categor
 
 
 def stats(shards: str, out: str | Path | None = None, top: int = 15) -> dict[str, Any]:
-    """The statistics of scene shards (:func:`synthgen.compose.inspection.collect_stats`), drawn
+    """The statistics of scene shards (:func:`synthgen.compose.stats.collect_stats`), drawn
     into the PNG ``out`` when given."""
     from synthgen import storage
-    from synthgen.compose.inspection import collect_stats, plot_stats
+    from synthgen.compose.stats import collect_stats, plot_stats
     from synthgen.errors import UserError
 
     if top < 1:

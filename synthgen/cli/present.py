@@ -47,7 +47,7 @@ def preview(call: Call, values: dict) -> None:
 
 
 def stats(call: Call, values: dict) -> None:
-    from synthgen.compose.inspection import print_stats
+    from synthgen.compose.stats import print_stats
 
     print_stats(call.execute(), top=values["top"])
     if values["out"] is not None:

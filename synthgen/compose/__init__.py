@@ -6,7 +6,7 @@
 - :mod:`.bank`         object bank reader; :mod:`.backgrounds` background sources
 - :mod:`.scene`        one scene from ``(seed, index, inputs)``
 - :mod:`.run`          the driver: shards, resume, stats, manifest
-- :mod:`.inspection`   ``preview`` and ``stats``; :mod:`.export` ``export-coco``
+- :mod:`.inspection`   ``preview``; :mod:`.stats` ``stats``; :mod:`.export` ``export-coco``
 """
 
 import sys

@@ -37,7 +37,7 @@ from synthgen.storage.folder import (
 )
 from synthgen.storage.local import LocalPath
 from synthgen.storage.objectlock import LOCK_TTL_ENV, ObjectLock, abort_multipart_uploads
-from synthgen.storage.paths import glob, kinds, locate, output_file, path, sizes
+from synthgen.storage.paths import glob, kinds, locate, output_file, path, save_or_explain, sizes
 from synthgen.storage.remote import (
     LIST_BLOCK,
     STREAM_BLOCK,
@@ -52,7 +52,7 @@ from synthgen.storage.urls import absolute, inside, is_remote, join, localize, o
 __all__ = [
     "path", "LocalPath", "RemotePath",
     "scheme", "localize", "is_remote", "resolved", "absolute", "join", "relative", "inside", "overlap",
-    "glob", "kinds", "locate", "sizes", "output_file",
+    "glob", "kinds", "locate", "sizes", "output_file", "save_or_explain",
     "StorageError", "guard", "filesystem", "check_lock", "LIST_BLOCK", "STREAM_BLOCK",
     "ObjectLock", "abort_multipart_uploads", "LOCK_TTL_ENV",
     "RunFolder", "Staged", "atomic_write", "atomic_write_json", "atomic_write_with",

@@ -125,3 +125,20 @@ def output_file(spec: str | os.PathLike, flag: str, suffixes: Iterable[str]) -> 
     if problem:
         raise UserError(f"{flag} {spec} {problem}")
     return p
+
+
+def save_or_explain(output, save) -> None:
+    """Run ``save`` (which writes the file ``output``), its folder made first; a file that cannot
+    be written is a one-line error."""
+    from pathlib import Path
+
+    from synthgen.errors import UserError
+
+    try:
+        Path(output).parent.mkdir(parents=True, exist_ok=True)
+        save()
+    except OSError as exc:
+        raise UserError(f"cannot write {output}: {exc.strerror or exc}") from None
+
+
+# -- statistics ------------------------------------------------------------------------------------

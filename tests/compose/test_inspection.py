@@ -16,16 +16,9 @@ import pytest
 from PIL import Image, ImageDraw
 
 from synthgen.compose.config import ComposeParams, LayoutParams
-from synthgen.compose.inspection import (
-    PALETTE,
-    TARGET,
-    collect_stats,
-    contact_sheet,
-    draw_scene,
-    place_labels,
-    plot_stats,
-)
+from synthgen.compose.inspection import PALETTE, TARGET, contact_sheet, draw_scene, place_labels
 from synthgen.compose.run import ComposeJob, run_compose
+from synthgen.compose.stats import collect_stats, plot_stats
 from synthgen.schema import SceneObject, SceneRecord
 
 

@@ -4,8 +4,9 @@ and the shards' stats files read beside them."""
 from __future__ import annotations
 
 from synthgen.compose.config import ComposeParams
-from synthgen.compose.inspection import collect_stats, contact_sheet
+from synthgen.compose.inspection import contact_sheet
 from synthgen.compose.run import ComposeJob, run_compose
+from synthgen.compose.stats import collect_stats
 from tests.helpers import make_backgrounds, make_index_bank
 
 
