@@ -264,3 +264,16 @@ def test_devices():
         pick_device("gpu0", 0, 1, cuda=True)
     for precision in (None, "bf16", "fp16", "fp16-mixed", "fp32"):
         assert inference_dtype(precision, torch.device("cpu")) == torch.float32
+
+
+@pytest.mark.parametrize("bf16", [True, False])
+def test_eval_loads_the_vlm_in_the_runs_dtype_as_far_as_the_gpu_allows(monkeypatch, bf16):
+    """eval-pin / predict: the weights' dtype the run trained with; bf16 falls back to fp16 on a
+    GPU without it (this machine has no GPU: the capability query is what is replaced)."""
+    from synthgen.pin.runtime import inference_dtype
+
+    monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda *a, **k: bf16)
+    gpu = torch.device("cuda:0")
+    half = torch.bfloat16 if bf16 else torch.float16
+    assert [inference_dtype(p, gpu) for p in ("bf16", None, "fp16", "fp16-mixed", "fp32")] == [
+        half, half, torch.float16, torch.float16, torch.float32]
