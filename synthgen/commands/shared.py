@@ -22,7 +22,9 @@ WORKERS = Option("workers", None, "CPUs of the local Ray started for this run (d
 RAY_ADDRESS = Option("ray_address", None, "Address of an existing Ray cluster to run on (e.g. auto, or "
                      "ray://head:10001); paths must be visible to every node. Default: a new local Ray on this "
                      "machine, never one already running here.")
-EXECUTOR = Option("executor", "ray", "ray (default) or serial (in this process; for debugging).")
+EXECUTOR = Option("executor", "auto", "auto = in this process when Ray cannot help (one shard to write, or --workers 1, "
+                  "and no --ray-address), else Ray; ray = always Ray; serial = always in this process. The bytes "
+                  "are the same.")
 VLM_OPTION_HELP = ("Override a VLM option the run recorded (repeatable), e.g. lm=DIR for a local copy of "
                    "OpenFlamingo's language model.")
 RUN_MODEL_HELP = ("Load the VLM from here instead of the hub id or path the run recorded (e.g. a local copy of the "

@@ -131,7 +131,7 @@ def prepare_shard_steps(job: PrepareJob, shard: int, items: list[str]):
 
 
 def prepare_backgrounds(job: PrepareJob, *, workers: int | None = None, ray_address: str | None = None,
-                        executor: str = "ray", progress: bool = True) -> dict[str, Any]:
+                        executor: str = "auto", progress: bool = True) -> dict[str, Any]:
     """Prepare (resuming) and return the manifest; UserError when shards failed (after the others)."""
     import os
 
@@ -139,8 +139,9 @@ def prepare_backgrounds(job: PrepareJob, *, workers: int | None = None, ray_addr
     from synthgen.errors import raise_problems
 
     raise_problems(job.problems())
-    if executor not in ("ray", "serial"):
-        raise UserError(f"--executor must be ray or serial (got {executor!r})")
+    from synthgen.executors import in_process
+
+    in_process(executor, workers, ray_address, 0)  # (the value checked before any work)
     listing = list_backgrounds(job.source)
     for root in listing.roots:
         if storage.overlap(job.out, root):
@@ -162,7 +163,7 @@ def prepare_backgrounds(job: PrepareJob, *, workers: int | None = None, ray_addr
 
 
 def _run(job, todo, items, workers, ray_address, executor, progress) -> dict[int, str]:
-    from synthgen.executors import run_ray, run_serial
+    from synthgen.executors import in_process, run_ray, run_serial
     from synthgen.progress import progress_bars
 
     if not todo:
@@ -183,7 +184,7 @@ def _run(job, todo, items, workers, ray_address, executor, progress) -> dict[int
             on_progress(i, sizes[i])
 
         jobs = [(job, s) for s in todo]
-        if executor == "serial":
+        if in_process(executor, workers, ray_address, len(jobs)):
             failures = run_serial(prepare_shard_steps, jobs, on_result, shared={"items": items},
                                   on_progress=on_progress)
         else:

@@ -329,7 +329,7 @@ def write_manifest(job: ComposeJob, inputs: Inputs, workers: int | None,
 
 
 def run_compose(job: ComposeJob, *, workers: int | None = None, ray_address: str | None = None,
-                executor: str = "ray", progress: bool = True, extend: bool = False,
+                executor: str = "auto", progress: bool = True, extend: bool = False,
                 echo: Callable[[str], None] | None = None) -> dict[str, Any]:
     """Compose the whole dataset (resuming), returning the manifest. Raises UserError when shards
     failed (after the others have finished). ``workers``: CPUs of the local Ray (default: all).
@@ -339,8 +339,9 @@ def run_compose(job: ComposeJob, *, workers: int | None = None, ray_address: str
     inputs and the folder are checked."""
     if workers is not None and workers < 1:
         raise UserError(f"--workers must be >= 1 (got {workers})")
-    if executor not in ("ray", "serial"):
-        raise UserError(f"--executor must be ray or serial (got {executor!r})")
+    from synthgen.executors import in_process
+
+    in_process(executor, workers, ray_address, 0)  # (the value checked before any work)
     workers = workers or os.cpu_count() or 1
     if job.prepare_backgrounds:
         job = _with_prepared(job, workers, ray_address, executor, progress)
@@ -375,7 +376,7 @@ def _with_prepared(job: ComposeJob, workers, ray_address, executor, progress) ->
 
 def _run(job: ComposeJob, todo: list[int], inputs: Inputs, workers: int | None,
          ray_address: str | None, executor: str, progress: bool, growth: list | None = None) -> dict[str, Any]:
-    from synthgen.executors import run_ray, run_serial
+    from synthgen.executors import in_process, run_ray, run_serial
 
     failures: dict[int, str] = {}
     if todo:
@@ -398,7 +399,7 @@ def _run(job: ComposeJob, todo: list[int], inputs: Inputs, workers: int | None,
 
             jobs = [(job, s) for s in todo]
             shared = {"backgrounds": inputs.backgrounds}
-            if executor == "serial":
+            if in_process(executor, workers, ray_address, len(jobs)):
                 failures = run_serial(compose_shard_steps, jobs, on_result, shared=shared, on_progress=on_progress)
             else:
                 failures = run_ray(compose_shard_steps, jobs, on_result, workers=workers,

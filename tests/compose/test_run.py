@@ -116,7 +116,7 @@ BAD = [
     (["--background-fit", "stretch"], "squash or crop"),
     (["--seed", "-1"], "--seed must be a non-negative integer"),
     (["--workers", "0"], "--workers must be >= 1"),
-    (["--executor", "foo"], "ray or serial"),
+    (["--executor", "foo"], "auto, ray, serial"),
     (["--max-aspect-error", "nan"], "--max-aspect-error"),
     (["--backgrounds", "{a,b"], "bad pattern"),
     (["--backgrounds", ""], "--backgrounds is empty"),
