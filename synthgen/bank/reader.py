@@ -21,6 +21,10 @@ A bank may be a local folder or an object-store URL (``s3://bucket/objects``,
 (:func:`~synthgen.storage.sizes`), and a cut-out read (one GET) when it is first used. Object
 paths must stay inside the bank (or an extra root): checked when listing (lexically), and locally
 again when a cut-out is read (a symlink leading out is refused).
+
+Categories read from folder and file names are checked (a folder of banks is refused; names that
+look like file names are warned about: :attr:`ObjectBank.warnings`), and a map may rename the
+categories of any layout (``categories_map``, :mod:`.names`).
 """
 
 from __future__ import annotations
@@ -39,6 +43,14 @@ from PIL import Image
 
 from synthgen import storage
 from synthgen.bank.format import INDEX_FILE, POOLS_FILE, BankEntry, read_bank_record
+from synthgen.bank.names import (
+    file_like_warning,
+    flat_banks_warning,
+    load_map,
+    refuse_folder_of_banks,
+    rename,
+    shown,
+)
 from synthgen.errors import Skip, UserError
 from synthgen.images import IMAGE_EXTS, decode  # JPEG/BMP objects: listed, counted as no_alpha
 from synthgen.schema import clean_name
@@ -83,6 +95,8 @@ class BankSurvey:
     listed: int                     # cut-outs listed: usable-looking entries + refused ones
     checked: int                    # of which were looked at: the refused ones and the decoded ones
     unusable: dict[str, int] = field(default_factory=dict)  # reason -> count among the checked
+    names: tuple[str, ...] = ()     # the categories, sorted
+    warnings: tuple[str, ...] = ()  # about its names (:mod:`.names`): file names, a typo in the map
 
     @property
     def num_unusable(self) -> int:
@@ -102,8 +116,11 @@ class BankSurvey:
         return f"{self.listed} cut-outs ({bad})"
 
     def line(self) -> str:
-        """The one line compose prints about the bank it read."""
-        return f"objects: {self.layout}, {self.categories} categories, {self.counts()}"
+        """The line compose prints about the bank it read (its first categories by name), then a
+        ``warning:`` line for each of :attr:`warnings`."""
+        names = f" ({shown(self.names)})" if self.names else ""
+        head = f"objects: {self.layout}, {self.categories} categories{names}, {self.counts()}"
+        return "\n".join([head, *(f"warning: {w}" for w in self.warnings)])
 
 
 class ObjectBank:
@@ -129,6 +146,7 @@ class ObjectBank:
         self._cache: OrderedDict[int, CutOut | Skip] = OrderedDict()
         self._cached_bytes = 0
         self.rejected: dict[str, dict[str, str]] = {}   # refused when reading: reason -> {id: why}
+        self.warnings: list[str] = []                    # about its names (:mod:`.names`)
         self.roots: tuple[str, ...] = (root,)
 
     def __len__(self) -> int:
@@ -136,9 +154,11 @@ class ObjectBank:
 
     # -- reading ---------------------------------------------------------------------------
     @classmethod
-    def open(cls, path: str | Path, extra_roots: tuple[str, ...] = (), **kw) -> "ObjectBank":
+    def open(cls, path: str | Path, extra_roots: tuple[str, ...] = (), categories_map=None, **kw) -> "ObjectBank":
         """Read a bank (see the module doc). Object paths must lie inside the bank's folder, or
-        inside one of ``extra_roots``; others are refused and listed in :attr:`rejected`."""
+        inside one of ``extra_roots``; others are refused and listed in :attr:`rejected`.
+        ``categories_map``: a ``--categories-map`` file (or its mapping) renaming categories
+        (:mod:`.names`)."""
         p = storage.path(path)
         if not p.exists():
             raise UserError(f"object bank not found: {p}")
@@ -156,19 +176,30 @@ class ObjectBank:
             layout, read, root, source, file = "xpaste-pools", _read_pools, p, str(p), p / POOLS_FILE
         else:
             layout, read, root, source, file = "tree", _read_tree, p, str(p), p
-        return cls._read(layout, read, root, source, file, tuple(extra_roots), **kw)
+        mapping = load_map(categories_map) if isinstance(categories_map, (str, Path)) else categories_map
+        return cls._read(layout, read, root, source, file, tuple(extra_roots), mapping, **kw)
 
     @classmethod
-    def _read(cls, layout: str, read, root, source: str, file, extra_roots: tuple[str, ...], **kw) -> "ObjectBank":
-        """List the bank with its layout's reader; refuse one with no usable object."""
+    def _read(cls, layout: str, read, root, source: str, file, extra_roots: tuple[str, ...], mapping=None,
+              **kw) -> "ObjectBank":
+        """List the bank with its layout's reader (and rename its categories by ``mapping``);
+        refuse one with no usable object; note what looks wrong with its names."""
         listing = _Listing(root, extra_roots)
         read(file, listing)
         if not listing.entries and listing.rejected:
             why = "; ".join(f"{len(v)} {k}" for k, v in listing.rejected.items())
             raise UserError(f"object bank {source}: no usable object ({why})")
-        bank = cls(listing.entries, source, layout, root=str(root), **kw)
+        entries, mapped, notes = listing.entries, set(), list(listing.notes)
+        if mapping is not None:
+            entries, mapped, typo = rename(entries, layout, mapping)
+            notes += [typo] if typo else []
+        bank = cls(entries, source, layout, root=str(root), **kw)
+        if layout == "tree":  # (categories read from file and folder names)
+            odd = file_like_warning(bank.categories, mapped)
+            notes += [odd] if odd else []
         bank.rejected = listing.rejected
         bank.roots = (str(root), *listing.extra)
+        bank.warnings = notes
         return bank
 
     def path_of(self, i: int) -> str:
@@ -219,7 +250,7 @@ class ObjectBank:
                 unusable[item.reason] += 1
         refused = sum(len(v) for v in self.rejected.values())
         return BankSurvey(self.layout_words(), len(self.categories), n + refused, len(picks) + refused,
-                          dict(unusable))
+                          dict(unusable), tuple(self.categories), tuple(self.warnings))
 
     def first_usable(self, limit: int | None = None) -> int | None:
         """Index of the first usable object (scanning at most ``limit``), or None."""
@@ -259,6 +290,7 @@ class _Listing:
         self.extra = tuple(storage.absolute(r) for r in extra_roots)
         self.entries: list[BankEntry] = []
         self.rejected: dict[str, dict[str, str]] = {}
+        self.notes: list[str] = []  # warnings about the names read
 
     def reject(self, reason: str, name: str, detail: str) -> None:
         self.rejected.setdefault(reason, {})[_printable(name)] = detail
@@ -340,15 +372,21 @@ def _stem_category(stem: str) -> str:
 
 
 def _read_tree(root, listing: _Listing) -> None:
-    """``<category>/*.png`` (recursive below each category), plus loose PNGs directly in ``root``
-    whose category is the file name without a trailing number (``apple_02.png`` -> ``apple``);
-    from one recursive listing."""
-    loose, nested = [], []
+    """``<category>/*.png``, plus loose PNGs directly in ``root`` whose category is the file name
+    without a trailing number (``apple_02.png`` -> ``apple``); from one recursive listing. A
+    category folder that holds folders of images or a bank's index is refused (a folder of banks,
+    :mod:`.names`)."""
+    loose, nested, marks = [], [], []
     prefix = str(root).rstrip("/") + "/"
     for name in root.find():
         rel = PurePosixPath(name[len(prefix):])
         if rel.suffix.lower() in IMAGE_EXTS:
             (nested if len(rel.parts) > 1 else loose).append(rel)
+        elif rel.name in (INDEX_FILE, POOLS_FILE):
+            marks.append(rel)
+    refuse_folder_of_banks(root, nested, marks)
+    if not loose and (note := flat_banks_warning(root, nested)):
+        listing.notes.append(note)
     for rel in sorted(loose):
         listing.add(rel.name, _stem_category(rel.stem), None, rel.name)
     for rel in sorted(nested, key=lambda r: (r.parts[0], str(r))):

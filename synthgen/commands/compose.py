@@ -86,6 +86,10 @@ COMPOSE_OPTIONS = (
     Option("extra_object_roots", (), "A folder outside the bank that object paths may point into (repeatable; "
            "e.g. where an X-Paste pools file's images live). Any other path outside the bank is skipped and "
            "counted.", "strs", flags=("--extra-object-root",), multiple=True, metavar="PATH"),
+    Option("categories_map", None, "YAML or JSON file mapping file or folder names (or the categories read from "
+           "them) to category names, e.g. 'sheep-md-v0: sheep'; or a CSV of name,category rows. Renames the "
+           "categories of the referral text and the scene records; names not in it keep theirs, a name that "
+           "matches nothing is warned about. Part of the run's options.", metavar="FILE"),
     Option("min_usable", MIN_USABLE, "Refuse a bank of which fewer than this fraction of the cut-outs are usable "
            "(no alpha, unreadable, all transparent, outside the bank, ...; a bank of over 500 is judged on an even "
            "sample of 500); 0: compose from any bank with a usable cut-out. Not part of the run's options: "
@@ -135,7 +139,7 @@ def _compose(v: dict[str, Any]):
     job = ComposeJob(objects=v["objects"], backgrounds=v["backgrounds"], out=v["out"], num_samples=v["num_samples"],
                      samples_per_shard=v["samples_per_shard"], params=scene_params_of(v),
                      extra_object_roots=tuple(v["extra_object_roots"]), prepare_backgrounds=v["prepare_backgrounds"],
-                     min_usable=v["min_usable"])
+                     min_usable=v["min_usable"], categories_map=v["categories_map"])
     return job
 
 

@@ -60,6 +60,7 @@ class ComposeJob:
     prepared: str | None = None                # the prepared folder read instead (set by run_compose)
     index: bool = True                         # write each shard's scene index (off: benchmarks only)
     min_usable: float = MIN_USABLE             # refuse a bank with fewer usable cut-outs (not in identity)
+    categories_map: str | None = None          # {file or folder name: category} file (bank/names.py)
 
     @property
     def num_shards(self) -> int:
@@ -92,6 +93,10 @@ class ComposeJob:
                  "params": self.params.to_dict(), "schema": SCENE_SCHEMA}
         if self.extra_object_roots:
             ident["extra_object_roots"] = [storage.resolved(r) for r in self.extra_object_roots]
+        if self.categories_map:
+            from synthgen.bank.names import map_identity
+
+            ident["categories_map"] = map_identity(self.categories_map)
         if self.prepare_backgrounds:
             ident["prepared_backgrounds"] = {"size": 2 * self.params.size}
         if inputs is not None:
@@ -100,10 +105,10 @@ class ComposeJob:
 
 
 @lru_cache(maxsize=4)
-def _open_bank(path: str, max_side: int, extra_roots: tuple[str, ...] = ()):
+def _open_bank(path: str, max_side: int, extra_roots: tuple[str, ...] = (), categories_map: str | None = None):
     from synthgen.bank.reader import ObjectBank
 
-    return ObjectBank.open(path, extra_roots=extra_roots, max_side=max_side)
+    return ObjectBank.open(path, extra_roots=extra_roots, max_side=max_side, categories_map=categories_map)
 
 
 @dataclass
@@ -163,7 +168,7 @@ def compose_shard_steps(job: ComposeJob, shard: int, backgrounds: list[str]):
     """:func:`compose_shard` as a progress generator (:mod:`synthgen.executors`): yields the
     scenes written so far every :data:`PROGRESS_EVERY` scenes, returns the stats."""
     t0 = time.time()
-    bank = _open_bank(job.objects, job.params.size, tuple(job.extra_object_roots))
+    bank = _open_bank(job.objects, job.params.size, tuple(job.extra_object_roots), job.categories_map)
     composer = Composer(job.params, bank, backgrounds)
     out = storage.path(job.out)
     stats = SceneStats()
@@ -212,7 +217,7 @@ def check_inputs(job: ComposeJob) -> Inputs:
     raise_problems(job.problems())
     from synthgen.shards import expand
 
-    bank = _open_bank(job.objects, job.params.size, tuple(job.extra_object_roots))
+    bank = _open_bank(job.objects, job.params.size, tuple(job.extra_object_roots), job.categories_map)
     listing = list_backgrounds(job.prepared or job.backgrounds)
     sources = expand(job.backgrounds) if job.prepared else []
     # (the prepared backgrounds are compose's own, inside --out: the raw sources are what to check)

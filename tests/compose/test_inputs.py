@@ -235,16 +235,18 @@ def test_bank_survey_names_the_layout_and_counts_unusable_cutouts(tmp_path, bank
     s = b.survey()
     assert (s.listed, s.checked, s.unusable) == (12, 12, {"no_alpha": 2, "unreadable": 1})
     assert s.usable_fraction == 0.75
-    assert s.line() == ("objects: folder of category sub-folders, 3 categories, 12 cut-outs "
+    assert s.line() == ("objects: folder of category sub-folders, 3 categories (apple, cup, teddy bear), 12 cut-outs "
                         "(3 unusable: 2 no alpha, 1 unreadable)")
     flat = ObjectBank.open(_bank_with_bad_objects(tmp_path / "flat", 4, 0, 0, flat=True)).survey()
-    assert flat.line() == "objects: flat folder (categories from file names), 3 categories, 4 cut-outs (all usable)"
+    assert flat.line() == ("objects: flat folder (categories from file names), 3 categories (apple, cup, teddy bear), "
+                           "4 cut-outs (all usable)")
     # a synthgen bank, with an entry whose path leaves the bank: refused when listing, counted too
     lines = (bank / "index.jsonl").read_text().splitlines()
     rec = dict(json.loads(lines[0]), id="escape/1", path="../../etc/passwd")
     (bank / "index.jsonl").write_text("\n".join(lines + [json.dumps(rec)]) + "\n")
     s = ObjectBank.open(bank).survey()
-    assert s.line() == "objects: synthgen bank (index.jsonl), 4 categories, 13 cut-outs (1 unusable: 1 outside bank)"
+    assert s.line() == ("objects: synthgen bank (index.jsonl), 4 categories (blue block, green block, red block, "
+                        "yellow block), 13 cut-outs (1 unusable: 1 outside bank)")
     # a bank larger than the limit is judged on an even sample, and says so
     s = b.survey(limit=4)
     assert (s.listed, s.checked) == (12, 4) and "of 4 checked" in s.line()
@@ -270,7 +272,7 @@ def test_compose_refuses_a_mostly_unusable_bank_unless_min_usable_allows(tmp_pat
     assert not (tmp_path / "out").exists()  # refused before anything is written
     r = run("--min-usable", "0")
     assert r.returncode == 0, r.stderr
-    assert ("objects: folder of category sub-folders, 3 categories, 12 cut-outs "
+    assert ("objects: folder of category sub-folders, 3 categories (apple, cup, teddy bear), 12 cut-outs "
             "(11 unusable: 10 no alpha, 1 unreadable)") in r.stdout.splitlines()
     # min-usable decides whether a run starts, not what it writes: another value resumes the same run
     r = run("--min-usable", "0.05")
@@ -280,7 +282,8 @@ def test_compose_refuses_a_mostly_unusable_bank_unless_min_usable_allows(tmp_pat
     flat = _bank_with_bad_objects(tmp_path / "flat", 6, 0, 0, flat=True)
     r = run(bank=flat, out=tmp_path / "out2")
     assert r.returncode == 0, r.stderr
-    assert "objects: flat folder (categories from file names), 3 categories, 6 cut-outs (all usable)" in r.stdout
+    assert ("objects: flat folder (categories from file names), 3 categories (apple, cup, teddy bear), "
+            "6 cut-outs (all usable)") in r.stdout
 
 
 def test_min_usable_reaches_the_job_through_the_api_but_not_its_identity(tmp_path, bank, backgrounds):
@@ -301,7 +304,8 @@ def test_min_usable_reaches_the_job_through_the_api_but_not_its_identity(tmp_pat
     m = synthgen.compose(str(objects), str(backgrounds), str(tmp_path / "o"), 2, executor="serial", progress=False,
                          min_usable=0.25, echo=lines.append)
     assert m["totals"]["samples"] == 2
-    assert lines == ["objects: folder of category sub-folders, 3 categories, 4 cut-outs (3 unusable: 3 no alpha)",
+    assert lines == ["objects: folder of category sub-folders, 3 categories (apple, cup, teddy bear), 4 cut-outs "
+                     "(3 unusable: 3 no alpha)",
                      f"backgrounds: 4 images from {backgrounds}"]
 
 
