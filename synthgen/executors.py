@@ -269,8 +269,12 @@ def _ray_console() -> Iterator[None]:
 
 def start_ray(workers: int | None, address: str | None, object_store_mb: int = 256) -> bool:
     """Start a local Ray or connect to ``address``; returns True when this call started or joined
-    it (and must shut it down), False when Ray was already initialised in this process."""
+    it (and must shut it down), False when Ray was already initialised in this process. A local
+    Ray is watched (:func:`synthgen.raywatch.watch`): ``kill -9`` of this process leaves none of
+    its processes; a Ctrl-C or SIGTERM while Ray starts acts once it has (:mod:`synthgen.raywatch`)."""
     import ray
+
+    from synthgen.raywatch import signals_held, unwatch, watch
 
     if ray.is_initialized():
         return False
@@ -278,12 +282,24 @@ def start_ray(workers: int | None, address: str | None, object_store_mb: int = 2
         raise UserError(f"--workers must be >= 1 (got {workers})")
     os.environ.setdefault("RAY_DEDUP_LOGS", "0")
     kw: dict[str, Any] = dict(configure_logging=True, logging_level=logging.ERROR, log_to_driver=True)
-    if address:
-        _connect(address, kw)
-        return True
-    _loopback()
-    ray.init(address="local", num_cpus=workers or os.cpu_count() or 1,
-             object_store_memory=object_store_mb << 20, include_dashboard=False, **kw)
+    try:
+        with signals_held() as held:
+            if address:
+                _connect(address, kw)
+            else:
+                _loopback()
+                watch()
+                ray.init(address="local", num_cpus=workers or os.cpu_count() or 1,
+                         object_store_memory=object_store_mb << 20, include_dashboard=False, **kw)
+        for handler, signum in held:  # (now that Ray has started: it is shut down below)
+            handler(signum, None)
+    except BaseException:
+        with contextlib.suppress(Exception):
+            ray.shutdown()  # (what it started; the watchdog kills what is left)
+        unwatch()
+        raise
+    finally:
+        os.environ.pop("SYNTHGEN_RAY_SESSION", None)
     return True
 
 
@@ -302,7 +318,12 @@ def ray_session(workers: int | None, address: str | None, object_store_mb: int =
             yield
         finally:
             if started:
-                ray.shutdown()
+                try:
+                    ray.shutdown()
+                finally:
+                    from synthgen.raywatch import unwatch
+
+                    unwatch()
                 if mode is None:  # a later --ray-address starts afresh
                     os.environ.pop("RAY_AUTH_MODE", None)
                 else:

@@ -10,6 +10,9 @@ what ``render`` and ``train-pin`` load.
 
 from __future__ import annotations
 
+import functools
+import os
+import re
 from dataclasses import dataclass
 from typing import Callable, Sequence
 
@@ -139,3 +142,75 @@ def run(what: Sequence[str], models: dict[str, str] | None = None, dry_run: bool
     paths = prefetch(items, say=say)
     say(f"fetched {len(paths)} item(s)")
     return paths
+
+
+# --- a model id that cannot be loaded here: one line at once --------------------------------
+
+@functools.lru_cache(maxsize=None)
+def _reachable(host: str, port: int, timeout: float = 3.0) -> bool:
+    """Whether a TCP connection to ``host:port`` opens within ``timeout`` (the name lookup
+    included: a thread, so that a lookup without a network cannot hang); once per process."""
+    import socket
+    import threading
+
+    ok: list[bool] = []
+
+    def connect() -> None:
+        try:
+            socket.create_connection((host, port), timeout=timeout).close()
+            ok.append(True)
+        except OSError:
+            pass
+
+    t = threading.Thread(target=connect, daemon=True)
+    t.start()
+    t.join(timeout + 0.5)
+    return bool(ok)
+
+
+def _hub_address() -> tuple[str, int]:
+    """``host, port`` the hub is reached through: ``HF_ENDPOINT`` (default huggingface.co:443),
+    or the HTTPS proxy that the environment sets for it."""
+    from urllib.parse import urlsplit
+    from urllib.request import getproxies, proxy_bypass
+
+    from huggingface_hub import constants
+
+    url = urlsplit(os.environ.get("HF_ENDPOINT") or constants.ENDPOINT)
+    host, port = url.hostname or "huggingface.co", url.port or (80 if url.scheme == "http" else 443)
+    proxy = getproxies().get(url.scheme or "https")
+    if proxy and not proxy_bypass(host):
+        p = urlsplit(proxy if "://" in proxy else f"http://{proxy}")
+        host, port = p.hostname or host, p.port or (443 if p.scheme == "https" else 80)
+    return host, port
+
+
+def _cached(repo_id: str) -> bool:
+    from huggingface_hub import constants
+
+    snapshots = os.path.join(constants.HF_HUB_CACHE, "models--" + repo_id.replace("/", "--"), "snapshots")
+    return os.path.isdir(snapshots) and any(os.scandir(snapshots))
+
+
+def check_hub(model: str, what: str) -> None:
+    """Before a loader reads ``model``: a :class:`ModelLoadError` at once (one line, not half a
+    minute of the hub client's retries) when it is a Hugging Face hub id that is not in the local
+    hub cache and cannot be fetched (``HF_HUB_OFFLINE`` set, or the hub unreachable: one TCP
+    connection of at most ~3 s, once per process). A local path, a cached id, a reachable hub:
+    nothing. ``what`` names it: ``cannot load {what}: ...``."""
+    model = str(model)
+    if os.path.exists(os.path.expanduser(model)) or not re.fullmatch(r"[\w.-]+(/[\w.-]+)?", model):
+        return  # a path (or no hub id): the loader's own message
+    from huggingface_hub import constants
+
+    if _cached(model):
+        return
+    where = constants.HF_HUB_CACHE.replace(os.path.expanduser("~"), "~", 1)
+    if constants.HF_HUB_OFFLINE:
+        why = "HF_HUB_OFFLINE is set"
+    elif not _reachable(*_hub_address()):
+        why = f"the hub is unreachable ({':'.join(map(str, _hub_address()))})"
+    else:
+        return
+    raise ModelLoadError(f"cannot load {what}: not in the Hugging Face cache ({where}) and {why}; download it "
+                         "with `synthgen prefetch` on a machine with network, or give a local folder")

@@ -5,6 +5,9 @@ A recipe is read with ``yaml.safe_load``. A section's entries are the command's 
 (``a_max``, ``same_category_p``, ...); :mod:`synthgen.commands` converts each value with the
 option's own kind, so a recipe entry behaves exactly as the option typed on the command line or
 given to the Python API. Options given there win over the recipe.
+
+A recipe that is not YAML is one line naming the line and column; :func:`locate` adds the line of
+the entry an error is about (an unknown key, a value of the wrong kind) to the error's message.
 """
 
 from __future__ import annotations
@@ -25,7 +28,10 @@ def read_recipe(path: str | Path) -> dict[str, Any]:
     try:
         doc = yaml.safe_load(p.read_text(encoding="utf-8")) or {}
     except yaml.YAMLError as exc:
-        raise UserError(f"recipe {p} is not valid YAML: {str(exc).splitlines()[0]}") from None
+        mark = getattr(exc, "problem_mark", None)
+        at = f":{mark.line + 1}:{mark.column + 1}" if mark is not None else ""
+        what = getattr(exc, "problem", None) or str(exc).splitlines()[0]
+        raise UserError(f"recipe {p}{at}: not valid YAML: {what}") from None
     if not isinstance(doc, dict):
         raise UserError(f"recipe {p}: expected a mapping of sections (render:, compose:, train:, run:)")
     return doc
@@ -37,3 +43,58 @@ def load_recipe(path: str | Path, section: str) -> dict[str, Any]:
     if not isinstance(doc.get(section, {}), dict):
         raise UserError(f"recipe {path}: expected a mapping with a `{section}:` section")
     return dict(doc.get(section) or {})
+
+
+def key_lines(path: str | Path, section: str) -> dict[str, int]:
+    """The line (from 1) of each key of the recipe's ``section``, from YAML's node marks."""
+    import yaml
+
+    try:
+        root = yaml.compose(Path(path).read_text(encoding="utf-8"), Loader=yaml.SafeLoader)
+    except (OSError, yaml.YAMLError):
+        return {}
+    if not isinstance(root, yaml.MappingNode):
+        return {}
+    lines = {}
+    for key, value in root.value:
+        if key.value == section and isinstance(value, yaml.MappingNode):
+            lines = {str(k.value): k.start_mark.line + 1 for k, _ in value.value}
+    return lines
+
+
+def culprit(entries: dict[str, Any], options) -> str | None:
+    """The entry of a section that a recipe check refuses first (``options``: those the section may
+    set, :class:`~synthgen.commands.Option`): an unknown key, then a value missing or of the wrong
+    kind, in the recipe's order; ``None`` when every entry is good."""
+    def option(key):
+        return next((o for o in options if key in o.keys()), None)
+
+    unknown = [k for k in entries if option(k) is None]
+    if unknown:
+        return unknown[0]
+    for key, value in entries.items():
+        if value is None:
+            return key
+        try:
+            option(key).convert(value)
+        except UserError:
+            return key
+    return None
+
+
+def locate(message: str, path: str | Path, section: str, options) -> str:
+    """``message`` (an error about the recipe at ``path``) with the line of the entry of
+    ``section`` it is about: ``recipe r.yaml:7: unknown option(s) in `compose:`: ...``. Unchanged
+    when no entry is refused (the error is about something else)."""
+    try:
+        key = culprit(load_recipe(path, section), options)
+    except UserError:
+        return message
+    line = key_lines(path, section).get(key) if key is not None else None
+    if line is None:
+        return message
+    for head in {f"recipe {path}:", f"recipe {Path(path)}:"}:
+        if head in message:  # the last: `synthgen run` puts the step's own "recipe P: step N" before it
+            i = message.rindex(head) + len(head) - 1
+            return f"{message[:i]}:{line}{message[i:]}"
+    return f"{message} (recipe {path}, line {line})"

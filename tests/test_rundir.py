@@ -138,4 +138,4 @@ def test_a_clean_exit_removes_the_temporaries_of_writers_that_died(tmp_path):
             raise KeyboardInterrupt
     except KeyboardInterrupt:
         pass
-    assert dead.exists()  # an interrupted run leaves it to the next run, which removes it first
+    assert not dead.exists()  # an interrupted run removes its own temporaries as it stops (issue 19, item 11)

@@ -308,13 +308,17 @@ class RunFolder:
         return self
 
     def __exit__(self, exc_type, exc, tb) -> None:
-        if self.clean and exc_type is None:
-            # a writer of this run that died (a task of a lost node, retried elsewhere) leaves its
-            # temporary: the lock is still held, so every temporary left now is stale
-            remove_stale_temps(self.path, recursive=self.clean == "recursive")
-        self.unlock()
-        if exc_type is not None:
-            self._remove_if_new()  # a run that failed before writing anything leaves no folder
+        try:
+            if self.clean and (exc_type is None or not self.path.remote):
+                # the lock is still held, so every temporary left now is stale: one a writer of this
+                # run left when it died (a task of a lost node, retried elsewhere), or, on Ctrl-C,
+                # SIGTERM or an error, one this run was writing (on an object store those are local
+                # files, and a multipart upload cut short is aborted by the next run)
+                remove_stale_temps(self.path, recursive=self.clean == "recursive")
+        finally:
+            self.unlock()
+            if exc_type is not None:
+                self._remove_if_new()  # a run that failed before writing anything leaves no folder
 
     def _remove_if_new(self) -> None:
         if self._created:

@@ -15,6 +15,7 @@ import torch
 from synthgen.errors import UserError
 from synthgen.pin.models.adapters.base import PinFn, PixelsTextAdapter, TextCodec, pretrained_placement
 from synthgen.pin.models.registry import DEFAULT_MODELS
+from synthgen.prefetch import check_hub
 
 
 class Blip2Adapter(PixelsTextAdapter):
@@ -24,12 +25,13 @@ class Blip2Adapter(PixelsTextAdapter):
 
     def __init__(self, model_id: str = DEFAULT_MODELS["blip2"], *, device: str | torch.device = "cpu",
                  dtype: torch.dtype = torch.float32, attn_implementation: str = "auto") -> None:
+        # a local checkpoint is recorded by absolute path so a run can be evaluated from anywhere
+        self.model_id = str(Path(model_id).resolve()) if Path(model_id).exists() else str(model_id)
+        check_hub(self.model_id, f"BLIP-2 from {self.model_id!r}")  # (offline: one line at once)
         from transformers import Blip2Config, Blip2ForConditionalGeneration, Blip2Processor
         from transformers.utils import logging as hf_logging
 
         hf_logging.disable_progress_bar()
-        # a local checkpoint is recorded by absolute path so a run can be evaluated from anywhere
-        self.model_id = str(Path(model_id).resolve()) if Path(model_id).exists() else str(model_id)
         self.device = torch.device(device)
         self.dtype = dtype
         try:

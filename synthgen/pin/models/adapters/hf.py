@@ -38,6 +38,7 @@ from synthgen.pin.models.adapters.base import (
     loss_span,
     pretrained_placement,
 )
+from synthgen.prefetch import check_hub
 
 _PROMPT, _ANSWER = "\x00PINPROMPT\x00", "\x00PINANSWER\x00"  # sentinels rendered through the template
 
@@ -119,15 +120,16 @@ class HFVisionLanguageAdapter(VLMAdapter):
 
     def __init__(self, model_id: str, *, device: str | torch.device = "cpu", dtype: torch.dtype = torch.float32,
                  attn_implementation: str = "auto", **options) -> None:
-        from transformers import AutoModelForImageTextToText, AutoProcessor, PreTrainedConfig
-        from transformers.utils import logging as hf_logging
-
         from synthgen.pin.models.registry import FAMILIES
 
-        hf_logging.disable_progress_bar()
         self.title, self.model_types = FAMILIES[self.name].title, FAMILIES[self.name].model_types
         # a local checkpoint is recorded by absolute path so a run can be evaluated from anywhere
         self.model_id = str(Path(model_id).resolve()) if Path(model_id).exists() else str(model_id)
+        check_hub(self.model_id, f"{self.title} from {self.model_id!r}")  # (offline: one line at once)
+        from transformers import AutoModelForImageTextToText, AutoProcessor, PreTrainedConfig
+        from transformers.utils import logging as hf_logging
+
+        hf_logging.disable_progress_bar()
         self.device, self.dtype = torch.device(device), dtype
         try:
             raw = PreTrainedConfig.get_config_dict(self.model_id)[0]

@@ -25,6 +25,7 @@ from synthgen.errors import ModelLoadError, UserError
 from synthgen.pin.models.flamingo.model import Architecture, Flamingo, find_decoder_layers
 from synthgen.pin.models.flamingo.mpt import _first_line, fetch, load_language_model
 from synthgen.pin.models.flamingo.variants import CHECKPOINT_FILE, FlamingoParts
+from synthgen.prefetch import check_hub
 
 MEDIA_TOKEN, EOC_TOKEN, PAD_TOKEN = "<image>", "<|endofchunk|>", "<PAD>"
 
@@ -265,6 +266,8 @@ def load_flamingo(parts: FlamingoParts, dtype: torch.dtype = torch.float32):
     """``(model, tokenizer, mean, std, parts)``: the OpenFlamingo of ``parts`` with its
     ``checkpoint.pt`` loaded, frozen, in eval mode; ``parts`` with ``cross_attn_every`` filled in
     (read off the checkpoint when not given, checked against it when given)."""
+    for name, what in ((parts.checkpoint, "checkpoint"), (parts.lm, "language model"), (parts.tokenizer, "tokenizer")):
+        check_hub(name, f"OpenFlamingo's {what} {name!r}")  # (offline: one line at once, before any load)
     sd = read_checkpoint(parts.checkpoint)
     where = f"{parts.model_id} ({CHECKPOINT_FILE})"
     every = infer_cross_attn_every(sd, where)
