@@ -273,9 +273,9 @@ def build_openflamingo(out: Path, depth: int, vision_depth: int, device: str, dt
                lm_dir / "pytorch_model.bin")
     (lm_dir / "config.json").write_text(json.dumps(raw, indent=2))
     del lm
-    parts = FlamingoParts(model_id=str(out), checkpoint=str(out / CHECKPOINT_FILE), lm=str(lm_dir), tokenizer=str(lm_dir),
-                          vision=f"local-dir:{vision}", vision_pretrained=None, cross_attn_every=real["cross_attn_every"],
-                          vision_tokens="ln_post")
+    parts = FlamingoParts(model_id=str(out), checkpoint=str(out / CHECKPOINT_FILE), lm=str(lm_dir),
+                          tokenizer=str(lm_dir), vision=f"local-dir:{vision}", vision_pretrained=None,
+                          cross_attn_every=real["cross_attn_every"], vision_tokens="ln_post")
     arch = Architecture(perceiver_depth=real["perceiver_depth"], perceiver_heads=real["heads"],
                         num_latents=real["num_latents"], xattn_heads=real["heads"])
     model, _, _, _ = build_flamingo(parts, dtype, arch=arch)
@@ -650,17 +650,16 @@ def run_family(family: str, args, say) -> dict:
                     reset = _reset_peak_rss() if device.type == "cpu" else False
                     if device.type == "cuda":
                         torch.cuda.reset_peak_memory_stats(device)
-                    t = time.perf_counter()
-                    point = {"load_s": load_s, "one": runner.kept(1), "many": runner.kept(m)}
-                    point["measure_s"] = time.perf_counter() - t
-                    if depth == hi:
-                        times = runner.timed(args.batch, micro, args.steps)
-                        point.update(step_s=statistics.median(times), step_times=times, batch=args.batch, micro=micro)
-                        if device.type == "cpu":
-                            point["peak_rss"] = _peak_rss(reset)
-                        else:
-                            point["gpu_peak"] = torch.cuda.max_memory_allocated(device)
-                            point["largest_micro_batch"] = runner.largest_micro_batch()
+                    try:
+                        point = measure(runner, depth == hi, m, micro, args, reset)
+                    except torch.cuda.OutOfMemoryError:
+                        s["error"] = f"out of GPU memory at {m} samples, {depth} layers"
+                        say(f"{family} {name} L={depth}: {s['error']}")
+                        del runner
+                        gc.collect()
+                        torch.cuda.empty_cache()
+                        continue
+                    point["load_s"] = load_s
                     s["points"][str(depth)] = point
                     say(f"{family} {name} L={depth}: kept {point['one']['bytes'] / MiB:.1f} MiB (1 sample), "
                         f"{point['many']['bytes'] / MiB:.1f} MiB ({m}); vision kept {point['many']['vision_bytes']} B"
@@ -675,12 +674,38 @@ def run_family(family: str, args, say) -> dict:
                 if device.type == "cuda":
                     torch.cuda.empty_cache()
         for s in result["settings"].values():
-            s.update(derive(s, lo, hi, m, real_depth, result["params"]))
+            if "error" not in s:
+                s.update(derive(s, lo, hi, m, real_depth, result["params"]))
     finally:
         shutil.rmtree(work, ignore_errors=True)
     result["wall_s"] = time.perf_counter() - t0
     result["process_peak_rss"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
     return result
+
+
+def measure(runner: Runner, timed: bool, m: int, micro: int, args, reset: bool) -> dict:
+    """What is kept for 1 and ``m`` samples; at the deeper depth (``timed``) also the step time, the
+    peak memory and, on a GPU, the largest micro-batch. On the CPU the ``m``-sample forward and
+    backward is the first timed step when it is one (``m`` = micro-batch = batch): a step at this
+    width takes seconds to minutes there, and the hooks that count saved tensors cost microseconds."""
+    device = runner.device
+    point = {"one": runner.kept(1)}
+    runner.sync()
+    t = time.perf_counter()
+    point["many"] = runner.kept(m)
+    runner.sync()
+    many_s = time.perf_counter() - t
+    if not timed:
+        return point
+    first = [many_s] if device.type == "cpu" and m == micro == args.batch else []
+    times = first + runner.timed(args.batch, micro, max(0, args.steps - len(first)))
+    point.update(step_s=statistics.median(times), step_times=times, batch=args.batch, micro=micro)
+    if device.type == "cpu":
+        point["peak_rss"] = _peak_rss(reset)
+    else:
+        point["gpu_peak"] = torch.cuda.max_memory_allocated(device)
+        point["largest_micro_batch"] = runner.largest_micro_batch()
+    return point
 
 
 def fit(free: float, per_sample: float) -> int:
@@ -733,6 +758,13 @@ def _batch64(s: dict) -> str:
     return " / ".join("yes" if s["batch64"][str(g)] else "no" for g in GPUS_GIB)
 
 
+def _cell(s: dict | None, fmt) -> str:
+    """``fmt(s)``; ``-`` for a setting not run, ``OOM`` for one that ran out of GPU memory."""
+    if s is None:
+        return "-"
+    return "OOM" if "error" in s else fmt(s)
+
+
 def readme_table(results: dict[str, dict]) -> str:
     """The Markdown table for the README: before -> after per family (and with checkpointing)."""
     head = ("| family | real model | kept for backward per sample, before → after (MiB) | of which outside the "
@@ -747,16 +779,15 @@ def readme_table(results: dict[str, dict]) -> str:
         st = r["settings"]
         a, b, c = st.get("after"), st.get("before"), st.get("after+ckpt")
 
-        def pair(key, fmt, a=a, b=b):
-            return " → ".join(fmt(x[key]) if x else "-" for x in (b, a))
-
         def both(fmt, a=a, b=b):
-            return " → ".join(fmt(x) if x else "-" for x in (b, a))
+            return " → ".join(_cell(x, fmt) for x in (b, a))
 
-        ck = f"{_mib(c['per_sample_full'])}; {_fits(c)}" if c else "-"
-        lines.append(f"| {family} | {r['model']} | {pair('per_sample_full', _mib)} | "
-                     f"{pair('outside_per_sample', _mib)} | {pair('fixed_full', lambda x: f'{x / GiB:.2f}')} | "
-                     f"{both(_fits)} | {both(_batch64)} | {ck} |")
+        per_sample = both(lambda x: _mib(x["per_sample_full"]))
+        outside = both(lambda x: _mib(x["outside_per_sample"]))
+        fixed = both(lambda x: f"{x['fixed_full'] / GiB:.2f}")
+        ckpt = _cell(c, lambda x: f"{_mib(x['per_sample_full'])}; {_fits(x)}")
+        lines.append(f"| {family} | {r['model']} | {per_sample} | {outside} | {fixed} | {both(_fits)} | "
+                     f"{both(_batch64)} | {ckpt} |")
     return "\n".join(lines)
 
 
@@ -770,9 +801,13 @@ def details_table(results: dict[str, dict]) -> str:
             continue
         lo, hi = r["measured_depths"]
         for name, s in r["settings"].items():
+            if "error" in s:
+                lines.append(f"| {family} | {name} ({s['precision']}) | {r['tokens']} | {s['error']} |"
+                             + " |" * 9)
+                continue
             pts = s["points"]
-            kept = "; ".join(f"L{d}: {pts[str(d)]['one']['bytes'] / MiB:.1f} / {pts[str(d)]['many']['bytes'] / MiB:.1f}"
-                             for d in (lo, hi))
+            kept = "; ".join(f"L{d}: {pts[str(d)]['one']['bytes'] / MiB:.1f} / "
+                             f"{pts[str(d)]['many']['bytes'] / MiB:.1f}" for d in (lo, hi))
             top = pts[str(hi)]
             peak = top.get("peak_rss", top.get("gpu_peak"))
             lines.append(
@@ -791,8 +826,8 @@ def summary_lines(results: dict[str, dict]) -> list[str]:
             continue
         st = r["settings"]
         line = f"{family}: {r.get('wall_s', 0):.0f}s (build {r.get('build_s', 0):.0f}s)"
-        if "after" in st and "before" in st:
-            a, b = st["after"], st["before"]
+        a, b = st.get("after"), st.get("before")
+        if a and b and "error" not in a and "error" not in b:
             ratio = b["outside_per_sample"] / a["outside_per_sample"] if a["outside_per_sample"] > 0 else float("inf")
             line += (f"; outside the layers per sample {_mib(b['outside_per_sample'])} → "
                      f"{_mib(a['outside_per_sample'])} MiB ({ratio:.1f}x lower); per sample at full depth "
@@ -812,8 +847,8 @@ def _child_argv(args, family: str, out: Path) -> list[str]:
                         ("--work-dir", args.work_dir)):
         if value:
             argv += [flag, str(value)]
-    for flag, on in (("--table", args.table), ("--before", args.before),
-                     ("--grad-checkpointing", args.grad_checkpointing), ("--exact-cpu-kernels", args.exact_cpu_kernels)):
+    for flag, on in (("--table", args.table), ("--before", args.before), ("--grad-checkpointing", args.grad_checkpointing),
+                     ("--exact-cpu-kernels", args.exact_cpu_kernels)):
         if on:
             argv.append(flag)
     return argv
@@ -828,7 +863,8 @@ def main(argv: list[str] | None = None) -> int:
                     help="language-model layers: measured at N-1 and N (N >= 2); 0: the real depth")
     ap.add_argument("--vision-layers", type=int, default=None,
                     help="vision-tower layers (default 1; the real depth with --layers 0)")
-    ap.add_argument("--batch", type=int, default=None, help="samples of a timed step (default 2 on the CPU, 8 on a GPU)")
+    ap.add_argument("--batch", type=int, default=None,
+                    help="samples of a timed step (default 2 on the CPU, 4 on a GPU)")
     ap.add_argument("--micro-batch", type=int, default=None, help="samples a forward takes (default: the batch)")
     ap.add_argument("--precision", default="bf16", choices=["bf16", "fp16", "fp16-mixed", "fp32"])
     ap.add_argument("--grad-checkpointing", action="store_true")
@@ -836,7 +872,7 @@ def main(argv: list[str] | None = None) -> int:
                     help="the loss path before issue 18: full-logits model loss, fp16-mixed (fp32 weights)")
     ap.add_argument("--table", action="store_true", help="after, after with checkpointing and before, every family")
     ap.add_argument("--device", default="cpu")
-    ap.add_argument("--steps", type=int, default=3, help="timed steps (median)")
+    ap.add_argument("--steps", type=int, default=None, help="timed steps, median (default 2 on the CPU, 5 on a GPU)")
     ap.add_argument("--attn-implementation", default="auto")
     ap.add_argument("--exact-cpu-kernels", action="store_true",
                     help="the CPU's own bf16/fp16 matrix products (slow without bf16 instructions)")
@@ -846,8 +882,11 @@ def main(argv: list[str] | None = None) -> int:
     args = ap.parse_args(argv)
     if args.layers < 0 or args.layers == 1:
         ap.error("--layers must be 0 (the real depth) or at least 2 (two depths are measured: N-1 and N)")
+    gpu = args.device.startswith("cuda")
     if args.batch is None:
-        args.batch = 8 if args.device.startswith("cuda") else 2
+        args.batch = 4 if gpu else 2
+    if args.steps is None:
+        args.steps = 5 if gpu else 2
     if args.micro_batch is not None and not 1 <= args.micro_batch <= args.batch:
         ap.error("--micro-batch must be between 1 and --batch")
     if args.device.startswith("cuda") and not torch.cuda.is_available():
