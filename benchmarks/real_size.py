@@ -52,7 +52,7 @@ Measured, per family and setting:
 ``--grad-checkpointing`` and ``--before``, each family in a process of its own (its peak RSS is its
 own and its memory is returned), and prints a Markdown table for the README and the details::
 
-    .venv/bin/python benchmarks/real_size.py --table              # CPU: 2 layers, batch 2 (~15 min)
+    .venv/bin/python benchmarks/real_size.py --table              # CPU: layers 1 and 2, batch 2 (~17 min on 2 busy cores)
     .venv/bin/python benchmarks/real_size.py --vlm paligemma --before --json out.json
 
 On a GPU, at full depth (all decoder and vision layers: the measured bytes are then the real
@@ -493,8 +493,11 @@ class Runner:
         finally:
             probe.close()
         largest = [[list(s), str(d).removeprefix("torch.")] for s, d in saved.largest(3)]
-        out = {"samples": n, "bytes": saved.bytes, "tensors": len(saved.shapes), "largest": largest,
-               "vision_bytes": probe.bytes, "vision_tensors": probe.tensors, "loss": float(loss.detach())}
+        # (the probe's hooks are the innermost while the tower runs: what it counts, the outer hooks
+        # do not see; it is 0 in every family, the tower being frozen and before PIN)
+        out = {"samples": n, "bytes": saved.bytes + probe.bytes, "tensors": len(saved.shapes) + probe.tensors,
+               "largest": largest, "vision_bytes": probe.bytes, "vision_tensors": probe.tensors,
+               "loss": float(loss.detach())}
         del loss, saved
         return out
 
@@ -643,6 +646,8 @@ def run_family(family: str, args, say) -> dict:
                 result.setdefault("loss_tokens", int((probe_batch["labels"][:, 1:] != -100).sum()))
                 for name in sorted(group, key=lambda n: SETTINGS[n][1]):  # (checkpointing last: it stays on)
                     s = result["settings"][name]
+                    if "error" in s:  # (out of GPU memory at the other depth)
+                        continue
                     before, ckpt = SETTINGS[name]
                     if ckpt:
                         s["checkpointed_layers"] = adapter.enable_grad_checkpointing()
@@ -769,8 +774,8 @@ def readme_table(results: dict[str, dict]) -> str:
     """The Markdown table for the README: before -> after per family (and with checkpointing)."""
     head = ("| family | real model | kept for backward per sample, before → after (MiB) | of which outside the "
             "layers, before → after (MiB) | kept per step whatever the batch, before → after (GiB) | micro-batch "
-            "that fits 24 GB / 80 GB, before → after | batch 64 (micro-batches) on 24 / 80 GB, before → after "
-            "| with --grad-checkpointing: per sample (MiB); micro-batch 24 / 80 GB |")
+            f"that fits 24 GB / 80 GB, before → after | batch {GLOBAL_BATCH} (micro-batches) on 24 / 80 GB, "
+            "before → after | with --grad-checkpointing: per sample (MiB); micro-batch 24 / 80 GB |")
     lines = [head, "|" + "---|" * 8]
     for family, r in results.items():
         if "error" in r:
@@ -847,8 +852,9 @@ def _child_argv(args, family: str, out: Path) -> list[str]:
                         ("--work-dir", args.work_dir)):
         if value:
             argv += [flag, str(value)]
-    for flag, on in (("--table", args.table), ("--before", args.before), ("--grad-checkpointing", args.grad_checkpointing),
-                     ("--exact-cpu-kernels", args.exact_cpu_kernels)):
+    flags = (("--table", args.table), ("--before", args.before), ("--grad-checkpointing", args.grad_checkpointing),
+             ("--exact-cpu-kernels", args.exact_cpu_kernels))
+    for flag, on in flags:
         if on:
             argv.append(flag)
     return argv
