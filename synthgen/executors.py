@@ -385,14 +385,16 @@ def run_ray(fn: Callable, jobs: Sequence[tuple], on_result: OnResult, *, workers
 EXECUTORS = ("auto", "ray", "serial")
 
 
+def check_executor(executor: str) -> None:
+    if executor not in EXECUTORS:
+        raise UserError(f"--executor must be one of {', '.join(EXECUTORS)} (got {executor!r})")
+
+
 def in_process(executor: str, workers: int | None, address: str | None, jobs: int) -> bool:
     """Whether work runs in this process rather than on Ray: ``serial``; or ``auto`` where Ray
     cannot help, with no cluster address and one job or one worker to run it (Ray's start-up,
     seconds, would exceed the work of a small local run). The bytes are the same either way."""
-    from synthgen.errors import UserError
-
-    if executor not in EXECUTORS:
-        raise UserError(f"--executor must be one of {', '.join(EXECUTORS)} (got {executor!r})")
+    check_executor(executor)
     if executor != "auto":
         return executor == "serial"
     return address is None and (jobs <= 1 or workers == 1)

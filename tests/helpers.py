@@ -63,3 +63,15 @@ def make_backgrounds(root: Path, n=4, size=(320, 240)) -> Path:
         arr = np.stack([g, g, g + 5], -1)
         Image.fromarray(arr).save(root / f"bg_{i:02d}.jpg", quality=90)
     return root
+
+
+def scene_records(out: Path) -> list[dict]:
+    """The scene records (``{key}.json``) of a compose output's shards, in shard and member order."""
+    import json
+    import tarfile
+
+    recs = []
+    for shard in sorted(Path(out).glob("scenes-*.tar")):
+        with tarfile.open(shard) as tf:
+            recs += [json.loads(tf.extractfile(m).read()) for m in tf if m.name.endswith(".json")]
+    return recs

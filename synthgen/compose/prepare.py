@@ -139,9 +139,9 @@ def prepare_backgrounds(job: PrepareJob, *, workers: int | None = None, ray_addr
     from synthgen.errors import raise_problems
 
     raise_problems(job.problems())
-    from synthgen.executors import in_process
+    from synthgen.executors import check_executor
 
-    in_process(executor, workers, ray_address, 0)  # (the value checked before any work)
+    check_executor(executor)  # (before any work)
     listing = list_backgrounds(job.source)
     for root in listing.roots:
         if storage.overlap(job.out, root):

@@ -344,9 +344,9 @@ def run_compose(job: ComposeJob, *, workers: int | None = None, ray_address: str
     inputs and the folder are checked."""
     if workers is not None and workers < 1:
         raise UserError(f"--workers must be >= 1 (got {workers})")
-    from synthgen.executors import in_process
+    from synthgen.executors import check_executor
 
-    in_process(executor, workers, ray_address, 0)  # (the value checked before any work)
+    check_executor(executor)  # (before any work)
     workers = workers or os.cpu_count() or 1
     if job.prepare_backgrounds:
         job = _with_prepared(job, workers, ray_address, executor, progress)

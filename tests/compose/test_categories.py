@@ -5,14 +5,13 @@ bank line naming the categories, names that look like file names warned about, a
 from __future__ import annotations
 
 import json
-import tarfile
 from pathlib import Path
 
 import pytest
 
 from synthgen.bank.reader import ObjectBank
 from synthgen.errors import UserError
-from tests.helpers import make_index_bank, write_rgba
+from tests.helpers import make_index_bank, scene_records, write_rgba
 from tests.hostile.conftest import one_line_error, run_cli
 
 SHARED_OBJECTS = Path(__file__).resolve().parents[3] / "shared" / "data" / "objects"
@@ -42,14 +41,6 @@ def _flat(root: Path, names: list[str]) -> Path:
 def _compose(objects, backgrounds, out, env, *extra, n=6):
     return run_cli(["compose", "--objects", objects, "--backgrounds", backgrounds, "--out", out, "-n", n,
                     "--samples-per-shard", n, "--executor", "serial", *extra], env)
-
-
-def _records(out: Path) -> list[dict]:
-    recs = []
-    for shard in sorted(out.glob("scenes-*.tar")):
-        with tarfile.open(shard) as tf:
-            recs += [json.loads(tf.extractfile(m).read()) for m in tf if m.name.endswith(".json")]
-    return recs
 
 
 # --- a folder of banks ------------------------------------------------------------------------
@@ -157,7 +148,7 @@ def test_the_map_renames_categories_in_records_and_prompts(tmp_path, backgrounds
     assert r.returncode == 0, r.stderr
     assert "4 categories (apple, bus, sheep, teacup)" in r.stdout.splitlines()[0]
     assert "warning" not in r.stdout  # the file-like names are mapped away
-    recs = _records(out)
+    recs = scene_records(out)
     objects = [o for rec in recs for o in rec["objects"]]
     assert {o["category"] for o in objects} == {"apple", "bus", "sheep", "teacup"}
     assert {o["name"] for o in objects} == {"apple", "bus", "sheep", "teacup"}

@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from tests.helpers import make_backgrounds, make_index_bank, write_rgba
+from tests.helpers import make_backgrounds, make_index_bank, scene_records, write_rgba
 from tests.hostile.conftest import one_line_error, run_cli
 
 
@@ -99,7 +99,7 @@ def test_bank_paths_outside_the_bank_are_skipped_counted_and_named(tmp_path, cli
     out = tmp_path / "out"
     r = _compose(bank, backgrounds, out, cli_env, "--same-category-p", "0", n=40)
     assert r.returncode == 0, r.stderr
-    recs = _records(out)
+    recs = scene_records(out)
     assert not any(o["object_id"].startswith("evil/") for rec in recs for o in rec["objects"])
     skipped = json.loads((out / "manifest.json").read_text())["totals"]["skipped_objects"]
     assert set(skipped["outside_bank"]["examples"]) >= {"evil/abs", "evil/up", "evil/passwd"}
@@ -110,7 +110,7 @@ def test_bank_paths_outside_the_bank_are_skipped_counted_and_named(tmp_path, cli
     out2 = tmp_path / "out2"
     r = _compose(bank, backgrounds, out2, cli_env, "--extra-object-root", secret.parent, n=40)
     assert r.returncode == 0, r.stderr
-    assert any(o["object_id"] == "evil/abs" for rec in _records(out2) for o in rec["objects"])
+    assert any(o["object_id"] == "evil/abs" for rec in scene_records(out2) for o in rec["objects"])
 
 
 def test_xpaste_pools_paths_are_rerooted_only_inside_the_bank(tmp_path, cli_env, backgrounds):
@@ -124,7 +124,7 @@ def test_xpaste_pools_paths_are_rerooted_only_inside_the_bank(tmp_path, cli_env,
     out = tmp_path / "out"
     r = _compose(root, backgrounds, out, cli_env, n=20)
     assert r.returncode == 0, r.stderr
-    cats = {o["category"] for rec in _records(out) for o in rec["objects"]}
+    cats = {o["category"] for rec in scene_records(out) for o in rec["objects"]}
     assert cats == {"cat"}
     skipped = json.loads((out / "manifest.json").read_text())["totals"]["skipped_objects"]
     assert skipped["outside_bank"]["examples"] == ["evil/000000"]
@@ -139,7 +139,7 @@ def test_background_symlinks_out_of_the_folder_and_fifos_are_skipped(tmp_path, c
     out = tmp_path / "out"
     r = _compose(bank, bg, out, cli_env, n=20)
     assert r.returncode == 0, r.stderr
-    used = {rec["background"]["source"] for rec in _records(out)}
+    used = {rec["background"]["source"] for rec in scene_records(out)}
     assert used <= {str(bg / "bg_00.jpg"), str(bg / "bg_01.jpg")} and used
     skipped = json.loads((out / "manifest.json").read_text())["totals"]["skipped_backgrounds"]
     assert skipped["outside_folder"]["examples"] == [str(bg / "link.jpg")]
@@ -180,14 +180,6 @@ def test_eval_image_paths_must_stay_under_images(tmp_path, cli_env):
     assert r.returncode == 0, r.stderr
     m = json.loads((tmp_path / "e" / "metrics.json").read_text())
     assert m["n"] == 1 and m["skipped"]["outside_images"]["count"] == 3
-
-
-def _records(out: Path) -> list[dict]:
-    recs = []
-    for shard in sorted(out.glob("scenes-*.tar")):
-        with tarfile.open(shard) as tf:
-            recs += [json.loads(tf.extractfile(m).read()) for m in tf if m.name.endswith(".json")]
-    return recs
 
 
 def test_out_inside_an_input_is_refused_up_front(tmp_path, cli_env, bank):

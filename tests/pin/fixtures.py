@@ -8,6 +8,7 @@ import tarfile
 from pathlib import Path
 
 import numpy as np
+import pytest
 from PIL import Image
 
 COLOURS = {"cat": (230, 40, 40), "dog": (40, 80, 230), "bird": (40, 200, 60)}
@@ -69,6 +70,18 @@ def write_shards(out: Path, n_scenes: int, *, canvas: int = 112, grid: int = 8, 
     if tar is not None:
         tar.close()
     return paths
+
+
+@pytest.fixture(scope="module", autouse=True)
+def one_thread():
+    """Two shared cores: one intra-op thread is several times faster than two here (imported by
+    the modules that run the tiny VLMs)."""
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
 
 
 # --- a stand-in VLM for multi-process (gloo) tests of the training loop ----------------------

@@ -7,24 +7,19 @@ import json
 from pathlib import Path
 
 import pytest
-import torch
 from PIL import Image
 
 from synthgen.grounding import parse_box
 from synthgen.pin.evaluation import protocol as P
-from tests.pin.fixtures import write_shards
+from tests.pin.fixtures import (
+    one_thread,  # noqa: E402, F401 (an autouse fixture: one torch thread)
+    write_shards,
+)
 
 pytestmark = pytest.mark.slow
 
 CANVAS, GRID = 112, 8
 
-
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
 
 
 def _coco(tmp_path: Path) -> tuple[Path, Path]:

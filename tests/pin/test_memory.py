@@ -13,18 +13,12 @@ import torch
 
 from synthgen.errors import UserError
 from synthgen.pin.training.memory import saved_for_backward
+from tests.pin.fixtures import one_thread  # noqa: E402, F401 (an autouse fixture: one torch thread)
 
 FAMILIES = ("blip2", "openflamingo", "llava", "smolvlm", "qwen2_5_vl", "paligemma")
 CANVAS = 112
 OPTIONS = {"qwen2_5_vl": {"canvas": CANVAS}}
 
-
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
 
 
 @pytest.fixture(scope="module")

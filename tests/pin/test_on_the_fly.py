@@ -6,23 +6,18 @@ import json
 from pathlib import Path
 
 import pytest
-import torch
 
 from synthgen.errors import UserError
 from synthgen.pin.training.sources import steps_per_epoch
 from tests.helpers import make_backgrounds, make_index_bank
-from tests.pin.fixtures import write_shards
+from tests.pin.fixtures import (
+    one_thread,  # noqa: E402, F401 (an autouse fixture: one torch thread)
+    write_shards,
+)
 
 CANVAS, GRID = 112, 8
 COMPOSE = {"size": CANVAS, "grid": GRID, "a_max": 3}
 
-
-@pytest.fixture(scope="module")
-def one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
 
 
 @pytest.fixture(scope="module")
@@ -81,7 +76,7 @@ def test_loss_spans_of_the_codec(vlm_dir):
 
 
 @pytest.mark.slow
-def test_on_the_fly_training_with_a_warmup_resumes_to_the_same_curve(inputs, vlm_dir, tmp_path, one_thread):
+def test_on_the_fly_training_with_a_warmup_resumes_to_the_same_curve(inputs, vlm_dir, tmp_path):
     from synthgen.pin.training.train import train
 
     full = tmp_path / "full"
@@ -126,7 +121,7 @@ def test_warmup_needs_epochs_and_warmup_shards_with_shard_input(tmp_path):
 
 
 @pytest.mark.slow
-def test_warmup_from_shards_reads_the_warmup_set_first(tmp_path, vlm_dir, one_thread):
+def test_warmup_from_shards_reads_the_warmup_set_first(tmp_path, vlm_dir):
     from synthgen.pin.training.train import TrainConfig, train
 
     main = write_shards(tmp_path / "main", 8, canvas=CANVAS, grid=GRID, max_objects=1)[0].parent

@@ -17,20 +17,15 @@ import torch
 from torch import nn
 
 from synthgen.errors import UserError
-from tests.pin.fixtures import write_shards
+from tests.pin.fixtures import (
+    one_thread,  # noqa: E402, F401 (an autouse fixture: one torch thread)
+    write_shards,
+)
 
 CANVAS, GRID = 112, 8            # the tiny ViT: 112 px, 14-px patches -> 8x8 = 64 patch tokens
 VISION_WIDTH = 32
 FAST = dict(perceiver_depth=2, heads=1, num_latents=16)  # smaller than OpenFlamingo's 6/8/64: trains fast
 
-
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """Two shared cores: one intra-op thread is several times faster than two here."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
 
 
 @pytest.fixture(scope="module")

@@ -10,20 +10,15 @@ import pytest
 import torch
 
 from synthgen.errors import UserError  # noqa: E402
-from tests.pin.fixtures import write_shards  # noqa: E402
+from tests.pin.fixtures import (
+    one_thread,  # noqa: E402, F401 (an autouse fixture: one torch thread)
+    write_shards,  # noqa: E402
+)
 
 pytestmark = pytest.mark.slow
 
 CANVAS, GRID = 112, 8
 
-
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """Two shared cores: one intra-op thread is several times faster than two here."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
 
 
 @pytest.fixture(scope="module")

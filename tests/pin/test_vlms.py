@@ -13,20 +13,16 @@ import pytest
 import torch
 
 from synthgen.errors import UserError
-from tests.pin.fixtures import write_shards
+from tests.pin.fixtures import (
+    one_thread,  # noqa: E402, F401 (an autouse fixture: one torch thread)
+    write_shards,
+)
 
 CANVAS, GRID = 112, 8              # the tiny models: 112 px, 14-px patches -> 8x8 = 64 positions
 WIDTH = 32                         # their vision width
 FAMILIES = ("llava", "smolvlm", "qwen2_5_vl", "paligemma")
 OPTIONS = {"qwen2_5_vl": {"canvas": CANVAS}}  # Qwen's tiny processor is saved with dynamic resolution
 
-
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
 
 
 @pytest.fixture(scope="module")

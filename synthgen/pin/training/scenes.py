@@ -21,7 +21,6 @@ makes from the same backgrounds and seed.
 from __future__ import annotations
 
 import datetime
-import os
 from dataclasses import dataclass, field
 from typing import Any, Callable, Iterator
 
@@ -93,14 +92,11 @@ class Backgrounds:
     spec: str                       # --backgrounds
     folder: str                     # the prepared folder the workers read
     job: Any = None                 # the PrepareJob that makes `folder` (None: given prepared)
-    shards: int = 0                 # shards the preparation writes (> 1: Ray tasks, in parallel)
     items: list[str] | None = None  # the listing of `folder`, once ready
 
     @classmethod
     def of(cls, spec: str, listing, out: str, canvas: int) -> Backgrounds:
         """Those of ``--backgrounds spec`` (listed as ``listing``) for a run into ``out``."""
-        import math
-
         from synthgen import storage
         from synthgen.compose.prepare import PrepareJob
 
@@ -108,7 +104,7 @@ class Backgrounds:
             return cls(spec, spec, items=list(listing.items))
         size = 2 * canvas
         job = PrepareJob(source=spec, out=str(storage.path(out) / prepared_name(size)), size=size)
-        return cls(spec, job.out, job, math.ceil(len(listing.items) / job.per_shard))
+        return cls(spec, job.out, job)
 
     def ready(self, *, rank: int = 0, world: int = 1, progress: bool = False) -> list[str]:
         """The prepared listing. The first call prepares what is not done yet: on rank 0 of a DDP
@@ -125,9 +121,9 @@ class Backgrounds:
     def _prepare(self, progress: bool) -> None:
         from synthgen.compose.prepare import prepare_backgrounds
 
-        parallel = self.shards > 1 and (os.cpu_count() or 1) > 1  # (a shard is one task)
-        # (none usable: prepare_backgrounds says so, naming the backgrounds, not this cache)
-        prepare_backgrounds(self.job, executor="ray" if parallel else "serial", progress=progress)
+        # (auto: Ray only when there are several shards and CPUs for them; none usable:
+        # prepare_backgrounds says so, naming the backgrounds, not this cache)
+        prepare_backgrounds(self.job, executor="auto", progress=progress)
 
 
 def on_main_rank(fn: Callable[[], Any], rank: int, world: int) -> None:
