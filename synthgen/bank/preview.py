@@ -1,6 +1,7 @@
 """``synthgen preview BANK``: a contact sheet of an object bank.
 
-One row per category: kept cut-outs (green frame, best CLIP score first), then rejected ones (red
+A row per category (categories with few cut-outs, as in a flat folder where each file is one,
+side by side up to :data:`SHEET_WIDTH`): kept cut-outs (green frame, best CLIP score first), then rejected ones (red
 frame) with why the filter refused them (``CLIP below bar`` / ``CLIP 18.2 < 21.0``, ``mask area`` /
 ``area 0.97``, ``empty mask``, ...) and their CLIP score, on a checkerboard. A rejected cut-out shows its full PNG (``render
 --keep-rejected``) or the small thumbnail render keeps of it (``thumbnail`` in ``index.jsonl``); a
@@ -17,6 +18,7 @@ from synthgen import storage
 from synthgen.errors import UserError
 
 GREEN, RED, GREY = (40, 170, 60), (210, 50, 50), (150, 150, 150)
+SHEET_WIDTH = 1600  # categories with few cut-outs are laid side by side up to this width
 REASON_TEXT = {"clip_below_bar": "CLIP below bar", "area_out_of_range": "mask area", "empty_mask": "empty mask",
                "category_too_small": "category too small", "nsfw_blacked_out": "blacked out",
                # what compose skips in a bank it did not render (folder_records)
@@ -118,25 +120,31 @@ def preview_bank(bank: str | Path, out: str | Path | None = None, *, categories:
     label_w, cell, pad = 170, max(thumb + 8, 136), 2 * line + 6
     ncol = max(1, min(per_category, max(len(v) for v in rows.values())))
     head = 2 * line + 8
-    sheet = Image.new("RGB", (label_w + ncol * cell, head + len(rows) * (cell + pad)), "white")
-    draw = ImageDraw.Draw(sheet)
     legend = ("green = kept (CLIP score), red = rejected (why, CLIP score); rejected ones show their thumbnail"
               if from_render else "green = usable, red = skipped by compose (why)")
-    draw.text((4, 4), f"{bank}: {legend}", fill="black", font=f)
-    draw.text((4, 4 + line), f"{sum(r['kept'] for r in records)} kept, {sum(not r['kept'] for r in records)} "
-                             f"rejected in {len({r['category'] for r in records})} categories", fill="black", font=f)
+    title = (f"{bank}: {legend}", f"{sum(r['kept'] for r in records)} kept, {sum(not r['kept'] for r in records)} "
+             f"rejected in {len({r['category'] for r in records})} categories")
+    # short rows (a flat folder: one cut-out per category) side by side, not a strip one tile wide
+    block = label_w + ncol * cell
+    across = max(1, min(len(rows), SHEET_WIDTH // block))
+    text_w = 8 + max(ImageDraw.Draw(Image.new("RGB", (1, 1))).textlength(t, font=f) for t in title)
+    sheet = Image.new("RGB", (max(across * block, min(int(text_w), SHEET_WIDTH)),
+                              head + -(-len(rows) // across) * (cell + pad)), "white")
+    draw = ImageDraw.Draw(sheet)
+    for k, text in enumerate(title):
+        draw.text((4, 4 + k * line), fit_text(draw, text, f, sheet.width - 8), fill="black", font=f)
     base = _checker(thumb)
     shown = 0
     for ri, (name, recs) in enumerate(sorted(rows.items())):
-        y = head + ri * (cell + pad)
+        x0, y = (ri % across) * block, head + (ri // across) * (cell + pad)
         kept = sum(r["kept"] for r in recs)
         bar = next((r.get("clip_bar") for r in recs if r.get("clip_bar") is not None), None)
-        draw.text((4, y + cell // 2 - 22), fit_text(draw, name, f, label_w - 8), fill="black", font=f)
-        draw.text((4, y + cell // 2 - 22 + line), f"kept {kept}/{len(recs)}", fill="black", font=f)
+        draw.text((x0 + 4, y + cell // 2 - 22), fit_text(draw, name, f, label_w - 8), fill="black", font=f)
+        draw.text((x0 + 4, y + cell // 2 - 22 + line), f"kept {kept}/{len(recs)}", fill="black", font=f)
         if bar is not None:
-            draw.text((4, y + cell // 2 - 22 + 2 * line), f"CLIP bar {bar:.1f}", fill=(90, 90, 90), font=f)
+            draw.text((x0 + 4, y + cell // 2 - 22 + 2 * line), f"CLIP bar {bar:.1f}", fill=(90, 90, 90), font=f)
         for ci, r in enumerate(choose(recs, ncol)):
-            x = label_w + ci * cell
+            x = x0 + label_w + ci * cell
             tile = base.copy()
             src = next((bank / p for p in (r.get("path"), r.get("thumbnail")) if p and (bank / p).is_file()), None)
             if src is not None:

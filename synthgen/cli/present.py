@@ -17,22 +17,37 @@ def _console(stderr: bool = False):
     return Console(stderr=stderr)
 
 
+def counts_text(counts: dict[str, int]) -> str:
+    """``{'no_position': 8, 'empty': 1}`` as words: ``8 no position, 1 empty`` (largest first)."""
+    return ", ".join(f"{n} {k.replace('_', ' ')}" for k, n in sorted(counts.items(), key=lambda kv: (-kv[1], kv[0])))
+
+
+def examples_text(examples: list, n: int = 3) -> str:
+    """The first ``n`` examples, comma separated (``a.jpg, b.jpg, +4 more``)."""
+    more = f", +{len(examples) - n} more" if len(examples) > n else ""
+    return ", ".join(str(e) for e in examples[:n]) + more
+
+
 def _skipped(counts: dict, what: str, examples: int = 3) -> None:
     for reason, info in counts.items():
-        typer.echo(f"skipped {what}({reason}): {info['count']}, e.g. {info['examples'][:examples]}", err=True)
+        typer.echo(f"skipped {what}({reason.replace('_', ' ')}): {info['count']}, e.g. "
+                   f"{examples_text(info['examples'], examples)}", err=True)
 
 
 def compose(call: Call, values: dict) -> None:
     # the bank line on stdout: stderr stays progress and, on failure, one error line
+    from rich.markup import escape
+
     manifest = call.execute(echo=typer.echo)
     con, t = _console(stderr=True), manifest["totals"]
     con.print(f"[green]done[/]: {t['samples']} scenes, {t['objects']} objects in {len(manifest['shards'])} "
               f"shard(s) -> {values['out']}", soft_wrap=True)
     if t["dropped_objects"]:
-        con.print(f"dropped objects: {t['dropped_objects']}")
+        con.print(f"dropped objects: {counts_text(t['dropped_objects'])}", soft_wrap=True, markup=False)
     for kind in ("backgrounds", "objects"):
         for reason, info in t[f"skipped_{kind}"].items():
-            con.print(f"[yellow]skipped {kind}[/] ({reason}): {info['count']}, e.g. {info['examples'][:3]}")
+            con.print(f"[yellow]skipped {kind}[/] ({reason.replace('_', ' ')}): {info['count']}, e.g. "
+                      f"{escape(examples_text(info['examples']))}", soft_wrap=True)
 
 
 def prepare_backgrounds(call: Call, values: dict) -> None:

@@ -120,7 +120,8 @@ def print_stats(st: dict[str, Any], top: int = 15) -> None:
 
     con = Console()
     con.print(f"[bold]{st['scenes']}[/] scenes, [bold]{st['objects']}[/] objects, "
-              f"{len(st['categories'])} categories, canvas/grid {st['canvas_grid']}")
+              f"{len(st['categories'])} categories, canvas "
+              + ", ".join(f"{c} px with a {g}x{g} grid" for c, g in st["canvas_grid"]))
     t = Table("objects per scene", "scenes", "share")
     for k, v in st["objects_per_scene"].items():
         t.add_row(str(k), str(v), f"{v / st['scenes']:.1%}")

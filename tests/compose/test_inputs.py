@@ -332,3 +332,20 @@ def test_preview_of_a_folder_bank_shows_what_compose_skips_and_reads_nothing_out
     assert count((40, 170, 60)) > 0 and count((210, 50, 50)) > count((40, 170, 60))  # 3 usable, 4 skipped
     assert count((0, 200, 0)) > 0          # a no-alpha cut-out is shown (compose decodes it, then skips it)
     assert count((0, 0, 255)) == 0         # the file the symlink points to, outside the bank, is never read
+
+
+def test_preview_of_a_flat_folder_lays_its_one_object_categories_side_by_side(tmp_path):
+    """A flat folder makes a category of each file: their rows are laid side by side (a sheet, not a
+    strip one tile wide and thousands of pixels tall), and the title is not cut off."""
+    from synthgen.bank.preview import SHEET_WIDTH, preview_bank
+    from tests.helpers import SOLID_COLOURS, write_rgba
+
+    flat = tmp_path / "a-rather-long-folder-name-of-clip-art-downloads"
+    for i, rgb in enumerate(list(SOLID_COLOURS.values()) * 4):
+        write_rgba(flat / f"thing{chr(97 + i)}.png", rgb)   # 'thinga', 'thingb', ...: one category each
+    path, shown = preview_bank(flat, tmp_path / "sheet.png", thumb=64)
+    assert shown == 4 * len(SOLID_COLOURS)
+    with Image.open(path) as im:
+        w, h = im.size
+    assert w <= SHEET_WIDTH and w >= 3 * (170 + 136), (w, h)   # several categories across
+    assert h < w, (w, h)
