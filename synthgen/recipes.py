@@ -62,6 +62,39 @@ def key_lines(path: str | Path, section: str) -> dict[str, int]:
     return lines
 
 
+def node_line(path: str | Path, *keys: str | int) -> int | None:
+    """The line (from 1) of the entry the path ``keys`` leads to (mapping keys and list indices
+    from the top: ``("run", "steps", 2, "compose", "a_mx")``): the line of its key in a mapping,
+    of the item in a list; None when the recipe has no such entry."""
+    import yaml
+
+    try:
+        node = yaml.compose(Path(path).read_text(encoding="utf-8"), Loader=yaml.SafeLoader)
+    except (OSError, yaml.YAMLError):
+        return None
+    line = None
+    for key in keys:
+        if isinstance(node, yaml.MappingNode):
+            hit = next(((k, v) for k, v in node.value if str(k.value) == str(key)), None)
+            if hit is None:
+                return None
+            line, node = hit[0].start_mark.line + 1, hit[1]
+        elif isinstance(node, yaml.SequenceNode) and isinstance(key, int) and 0 <= key < len(node.value):
+            node = node.value[key]
+            line = node.start_mark.line + 1
+        else:
+            return None
+    return line
+
+
+def close_word(word: str, words) -> str:
+    """`` (did you mean X?)`` when one of ``words`` is close to ``word``, else ``""``."""
+    import difflib
+
+    found = difflib.get_close_matches(str(word), [str(w) for w in words], n=1, cutoff=0.6)
+    return f" (did you mean {found[0]}?)" if found else ""
+
+
 def culprit(entries: dict[str, Any], options) -> str | None:
     """The entry of a section that a recipe check refuses first (``options``: those the section may
     set, :class:`~synthgen.commands.Option`): an unknown key, then a value missing or of the wrong

@@ -74,7 +74,7 @@ def test_steps_become_the_command_lines_a_user_types(tmp_path):
 
 
 @pytest.mark.parametrize("step, message", [
-    ({"compose": {"objectz": "b"}}, r"step 1 \(compose\): compose has no option or argument 'objectz' \(it takes: "),
+    ({"compose": {"objectz": "b"}}, r"step 1 \(compose\): compose has no option or argument 'objectz' \(did you mean objects\?\) \(it takes: "),
     ({"predict": {"run": "r", "image": "i"}}, r"step 1 \(predict\): `text` is required"),
     ({"compose": {"masks": "yes"}}, "`masks` is a switch: true or false"),
     ({"compose": {"a_max": {"x": 1}}}, "takes one value, not a mapping"),

@@ -19,6 +19,8 @@ from typing import Any, Iterable, Mapping
 from synthgen.commands import COMMANDS, Command, Option, resolve
 from synthgen.errors import UserError
 
+RUN_KEYS = ("vars", "env", "steps", "message")  # what a recipe's `run:` section may hold
+
 STATE_FILE = "synthgen-run.json"
 ALIASES = {"train": "train-pin", "eval": "eval-pin", "prepare": "prepare-backgrounds"}
 NOT_STEPS = ("run", "demo")
@@ -89,7 +91,7 @@ def load_plan(path: str | Path, overrides: Mapping[str, str] | None = None, allo
     ``--set`` replace declared ones; each variable may use the ones declared before it). Unknown
     launchers and code-loading ``run.env`` variables are refused unless ``allow_launcher``
     (:mod:`synthgen.workflow.trust`)."""
-    from synthgen.recipes import load_recipe, read_recipe
+    from synthgen.recipes import close_word, load_recipe, read_recipe
     from synthgen.workflow.trust import check_trust
 
     p = Path(path)
@@ -98,9 +100,10 @@ def load_plan(path: str | Path, overrides: Mapping[str, str] | None = None, allo
     if not run:
         raise UserError(f"{where} has no `run:` section (the steps of `synthgen run`); the stage "
                         "recipes (e.g. recipes/pin-paper.yaml) are used with each command's --recipe")
-    unknown = sorted(set(run) - {"vars", "env", "steps", "message"})
+    unknown = [str(k) for k in run if k not in RUN_KEYS]
     if unknown:
-        raise UserError(f"{where}: unknown key(s) in `run:`: {', '.join(unknown)} (known: vars, env, steps, message)")
+        raise UserError(f"{_at(p, 'run', unknown[0])}: unknown key(s) in `run:`: {', '.join(unknown)}"
+                        f"{close_word(unknown[0], RUN_KEYS)} (known: {', '.join(RUN_KEYS)})")
     raw_vars = run.get("vars") or {}
     if not isinstance(raw_vars, dict):
         raise UserError(f"{where}: `run.vars` must be a mapping of names to values")
@@ -125,13 +128,21 @@ def load_plan(path: str | Path, overrides: Mapping[str, str] | None = None, allo
     items = run.get("steps")
     if not isinstance(items, list) or not items:
         raise UserError(f"{where}: `run.steps` must be a list of steps, e.g. `- compose: {{out: ...}}`")
-    steps = [_step(i, item, variables, where) for i, item in enumerate(items, 1)]
+    steps = [_step(i, item, variables, _at(p, "run", "steps", i - 1)) for i, item in enumerate(items, 1)]
     check_trust(env, [(f"step {s.index} ({s.command})", s.launcher) for s in steps if s.launcher], where,
                 allow_launcher)
     message = run.get("message")
     return Plan(recipe=p, vars=variables, env=env, steps=steps,
                 message=expand(str(message), variables, f"{where}: `run.message`") if message else None,
                 sections=tuple(k for k in read_recipe(p) if k != "run"))
+
+
+def _at(recipe: Path, *keys: str | int) -> str:
+    """``recipe r.yaml:LINE`` of the entry ``keys`` leads to (``recipe r.yaml`` when not found)."""
+    from synthgen.recipes import node_line
+
+    line = node_line(recipe, *keys)
+    return f"recipe {recipe}" + (f":{line}" if line else "")
 
 
 def _step(index: int, item: Any, variables: Mapping[str, str], where: str) -> Step:
@@ -173,21 +184,33 @@ def select(plan: Plan, only: Iterable[str] = (), skip: Iterable[str] = ()) -> li
 
 
 def command_of(step: Step, plan: Plan) -> Command:
+    from synthgen.recipes import close_word
+
     cmd = COMMANDS.get(step.command)
     if cmd is None or step.command in NOT_STEPS:
-        raise UserError(f"recipe {plan.recipe}: step {step.index} ({step.command}): not a synthgen command that a "
-                        f"step can run (commands: {', '.join(sorted(c for c in COMMANDS if c not in NOT_STEPS))})")
+        runnable = sorted(c for c in COMMANDS if c not in NOT_STEPS)
+        raise UserError(f"{_at(plan.recipe, 'run', 'steps', step.index - 1)}: step {step.index} ({step.command}): "
+                        f"not a synthgen command that a step can run{close_word(step.command, runnable)} "
+                        f"(commands: {', '.join(runnable)})")
     return cmd
 
 
-def _options(step: Step, cmd: Command, here: str) -> dict[str, tuple[Option, Any]]:
-    """The step's arguments by option name (an unknown one is an error naming the step)."""
+def _options(step: Step, cmd: Command, plan: Plan) -> dict[str, tuple[Option, Any]]:
+    """The step's arguments by option name (an unknown one is an error naming the step, its line
+    and the closest option)."""
+    from synthgen.recipes import close_word, node_line
+
     found = {}
     for key, value in step.args.items():
         opt = next((o for o in cmd.options if o.cli and key in o.keys()), None)
         if opt is None:
             names = sorted(o.name for o in cmd.options if o.cli)
-            raise UserError(f"{here}: {cmd.name} has no option or argument {key!r} (it takes: {', '.join(names)})")
+            # (the key as written: the recipe may spell it with dashes)
+            written = next((k for k in (key, key.replace("_", "-")) if
+                            node_line(plan.recipe, "run", "steps", step.index - 1, step.command, k)), key)
+            at = _at(plan.recipe, "run", "steps", step.index - 1, step.command, written)
+            raise UserError(f"{at}: step {step.index} ({step.command}): {cmd.name} has no option or argument "
+                            f"{key!r}{close_word(key, names)} (it takes: {', '.join(names)})")
         found[opt.name] = (opt, value)
     return found
 
@@ -198,7 +221,7 @@ def command_line(step: Step, plan: Plan) -> list[str]:
     naming the step."""
     cmd = command_of(step, plan)
     here = f"recipe {plan.recipe}: step {step.index} ({step.command})"
-    found = _options(step, cmd, here)
+    found = _options(step, cmd, plan)
     argv = [step.command]
     for opt in cmd.arguments:  # positional arguments in the command's order
         val = found.get(opt.name, (opt, None))[1]

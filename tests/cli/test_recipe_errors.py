@@ -8,6 +8,8 @@ from __future__ import annotations
 import subprocess
 import sys
 
+import pytest
+
 from tests.hostile.conftest import one_line_error
 
 
@@ -67,3 +69,25 @@ def test_run_points_at_the_line_of_the_section_the_step_reads(tmp_path):
     r = subprocess.run([sys.executable, "-m", "synthgen", "run", str(tmp_path / "missing.yaml")],
                        capture_output=True, text=True, timeout=120)
     one_line_error(r, "recipe not found")
+
+
+@pytest.mark.parametrize("body,needle", [
+    # a mistyped key of `run:` itself
+    ("run:\n  vars:\n    out: OUT\n  setps:\n    - compose: {out: x}\n",
+     ":4: unknown key(s) in `run:`: setps (did you mean steps?) (known: vars, env, steps, message)"),
+    # a mistyped option of a step: the line of the key, the closest option
+    ("run:\n  vars:\n    out: OUT\n  steps:\n    - demo-data: {out: '{out}'}\n    - compose:\n"
+     "        objects: b\n        num-sample: 3\n",
+     ":8: step 2 (compose): compose has no option or argument 'num_sample' (did you mean num_samples?)"),
+    # a mistyped command: the line of the step
+    ("run:\n  vars:\n    out: OUT\n  steps:\n    - compse: {out: x}\n",
+     ":5: step 1 (compse): not a synthgen command that a step can run (did you mean compose?)"),
+])
+def test_run_section_mistakes_name_their_line_and_the_closest_word(tmp_path, body, needle):
+    rec = tmp_path / "r.yaml"
+    rec.write_text(body.replace("OUT", str(tmp_path / "out")))
+    r = subprocess.run([sys.executable, "-m", "synthgen", "run", str(rec), "--dry-run"], capture_output=True,
+                       text=True, timeout=120)
+    last = r.stderr.strip().splitlines()[-1]
+    assert r.returncode == 2 and "Traceback" not in r.stderr, r.stderr
+    assert last.startswith(f"error: recipe {rec}") and needle in last, last
