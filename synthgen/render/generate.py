@@ -38,6 +38,9 @@ def fetch_sd(model: str) -> str:
         return model
     from diffusers.utils import logging as dlog
 
+    from synthgen.prefetch import check_hub
+
+    check_hub(model, f"the Stable Diffusion pipeline {model!r}")  # (offline: one line at once, no retries)
     level = dlog.get_verbosity()
     dlog.set_verbosity_error()  # the error below says it all; no "will try the cache" noise
     try:

@@ -43,6 +43,8 @@ def _clip_hint(model: str, pretrained: str | None, err: str) -> str:
 def fetch_clip(model: str, pretrained: str | None) -> None:
     """Validate the model name and make sure the weights are available (downloads them into the
     cache once). Raises :class:`ModelLoadError`."""
+    from synthgen.prefetch import check_hub
+
     name, tag = resolve_clip(model, pretrained)
     try:
         import open_clip
@@ -54,6 +56,7 @@ def fetch_clip(model: str, pretrained: str | None) -> None:
                 raise FileNotFoundError(f"no open_clip_config.json in {path}")
             return
         if name.startswith("hf-hub:"):
+            check_hub(name[len("hf-hub:"):], f"the CLIP model {model!r}")  # (offline: one line at once)
             get_model_config(name)
             open_clip.pretrained.download_pretrained_from_hf(name[len("hf-hub:"):])
             return
@@ -65,6 +68,8 @@ def fetch_clip(model: str, pretrained: str | None) -> None:
         if not cfg:
             raise ValueError(f"unknown pretrained tag; known for {name}: "
                              f"{', '.join(open_clip.list_pretrained_tags_by_model(name))}")
+        if cfg.get("hf_hub"):  # (weights on the hub: offline, one line at once; others come from a URL)
+            check_hub("/".join(cfg["hf_hub"].strip("/").split("/")[:2]), f"the CLIP weights {name} {tag!r}")
         open_clip.download_pretrained(cfg)
     except ModelLoadError:
         raise

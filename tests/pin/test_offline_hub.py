@@ -102,3 +102,39 @@ def test_a_local_folder_still_trains_with_the_hub_unreachable(shards, tmp_path, 
     r, _ = _train(shards, tmp_path / "run", offline, "--model", str(folder), timeout=600)
     assert r.returncode == 0, r.stderr[-3000:]
     assert (tmp_path / "run" / "pin.json").exists()
+
+
+def test_vlm_auto_with_an_uncached_id_fails_at_once(shards, tmp_path, offline):
+    """``--vlm auto`` reads the checkpoint's config before any adapter: that read is checked too."""
+    r, seconds = _train(shards, tmp_path / "run", offline, "--vlm", "auto", "--model", "org/not-cached")
+    one_line_error(r, "cannot load the config of 'org/not-cached' (--vlm auto)", "the hub is unreachable (127.0.0.1:9)",
+                   "synthgen prefetch")
+    assert "Retrying" not in r.stderr and seconds < 10, f"{seconds:.1f} s"
+
+
+@pytest.mark.parametrize("args,what", [
+    (["--sd-model", "org/not-cached-sd"], "the Stable Diffusion pipeline 'org/not-cached-sd'"),
+    (["--clip-model", "ViT-B-32", "--clip-pretrained", "laion2b_s34b_b79k"],
+     "the CLIP weights ViT-B-32 'laion2b_s34b_b79k'"),
+    (["--clip-model", "hf-hub:org/not-cached-clip"], "the CLIP model 'hf-hub:org/not-cached-clip'"),
+], ids=["sd", "clip-tag", "clip-hf-hub"])
+def test_render_models_not_in_the_cache_fail_at_once(tmp_path, offline, monkeypatch, args, what):
+    """render checks its models before any work (its preflight): offline, an uncached one is one
+    line at once, whichever it is (the others local folders)."""
+    monkeypatch.setenv("REMBG_HOME", str(tmp_path / "rembg"))
+    monkeypatch.delenv("U2NET_HOME", raising=False)
+    from synthgen.demo.tiny_render import build_tiny_models
+
+    tiny = build_tiny_models(tmp_path / "models")
+    cats = tmp_path / "cats.txt"
+    cats.write_text("apple\n")
+    options = {"--sd-model": tiny.sd_model, "--clip-model": tiny.clip_model, "--clip-pretrained": "",
+               "--cutout": tiny.cutout, **dict(zip(args[::2], args[1::2]))}
+    t0 = time.monotonic()
+    r = subprocess.run([sys.executable, "-m", "synthgen", "render", "--categories", str(cats), "--out",
+                        str(tmp_path / "bank"), "--size", "64", "--steps", "2", *[x for kv in options.items() for x in kv]],
+                       env=dict(offline, REMBG_HOME=str(tmp_path / "rembg")), capture_output=True, text=True,
+                       timeout=300)
+    one_line_error(r, f"cannot load {what}", "the hub is unreachable (127.0.0.1:9)", "synthgen prefetch")
+    assert "Retrying" not in r.stderr and time.monotonic() - t0 < 60
+    assert not (tmp_path / "bank").exists()

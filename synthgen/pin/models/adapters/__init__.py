@@ -49,6 +49,9 @@ def detect_family(model: str) -> str:
         return "openflamingo"
     from transformers import PreTrainedConfig
 
+    from synthgen.prefetch import check_hub
+
+    check_hub(str(model), f"the config of {model!r} (--vlm auto)")  # (offline: one line at once)
     try:
         kind = PreTrainedConfig.get_config_dict(str(model))[0].get("model_type")
     except (OSError, ValueError) as exc:
