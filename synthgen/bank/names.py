@@ -212,6 +212,10 @@ def map_identity(spec: str) -> dict[str, Any]:
     import hashlib
     import json
 
+    from synthgen.bank.vocabulary import is_vocabulary, vocabulary_identity
+
+    if is_vocabulary(spec):
+        return vocabulary_identity(spec)
     mapping = load_map(spec)
     text = json.dumps(mapping, sort_keys=True, ensure_ascii=False)
     return {"names": len(mapping), "sha256": hashlib.sha256(text.encode("utf-8")).hexdigest()}
@@ -229,7 +233,12 @@ def _sources(e: BankEntry, layout: str) -> list[str]:
 def rename(entries: list[BankEntry], layout: str,
            spec: str | Mapping[str, str]) -> tuple[list[BankEntry], set[str], str | None]:
     """``entries`` renamed by the map ``spec`` (a file, or a mapping); the categories the map
-    gave, and the warning about keys that match no name of the bank (or None)."""
+    gave, and the warning about keys that match no name of the bank (or None). A vocabulary
+    (``lvis``, ``coco``, ``voc``) looks the categories up instead (:mod:`.vocabulary`)."""
+    from synthgen.bank.vocabulary import is_vocabulary, rename_by_vocabulary
+
+    if is_vocabulary(spec):
+        return rename_by_vocabulary(entries, spec)
     if isinstance(spec, CategoryMap):
         mapping = spec
     elif isinstance(spec, Mapping):

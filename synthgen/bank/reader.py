@@ -51,6 +51,7 @@ from synthgen.bank.names import (
     rename,
     shown,
 )
+from synthgen.bank.vocabulary import is_vocabulary
 from synthgen.errors import Skip, UserError
 from synthgen.images import IMAGE_EXTS, decode  # JPEG/BMP objects: listed, counted as no_alpha
 from synthgen.schema import clean_name
@@ -176,7 +177,8 @@ class ObjectBank:
             layout, read, root, source, file = "xpaste-pools", _read_pools, p, str(p), p / POOLS_FILE
         else:
             layout, read, root, source, file = "tree", _read_tree, p, str(p), p
-        mapping = load_map(categories_map) if isinstance(categories_map, (str, Path)) else categories_map
+        mapping = (load_map(categories_map) if isinstance(categories_map, (str, Path)) and not is_vocabulary(categories_map)
+                   else categories_map)  # (a vocabulary, lvis/coco/voc: looked up when listed, :mod:`.vocabulary`)
         return cls._read(layout, read, root, source, file, tuple(extra_roots), mapping, **kw)
 
     @classmethod

@@ -89,7 +89,9 @@ COMPOSE_OPTIONS = (
     Option("categories_map", None, "YAML or JSON file mapping file or folder names (or the categories read from "
            "them) to category names, e.g. 'sheep-md-v0: sheep'; or a CSV of name,category rows. Renames the "
            "categories of the referral text and the scene records; names not in it keep theirs, a name that "
-           "matches nothing is warned about. Part of the run's options.", metavar="FILE"),
+           "matches nothing is warned about. Or lvis, coco or voc: look each category up among that dataset's names and "
+           "synonyms (teddybear_jarno_vasamaa -> teddy bear, with its LVIS id), warning about those that match "
+           "nothing. Part of the run's options.", metavar="FILE|lvis|coco|voc"),
     Option("min_usable", MIN_USABLE, "Refuse a bank of which fewer than this fraction of the cut-outs are usable "
            "(no alpha, unreadable, all transparent, outside the bank, ...; a bank of over 500 is judged on an even "
            "sample of 500); 0: compose from any bank with a usable cut-out. Not part of the run's options: "
