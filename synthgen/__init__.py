@@ -13,7 +13,7 @@ from synthgen._version import __version__  # noqa: F401  (one place: pyproject r
 
 # The Python API (synthgen/api.py), loaded on first use so `import synthgen` stays light.
 # synthgen.compose and synthgen.render are also the stage packages: called, they are the API.
-__all__ = ["render", "prepare_backgrounds", "compose", "SceneGenerator", "compose_params", "preview", "stats",
+__all__ = ["render", "bank_from_annotations", "prepare_backgrounds", "compose", "SceneGenerator", "compose_params", "preview", "stats",
            "export_coco", "train_pin", "eval_pin", "predict", "import_pin", "export_pin", "run"]
 _LAZY = tuple(n for n in __all__ if n not in ("compose", "render"))
 

@@ -31,6 +31,7 @@ from synthgen.errors import UserError, raise_problems
 # API name -> (command, its positional parameters, the callbacks its runner takes with their defaults)
 FUNCTIONS: dict[str, tuple[str, tuple[str, ...], dict[str, Any]]] = {
     "render": ("render", ("categories", "out"), {"on_category": None, "echo": None}),
+    "bank_from_annotations": ("bank-from-annotations", ("annotations", "images", "out"), {}),
     "prepare_backgrounds": ("prepare-backgrounds", ("backgrounds", "out"), {}),
     "compose": ("compose", ("objects", "backgrounds", "out", "num_samples"), {"echo": print}),
     "preview": ("preview", ("source",), {}),

@@ -164,7 +164,7 @@ def preview_bank(bank: str | Path, out: str | Path | None = None, *, categories:
                 draw.text((x + 4, ty), fit_text(draw, f"{tick} usable", f, cell - 6), fill=GREEN, font=f)
             elif r["kept"]:
                 score = r.get("clip_score")
-                s = "CLIP -" if score is None else f"CLIP {score:.1f}"
+                s = ("CLIP -" if "clip_model" in r else "kept") if score is None else f"CLIP {score:.1f}"
                 draw.text((x + 4, ty), fit_text(draw, f"{tick} {s}", f, cell - 6), fill=GREEN, font=f)
             else:
                 why, detail = reason_text(r)

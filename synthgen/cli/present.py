@@ -22,16 +22,17 @@ def counts_text(counts: dict[str, int]) -> str:
     return ", ".join(f"{n} {k.replace('_', ' ')}" for k, n in sorted(counts.items(), key=lambda kv: (-kv[1], kv[0])))
 
 
-def examples_text(examples: list, n: int = 3) -> str:
-    """The first ``n`` examples, comma separated (``a.jpg, b.jpg, +4 more``)."""
-    more = f", +{len(examples) - n} more" if len(examples) > n else ""
-    return ", ".join(str(e) for e in examples[:n]) + more
+def examples_text(examples: list, n: int = 3, total: int | None = None) -> str:
+    """The first ``n`` examples, comma separated, and how many more of ``total`` (default: of the
+    examples) there are: ``a.jpg, b.jpg, +4 more``."""
+    left = (len(examples) if total is None else total) - min(n, len(examples))
+    return ", ".join(str(e) for e in examples[:n]) + (f", +{left} more" if left > 0 else "")
 
 
 def _skipped(counts: dict, what: str, examples: int = 3) -> None:
     for reason, info in counts.items():
         typer.echo(f"skipped {what}({reason.replace('_', ' ')}): {info['count']}, e.g. "
-                   f"{examples_text(info['examples'], examples)}", err=True)
+                   f"{examples_text(info['examples'], examples, info['count'])}", err=True)
 
 
 def compose(call: Call, values: dict) -> None:
@@ -47,13 +48,20 @@ def compose(call: Call, values: dict) -> None:
     for kind in ("backgrounds", "objects"):
         for reason, info in t[f"skipped_{kind}"].items():
             con.print(f"[yellow]skipped {kind}[/] ({reason.replace('_', ' ')}): {info['count']}, e.g. "
-                      f"{escape(examples_text(info['examples']))}", soft_wrap=True)
+                      f"{escape(examples_text(info['examples'], total=info['count']))}", soft_wrap=True)
 
 
 def prepare_backgrounds(call: Call, values: dict) -> None:
     m = call.execute()
     typer.echo(f"done: {m['backgrounds']} backgrounds in {len(m['shards'])} shard(s) -> {values['out']}")
     _skipped(m["skipped"], "")
+
+
+def bank_from_annotations(call: Call, values: dict) -> None:
+    r = call.execute()
+    typer.echo(f"done: {r['kept']} cut-outs of {r['categories']} categories from {r['images']} images -> "
+               f"{values['out']}")
+    _skipped(r["skipped"], "instances ")
 
 
 def preview(call: Call, values: dict) -> None:
@@ -168,7 +176,7 @@ def _with_say(call: Call, values: dict) -> None:
 
 
 PRINTERS: dict[str, Callable[[Call, dict[str, Any]], None]] = {
-    "render": render, "compose": compose, "prepare-backgrounds": prepare_backgrounds, "preview": preview,
+    "render": render, "bank-from-annotations": bank_from_annotations, "compose": compose, "prepare-backgrounds": prepare_backgrounds, "preview": preview,
     "stats": stats, "export-coco": export_coco, "train-pin": train_pin, "eval-pin": eval_pin, "predict": predict,
     "import-pin": import_pin, "export-pin": export_pin, "run": _exit_with, "demo": _exit_with,
     "demo-data": _with_say, "prefetch": _with_say}

@@ -10,6 +10,7 @@ Light: importing this imports no torch, Ray or typer.
 
 from __future__ import annotations
 
+from synthgen.commands.bank import BANK_FROM_ANNOTATIONS
 from synthgen.commands.compose import COMPOSE, EXPORT_COCO, PREPARE, PREVIEW, STATS
 from synthgen.commands.core import Call, Command, Option, build, resolve
 from synthgen.commands.pin import EVAL, EXPORT_PIN, IMPORT_PIN, PREDICT, TRAIN
@@ -17,7 +18,7 @@ from synthgen.commands.render import RENDER
 from synthgen.commands.workflow import DEMO, DEMO_DATA, PREFETCH, RUN
 
 COMMANDS: dict[str, Command] = {c.name: c for c in (
-    RENDER, COMPOSE, PREPARE, PREVIEW, STATS, EXPORT_COCO, TRAIN, EVAL, PREDICT, IMPORT_PIN, EXPORT_PIN, RUN,
+    RENDER, BANK_FROM_ANNOTATIONS, COMPOSE, PREPARE, PREVIEW, STATS, EXPORT_COCO, TRAIN, EVAL, PREDICT, IMPORT_PIN, EXPORT_PIN, RUN,
     DEMO, DEMO_DATA, PREFETCH)}
 
 __all__ = ["COMMANDS", "Call", "Command", "Option", "build", "resolve"]
