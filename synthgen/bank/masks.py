@@ -1,4 +1,5 @@
-"""Instance masks of COCO / LVIS annotations, decoded without pycocotools (pure: numpy and Pillow).
+"""Instance masks of COCO / LVIS annotations, both ways, without pycocotools (pure: numpy and Pillow):
+decoded for ``bank-from-annotations``, encoded as RLE for ``export-coco``.
 
 A ``segmentation`` is either polygons (``[[x1, y1, x2, y2, ...], ...]`` in pixel coordinates, each
 filled, their union the mask) or run-length encoded (``{"size": [h, w], "counts": ...}``), the
@@ -40,6 +41,41 @@ def polygon_mask(polygons: Any, height: int, width: int) -> np.ndarray:
             raise BadSegmentation("a polygon coordinate is not a finite number")
         draw.polygon([(float(poly[i]), float(poly[i + 1])) for i in range(0, len(poly), 2)], fill=1, outline=1)
     return np.asarray(canvas, dtype=bool)
+
+
+def rle_counts(mask: np.ndarray) -> list[int]:
+    """COCO's uncompressed RLE of a binary ``(h, w)`` mask: run lengths over the pixels in
+    column-major order, alternating background and object, starting with background (a mask
+    starting with an object pixel starts with a run of 0)."""
+    flat = np.asarray(mask, dtype=bool).ravel(order="F")
+    change = np.flatnonzero(flat[1:] != flat[:-1]) + 1
+    ends = np.concatenate([change, [flat.size]])
+    runs = np.diff(np.concatenate([[0], ends])).tolist()
+    return ([0] + runs) if flat.size and flat[0] else runs
+
+
+def rle_string(counts: list[int]) -> str:
+    """pycocotools' compressed form of RLE counts (the inverse of :func:`counts_from_string`): each
+    count (from the third on, less the count two before it) in 5-bit groups, least significant
+    first, 0x20 marking that more follow, offset by 48 into printable ASCII."""
+    out = []
+    for i, c in enumerate(counts):
+        x = int(c) - (int(counts[i - 2]) if i > 2 else 0)
+        more = True
+        while more:
+            ch = x & 0x1F
+            x >>= 5  # arithmetic shift: a negative difference ends at -1
+            more = x != -1 if ch & 0x10 else x != 0
+            if more:
+                ch |= 0x20
+            out.append(chr(ch + 48))
+    return "".join(out)
+
+
+def rle_encode(mask: np.ndarray) -> dict:
+    """A COCO RLE segmentation of a binary ``(h, w)`` mask (compressed counts)."""
+    h, w = mask.shape
+    return {"size": [int(h), int(w)], "counts": rle_string(rle_counts(mask))}
 
 
 def counts_from_string(text: str) -> list[int]:

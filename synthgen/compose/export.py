@@ -6,7 +6,7 @@ as ``lvis_id`` when known); the referral text is kept in each annotation's ``ref
 
 Scenes composed with ``--masks`` (a ``{key}.mask.png``: 0 background, i+1 the visible pixels of
 object i) give each annotation its instance mask as COCO RLE (``segmentation``: ``{"size": [h,
-w], "counts": str}``, the compressed form of pycocotools, :func:`rle_encode`) and its ``area`` as
+w], "counts": str}``, the compressed form of pycocotools, :func:`synthgen.bank.masks.rle_encode`) and its ``area`` as
 the mask's pixel count; an object hidden entirely by later ones keeps its box with an empty mask
 and area 0. Scenes without a mask get no ``segmentation`` and the box's area, as before.
 
@@ -26,6 +26,7 @@ from pathlib import Path
 import numpy as np
 
 from synthgen import storage
+from synthgen.bank.masks import rle_encode
 from synthgen.errors import UserError
 from synthgen.schema import SceneRecord, SchemaError, valid_key
 from synthgen.shards import find_shards, iter_samples
@@ -44,41 +45,6 @@ def _image_name(rec: SceneRecord, url: str, taken: set[str]) -> str:
             name = f"{stem}-{k}-{rec.key}.jpg"
     taken.add(name)
     return name
-
-
-def rle_counts(mask: np.ndarray) -> list[int]:
-    """COCO's uncompressed RLE of a binary ``(h, w)`` mask: run lengths over the pixels in
-    column-major order, alternating background and object, starting with background (a mask
-    starting with an object pixel starts with a run of 0)."""
-    flat = np.asarray(mask, dtype=bool).ravel(order="F")
-    change = np.flatnonzero(flat[1:] != flat[:-1]) + 1
-    ends = np.concatenate([change, [flat.size]])
-    runs = np.diff(np.concatenate([[0], ends])).tolist()
-    return ([0] + runs) if flat.size and flat[0] else runs
-
-
-def rle_string(counts: list[int]) -> str:
-    """pycocotools' compressed form of RLE counts (``rleToString`` of its ``maskApi.c``): each
-    count (from the third on, less the count two before it) in 5-bit groups, least significant
-    first, 0x20 marking that more follow, offset by 48 into printable ASCII."""
-    out = []
-    for i, c in enumerate(counts):
-        x = int(c) - (int(counts[i - 2]) if i > 2 else 0)
-        more = True
-        while more:
-            ch = x & 0x1F
-            x >>= 5  # arithmetic shift: a negative difference ends at -1
-            more = x != -1 if ch & 0x10 else x != 0
-            if more:
-                ch |= 0x20
-            out.append(chr(ch + 48))
-    return "".join(out)
-
-
-def rle_encode(mask: np.ndarray) -> dict:
-    """A COCO RLE segmentation of a binary ``(h, w)`` mask (compressed counts)."""
-    h, w = mask.shape
-    return {"size": [int(h), int(w)], "counts": rle_string(rle_counts(mask))}
 
 
 def _mask(data: bytes, rec: SceneRecord) -> np.ndarray | None:
