@@ -7,10 +7,22 @@ referrals, json, mask) plus the same decode/encode. Reported as samples/s and ra
 * compose / floor with one worker (target >= 0.8);
 * compose with two Ray workers / one Ray worker (target >= 1.8; needs two idle cores).
 
-Usage: python benchmarks/compose.py [--samples 400] [--megapixels 12] [--workdir /tmp/sgbench]
+Usage: python benchmarks/compose.py [--big 2000] [--samples 600] [--rounds 3]      (the default: banks)
+       python benchmarks/compose.py --floor [--samples 400] [--megapixels 12] [--workdir /tmp/sgbench]
        python benchmarks/compose.py --prepared [--real-backgrounds DIR] [--prepared-size 448] [--samples 300]
 
-``--prepared`` times prepared backgrounds (``synthgen prepare-backgrounds``) against the raw
+The default times compose with a real-size object bank against a small one (issue 20), one
+process, from prepared backgrounds, in ``--rounds`` interleaved rounds of ``--samples`` scenes
+(each a freshly opened bank; the small one's cut-outs read into its cache first): a generated bank of ``--big``
+(default 2,000) cut-outs, RGBA PNGs of 300-512 px in 100 categories, read as it is ("raw") and
+prepared once by ``synthgen prepare-objects`` at the canvas, and a bank of 32 such cut-outs, which
+stays in the bank's cache. Reports the three rates and prepared / small (goal >= 0.7; raw / small
+was 0.18). ``--rss N`` instead generates a bank of N small cut-outs (e.g. 56000, the paper's),
+prepares it, and reports the peak RSS of a process composing ``--samples`` scenes from it (raw and
+prepared, each in its own process), with the size of its index. ``--shrunk-twice`` compares the
+scenes at a 224 canvas from a bank of large cut-outs and from its form prepared at 448.
+
+``--floor`` compares compose to a decode+fit+encode floor (and Ray scaling). ``--prepared`` times prepared backgrounds (``synthgen prepare-backgrounds``) against the raw
 folder, in one run, on one process: compose from the raw folder, compose from the prepared
 shards (goal >= 10x), and the floor on prepared backgrounds (read + decode a prepared background,
 fit, encode the scene: goal compose >= 0.7x of it), then where compose's time goes (cProfile).
@@ -55,7 +67,7 @@ def make_inputs(root: Path, n_bg: int, megapixels: float, n_obj: int) -> tuple[P
             arr = np.asarray(img).astype(np.int16) + rng.integers(-12, 12, (h, w, 1), dtype=np.int16)
             Image.fromarray(np.clip(arr, 0, 255).astype(np.uint8)).save(
                 bg / f"bg_{i:03d}.jpg", quality=90, progressive=bool(i % 2))
-    if not bank.exists():
+    if n_obj and not bank.exists():
         bank.mkdir(parents=True)
         lines = []
         for i in range(n_obj):
@@ -207,9 +219,200 @@ def index_cost(args, bank: Path, bg: Path) -> None:
           f"{(args.workdir / 'all_index.parquet').stat().st_size / len(recs):.0f} bytes a scene")
 
 
+def make_bank(root: Path, n: int, categories: int = 100, sides: tuple[int, int] = (300, 512), seed: int = 0) -> Path:
+    """A synthgen bank (index.jsonl) of ``n`` RGBA PNG cut-outs (an ellipse of smooth colours on a
+    transparent square) with sides drawn in ``sides``, in ``categories`` categories."""
+    if (root / "index.jsonl").exists():
+        return root
+    rng = np.random.default_rng(seed)
+    root.mkdir(parents=True, exist_ok=True)
+    lines = []
+    for i in range(n):
+        cat = f"category_{i % categories:03d}"
+        (root / cat).mkdir(exist_ok=True)
+        side = int(rng.integers(sides[0], sides[1] + 1))
+        yy, xx = np.mgrid[0:side, 0:side]
+        ry, rx = rng.integers(side // 6, side // 2, 2)
+        alpha = (((yy - side / 2) / ry) ** 2 + ((xx - side / 2) / rx) ** 2 <= 1).astype(np.uint8) * 255
+        small = rng.integers(0, 255, (9, 9, 3)).astype(np.uint8)
+        rgb = np.asarray(Image.fromarray(small).resize((side, side), Image.Resampling.BICUBIC))
+        noise = rng.integers(-6, 6, (side, side, 1), dtype=np.int16)
+        rgb = np.clip(rgb.astype(np.int16) + noise, 0, 255).astype(np.uint8)
+        Image.fromarray(np.dstack([rgb, alpha]), "RGBA").save(root / cat / f"{i:06d}.png", compress_level=1)
+        lines.append(json.dumps({"id": f"{cat}/{i:06d}", "category": cat, "category_id": None,
+                                 "path": f"{cat}/{i:06d}.png", "width": side, "height": side}))
+    (root / "index.jsonl").write_text("\n".join(lines) + "\n")
+    return root
+
+
+def compose_rate(bank: Path, backgrounds: list[str], n: int, first: int = 0) -> float:
+    """Scenes/s of one process composing and encoding ``n`` scenes from a freshly opened bank; a
+    bank that fits its cache (<= 64 cut-outs) is read into it first, as in a worker's steady state
+    (the others cannot be held)."""
+    from synthgen.bank.reader import ObjectBank
+    from synthgen.compose.config import ComposeParams
+    from synthgen.compose.scene import Composer
+
+    b = ObjectBank.open(bank, max_side=224)
+    for i in range(len(b) if len(b) <= 64 else 0):
+        b.load(i)
+    comp = Composer(ComposeParams(), b, backgrounds)
+    t0, c0 = time.perf_counter(), time.process_time()
+    for k in range(first, first + n):
+        comp.scene(k).encode(95)
+    CPU_RATES.append(n / (time.process_time() - c0))  # (scenes a CPU second: steadier on a busy machine)
+    return n / (time.perf_counter() - t0)
+
+
+CPU_RATES: list[float] = []
+
+
+def prepared_bank(bank: Path, out: Path) -> float:
+    """Prepare ``bank`` into ``out`` (at 224, one process) unless done; the seconds it took."""
+    from synthgen.compose.prepare_objects import ObjectsJob, prepare_objects
+
+    t0 = time.perf_counter()
+    prepare_objects(ObjectsJob(source=str(bank), out=str(out), size=224), executor="serial", progress=False)
+    return time.perf_counter() - t0
+
+
+def banks_comparison(args, bg: Path) -> None:
+    import statistics
+
+    from synthgen.compose.backgrounds import list_backgrounds
+    from synthgen.compose.prepare import PrepareJob, prepare_backgrounds
+
+    t0 = time.perf_counter()
+    big = make_bank(args.workdir / f"bank-{args.big}", args.big)
+    small = make_bank(args.workdir / "bank-32", 32, categories=8, seed=1)
+    print(f"banks generated/found in {time.perf_counter() - t0:.0f}s")
+    prep_bg = args.workdir / "bg-prepared"
+    prepare_backgrounds(PrepareJob(source=str(bg), out=str(prep_bg), size=448), executor="serial", progress=False)
+    backgrounds = list_backgrounds(str(prep_bg)).items
+    prep = args.workdir / f"bank-{args.big}-prepared-224"
+    t_prep = prepared_bank(big, prep)
+    manifest = json.loads((prep / "manifest.json").read_text())
+    src_bytes = sum(p.stat().st_size for p in big.rglob("*.png"))
+    print(f"prepare-objects: {args.big} cut-outs in {t_prep:.1f}s (one process; {manifest['bytes'] / 1e6:.0f} MB "
+          f"of pixels, the PNGs {src_bytes / 1e6:.0f} MB)")
+    n = args.samples
+    runs: dict[str, list[float]] = {"32 cut-outs": [], f"{args.big} cut-outs, raw PNGs": [],
+                                    f"{args.big} cut-outs, prepared": []}
+    for bank in (small, big, prep):  # warm-up: imports, the page cache
+        compose_rate(bank, backgrounds, 20, first=10_000_000)
+    cpu: dict[str, list[float]] = {k: [] for k in runs}
+    for r in range(args.rounds):  # interleaved, so a busy moment of the machine hits all three
+        for name, bank in zip(runs, (small, big, prep)):
+            runs[name].append(compose_rate(bank, backgrounds, n, first=r * n))
+            cpu[name].append(CPU_RATES[-1])
+    res = {k: statistics.median(v) for k, v in runs.items()}
+    for k, v in res.items():
+        print(f"{k:32s} {v:8.1f} scenes/s  (median of {args.rounds}: {', '.join(f'{x:.1f}' for x in runs[k])}); "
+              f"{statistics.median(cpu[k]):.1f} scenes a CPU second")
+    s, raw, pr = res.values()
+    small_runs, raw_runs, prep_runs = runs.values()
+    per_round = sorted(p / q for p, q in zip(prep_runs, small_runs))  # (a busy moment hits both of a round)
+    print(f"raw / small:      {raw / s:.2f}x")
+    print(f"prepared / small: {pr / s:.2f}x of the medians; per round {', '.join(f'{r:.2f}' for r in per_round)}, "
+          f"median {statistics.median(per_round):.2f}x  (goal >= 0.7)")
+    print(f"prepared / raw:   {pr / raw:.1f}x")
+    c = [statistics.median(v) for v in cpu.values()]
+    print(f"by CPU time: raw / small {c[1] / c[0]:.2f}x, prepared / small {c[2] / c[0]:.2f}x, "
+          f"prepared / raw {c[2] / c[1]:.1f}x")
+
+
+def _rss_now() -> float:
+    """This process's resident memory now, MB (Linux)."""
+    with open("/proc/self/status") as f:
+        return next(int(line.split()[1]) for line in f if line.startswith("VmRSS:")) / 1024
+
+
+def _rss_child(bank: str, backgrounds: str, n: int) -> None:
+    import resource
+
+    from synthgen.bank.reader import ObjectBank
+    from synthgen.compose.config import ComposeParams
+    from synthgen.compose.scene import Composer
+
+    items = json.loads(backgrounds)
+    before = _rss_now()
+    t0 = time.perf_counter()
+    b = ObjectBank.open(bank, max_side=224)
+    t_open = time.perf_counter() - t0
+    opened = _rss_now()
+    comp = Composer(ComposeParams(), b, items)
+    t0 = time.perf_counter()
+    for k in range(n):
+        comp.scene(k).encode(95)
+    rate = n / (time.perf_counter() - t0)
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    print(json.dumps({"objects": len(b), "open_s": round(t_open, 2), "rss_before_open_mb": round(before),
+                      "bank_mb": round(opened - before), "rss_after_mb": round(_rss_now()),
+                      "peak_rss_mb": round(peak), "bank_cache_mb": round(b._cached_bytes / 2**20),
+                      "scenes_per_s": round(rate, 1)}))
+
+
+def rss(args, bg: Path) -> None:
+    import subprocess
+    import sys
+
+    from synthgen.compose.backgrounds import list_backgrounds
+    from synthgen.compose.prepare import PrepareJob, prepare_backgrounds
+
+    t0 = time.perf_counter()
+    bank = make_bank(args.workdir / f"bank-{args.rss}-small", args.rss, sides=(48, 96))
+    print(f"bank of {args.rss} cut-outs (48-96 px) generated/found in {time.perf_counter() - t0:.0f}s")
+    prep = args.workdir / f"bank-{args.rss}-small-prepared-224"
+    print(f"prepare-objects: {prepared_bank(bank, prep):.0f}s; index "
+          f"{(prep / 'objects.jsonl').stat().st_size / 1e6:.1f} MB on disk")
+    prep_bg = args.workdir / "bg-prepared"
+    prepare_backgrounds(PrepareJob(source=str(bg), out=str(prep_bg), size=448), executor="serial", progress=False)
+    items = json.dumps(list_backgrounds(str(prep_bg)).items)
+    for name, b in (("raw", bank), ("prepared", prep)):
+        code = "import sys; sys.path.insert(0, 'benchmarks'); import compose; compose._rss_child(*sys.argv[1:3], int(sys.argv[3]))"
+        out = subprocess.run([sys.executable, "-c", code, str(b), items, str(args.samples)], check=True,
+                             capture_output=True, text=True).stdout
+        print(f"{name:9s} {out.strip()}")
+
+
+def shrunk_twice(args, bg: Path) -> None:
+    """Scenes at a 224 canvas from a bank and from its form prepared at 448 (its cut-outs larger
+    than 448 shrunk twice): how many scene records and images are the same, the mean difference."""
+    from synthgen.bank.reader import ObjectBank
+    from synthgen.compose.backgrounds import list_backgrounds
+    from synthgen.compose.config import ComposeParams
+    from synthgen.compose.prepare import PrepareJob, prepare_backgrounds
+    from synthgen.compose.prepare_objects import ObjectsJob, prepare_objects
+    from synthgen.compose.scene import Composer
+
+    bank = make_bank(args.workdir / "bank-200-large", 200, categories=40, sides=(500, 1024), seed=2)
+    prep = args.workdir / "bank-200-large-prepared-448"
+    prepare_objects(ObjectsJob(source=str(bank), out=str(prep), size=448), executor="serial", progress=False)
+    prep_bg = args.workdir / "bg-prepared"
+    prepare_backgrounds(PrepareJob(source=str(bg), out=str(prep_bg), size=448), executor="serial", progress=False)
+    items = list_backgrounds(str(prep_bg)).items
+    a = Composer(ComposeParams(), ObjectBank.open(bank, max_side=224), items)
+    b = Composer(ComposeParams(), ObjectBank.open(prep, max_side=224), items)
+    same_rec = same_img = 0
+    diffs = []
+    for k in range(args.samples):
+        sa, sb = a.scene(k), b.scene(k)
+        same_rec += sa.record.to_json() == sb.record.to_json()
+        d = np.abs(sa.image.astype(np.int16) - sb.image.astype(np.int16))
+        same_img += not d.any()
+        diffs.append(float(d.mean()))
+    print(f"{args.samples} scenes at 224 from 200 cut-outs of 500-1024 px, the bank vs its form prepared at 448: "
+          f"{same_rec} records the same, {same_img} images the same; mean |difference| {np.mean(diffs):.3f}/255 "
+          f"per pixel channel (max over scenes {max(diffs):.3f})")
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--samples", type=int, default=400)
+    ap.add_argument("--samples", type=int, default=None, help="scenes a timed run (400; banks: 600)")
+    ap.add_argument("--floor", action="store_true", help="compose against its decode+fit+encode floor, Ray scaling")
+    ap.add_argument("--big", type=int, default=2000, help="banks: cut-outs of the generated big bank")
+    ap.add_argument("--rss", type=int, default=0, help="peak RSS of a worker with a bank of this many cut-outs")
+    ap.add_argument("--shrunk-twice", action="store_true", help="scenes from a bank prepared at 448, at 224")
     ap.add_argument("--megapixels", type=float, default=12.0)
     ap.add_argument("--backgrounds", type=int, default=24)
     ap.add_argument("--objects", type=int, default=120)
@@ -225,6 +428,13 @@ def main() -> None:
 
     from synthgen.compose.backgrounds import list_backgrounds
 
+    if args.samples is None:
+        args.samples = 400 if (args.floor or args.prepared or args.index) else 600
+    if not (args.floor or args.prepared or args.index):
+        _, bg = make_inputs(args.workdir, args.backgrounds, args.megapixels, 0)
+        run = shrunk_twice if args.shrunk_twice else rss if args.rss else banks_comparison
+        run(args, args.real_backgrounds or bg)
+        return
     bank, bg = make_inputs(args.workdir, args.backgrounds, args.megapixels, args.objects)
     if args.prepared:
         prepared_comparison(args, bank, args.real_backgrounds or bg)

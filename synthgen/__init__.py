@@ -12,14 +12,14 @@ imported lazily by the stage that needs them.
 from synthgen._version import __version__  # noqa: F401  (one place: pyproject reads it too)
 
 # The Python API (synthgen/api.py), loaded on first use so `import synthgen` stays light.
-# synthgen.compose and synthgen.render are also the stage packages: called, they are the API.
-__all__ = ["render", "bank_from_annotations", "prepare_backgrounds", "compose", "SceneGenerator", "compose_params", "preview", "stats",
-           "export_coco", "train_pin", "eval_pin", "predict", "import_pin", "export_pin", "run"]
-_LAZY = tuple(n for n in __all__ if n not in ("compose", "render"))
+# synthgen.compose, synthgen.render and synthgen.export are also packages: called, they are the API.
+__all__ = ["render", "bank_from_annotations", "prepare_backgrounds", "prepare_objects", "compose", "SceneGenerator", "compose_params",
+           "preview", "stats", "export", "export_coco", "train_pin", "eval_pin", "predict", "import_pin", "export_pin", "run"]
+_LAZY = tuple(n for n in __all__ if n not in ("compose", "render", "export"))
 
 
 def __getattr__(name: str):
-    if name in ("compose", "render"):
+    if name in ("compose", "render", "export"):
         import importlib
 
         return importlib.import_module(f"synthgen.{name}")

@@ -1,7 +1,9 @@
 """The data contracts of scenes and run folders, written once (the object bank's: :mod:`synthgen.bank.format`).
 
 1. The scene record (``{key}.json`` in a shard, schema ``synthgen.scene/1``): :class:`SceneRecord`
-   and :class:`SceneObject`, written by compose and read by every other stage.
+   and :class:`SceneObject`, written by compose and read by every other stage. A record with the
+   question fields (``compose --tasks``: each object's ``colors`` and ``point``, the scene's
+   ``negatives`` and ``questions``) is ``synthgen.scene/2``; readers accept both.
 2. Run folders: the file names of compose, render and train-pin outputs, and the growth record
    of an extended compose run (:func:`growth_step`).
 3. The scene index (``scenes-NNNNNN_index.parquet`` beside each shard, ``synthgen.scene-index/1``):
@@ -39,6 +41,8 @@ def slugify(name: str) -> str:
 # --- 1. scene records ----------------------------------------------------------------------
 
 SCENE_SCHEMA = "synthgen.scene/1"
+SCENE_SCHEMA_2 = "synthgen.scene/2"     # /1 plus the optional question fields
+SCENE_SCHEMAS = (SCENE_SCHEMA, SCENE_SCHEMA_2)
 KEY_RE = re.compile(r"[0-9]{9,20}")   # the writer's keys: the scene index, 9 digits or more
 
 
@@ -65,7 +69,9 @@ class SceneObject:
     ``referral`` the name with its position word when the name repeats in the scene. ``box`` is
     ``[x1, y1, x2, y2]`` in canvas pixels (x2/y2 exclusive), ``cells`` the same box in grid
     cells, ``visible`` the fraction of its pixels (alpha >= the paste threshold) left visible by
-    later objects; objects are listed in paste order."""
+    later objects; objects are listed in paste order. Optional (``synthgen.scene/2``, None when
+    not recorded): ``colors`` ``((term, share), ...)`` of its opaque pixels
+    (:mod:`synthgen.compose.attributes`), ``point`` ``(x, y)`` a pixel among its visible ones."""
 
     category: str
     category_id: int | None
@@ -75,18 +81,29 @@ class SceneObject:
     visible: float
     referral: str
     name: str = ""   # the name it is asked for by (the category without its qualifier)
+    colors: tuple[tuple[str, float], ...] | None = None
+    point: tuple[int, int] | None = None
 
     def to_dict(self) -> dict[str, Any]:
-        return {"category": self.category, "category_id": self.category_id,
-                "name": self.name or self.category, "object_id": self.object_id,
-                "box": list(self.box), "cells": list(self.cells), "visible": self.visible,
-                "referral": self.referral}
+        d = {"category": self.category, "category_id": self.category_id,
+             "name": self.name or self.category, "object_id": self.object_id,
+             "box": list(self.box), "cells": list(self.cells), "visible": self.visible,
+             "referral": self.referral}
+        if self.colors is not None:
+            d["colors"] = dict(self.colors)
+        if self.point is not None:
+            d["point"] = list(self.point)
+        return d
+
+    extended = property(lambda self: self.colors is not None or self.point is not None)
 
 
 @dataclass(frozen=True)
 class SceneRecord:
     """The json of one scene. ``target`` indexes ``objects``; ``prompt`` + `` `` + ``answer`` is
-    the training text for it."""
+    the training text for it. Optional (``synthgen.scene/2``, None when not recorded):
+    ``negatives`` ``((category, name), ...)``, bank categories absent from the scene (close
+    names first), ``questions`` those of the tasks compose was asked for (:mod:`synthgen.compose.questions`)."""
 
     key: str
     seed: int
@@ -98,12 +115,22 @@ class SceneRecord:
     target: int
     prompt: str
     answer: str
+    negatives: tuple[tuple[str, str], ...] | None = None
+    questions: tuple[dict, ...] | None = None
+
+    extended = property(lambda self: self.negatives is not None or self.questions is not None
+                        or any(o.extended for o in self.objects), doc="Has fields of synthgen.scene/2.")
 
     def to_dict(self) -> dict[str, Any]:
-        return {"schema": SCENE_SCHEMA, "key": self.key, "seed": self.seed, "width": self.width,
-                "height": self.height, "grid": self.grid, "background": dict(self.background),
-                "objects": [o.to_dict() for o in self.objects], "target": self.target,
-                "prompt": self.prompt, "answer": self.answer}
+        d = {"schema": SCENE_SCHEMA_2 if self.extended else SCENE_SCHEMA, "key": self.key, "seed": self.seed,
+             "width": self.width, "height": self.height, "grid": self.grid, "background": dict(self.background),
+             "objects": [o.to_dict() for o in self.objects], "target": self.target,
+             "prompt": self.prompt, "answer": self.answer}
+        if self.negatives is not None:
+            d["negatives"] = [{"category": c, "name": n} for c, n in self.negatives]
+        if self.questions is not None:
+            d["questions"] = [dict(q) for q in self.questions]
+        return d
 
     def to_json(self) -> bytes:
         return json.dumps(self.to_dict(), sort_keys=False, separators=(",", ":")).encode()
@@ -121,16 +148,17 @@ class SceneRecord:
     def from_dict(cls, d: Any, where: str = "scene") -> "SceneRecord":
         if not isinstance(d, dict):
             raise SchemaError(f"{where}: the scene json is not an object", "bad_record")
-        if d.get("schema") != SCENE_SCHEMA:
-            raise SchemaError(f"{where}: schema {d.get('schema')!r}, expected {SCENE_SCHEMA!r}",
-                              "bad_schema")
+        if d.get("schema") not in SCENE_SCHEMAS:
+            raise SchemaError(f"{where}: schema {d.get('schema')!r}, expected "
+                              f"{' or '.join(map(repr, SCENE_SCHEMAS))}", "bad_schema")
         try:
             objects = tuple(_object(o, f"object {i}") for i, o in enumerate(d["objects"]))
             rec = cls(key=_str(d["key"], "key"), seed=_int(d.get("seed", 0), "seed"),
                       width=_int(d["width"], "width"), height=_int(d["height"], "height"),
                       grid=_int(d.get("grid", 0), "grid"), background=_background(d.get("background")),
                       objects=objects, target=_int(d.get("target", 0), "target"),
-                      prompt=_str(d.get("prompt", ""), "prompt"), answer=_str(d.get("answer", ""), "answer"))
+                      prompt=_str(d.get("prompt", ""), "prompt"), answer=_str(d.get("answer", ""), "answer"),
+                      negatives=_negatives(d.get("negatives")), questions=_questions(d.get("questions"), len(objects)))
         except KeyError as exc:
             raise SchemaError(f"{where}: missing field {exc.args[0]!r}", "missing_field") from None
         except _BadText as exc:
@@ -155,6 +183,48 @@ class SceneRecord:
 
 class _BadText(ValueError):
     pass
+
+
+def _negatives(v: Any) -> tuple[tuple[str, str], ...] | None:
+    if v is not None and not (isinstance(v, list) and all(isinstance(x, dict) for x in v)):
+        raise TypeError("negatives must be a list of {category, name} objects")
+    return None if v is None else tuple((_str(x["category"], "negative category"), _str(x["name"], "negative name")) for x in v)
+
+
+QUESTION_KEYS = ("task", "category", "text", "answer", "targets")
+
+
+def _questions(v: Any, n: int) -> tuple[dict, ...] | None:
+    if v is None:
+        return None
+    if not isinstance(v, list):
+        raise TypeError("questions must be a list")
+    out = []
+    for k, q in enumerate(v):
+        if not isinstance(q, dict) or list(q) != list(QUESTION_KEYS):
+            raise ValueError(f"question {k} must have the keys {', '.join(QUESTION_KEYS)}, in order")
+        targets = q["targets"]
+        if not isinstance(targets, list) or not all(_number(t, int) and 0 <= t < n for t in targets):
+            raise ValueError(f"question {k}: targets must be indices of objects (got {targets!r:.60})")
+        out.append({key: (_str(q[key], f"question {k} {key}") if key != "targets" else list(targets))
+                    for key in QUESTION_KEYS})
+    return tuple(out)
+
+
+def _colors(v: Any, where: str) -> tuple[tuple[str, float], ...] | None:
+    if v is not None and not (isinstance(v, dict) and all(_number(s) for s in v.values())):
+        raise TypeError(f"{where} colors must map colour names to shares")
+    return None if v is None else tuple((_str(c, f"{where} colour"), float(s)) for c, s in v.items())
+
+
+def _point(v: Any, where: str) -> tuple[int, int] | None:
+    if v is not None and not (isinstance(v, list) and len(v) == 2 and all(_number(x, int) for x in v)):
+        raise TypeError(f"{where} point must be 2 integers (got {v!r:.40})")
+    return None if v is None else (v[0], v[1])
+
+
+def _number(v: Any, kind: type | tuple = (int, float)) -> bool:
+    return isinstance(v, kind) and not isinstance(v, bool)
 
 
 def _str(v: Any, name: str) -> str:
@@ -205,7 +275,8 @@ def _object(o: Any, where: str) -> SceneObject:
                        box=_box(o["box"], f"{where} box"),
                        cells=tuple(o.get("cells") or ()), visible=vis,
                        referral=_str(o.get("referral") or o["category"], f"{where} referral"),
-                       name=_str(o.get("name") or o["category"], f"{where} name"))
+                       name=_str(o.get("name") or o["category"], f"{where} name"),
+                       colors=_colors(o.get("colors"), where), point=_point(o.get("point"), where))
 
 
 # --- 2. run folders ------------------------------------------------------------------------

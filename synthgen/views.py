@@ -10,7 +10,7 @@ SHEET_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp")  # what a scene contact shee
 
 
 def preview(source: str, out: str | Path | None = None, n: int = 16, per_category: int = 16, scale: int = 2,
-            category: str = "", thumb: int = 96) -> dict[str, Any]:
+            category: str = "", thumb: int = 96, questions: bool = False) -> dict[str, Any]:
     """Draw the contact sheet of ``source``: an object bank (kept and rejected cut-outs) or scene
     shards (boxes, referrals, the target's prompt and answer), into ``out`` (default
     ``preview.png`` in the current folder: never into the input, where compose would take it for
@@ -28,7 +28,8 @@ def preview(source: str, out: str | Path | None = None, n: int = 16, per_categor
         return {"path": path, "shown": shown, "what": f"objects of the bank {source}"}
     from synthgen.compose.inspection import contact_sheet
 
-    return {"path": path, "shown": contact_sheet(source, path, n=n, scale=scale), "what": "scenes"}
+    return {"path": path, "shown": contact_sheet(source, path, n=n, scale=scale, questions=questions),
+            "what": "scenes"}
 
 
 def stats(shards: str, out: str | Path | None = None, top: int = 15) -> dict[str, Any]:

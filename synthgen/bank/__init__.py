@@ -7,4 +7,6 @@
                     that look like file names warned about, ``--categories-map`` renaming them
 - :mod:`.writer`    :class:`~.writer.BankWriter`: render's writer (resumable, atomic)
 - :mod:`.preview`   the contact sheet of a bank (``synthgen preview BANK``)
+- :mod:`.prepared`  a prepared bank (``synthgen prepare-objects``): every cut-out decoded once,
+                    raw pixels in shards and an index, read back with one positioned read
 """

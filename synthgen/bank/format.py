@@ -4,7 +4,8 @@ A bank is a folder with ``index.jsonl`` (one object per line: :func:`bank_record
 keeps of it: :class:`BankEntry`) and the RGBA PNGs it names (:func:`object_file`), finished
 categories marked by ``_categories/{slug}.json``, the run's settings and totals beside them.
 Compose also reads two layouts that are not written here: a plain tree ``<category>/*.png`` and
-X-Paste's ``LVIS_instance_pools.json`` (:mod:`.reader`).
+X-Paste's ``LVIS_instance_pools.json`` (:mod:`.reader`); and any of them prepared once
+(``synthgen prepare-objects``: raw pixels in shards, :mod:`.prepared`).
 """
 
 from __future__ import annotations
@@ -22,6 +23,17 @@ CATEGORIES_DIR = "_categories"                  # {slug}.json marks a finished c
 RENDER_STATS_FILE = "render_stats.json"
 RENDER_CONFIG_FILE = "render_config.json"
 REJECTED_DIR = "_rejected"
+
+# a prepared bank (``synthgen prepare-objects``, :mod:`.prepared`): the cut-outs decoded once
+PREPARED_FORMAT = "synthgen.prepared-objects/1"
+PREPARED_IDENTITY = "prepared-objects.json"     # the source and settings (a folder of other ones is refused)
+PREPARED_INDEX = "objects.jsonl"                # one line per object, in the bank's order
+PREPARED_PREFIX = "objects"                     # objects-NNNNNN.rgba, objects-NNNNNN_stats.json
+
+
+def pixels_name(shard: int) -> str:
+    """A prepared bank's shard ``shard``: its cut-outs' raw RGBA bytes, one after the other."""
+    return f"{PREPARED_PREFIX}-{int(shard):06d}.rgba"
 
 
 def object_id(slug: str, index: int) -> str:
@@ -81,14 +93,14 @@ def read_bank_record(rec: Any, where: str) -> BankEntry | None:
 
 def is_bank(spec: str | Path) -> bool:
     """A folder (a path or a URL) that is an object bank, not scene shards: an index.jsonl
-    (render), an X-Paste pools file, or images and no .tar."""
+    (render), an X-Paste pools file, a prepared bank, or images and no .tar."""
     from synthgen import storage
     from synthgen.images import IMAGE_EXTS
 
     p = storage.path(spec)
     if not p.is_dir():
         return False
-    if (p / INDEX_FILE).is_file() or (p / POOLS_FILE).is_file():
+    if (p / INDEX_FILE).is_file() or (p / POOLS_FILE).is_file() or (p / PREPARED_IDENTITY).is_file():
         return True
     if any(p.glob("*.tar")):
         return False

@@ -25,6 +25,9 @@ again when a cut-out is read (a symlink leading out is refused).
 Categories read from folder and file names are checked (a folder of banks is refused; names that
 look like file names are warned about: :attr:`ObjectBank.warnings`), and a map may rename the
 categories of any layout (``categories_map``, :mod:`.names`).
+
+A prepared bank (``synthgen prepare-objects``, :mod:`.prepared`) is read as the bank it was made of,
+its cut-outs read as raw pixels (a larger ``max_side`` than it was prepared at is refused).
 """
 
 from __future__ import annotations
@@ -51,6 +54,7 @@ from synthgen.bank.names import (
     rename,
     shown,
 )
+from synthgen.bank.prepared import PreparedObjects, is_prepared
 from synthgen.bank.vocabulary import is_vocabulary
 from synthgen.errors import Skip, UserError
 from synthgen.images import IMAGE_EXTS, decode  # JPEG/BMP objects: listed, counted as no_alpha
@@ -70,6 +74,7 @@ class CutOut:
     rgba: np.ndarray          # (h, w, 4) uint8
     aspect: float             # width / height of the opaque extent at full resolution
     premultiplied: Image.Image = field(repr=False, default=None)  # type: ignore[assignment]
+    extent: tuple[int, int] | None = None  # (w, h) of the opaque extent at full resolution
 
     def __post_init__(self) -> None:
         if self.premultiplied is None:
@@ -149,6 +154,8 @@ class ObjectBank:
         self.rejected: dict[str, dict[str, str]] = {}   # refused when reading: reason -> {id: why}
         self.warnings: list[str] = []                    # about its names (:mod:`.names`)
         self.roots: tuple[str, ...] = (root,)
+        self.prepared: PreparedObjects | None = None     # read from a prepared bank (:mod:`.prepared`)
+        self.notes: list[str] = []                       # the warnings of its listing
 
     def __len__(self) -> int:
         return len(self.entries)
@@ -163,6 +170,7 @@ class ObjectBank:
         p = storage.path(path)
         if not p.exists():
             raise UserError(f"object bank not found: {p}")
+        prepared = None
         if p.is_file():
             if p.name == INDEX_FILE:
                 layout, read, root, source = "index", _read_index, p.parent, str(p.parent)
@@ -175,11 +183,17 @@ class ObjectBank:
             layout, read, root, source, file = "index", _read_index, p, str(p), p / INDEX_FILE
         elif (p / POOLS_FILE).exists():
             layout, read, root, source, file = "xpaste-pools", _read_pools, p, str(p), p / POOLS_FILE
+        elif is_prepared(p):
+            prepared = PreparedObjects.open(p)
+            kw["max_side"] = prepared.check_side(kw.get("max_side"))
+            layout, read, root, source, file = prepared.layout, prepared.fill, p, str(p), p
         else:
             layout, read, root, source, file = "tree", _read_tree, p, str(p), p
         mapping = (load_map(categories_map) if isinstance(categories_map, (str, Path)) and not is_vocabulary(categories_map)
                    else categories_map)  # (a vocabulary, lvis/coco/voc: looked up when listed, :mod:`.vocabulary`)
-        return cls._read(layout, read, root, source, file, tuple(extra_roots), mapping, **kw)
+        bank = cls._read(layout, read, root, source, file, tuple(extra_roots), mapping, **kw)
+        bank.prepared = prepared
+        return bank
 
     @classmethod
     def _read(cls, layout: str, read, root, source: str, file, extra_roots: tuple[str, ...], mapping=None,
@@ -202,6 +216,7 @@ class ObjectBank:
         bank.rejected = listing.rejected
         bank.roots = (str(root), *listing.extra)
         bank.warnings = notes
+        bank.notes = list(listing.notes)
         return bank
 
     def path_of(self, i: int) -> str:
@@ -216,7 +231,9 @@ class ObjectBank:
             return hit
         path = self.path_of(i)
         item: CutOut | Skip
-        if not storage.inside(path, self.roots, real=True):  # (listed: inside until links are followed)
+        if self.prepared is not None:
+            item = self._read_prepared(i)
+        elif not storage.inside(path, self.roots, real=True):  # (listed: inside until links are followed)
             item = Skip("outside_bank", f"{self.entries[i].path} links outside the bank")
         else:
             try:
@@ -230,8 +247,27 @@ class ObjectBank:
             self._cached_bytes -= old.nbytes if isinstance(old, CutOut) else 64
         return item
 
+    def _read_prepared(self, i: int) -> CutOut | Skip:
+        item = self.prepared.pixels(i)
+        if isinstance(item, Skip):
+            return item
+        rgba, aspect, extent = item
+        if max(rgba.shape[:2]) <= self.max_side:
+            return CutOut(rgba, aspect, extent=extent)
+        return _downscaled(Image.fromarray(rgba, "RGBA"), aspect, self.max_side, extent)
+
+    def listing(self) -> list[tuple[str, str, int]]:
+        """``(id, path, bytes)`` of each object (-1: missing): a run's input identity (one listing
+        of an object store); a prepared bank's are those of its source's files."""
+        if self.prepared is not None:
+            return self.prepared.listing()
+        size = storage.sizes(self.root)
+        return [(e.id, e.path, size(storage.join(self.root, e.path))) for e in self.entries]
+
     def layout_words(self) -> str:
         """The layout that was detected, in words (a tree is told apart by where its PNGs lie)."""
+        if self.prepared is not None:
+            return f"prepared objects ({self.prepared.max_side} px) of a {self.prepared.manifest['layout_words']}"
         if self.layout in LAYOUTS:
             return LAYOUTS[self.layout]
         nested = any("/" in e.path for e in self.entries)
@@ -244,6 +280,10 @@ class ObjectBank:
         """Count the unusable cut-outs: those refused when listing, and those that :meth:`load`
         skips (decoding every cut-out, or ``limit`` of them spread evenly over a larger bank)."""
         n = len(self.entries)
+        if self.prepared is not None:  # (every cut-out was read once when it was prepared)
+            refused = sum(len(v) for v in self.rejected.values())
+            return BankSurvey(self.layout_words(), len(self.categories), n + refused, n + refused,
+                              dict(self.prepared.unusable()), tuple(self.categories), tuple(self.warnings))
         picks = range(n) if n <= limit else sorted({round(k * (n - 1) / (limit - 1)) for k in range(limit)})
         unusable = Counter({r: len(v) for r, v in self.rejected.items() if v})
         for i in picks:
@@ -271,13 +311,20 @@ def load_cutout(path: str | bytes, max_side: int) -> CutOut | Skip:
     if len(ys) == 0:
         return Skip("transparent", "no pixel with alpha >= 128")
     x1, y1, x2, y2 = int(xs.min()), int(ys.min()), int(xs.max()) + 1, int(ys.max()) + 1
-    img = img.crop((x1, y1, x2, y2))
-    aspect = (x2 - x1) / (y2 - y1)
-    if max(img.size) > max_side:
-        s = max_side / max(img.size)
-        img = img.resize((max(1, round(img.size[0] * s)), max(1, round(img.size[1] * s))),
-                         Image.Resampling.LANCZOS, reducing_gap=3.0)
-    return CutOut(np.array(img, dtype=np.uint8), aspect, img.convert("RGBa"))
+    return _downscaled(img.crop((x1, y1, x2, y2)), (x2 - x1) / (y2 - y1), max_side)
+
+
+def _downscaled(img: Image.Image, aspect: float, max_side: int, extent: tuple[int, int] | None = None) -> CutOut:
+    """The cut-out of ``img`` (already cropped; ``extent``: its size at full resolution, when
+    ``img`` is a smaller copy), shrunk so its longer side is at most ``max_side``: the size is
+    that of the full-resolution extent shrunk once."""
+    w0, h0 = extent or img.size
+    if max(w0, h0) > max_side:
+        s = max_side / max(w0, h0)
+        size = (max(1, round(w0 * s)), max(1, round(h0 * s)))
+        if size != img.size:
+            img = img.resize(size, Image.Resampling.LANCZOS, reducing_gap=3.0)
+    return CutOut(np.array(img, dtype=np.uint8), aspect, img.convert("RGBa"), (w0, h0))
 
 
 class _Listing:

@@ -57,6 +57,13 @@ def prepare_backgrounds(call: Call, values: dict) -> None:
     _skipped(m["skipped"], "")
 
 
+def prepare_objects(call: Call, values: dict) -> None:
+    m = call.execute()
+    typer.echo(f"done: {m['usable']} of {m['objects']} cut-outs at {m['max_side']} px in {len(m['shards'])} "
+               f"shard(s), {m['bytes'] / 1e6:.0f} MB -> {values['out']}")
+    _skipped(m["unusable"], "cut-outs ")
+
+
 def bank_from_annotations(call: Call, values: dict) -> None:
     r = call.execute()
     typer.echo(f"done: {r['kept']} cut-outs of {r['categories']} categories from {r['images']} images -> "
@@ -82,6 +89,15 @@ def export_coco(call: Call, values: dict) -> None:
     typer.echo(f"wrote {values['out']}/instances.json: {len(coco['images'])} images, "
                f"{len(coco['annotations'])} boxes, {len(coco['categories'])} categories")
     _skipped(coco["info"]["skipped_scenes"], "scenes ", examples=2)
+
+
+def export(call: Call, values: dict) -> None:
+    r = call.execute()
+    what = "boxes" if r["to"] in ("coco", "yolo") else f"samples (boxes {r['boxes']})"
+    typer.echo(f"wrote {values['out']} ({r['to']}): {r['samples']} {what} of {r['scenes']} scenes "
+               f"({', '.join(r['files'])})")
+    if r["skipped"]:
+        typer.echo(f"skipped: {counts_text(r['skipped'])}", err=True)
 
 
 def render(call: Call, values: dict) -> None:
@@ -176,7 +192,8 @@ def _with_say(call: Call, values: dict) -> None:
 
 
 PRINTERS: dict[str, Callable[[Call, dict[str, Any]], None]] = {
-    "render": render, "bank-from-annotations": bank_from_annotations, "compose": compose, "prepare-backgrounds": prepare_backgrounds, "preview": preview,
-    "stats": stats, "export-coco": export_coco, "train-pin": train_pin, "eval-pin": eval_pin, "predict": predict,
+    "render": render, "bank-from-annotations": bank_from_annotations, "compose": compose, "prepare-backgrounds": prepare_backgrounds,
+    "prepare-objects": prepare_objects, "preview": preview,
+    "stats": stats, "export": export, "export-coco": export_coco, "train-pin": train_pin, "eval-pin": eval_pin, "predict": predict,
     "import-pin": import_pin, "export-pin": export_pin, "run": _exit_with, "demo": _exit_with,
     "demo-data": _with_say, "prefetch": _with_say}

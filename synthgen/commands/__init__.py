@@ -11,14 +11,15 @@ Light: importing this imports no torch, Ray or typer.
 from __future__ import annotations
 
 from synthgen.commands.bank import BANK_FROM_ANNOTATIONS
-from synthgen.commands.compose import COMPOSE, EXPORT_COCO, PREPARE, PREVIEW, STATS
+from synthgen.commands.compose import COMPOSE, EXPORT_COCO, PREPARE, PREPARE_OBJECTS, PREVIEW, STATS
 from synthgen.commands.core import Call, Command, Option, build, resolve
+from synthgen.commands.export import EXPORT
 from synthgen.commands.pin import EVAL, EXPORT_PIN, IMPORT_PIN, PREDICT, TRAIN
 from synthgen.commands.render import RENDER
 from synthgen.commands.workflow import DEMO, DEMO_DATA, PREFETCH, RUN
 
 COMMANDS: dict[str, Command] = {c.name: c for c in (
-    RENDER, BANK_FROM_ANNOTATIONS, COMPOSE, PREPARE, PREVIEW, STATS, EXPORT_COCO, TRAIN, EVAL, PREDICT, IMPORT_PIN, EXPORT_PIN, RUN,
+    RENDER, BANK_FROM_ANNOTATIONS, COMPOSE, PREPARE, PREPARE_OBJECTS, PREVIEW, STATS, EXPORT, EXPORT_COCO, TRAIN, EVAL, PREDICT, IMPORT_PIN, EXPORT_PIN, RUN,
     DEMO, DEMO_DATA, PREFETCH)}
 
 __all__ = ["COMMANDS", "Call", "Command", "Option", "build", "resolve"]

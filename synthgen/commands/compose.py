@@ -1,4 +1,4 @@
-"""The compose stage's commands: ``compose``, ``prepare-backgrounds``, ``preview``, ``stats``,
+"""The compose stage's commands: ``compose``, ``prepare-backgrounds``, ``prepare-objects``, ``preview``, ``stats``,
 ``export-coco``; and the scene settings (:func:`scene_params`) that SceneGenerator and an
 on-the-fly train-pin build the same way ``compose`` does."""
 
@@ -61,9 +61,20 @@ SCENE = (
            "bool", recipe=True),
     Option("jpeg_quality", P.jpeg_quality, "JPEG quality of the scene images.", "int", recipe=True),
     Option("seed", P.seed, "Run seed: scene k depends only on (seed, k, inputs).", "int", recipe=True),
+    Option("tasks", P.tasks, "Question tasks written into each scene's json as 'questions' (each answer checked "
+           "unique): name, referral, relation ('the cup left of the dog'), attribute (colour, size), all (every box "
+           "of a name), absent (a bank category not in the scene), count, region ('what is at [box]?'), point. "
+           "name / referral only (the paper's) write nothing new: the record is today's, byte for byte; "
+           "training derives the same questions from it (docs/compose.md).", "strs", recipe=True,
+           shown=csv(P.tasks)),
 )
 SCENE_NAMES = frozenset(o.name for o in SCENE)
 _LAYOUT = frozenset(LayoutParams.__dataclass_fields__)
+
+EXTRA_OBJECT_ROOTS = Option(
+    "extra_object_roots", (), "A folder outside the bank that object paths may point into (repeatable; e.g. where an "
+    "X-Paste pools file's images live). Any other path outside the bank is skipped and counted.", "strs",
+    flags=("--extra-object-root",), multiple=True, metavar="PATH")
 
 COMPOSE_OPTIONS = (
     Option("objects", None, "Object bank (a folder or an s3:// / gs:// / hf:// URL): a folder with index.jsonl "
@@ -83,9 +94,11 @@ COMPOSE_OPTIONS = (
     Option("prepare_backgrounds", False, "Decode each background once, shrunk to twice the canvas, into shards "
            "inside --out (OUT/backgrounds-SIZE, reused by the next run): several times faster on multi-megapixel "
            "backgrounds. Same as running `synthgen prepare-backgrounds` first.", "bool", recipe=True),
-    Option("extra_object_roots", (), "A folder outside the bank that object paths may point into (repeatable; "
-           "e.g. where an X-Paste pools file's images live). Any other path outside the bank is skipped and "
-           "counted.", "strs", flags=("--extra-object-root",), multiple=True, metavar="PATH"),
+    Option("prepare_objects", False, "Decode each cut-out once, cropped and shrunk to the canvas, into a prepared "
+           "bank inside --out (OUT/objects-SIZE, reused by the next run): compose from a bank of thousands of "
+           "cut-outs runs several times faster, with the same scene bytes. Same as running `synthgen "
+           "prepare-objects --size SIZE` first.", "bool", recipe=True),
+    EXTRA_OBJECT_ROOTS,
     Option("categories_map", None, "YAML or JSON file mapping file or folder names (or the categories read from "
            "them) to category names, e.g. 'sheep-md-v0: sheep'; or a CSV of name,category rows. Renames the "
            "categories of the referral text and the scene records; names not in it keep theirs, a name that "
@@ -141,7 +154,8 @@ def _compose(v: dict[str, Any]):
     job = ComposeJob(objects=v["objects"], backgrounds=v["backgrounds"], out=v["out"], num_samples=v["num_samples"],
                      samples_per_shard=v["samples_per_shard"], params=scene_params_of(v),
                      extra_object_roots=tuple(v["extra_object_roots"]), prepare_backgrounds=v["prepare_backgrounds"],
-                     min_usable=v["min_usable"], categories_map=v["categories_map"])
+                     min_usable=v["min_usable"], categories_map=v["categories_map"],
+                     prepare_objects=v["prepare_objects"])
     return job
 
 
@@ -179,6 +193,34 @@ PREPARE = Command(
     done="synthgen.schema:scenes_done")
 
 
+def _prepare_objects(v: dict[str, Any]):
+    from synthgen.compose.prepare_objects import ObjectsJob
+
+    return ObjectsJob(source=v["objects"], out=v["out"], size=v["size"], per_shard=v["per_shard"],
+                      extra_object_roots=tuple(v["extra_object_roots"]))
+
+
+PREPARE_OBJECTS = Command(
+    "prepare-objects", "Decode every cut-out of an object bank once, cropped and shrunk to --size, into a prepared "
+    "bank (raw pixels in shards, an index) that compose, train-pin and SceneGenerator read like the bank itself, "
+    "without decoding PNGs (much faster with thousands of cut-outs).",
+    (Option("objects", None, f"Object bank {URL}: any bank compose reads (index.jsonl, a <category>/*.png tree, a "
+            "flat folder, X-Paste pools).", argument=True, required=True, metavar="BANK"),
+     Option("out", None, "Folder (or s3:// / gs:// URL) outside the bank for objects-NNNNNN.rgba shards, their "
+            "_stats.json, objects.jsonl and manifest.json. Re-running resumes.", flags=("--out", "-o"),
+            required=True, metavar="PATH"),
+     Option("size", 224, "Longest side of the prepared cut-outs in pixels (never enlarged): the canvas you compose "
+            "(compose --size). Composing at this canvas gives the same scene bytes as the bank itself; at a smaller "
+            "canvas the cut-outs larger than --size are shrunk twice (close, not the same bytes: docs/fidelity.md); "
+            "a larger canvas is refused.",
+            "int"),
+     Option("per_shard", 1000, "Cut-outs per shard.", "int"),
+     EXTRA_OBJECT_ROOTS, WORKERS, RAY_ADDRESS, EXECUTOR,
+     Option("progress", True, "Show the progress bar (on stderr).", "bool", cli=False)),
+    _prepare_objects, run="synthgen.compose.prepare_objects:prepare_objects",
+    runtime=("workers", "ray_address", "executor", "progress"), done="synthgen.schema:scenes_done")
+
+
 PREVIEW = Command(
     "preview", "Contact sheet of scenes: every box with its referral, the target thick in magenta with its prompt "
     "and answer underneath; or of an object bank: kept (green) and rejected (red) cut-outs with why they were "
@@ -194,7 +236,9 @@ PREVIEW = Command(
             "least half of them).", "int"),
      Option("scale", 2, "Scenes: upscaling of each scene (and its labels) for legibility.", "int"),
      Option("category", "", "Bank: comma list of categories to show (default: all)."),
-     Option("thumb", 96, "Bank: thumbnail side in pixels (16-1024).", "int")),
+     Option("thumb", 96, "Bank: thumbnail side in pixels (16-1024).", "int"),
+     Option("questions", False, "Scenes: also list each scene's questions (compose --tasks) under it: task, "
+            "question -> answer, and the objects the answer refers to.", "bool")),
     dict, run="synthgen.views:preview", done="synthgen.schema:file_done", view=True)
 
 STATS = Command(
@@ -211,7 +255,8 @@ STATS = Command(
     dict, run="synthgen.views:stats", done="synthgen.schema:file_done", view=True)
 
 EXPORT_COCO = Command(
-    "export-coco", "Export scene shards as a COCO-format detection set (e.g. for `eval-pin --coco-json`).",
+    "export-coco", "Export scene shards as a COCO-format detection set (e.g. for `eval-pin --coco-json`); the "
+    "same as `export --to coco`.",
     (Option("shards", None, "Scene shards: a folder, a .tar, or a brace pattern (paths or s3:// / gs:// / hf:// "
             "URLs).", argument=True, required=True, metavar="SHARDS"),
      Option("out", None, "Folder (or s3:// / gs:// URL) for images/ and instances.json.", flags=("--out", "-o"),

@@ -22,7 +22,7 @@ def _render(v: dict[str, Any]):
     cats = v["categories"]
     job = RenderJob(cfg, categories=cats if isinstance(cats, str) else tuple(cats),
                     categories_file=str(v["categories_file"]) if v["categories_file"] is not None else None,
-                    exclude=v["exclude"], only=v["only"])
+                    exclude=v["exclude"], only=v["only"], prepared=v["prepared"], prepared_size=v["prepared_size"])
     return job
 
 
@@ -77,6 +77,10 @@ RENDER = Command(
             "the stages; ignored with --ray-address).", "int"),
      Option("keep_rejected", R.keep_rejected, "Also save rejected cut-outs (under CATEGORY/_rejected/).", "bool",
             recipe=True),
+     Option("prepared", None, "Also write the finished bank's prepared form into this folder (outside --out): its "
+            "cut-outs decoded once, as `synthgen prepare-objects` writes them, for compose and train-pin to read "
+            "without decoding PNGs (much faster with thousands of cut-outs). Re-running resumes it.", metavar="PATH"),
+     Option("prepared_size", 224, "With --prepared: the canvas it is prepared for (compose --size).", "int"),
      recipe_option("render", "recipes/pin-paper.yaml"),
      Option("progress", True, "Show the progress bars (on stderr).", "bool", cli=False)),
     _render, run="synthgen.render.pipeline:run_render", runtime=("progress",), section="render",

@@ -107,7 +107,7 @@ def _list_tar(path: str) -> list[str]:
 def _is_scene_record(path: str, member: tuple[str, int, int]) -> bool:
     import json
 
-    from synthgen.schema import SCENE_SCHEMA
+    from synthgen.schema import SCENE_SCHEMAS
 
     name, offset, size = member
     if size > 1 << 20:
@@ -116,7 +116,7 @@ def _is_scene_record(path: str, member: tuple[str, int, int]) -> bool:
         rec = json.loads(storage.path(path).read_range(offset, size))
     except (OSError, ValueError):
         return False
-    return isinstance(rec, dict) and rec.get("schema") == SCENE_SCHEMA
+    return isinstance(rec, dict) and rec.get("schema") in SCENE_SCHEMAS
 
 
 def first_usable_background(items: list[str], size: int, min_side: int, limit: int = 200) -> tuple[int, dict]:

@@ -81,6 +81,21 @@ class ComposeParams:
     masks: bool = False
     jpeg_quality: int = 95
     seed: int = 0
+    # question tasks written into each record (synthgen.compose.questions); name / referral only:
+    # nothing written (the record's prompt is that question), today's bytes
+    tasks: tuple[str, ...] = ("name",)
+
+    @property
+    def records_questions(self) -> bool:
+        """Whether the records carry questions and their fields (schema ``synthgen.scene/2``)."""
+        return not set(self.tasks) <= {"name", "referral"}
+
+    @property
+    def scene_schema(self) -> str:
+        """The schema of the records these settings write (run.json and the manifest say it)."""
+        from synthgen.schema import SCENE_SCHEMA, SCENE_SCHEMA_2
+
+        return SCENE_SCHEMA_2 if self.records_questions else SCENE_SCHEMA
 
     @property
     def cell(self) -> int:
@@ -115,6 +130,12 @@ class ComposeParams:
             out.append(f"--seed must be a non-negative integer (got {self.seed})")
         if not (1 <= self.jpeg_quality <= 100):
             out.append(f"--jpeg-quality must lie in 1..100 (got {self.jpeg_quality})")
+        from synthgen.compose.questions import TASKS
+
+        bad = [t for t in self.tasks if t not in TASKS]
+        if bad or not self.tasks:
+            out.append(f"--tasks: {'unknown task ' + repr(bad[0]) if bad else 'no task given'} "
+                       f"(the tasks: {', '.join(TASKS)})")
         if self.layout.a_max > 254 and self.masks:
             out.append("--masks supports at most 254 objects per scene")
         return out
@@ -123,7 +144,12 @@ class ComposeParams:
         raise_problems(self.problems())
 
     def to_dict(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
+        """The settings as recorded; ``tasks`` only where questions are written (the runs of
+        earlier versions, and of name / referral only, have the same record)."""
+        d = dataclasses.asdict(self)
+        if not self.records_questions:
+            del d["tasks"]
+        return d
 
     def text_name(self, category: str) -> str:
         """The name a category is asked for by (qualifier stripped: ``bow (weapon)`` -> ``bow``)."""
@@ -137,6 +163,8 @@ class ComposeParams:
         lay = dict(d.pop("layout"))
         lay["s_min"] = tuple(lay["s_min"])
         lay["s_max"] = tuple(lay["s_max"])
+        if "tasks" in d:
+            d["tasks"] = tuple(d["tasks"])
         return cls(layout=LayoutParams(**lay), **d)
 
 

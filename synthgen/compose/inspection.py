@@ -123,9 +123,21 @@ def scene_layout(record: SceneRecord, scale: int, draw, font, unicode: bool = Tr
                       notes)
 
 
-def draw_scene(image, record: SceneRecord, scale: int = 2, return_layout: bool = False):
+def question_lines(record: SceneRecord, draw, font, width: int, arrow: str = "->") -> list[str]:
+    """``task: question -> answer (objects 0, 2)``, one line per question the record carries
+    (wrapped to ``width``)."""
+    lines = []
+    for q in record.questions or ():
+        refs = f" (object{'s' if len(q['targets']) > 1 else ''} {', '.join(map(str, q['targets']))})" \
+            if q["targets"] else ""
+        lines += wrap_text(draw, f"{q['task']}: {q['text']} {arrow} {q['answer']}{refs}", font, width)
+    return lines
+
+
+def draw_scene(image, record: SceneRecord, scale: int = 2, return_layout: bool = False, questions: bool = False):
     """One annotated tile: every box in its colour with its label (index and referral), the
-    target thick in :data:`TARGET`; under the image the target, its prompt and ``→ answer``."""
+    target thick in :data:`TARGET`; under the image the target, its prompt and ``→ answer``;
+    with ``questions``, then the record's questions with their answers (:func:`question_lines`)."""
     from PIL import Image, ImageDraw
 
     img = image.convert("RGB").resize((record.width * scale, record.height * scale), Image.Resampling.NEAREST)
@@ -133,7 +145,8 @@ def draw_scene(image, record: SceneRecord, scale: int = 2, return_layout: bool =
     probe = ImageDraw.Draw(img)
     lay = scene_layout(record, scale, probe, font, uni)
     line_h = int(font.size * 1.3)
-    n_lines = 2 + len(lay.caption) + len(lay.notes)
+    asked = question_lines(record, probe, font, img.width - 8, "→" if uni else "->") if questions else []
+    n_lines = 2 + len(lay.caption) + len(lay.notes) + len(asked)
     tile = Image.new("RGB", (img.width, img.height + n_lines * line_h + 8), FOOT_BG)
     tile.paste(img, (0, 0))
     d = ImageDraw.Draw(tile)
@@ -169,10 +182,13 @@ def draw_scene(image, record: SceneRecord, scale: int = 2, return_layout: bool =
     for line in lay.notes:
         y += line_h
         d.text((4, y), line, fill=(200, 0, 0), font=font)
+    for line in asked:
+        y += line_h
+        d.text((4, y), line, fill=(40, 40, 120), font=font)
     return (tile, lay) if return_layout else tile
 
 
-def contact_sheet(shards: str, output: Path, n: int = 16, scale: int = 2) -> int:
+def contact_sheet(shards: str, output: Path, n: int = 16, scale: int = 2, questions: bool = False) -> int:
     from PIL import Image
 
     if n < 1:
@@ -187,7 +203,7 @@ def contact_sheet(shards: str, output: Path, n: int = 16, scale: int = 2) -> int
         scene = Image.open(io.BytesIO(sample["jpg"]))
         if not tiles:
             _check_sheet_size(scene.size, n, scale)
-        tiles.append(draw_scene(scene, rec, scale))
+        tiles.append(draw_scene(scene, rec, scale, questions=questions))
         if len(tiles) >= n:
             break
     if not tiles:

@@ -163,18 +163,27 @@ def prepare_backgrounds(job: PrepareJob, *, workers: int | None = None, ray_addr
 
 
 def _run(job, todo, items, workers, ray_address, executor, progress) -> dict[int, str]:
+    sizes = [len(shard_items(job, s, len(items))) for s in todo]
+    return run_shards(prepare_shard_steps, [(job, s) for s in todo], sizes, len(items), unit="images",
+                      label="prepare-backgrounds", shared={"items": items}, workers=workers,
+                      ray_address=ray_address, executor=executor, progress=progress)
+
+
+def run_shards(steps, jobs: list[tuple], sizes: list[int], total: int, *, unit: str, label: str, shared: dict,
+               workers, ray_address, executor: str, progress: bool) -> dict[int, str]:
+    """Run the shard tasks ``steps(*job, **shared)`` (progress generators) in this process or on
+    Ray, with one bar of ``total`` items (``sizes``: of each job's shard); the failures."""
     from synthgen.executors import in_process, run_ray, run_serial
     from synthgen.progress import progress_bars
 
-    if not todo:
+    if not jobs:
         return {}
-    sizes = [len(shard_items(job, s, len(items))) for s in todo]
-    prog = progress_bars("images", enabled=progress, label_width=19)
+    prog = progress_bars(unit, enabled=progress, label_width=19)
     with prog:
-        # per background; a resumed run starts at the backgrounds of its done shards
-        done = len(items) - sum(sizes)
-        task = prog.add_task("prepare-backgrounds", total=len(items), completed=done, begin=done)
-        partial = [0] * len(todo)
+        # per item; a resumed run starts at the items of its done shards
+        done = total - sum(sizes)
+        task = prog.add_task(label, total=total, completed=done, begin=done)
+        partial = [0] * len(jobs)
 
         def on_progress(i: int, done: int) -> None:
             prog.advance(task, done - partial[i])
@@ -183,14 +192,12 @@ def _run(job, todo, items, workers, ray_address, executor, progress) -> dict[int
         def on_result(i: int, _rec) -> None:
             on_progress(i, sizes[i])
 
-        jobs = [(job, s) for s in todo]
         if in_process(executor, workers, ray_address, len(jobs)):
-            failures = run_serial(prepare_shard_steps, jobs, on_result, shared={"items": items},
-                                  on_progress=on_progress)
+            failures = run_serial(steps, jobs, on_result, shared=shared, on_progress=on_progress)
         else:
-            failures = run_ray(prepare_shard_steps, jobs, on_result, workers=workers, address=ray_address,
-                               shared={"items": items}, on_progress=on_progress)
-        for i in failures:  # a failed shard's backgrounds are not done
+            failures = run_ray(steps, jobs, on_result, workers=workers, address=ray_address,
+                               shared=shared, on_progress=on_progress)
+        for i in failures:  # a failed shard's items are not done
             on_progress(i, 0)
         return failures
 

@@ -36,7 +36,6 @@ from synthgen.errors import UserError, raise_problems
 from synthgen.schema import (
     MANIFEST_FILE,
     RUN_FILE,
-    SCENE_SCHEMA,
     growth_step,
     index_name,
     index_row,
@@ -58,6 +57,8 @@ class ComposeJob:
     extra_object_roots: tuple[str, ...] = ()   # folders object paths may point into, besides the bank
     prepare_backgrounds: bool = False          # decode them once, into --out (prepared_folder)
     prepared: str | None = None                # the prepared folder read instead (set by run_compose)
+    prepare_objects: bool = False              # decode the cut-outs once, into --out (prepare_objects.py)
+    prepared_objects: str | None = None        # the prepared bank read instead (set by run_compose)
     index: bool = True                         # write each shard's scene index (off: benchmarks only)
     min_usable: float = MIN_USABLE             # refuse a bank with fewer usable cut-outs (not in identity)
     categories_map: str | None = None          # {file or folder name: category} file (bank/names.py)
@@ -90,7 +91,7 @@ class ComposeJob:
                  "backgrounds": storage.resolved(self.backgrounds) if "{" not in self.backgrounds
                  else self.backgrounds,
                  "num_samples": self.num_samples, "samples_per_shard": self.samples_per_shard,
-                 "params": self.params.to_dict(), "schema": SCENE_SCHEMA}
+                 "params": self.params.to_dict(), "schema": self.params.scene_schema}
         if self.extra_object_roots:
             ident["extra_object_roots"] = [storage.resolved(r) for r in self.extra_object_roots]
         if self.categories_map:
@@ -99,6 +100,8 @@ class ComposeJob:
             ident["categories_map"] = map_identity(self.categories_map)
         if self.prepare_backgrounds:
             ident["prepared_backgrounds"] = {"size": 2 * self.params.size}
+        if self.prepare_objects:
+            ident["prepared_objects"] = {"size": self.params.size}
         if inputs is not None:
             ident["inputs"] = inputs
         return ident
@@ -146,8 +149,7 @@ def inputs_identity(bank, backgrounds: list[str]) -> dict[str, Any]:
     from synthgen.compose.backgrounds import item_size
 
     bg = [(item, item_size(item)) for item in backgrounds]
-    size = storage.sizes(bank.root)  # (an object store: one listing, not a request per object)
-    obj = [(e.id, e.path, size(storage.join(bank.root, e.path))) for e in bank.entries]
+    obj = bank.listing()  # (an object store: one listing, not a request per object)
     return {"backgrounds": {"count": len(bg), "bytes": sum(max(n, 0) for _, n in bg),
                             "sha256": _digest([f"{i}\t{n}" for i, n in bg])},
             "objects": {"count": len(obj), "bytes": sum(max(n, 0) for *_, n in obj),
@@ -168,7 +170,8 @@ def compose_shard_steps(job: ComposeJob, shard: int, backgrounds: list[str]):
     """:func:`compose_shard` as a progress generator (:mod:`synthgen.executors`): yields the
     scenes written so far every :data:`PROGRESS_EVERY` scenes, returns the stats."""
     t0 = time.time()
-    bank = _open_bank(job.objects, job.params.size, tuple(job.extra_object_roots), job.categories_map)
+    bank = _open_bank(job.prepared_objects or job.objects, job.params.size, tuple(job.extra_object_roots),
+                      job.categories_map)
     composer = Composer(job.params, bank, backgrounds)
     out = storage.path(job.out)
     stats = SceneStats()
@@ -217,11 +220,13 @@ def check_inputs(job: ComposeJob) -> Inputs:
     raise_problems(job.problems())
     from synthgen.shards import expand
 
-    bank = _open_bank(job.objects, job.params.size, tuple(job.extra_object_roots), job.categories_map)
+    bank = _open_bank(job.prepared_objects or job.objects, job.params.size, tuple(job.extra_object_roots),
+                      job.categories_map)
     listing = list_backgrounds(job.prepared or job.backgrounds)
     sources = expand(job.backgrounds) if job.prepared else []
     # (the prepared backgrounds are compose's own, inside --out: the raw sources are what to check)
-    _refuse_nesting(job, [("--objects", bank.root)] + [("--backgrounds", r) for r in sources or listing.roots]
+    # (a bank prepared by this run lies inside --out: the bank it was made of is what to check)
+    _refuse_nesting(job, [("--objects", bank.prepared.source_root if job.prepared_objects else bank.root)] + [("--backgrounds", r) for r in sources or listing.roots]
                     + [("--extra-object-root", r) for r in job.extra_object_roots])
     if bank.first_usable(limit=min(len(bank), 2000)) is None:
         raise UserError(f"object bank {job.objects}: none of the first {min(len(bank), 2000)} "
@@ -323,7 +328,7 @@ def write_manifest(job: ComposeJob, inputs: Inputs, workers: int | None,
     for kind in ("backgrounds", "objects"):
         totals[f"skipped_{kind}"] = {r: {"count": len(n), "examples": sorted(n)[:20]}
                                      for r, n in totals[f"skipped_{kind}"].items()}
-    manifest = {"synthgen_version": __version__, "schema": SCENE_SCHEMA,
+    manifest = {"synthgen_version": __version__, "schema": job.params.scene_schema,
                 "shards": [shard_name(s) for s in range(job.num_shards)],
                 "options": {**job.identity(inputs.identity), "workers": workers, "ray_address": ray_address},
                 "totals": totals}
@@ -350,6 +355,10 @@ def run_compose(job: ComposeJob, *, workers: int | None = None, ray_address: str
     workers = workers or os.cpu_count() or 1
     if job.prepare_backgrounds:
         job = _with_prepared(job, workers, ray_address, executor, progress)
+    if job.prepare_objects:
+        from synthgen.compose.prepare_objects import for_compose
+
+        job = for_compose(job, workers, ray_address, executor, progress)
     inputs = check_inputs(job)
     with RunFolder(job.out, "compose") as folder:
         todo = shards_to_do(job, folder, inputs, extend=extend)

@@ -8,15 +8,18 @@ on ``(seed, index)`` and the inputs, never on which worker makes it.
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass, field
 
 import numpy as np
 from PIL import Image
 
 from synthgen.bank.reader import CutOut, ObjectBank
+from synthgen.compose.attributes import hard_negatives, interior_point, object_colors
 from synthgen.compose.backgrounds import display_name, read_background
 from synthgen.compose.config import ComposeParams
 from synthgen.compose.layout import cells_to_pixels, draw_count, place_objects
+from synthgen.compose.questions import scene_questions
 from synthgen.compose.referral import make_referral
 from synthgen.errors import Skip, UserError
 from synthgen.grounding import format_box, query_prompt
@@ -107,6 +110,12 @@ class Scene:
         return out
 
 
+def _point(owner: np.ndarray, box: list[int], k: int) -> tuple[int, int] | None:
+    """A pixel deep inside object ``k``'s visible pixels (canvas coordinates)."""
+    xy = interior_point(owner[box[1]:box[3], box[0]:box[2]] == k + 1)
+    return None if xy is None else (xy[0] + box[0], xy[1] + box[1])
+
+
 def sample_seed(seed: int, index: int) -> int:
     """The 63-bit seed of sample ``index``: a pure function of the run seed and the index."""
     state = np.random.SeedSequence([int(seed), int(index)]).generate_state(2, dtype=np.uint32)
@@ -123,6 +132,7 @@ class Composer:
         self.backgrounds = backgrounds
         self._bad_backgrounds: dict[int, Skip] = {}
         self._category_index = {c: k for k, c in enumerate(bank.categories)}
+        self._vocabulary = [(c, params.text_name(c)) for c in bank.categories]
 
     # -- inputs ----------------------------------------------------------------------------
     def _background(self, rng: np.random.Generator, stats: SceneStats) -> tuple[Image.Image, str]:
@@ -249,12 +259,16 @@ class Composer:
 
         canvas, owner, visible = self._paint(bg, fitted, boxes)
         objects = []
+        asks = p.records_questions
         for k, ((bi, _), box, cbox, ref) in enumerate(zip(objs, boxes, cboxes, refs)):
             e = self.bank.entries[bi]
             objects.append(SceneObject(category=e.category, category_id=e.category_id,
                                        object_id=e.id, box=tuple(box), cells=tuple(cbox),
                                        visible=visible[k], referral=ref.text,
-                                       name=p.text_name(e.category)))
+                                       name=p.text_name(e.category),
+                                       colors=tuple(object_colors(np.asarray(fitted[k][0]), fitted[k][1]).items())
+                                       if asks else None,
+                                       point=_point(owner, box, k) if asks else None))
         target = int(rng.integers(len(objects)))
         key = f"{index:09d}"
         record = SceneRecord(
@@ -262,6 +276,11 @@ class Composer:
             background={"source": bg_name, "fit": p.background_fit}, objects=tuple(objects),
             target=target, prompt=query_prompt(objects[target].referral),
             answer=format_box(objects[target].box))
+        if asks:  # its own random stream: the scene is the same with and without questions
+            negs = hard_negatives(np.random.default_rng([seed, 0x4E47]),
+                                  [(o.category, o.name) for o in objects], self._vocabulary)
+            record = dataclasses.replace(record, negatives=tuple(negs))
+            record = dataclasses.replace(record, questions=tuple(scene_questions(record, p.tasks)))
         return Scene(key, canvas, owner if p.masks else None, record)
 
     def _paint(self, bg: Image.Image, fitted: list[tuple[Image.Image, np.ndarray]], boxes: list[list[int]]

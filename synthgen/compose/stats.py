@@ -59,6 +59,23 @@ def _cells(o, rec: SceneRecord) -> tuple[int, int, int, int]:
 
 
 RELATIONS = ("left", "right", "top", "bottom", "middle", "front", "behind")
+PHRASINGS_SHOWN = 5   # per task, in the printed table (collect_stats counts them all)
+
+
+def phrasing(text: str, names: Sequence[str]) -> str:
+    """The phrasing of a question: its text with the scene's names (singular and plural, longest
+    first) as ``X``, colour words as ``COLOUR``, boxes as ``[box]`` and points as ``(x,y)``:
+    ``Give the box of the X left of the X.``"""
+    import re
+
+    from synthgen.compose.attributes import COLOR_TERMS
+    from synthgen.compose.questions_text import plural_phrase, singular_phrase
+
+    forms = {f for n in names for f in (singular_phrase(n), plural_phrase(n), n)}
+    for form in sorted(forms, key=len, reverse=True):
+        text = re.sub(rf"\b{re.escape(form)}\b", "X", text, flags=re.IGNORECASE)
+    text = re.sub(rf"\b({'|'.join(COLOR_TERMS)})\b", "COLOUR", text)
+    return re.sub(r"\(\d+,\d+\)", "(x,y)", re.sub(r"\[\d+,\d+,\d+,\d+\]", "[box]", text))
 
 
 def collect_stats(shards: str) -> dict[str, Any]:
@@ -74,6 +91,8 @@ def collect_stats(shards: str) -> dict[str, Any]:
     relations: Counter = Counter()
     grids: Counter = Counter()
     centres: Counter = Counter()  # (row, col) of the box centre's cell, on each scene's grid
+    tasks: Counter = Counter()
+    phrasings: Counter = Counter()  # (task, phrasing)
     scenes = 0
     sizes = set()
     for sample in iter_samples(paths, want=("json",)):
@@ -83,6 +102,10 @@ def collect_stats(shards: str) -> dict[str, Any]:
         grids[rec.grid] += 1
         per_scene[len(rec.objects)] += 1
         names = Counter(o.name for o in rec.objects)
+        every_name = [*names, *(o.category for o in rec.objects), *(n for pair in rec.negatives or () for n in pair)]
+        for q in rec.questions or ():
+            tasks[q["task"]] += 1
+            phrasings[(q["task"], phrasing(q["text"], every_name))] += 1
         for o in rec.objects:
             cats[o.category] += 1
             c = _cells(o, rec)
@@ -110,6 +133,7 @@ def collect_stats(shards: str) -> dict[str, Any]:
             "grid": grid, "centres": heat, "visible": visible,
             "referrals": {k: kinds[k] for k in ("plain", "relative", "absolute") if kinds[k]},
             "relations": {k: relations[k] for k in (*RELATIONS, "other") if relations[k]},
+            "tasks": dict(tasks.most_common()), "phrasings": {f"{t}: {p}": n for (t, p), n in phrasings.most_common()},
             "shard_stats": shard_stats(paths)}
 
 
@@ -142,6 +166,18 @@ def print_stats(st: dict[str, Any], top: int = 15) -> None:
     for k, v in st["relations"].items():
         t.add_row(f"  {k}", str(v))
     con.print(t)
+    if st["tasks"]:  # (scenes composed with --tasks)
+        from rich.markup import escape
+
+        t = Table(f"questions (task, then its {PHRASINGS_SHOWN} most frequent phrasings)", "count")
+        for task, n in st["tasks"].items():
+            t.add_row(task, str(n))
+            mine = [(key[len(task) + 2:], m) for key, m in st["phrasings"].items() if key.startswith(f"{task}: ")]
+            for text, m in mine[:PHRASINGS_SHOWN]:
+                t.add_row(f"  {escape(text)}", str(m))
+            if len(mine) > PHRASINGS_SHOWN:
+                t.add_row(f"  +{len(mine) - PHRASINGS_SHOWN} more phrasings", str(sum(m for _, m in mine[PHRASINGS_SHOWN:])))
+        con.print(t)
     ss = st["shard_stats"]
     t = Table(f"compose stats ({ss['found']}/{ss['shards']} shards)", "count")
     for reason, v in sorted(ss["dropped_objects"].items()):

@@ -121,3 +121,5 @@ class RenderJob:
     categories_file: str | None = None
     exclude: tuple[str, ...] = ()
     only: tuple[str, ...] = ()
+    prepared: str | None = None      # also write the finished bank's prepared form here (prepare-objects)
+    prepared_size: int = 224         # ... at this canvas

@@ -29,8 +29,9 @@ from typing import Callable, Iterator, Sequence
 
 import numpy as np
 
+from synthgen import storage
 from synthgen.bank.format import RENDER_CONFIG_FILE
-from synthgen.errors import raise_problems, recover
+from synthgen.errors import UserError, raise_problems, recover
 from synthgen.render.categories import Category, check_names
 from synthgen.render.config import RenderConfig, RenderJob
 from synthgen.render.plan import plan_resources
@@ -205,7 +206,8 @@ def preflight(cfg: RenderConfig) -> None:
 def run_render(job: RenderJob, *, on_category: Callable[[str, dict], None] | None = None,
                echo: Callable[[str], None] | None = None, progress: bool = True) -> RenderResult:
     """``synthgen render``: select the job's categories (``echo`` gets the line saying which),
-    then :func:`render` them."""
+    then :func:`render` them; with ``job.prepared``, then write the finished bank's prepared form
+    (:mod:`synthgen.compose.prepare_objects`)."""
     from synthgen.render.categories import select_categories
 
     raise_problems(job.config.problems())
@@ -217,7 +219,22 @@ def run_render(job: RenderJob, *, on_category: Callable[[str, dict], None] | Non
         cats = sel.categories
         if echo is not None:
             echo(sel.summary())
-    return render(cats, job.config, on_category=on_category, progress=progress)
+    prepared = None
+    if job.prepared is not None:  # (checked before any work: a bad place or size is one line now, not after hours)
+        from synthgen.compose.prepare_objects import ObjectsJob, prepare_objects
+
+        prepared = ObjectsJob(source=job.config.out, out=job.prepared, size=job.prepared_size)
+        raise_problems(prepared.problems())
+        if storage.overlap(job.prepared, job.config.out):
+            raise UserError(f"--prepared {job.prepared} and --out {job.config.out} overlap; choose a folder "
+                            "outside the bank")
+    result = render(cats, job.config, on_category=on_category, progress=progress)
+    if prepared is not None:
+        manifest = prepare_objects(prepared, workers=job.config.workers, ray_address=job.config.ray_address,
+                                   progress=progress)
+        if echo is not None:
+            echo(f"prepared: {manifest['objects']} cut-outs at {job.prepared_size} px -> {job.prepared}")
+    return result
 
 
 def render(categories: Sequence[Category], cfg: RenderConfig, *, use_ray: bool = True,

@@ -114,8 +114,44 @@ class LocalPath(PosixPath):
         ahead)."""
         return open(self, "rb")
 
+    def ranges(self) -> FileRanges:
+        """A reader of byte ranges that keeps the file open: each read is one ``os.pread``."""
+        return FileRanges(str(self))
+
     def source(self) -> str:
         """What a decoder is given: the path itself (the decoder checks that it is a regular file
         and reads it)."""
         return str(self)
 
+
+
+class FileRanges:
+    """Byte ranges of one local file, each one ``os.pread`` on a descriptor opened on first use
+    (again in a forked or unpickled process: a descriptor is never shipped)."""
+
+    def __init__(self, path: str):
+        self.path = path
+        self._fd: int | None = None
+        self._pid = 0
+
+    def read(self, offset: int, size: int) -> bytes:
+        if self._fd is None or self._pid != os.getpid():
+            self._fd, self._pid = os.open(self.path, os.O_RDONLY), os.getpid()
+        data = os.pread(self._fd, int(size), int(offset))
+        if len(data) != size:
+            raise OSError(f"{self.path}: {len(data)} of {size} bytes at offset {offset} (truncated?)")
+        return data
+
+    def close(self) -> None:
+        if self._fd is not None and self._pid == os.getpid():
+            os.close(self._fd)
+        self._fd = None
+
+    def __getstate__(self) -> dict:
+        return {"path": self.path, "_fd": None, "_pid": 0}
+
+    def __del__(self) -> None:
+        try:
+            self.close()
+        except OSError:
+            pass

@@ -346,6 +346,10 @@ class RemotePath:
         """``size`` bytes from ``offset``: one ranged GET."""
         return self._ask("cat_file", "read", start=int(offset), end=int(offset) + int(size))
 
+    def ranges(self) -> ObjectRanges:
+        """A reader of byte ranges (``read(offset, size)``: one ranged GET each)."""
+        return ObjectRanges(self)
+
     def open_read(self, block_size: int = STREAM_BLOCK):
         """A seekable binary file reading ahead ``block_size`` bytes a request."""
         return self._ask("open", "open", mode="rb", block_size=block_size, cache_type="readahead")
@@ -379,3 +383,19 @@ class RemotePath:
         except FileNotFoundError:
             if not missing_ok:
                 raise
+
+
+class ObjectRanges:
+    """Byte ranges of one object (what :class:`~synthgen.storage.local.FileRanges` is locally)."""
+
+    def __init__(self, path: RemotePath):
+        self.path = path
+
+    def read(self, offset: int, size: int) -> bytes:
+        data = self.path.read_range(offset, size)
+        if len(data) != size:
+            raise OSError(f"{self.path}: {len(data)} of {size} bytes at offset {offset} (truncated?)")
+        return data
+
+    def close(self) -> None:
+        pass

@@ -139,7 +139,7 @@ def test_prepared_backgrounds_given_are_read_as_they_are(inputs, tmp_path):
     cfg = _cfg(inputs, tmp_path / "run", backgrounds=str(prepared))
     assert plan_data(cfg, 1).settings["prepared_backgrounds"] is None
     scenes, source = _stream_scenes(cfg)
-    assert not (tmp_path / "run").exists()  # nothing prepared again, nothing written
+    assert not (tmp_path / "run" / "backgrounds-64").exists()  # nothing prepared again (only the bank, objects-32)
     assert _stamps(prepared) == stamps
     assert all(item.startswith(str(prepared)) for item in source.backgrounds)
     assert all(np.array_equal(a, b) for a, b in zip(scenes, raw_scenes)) and len(scenes) == 4

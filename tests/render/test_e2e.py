@@ -298,3 +298,27 @@ def test_progress_bars_on_ray_and_no_ray_log_lines(tiny, tmp_path, capfd):
     assert "1/1 categories" in _bar(captured.err, "categories")
     for noise in ("core_worker.cc", "Progress bars disabled", "(raylet)"):
         assert noise not in captured.err + captured.out
+
+
+def test_render_writes_the_prepared_form_of_its_bank(tiny, tmp_path):
+    """``render --prepared DIR``: the finished bank, then its prepared form (issue 20), which reads
+    as the bank itself: the same entries and the same pixels at its canvas."""
+    import numpy as np
+
+    from synthgen.bank.reader import ObjectBank
+    from synthgen.errors import UserError
+    from synthgen.render.config import RenderJob
+    from synthgen.render.pipeline import run_render
+
+    out, prepared = tmp_path / "bank", tmp_path / "prepared"
+    with pytest.raises(UserError, match="overlap"):  # refused before any work
+        run_render(RenderJob(_cfg(tiny, out), categories=("cat",), prepared=str(out / "p")), progress=False)
+    assert not out.exists()
+    said = []
+    run_render(RenderJob(_cfg(tiny, out, min_per_category=0), categories=("cat",), prepared=str(prepared),
+                         prepared_size=48), echo=said.append, progress=False)
+    raw, fast = ObjectBank.open(out, max_side=48), ObjectBank.open(prepared, max_side=48)
+    assert fast.entries == raw.entries and len(raw) > 0
+    for i in range(len(raw)):
+        assert np.array_equal(fast.load(i).rgba, raw.load(i).rgba)
+    assert any(line.startswith(f"prepared: {len(raw)} cut-outs at 48 px") for line in said), said

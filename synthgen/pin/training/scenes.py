@@ -15,7 +15,9 @@ The workers read prepared backgrounds (``synthgen prepare-backgrounds``: each de
 twice the canvas), several times faster than multi-megapixel originals. Raw backgrounds are
 prepared once, implicitly, into the run folder (``OUT/backgrounds-SIZE``, :class:`Backgrounds`)
 by the existing preparer, so the scenes are those ``synthgen compose --prepare-backgrounds``
-makes from the same backgrounds and seed.
+makes from the same backgrounds and seed. The bank is read prepared too (``synthgen
+prepare-objects``: each cut-out decoded once, at the canvas): a bank that is not is prepared once
+into ``OUT/objects-SIZE`` (:class:`PreparedBank`), with the same scenes as from the bank itself.
 """
 
 from __future__ import annotations
@@ -126,10 +128,46 @@ class Backgrounds:
         prepare_backgrounds(self.job, executor="auto", progress=progress)
 
 
-def on_main_rank(fn: Callable[[], Any], rank: int, world: int) -> None:
+@dataclass
+class PreparedBank:
+    """The bank an on-the-fly run reads: a prepared one (:mod:`synthgen.bank.prepared`), made
+    ready by :meth:`ready` as :class:`Backgrounds` are. ``--objects`` naming a prepared bank is
+    read as it is (``job`` None); another bank is prepared once at the canvas into
+    ``OUT/objects-SIZE`` by :func:`~synthgen.compose.prepare_objects.prepare_objects`
+    (resumable, locked, refused when prepared from another bank) and reused by a resumed run."""
+
+    spec: str                       # --objects
+    folder: str                     # the prepared bank the workers read
+    job: Any = None                 # the ObjectsJob that makes `folder` (None: given prepared)
+    done: bool = False
+
+    @classmethod
+    def of(cls, spec: str, extra_roots: tuple[str, ...], out: str, canvas: int) -> PreparedBank:
+        from synthgen import storage
+        from synthgen.bank.prepared import is_prepared
+        from synthgen.compose.prepare_objects import ObjectsJob, objects_folder
+
+        if is_prepared(storage.path(spec)):
+            return cls(spec, spec, done=True)
+        job = ObjectsJob(source=spec, out=objects_folder(out, canvas), size=canvas, extra_object_roots=extra_roots)
+        return cls(spec, job.out, job)
+
+    def ready(self, *, rank: int = 0, world: int = 1, progress: bool = False) -> str:
+        """The prepared bank's folder, prepared first (rank 0 alone) when it is not done yet."""
+        if not self.done:
+            from synthgen.compose.prepare_objects import prepare_objects
+
+            on_main_rank(lambda: prepare_objects(self.job, executor="auto", progress=progress), rank, world,
+                         "the bank")
+            self.done = True
+        return self.folder
+
+
+def on_main_rank(fn: Callable[[], Any], rank: int, world: int, what: str = "the backgrounds") -> None:
     """Run ``fn()`` on rank 0 alone while the other ranks of a DDP run wait for it (on a gloo
     group of their own that waits :data:`PREPARE_WAIT`); a failure there is raised on every rank.
-    Without a process group (one process) the caller runs it."""
+    Without a process group (one process) the caller runs it. ``what``: what ``fn`` prepares, for
+    the others' error."""
     import torch.distributed as dist
 
     if world <= 1 or not (dist.is_available() and dist.is_initialized()):
@@ -151,7 +189,7 @@ def on_main_rank(fn: Callable[[], Any], rank: int, world: int) -> None:
     finally:
         dist.destroy_process_group(group)
     if outcome[0] is not None:
-        raise UserError(f"rank 0 could not prepare the backgrounds: {outcome[0]}")
+        raise UserError(f"rank 0 could not prepare {what}: {outcome[0]}")
 
 
 def phase_seed(seed: int, phase: int) -> int:

@@ -13,7 +13,8 @@ scene has exactly ``a_max`` objects and the loss also covers ``{name} located at
 
 On the fly the workers read prepared backgrounds (:class:`~.scenes.Backgrounds`): raw ones are
 prepared once into the run folder, ``OUT/backgrounds-SIZE``, by :func:`stream_for` before the
-first DataLoader starts (on rank 0 of a DDP run, the other ranks waiting), and reused after.
+first DataLoader starts (on rank 0 of a DDP run, the other ranks waiting), and reused after; so
+is the bank (:class:`~.scenes.PreparedBank`: ``OUT/objects-SIZE``, the same scenes).
 """
 
 from __future__ import annotations
@@ -34,6 +35,7 @@ class Phase:
     shards: list[str] = field(default_factory=list)
     source: Any = None        # a scenes.ComposeSource when composing on the fly (no backgrounds
     backgrounds: Any = None   # yet) and its scenes.Backgrounds, shared by the phases of a run
+    bank: Any = None          # and its scenes.PreparedBank, also shared
 
 
 @dataclass
@@ -108,7 +110,7 @@ def _plan_composed(cfg, total: int, warm: int, main_span: str, settings: dict) -
     from synthgen.commands.compose import scene_params
     from synthgen.compose.backgrounds import list_backgrounds
     from synthgen.compose.run import inputs_identity
-    from synthgen.pin.training.scenes import Backgrounds, ComposeSource, phase_seed
+    from synthgen.pin.training.scenes import Backgrounds, ComposeSource, PreparedBank, phase_seed
 
     params = scene_params(cfg.compose)
     bank = ObjectBank.open(cfg.objects, extra_roots=tuple(cfg.extra_object_roots), max_side=params.size)
@@ -117,6 +119,7 @@ def _plan_composed(cfg, total: int, warm: int, main_span: str, settings: dict) -
                         "is usable (RGBA PNGs with some opaque pixels are needed)")
     listing = list_backgrounds(cfg.backgrounds)
     backgrounds = Backgrounds.of(str(cfg.backgrounds), listing, str(cfg.out), params.size)
+    prepared = PreparedBank.of(str(cfg.objects), tuple(cfg.extra_object_roots), str(cfg.out), params.size)
 
     def source(phase: int, **layout) -> ComposeSource:
         p = dataclasses.replace(params, seed=phase_seed(cfg.seed, phase),
@@ -126,12 +129,13 @@ def _plan_composed(cfg, total: int, warm: int, main_span: str, settings: dict) -
     phases = []
     if warm:
         phases.append(Phase("warmup", 0, warm, "name_prompt", source=source(0, fixed_count=True),
-                            backgrounds=backgrounds))
-    phases.append(Phase("main", warm, total, main_span, source=source(1), backgrounds=backgrounds))
+                            backgrounds=backgrounds, bank=prepared))
+    phases.append(Phase("main", warm, total, main_span, source=source(1), backgrounds=backgrounds, bank=prepared))
     settings.update({"train_source": "composed", "compose": params.to_dict(),
                      "train_objects": str(cfg.objects), "train_backgrounds": str(cfg.backgrounds),
                      "inputs": inputs_identity(bank, listing.items),
-                     "prepared_backgrounds": None if backgrounds.job is None else {"size": backgrounds.job.size}})
+                     "prepared_backgrounds": None if backgrounds.job is None else {"size": backgrounds.job.size},
+                     "prepared_objects": None if prepared.job is None else {"size": prepared.job.size}})
     how = ("prepared" if backgrounds.job is None
            else f"prepared once into {backgrounds.folder}")
     return DataPlan(params.size, params.layout.grid, total, phases, settings,
@@ -151,6 +155,8 @@ def stream_for(phase: Phase, cfg, *, rank: int, world: int, image_size: int):
                   max_bad_samples=cfg.max_bad_samples)
     if phase.source is not None:
         items = phase.backgrounds.ready(rank=rank, world=world, progress=cfg.progress and rank == 0)
-        source = dataclasses.replace(phase.source, backgrounds=items)
+        objects = (phase.source.objects if phase.bank is None
+                   else phase.bank.ready(rank=rank, world=world, progress=cfg.progress and rank == 0))
+        source = dataclasses.replace(phase.source, backgrounds=items, objects=objects)
         return ComposedStream, ComposedConfig(shards=[], source=source, **common)
     return SceneStream, StreamConfig(shards=phase.shards, **common)
