@@ -8,7 +8,7 @@ Pillow, Ray and WebDataset, no torch. The extras (declared in pyproject.toml, ke
 * ``render``: Stable Diffusion (diffusers, torch), the CLIP filter (open_clip), cut-outs (rembg,
   onnxruntime);
 * ``train``: train-pin / eval-pin / predict / import-pin / export-pin (torch, transformers,
-  open_clip for OpenFlamingo's vision encoder, safetensors);
+  open_clip for OpenFlamingo's vision encoder, safetensors, peft for ``--method lora-vision``);
 * ``remote``: s3:// paths (s3fs; gs:// and hf:// need gcsfs / huggingface_hub);
 * ``demo``: render + train + what the offline demo draws its data with (scikit-image, onnx);
 * ``all``: render + train + remote.
@@ -25,7 +25,7 @@ EXTRAS: dict[str, tuple[str, ...]] = {
     "render": ("torch", "torchvision", "diffusers", "transformers", "accelerate", "safetensors",
                "open_clip", "rembg", "onnxruntime", "scipy"),
     "train": ("torch", "torchvision", "transformers", "accelerate", "safetensors", "open_clip",
-              "huggingface_hub"),
+              "huggingface_hub", "peft"),
     "demo": ("skimage", "onnx"),
     "remote": ("s3fs",),
 }

@@ -7,6 +7,7 @@ from typing import Any
 
 from synthgen.commands.core import Command, Option
 from synthgen.commands.shared import RUN_MODEL_HELP, VLM_OPTION_HELP, csv, recipe_option
+from synthgen.pin.models import METHODS
 from synthgen.pin.models.registry import DEFAULT_MODELS, VLM_OPTIONS, VLMS, typed_options
 from synthgen.pin.training.config import TrainConfig as T
 
@@ -41,14 +42,15 @@ def _train(v: dict[str, Any]):
     if v["objects"] is not None:  # scenes composed on the fly: compose's scene settings, read as compose reads them
         compose = scene_values({**v["compose"], "recipe": v["recipe"]}, "train-pin compose settings")
     shards = v["shards"]
-    names = ("objects", "backgrounds", "out", "vlm", "model", "steps", "epochs", "epoch_size", "warmup_epochs",
+    names = ("objects", "backgrounds", "out", "vlm", "model", "method", "steps", "epochs", "epoch_size", "warmup_epochs",
              "warmup_shards", "batch_size", "lr", "precision", "loader_workers", "val", "eval_every", "val_limit",
              "save_every", "log_every", "resume", "seed", "name_loss", "activation", "table", "hidden",
              "shuffle_buffer", "max_bad_samples", "progress", "grad_checkpointing", "attn_implementation",
              "max_skipped_steps", "device")
     cfg = TrainConfig(micro_batch=_micro_batch(v["micro_batch"]), shards=shards if isinstance(shards, (str, type(None))) else list(shards), compose=compose,
                       extra_object_roots=tuple(v["extra_object_roots"]),
-                      vlm_options=typed_options(v["vlm"], v["vlm_options"]), **{k: v[k] for k in names})
+                      vlm_options=typed_options(v["vlm"], v["vlm_options"]), method_options=dict(v["method_options"]),
+                      **{k: v[k] for k in names})
     return cfg
 
 
@@ -74,6 +76,16 @@ TRAIN = Command(
      Option("model", None, MODEL_HELP, recipe=True),
      _vlm_options("An option of the VLM family (repeatable), e.g. openflamingo: lm=DIR, vision=NAME, "
                   "vision_pretrained=TAG|PATH, cross_attn_every=N, vision_tokens=ln_post|raw.", recipe=True),
+     Option("method", T.method, "What is trained in the frozen VLM (the paper's Table 1 rows): " + "|".join(METHODS)
+            + ". pin; coop (16 "
+            "learnable tokens before the LLM's input); vpt-fusion (100 tokens appended to the fusion network's input, "
+            "where PIN is added; blip2, openflamingo); vpt-vision (100 tokens appended to the vision encoder's input "
+            "tokens; blip2, openflamingo, llava, paligemma); lora-vision (LoRA r=16, alpha=16 on the vision "
+            "encoder's attention, through peft); full (every VLM weight: an upper bound for tiny models; the "
+            "checkpoint holds the whole VLM).", recipe=True, metavar="METHOD"),
+     Option("method_options", {}, "A size of the --method (repeatable): tokens=N (coop, vpt-*), r=N and alpha=N "
+            "(lora-vision); default the paper's.", "pairs", flags=("--method-option",), multiple=True, recipe=True,
+            metavar="KEY=VALUE", shown=""),
      Option("out", T.out, "Run directory, or an s3:// / gs:// URL (checkpoints, log).", flags=("--out", "-o"),
             metavar="PATH"),
      Option("steps", T.steps, "Total optimiser steps, when --epochs is not given (the paper's 160 x 60,000 scenes "

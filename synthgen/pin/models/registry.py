@@ -84,3 +84,47 @@ def typed_options(vlm: str, options) -> dict:
     kinds = VLM_OPTIONS.get(vlm, {})
     return {k: int(v) if kinds.get(k) is int and isinstance(v, str) and v.strip().isdigit() else v
             for k, v in dict(options or {}).items()}
+
+
+# --- train-pin --method: which families each method fits (synthgen.pin.models.methods) ------------
+
+# families with the method's place; a method not listed fits every family
+METHOD_FAMILIES = {
+    # a fusion network that reads any number of vision tokens (Q-Former, perceiver)
+    "vpt-fusion": ("blip2", "openflamingo"),
+    # a vision encoder whose token sequence can grow (no window order, no per-patch mask)
+    "vpt-vision": ("blip2", "openflamingo", "llava", "paligemma"),
+}
+_WHY_NOT = {
+    "vpt-fusion": "its fusion network maps each vision token to a fixed LLM position, so appended tokens have "
+                  "no place (vpt-fusion needs a Q-Former or perceiver",
+    "vpt-vision": "its vision encoder's token layout is fixed (window order or a per-patch attention mask), "
+                  "so appended tokens have no place (vpt-vision works on",
+}
+
+
+def method_refusal(method: str, family: str) -> str | None:
+    """Why ``method`` has no place in ``family`` (one line), or None."""
+    fits = METHOD_FAMILIES.get(method)
+    if fits is None or family in fits:
+        return None
+    return f"--method {method} does not fit --vlm {family}: {_WHY_NOT[method]}: {', '.join(fits)})"
+
+
+def method_options(method: str, options) -> dict:
+    """The method's size options (``tokens``; ``r``/``alpha``) with the paper's defaults, text
+    values as integers; a wrong name or value is one line."""
+    from synthgen.errors import UserError
+    from synthgen.pin.models import METHOD_OPTIONS
+
+    allowed = METHOD_OPTIONS.get(method, {})
+    out = dict(allowed)
+    for k, v in dict(options or {}).items():
+        if k not in allowed:
+            takes = f"the options {', '.join(allowed)}" if allowed else "no --method-option"
+            raise UserError(f"--method {method} takes {takes}, got {k!r}")
+        text = str(v).strip()
+        if isinstance(v, bool) or not text.isdigit() or int(text) < 1:
+            raise UserError(f"--method-option {k} must be a positive integer, got {v!r}")
+        out[k] = int(text)
+    return out

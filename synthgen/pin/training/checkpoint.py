@@ -204,7 +204,7 @@ DATA_SPLIT = 2  # how shards are dealt to data splits (synthgen.pin.training.dat
 
 # what fixes the data order (the exact-continuation skip of --resume) and the curve, with the
 # option that sets it; a resume must keep these
-RESUME_SETTINGS = {"seed": "--seed", "batch_size": "--batch-size", "lr": "--lr",
+RESUME_SETTINGS = {"method": "--method", "method_options": "--method-option", "seed": "--seed", "batch_size": "--batch-size", "lr": "--lr",
                    "world_size": "world size", "workers": "--loader-workers",
                    "shuffle_buffer": "--shuffle-buffer", "name_loss": "--name-loss",
                    "epoch_size": "--epoch-size", "warmup_epochs": "--warmup-epochs",
@@ -280,15 +280,33 @@ def load_run(run_dir: str | os.PathLike, model: str | None = None, device: str |
     dtype = inference_dtype(run.meta.get("precision"), dev)
     options = {**run.meta.get("vlm_options", {}), **(vlm_options or {})}
     adapter = load_adapter(run.meta["vlm"], model or run.meta["model"], device=dev, dtype=dtype, **options)
+    if adapter.input_size != run.canvas:
+        raise UserError(f"run canvas {run.canvas} != {adapter.model_id} input size {adapter.input_size}")
+    if run.meta.get("method", "pin") != "pin":
+        return run, _load_method(run, adapter)
     pin = PIN.from_config(run.meta["pin"])
     pin.load_state_dict(_load_weights(run.dir / PIN_WEIGHTS_FILE))
     pin.to(adapter.device).eval()
     if (pin.num_positions, pin.out_dim) != (adapter.num_positions, adapter.vision_width):
         raise UserError(f"PIN of {run.dir} is {pin.num_positions}x{pin.out_dim} but "
                         f"{adapter.model_id} has {adapter.num_positions}x{adapter.vision_width} vision tokens")
-    if adapter.input_size != run.canvas:
-        raise UserError(f"run canvas {run.canvas} != {adapter.model_id} input size {adapter.input_size}")
     for p in pin.parameters():
         p.requires_grad_(False)
     adapter.attach_pin(pin)
     return run, adapter
+
+
+def _load_method(run: Run, adapter):
+    """The run's --method put into ``adapter``'s VLM with its trained tensors, frozen (``full``:
+    the VLM in the dtype it was loaded in again)."""
+    from synthgen.pin.models.methods import make_method
+
+    method = make_method(run.meta["method"], adapter, run.meta.get("method_options"))
+    method.attach(adapter)
+    method.load_state_dict(_load_weights(run.dir / PIN_WEIGHTS_FILE))
+    method.eval()
+    for p in method.trainable().values():
+        p.requires_grad_(False)
+    if run.meta["method"] == "full":
+        adapter.model.to(adapter.dtype)
+    return adapter

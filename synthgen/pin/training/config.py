@@ -8,7 +8,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Sequence
 
-from synthgen.pin.models import ACTIVATIONS, ATTENTION, PRECISIONS, TABLES
+from synthgen.pin.models import ACTIVATIONS, ATTENTION, METHODS, PRECISIONS, TABLES
 from synthgen.pin.models.registry import AUTO, DEFAULT_MODELS, VLMS, vlm_option_problems
 
 
@@ -23,6 +23,8 @@ class TrainConfig:
     vlm: str = "blip2"
     model: str | None = None
     vlm_options: dict = field(default_factory=dict)  # extra VLM options, e.g. OpenFlamingo's lm=
+    method: str = "pin"          # what is trained: PIN, or a Table 1 method (synthgen.pin.models.methods)
+    method_options: dict = field(default_factory=dict)  # its sizes (tokens=, r=, alpha=); the paper's by default
     steps: int = 75_000          # paper: 160 epochs x 60k scenes at 2 GPUs x 64 (used without --epochs)
     epochs: int | None = None    # the length in the paper's units (160), with epoch_size
     epoch_size: int = 60_000     # scenes an epoch, over all ranks
@@ -81,6 +83,7 @@ class TrainConfig:
             out.append(f"unknown --vlm {self.vlm!r}; choose one of: {', '.join(VLMS)} or {AUTO}")
         elif self.vlm != AUTO:  # (auto: checked once the checkpoint named the family)
             out += vlm_option_problems(self.vlm, self.vlm_options)
+        out += self._method_problems()
         if self.shuffle_buffer < 0:
             out.append("--shuffle-buffer must be >= 0")
         if self.seed < 0:
@@ -89,6 +92,22 @@ class TrainConfig:
             out.append(f"--max-bad-samples must lie in [0, 1] (got {self.max_bad_samples})")
         out += self._data_problems()
         return out
+
+    def _method_problems(self) -> list[str]:
+        if self.method not in METHODS:
+            return [f"--method must be one of {', '.join(METHODS)}, got {self.method!r}"]
+        from synthgen.errors import UserError
+        from synthgen.pin.models.registry import method_options, method_refusal
+
+        out = [method_refusal(self.method, self.vlm)] if self.vlm != AUTO else []  # (auto: once the family is known)
+        try:
+            method_options(self.method, self.method_options)
+        except UserError as exc:
+            out.append(str(exc))
+        if self.method != "pin" and (self.activation, self.table, tuple(self.hidden)) != (
+                TrainConfig.activation, TrainConfig.table, TrainConfig.hidden):
+            out.append(f"--activation, --table and --hidden shape PIN; --method {self.method} trains no PIN")
+        return [o for o in out if o]
 
     def _data_problems(self) -> list[str]:
         out = []

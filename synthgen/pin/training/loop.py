@@ -102,13 +102,14 @@ class Loop:
 
         if not self.val_shards or not self.env.main:
             return None
-        self.adapter.attach_pin(self.pin)  # the bare module: no DDP collectives on one rank
+        use = getattr(self.pin, "use", None) or self.adapter.attach_pin  # (a --method: its own switch)
+        use(self.pin)  # the bare module: no DDP collectives on one rank
         self.pin.eval()
         with self._autocast():
             m = evaluate_scenes(self.adapter, self.val_shards, canvas=self.canvas, grid=self.grid,
                                 limit=self.cfg.val_limit, batch_size=min(self.cfg.batch_size, 32))
         self.pin.train()
-        self.adapter.attach_pin(self.pin_fn)
+        use(self.pin_fn)
         return m
 
     def _accumulate(self, batch: dict) -> float:

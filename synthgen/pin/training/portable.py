@@ -177,6 +177,8 @@ def export_pin(run_dir: str | os.PathLike, out: str | os.PathLike) -> Path:
     from synthgen.storage import atomic_write_with
 
     run = read_run(run_dir)
+    if run.meta.get("method", "pin") != "pin":
+        raise UserError(f"{run.dir} trained --method {run.meta['method']}, not PIN: the authors' format holds a PIN only")
     cfg = run.meta["pin"]
     if cfg.get("activation", "silu") != "silu" or cfg.get("table", "sinusoid") != "sinusoid":
         raise UserError(f"{run.dir}: a PIN with activation={cfg.get('activation')} and table={cfg.get('table')} has "

@@ -1,4 +1,5 @@
-"""PIN training (``synthgen train-pin``): a frozen VLM, PIN the only trainable tensor.
+"""PIN training (``synthgen train-pin``): a frozen VLM, PIN the only trainable tensor (or, with
+``--method``, a method of the paper's Table 1: :mod:`synthgen.pin.models.methods`).
 
 Adam (no weight decay, lr 1e-3), batch 64 per GPU, bf16/fp16 autocast on GPU, fp32 on CPU,
 multi-GPU with ``torchrun`` (DDP around PIN only, so only PIN's gradients are synchronised).
@@ -72,11 +73,17 @@ def _resume_point(cfg: TrainConfig, env: _Env, plan):
     out = storage.path(str(cfg.out))
     ckpt = read_checkpoint(out, repair=env.main)
     prev, state, weights = ckpt if ckpt is not None else (None, None, None)
-    settings = {"seed": cfg.seed, "lr": cfg.lr, "batch_size": cfg.batch_size, "world_size": env.world,
+    from synthgen.pin.models.registry import method_options
+
+    settings = {"method": cfg.method, "method_options": method_options(cfg.method, cfg.method_options),
+                "seed": cfg.seed, "lr": cfg.lr, "batch_size": cfg.batch_size, "world_size": env.world,
                 "workers": cfg.loader_workers, "shuffle_buffer": cfg.shuffle_buffer, "name_loss": cfg.name_loss,
                 **plan.settings}
     if prev is None:
         return None, None, None, settings
+    if prev.get("method", "pin") != cfg.method:
+        raise UserError(f"{out} trained --method {prev.get('method', 'pin')}, not {cfg.method}; resume with the "
+                        "same --method or start a new run with another --out")
     changed = resume_conflicts(prev, settings)
     if changed:
         raise UserError(f"{out} was trained with other settings: {'; '.join(changed)}. Resume with "
@@ -93,11 +100,46 @@ def _resume_point(cfg: TrainConfig, env: _Env, plan):
     return prev, state, weights, settings
 
 
+def _ddp(module, env: _Env):
+    """``module`` wrapped for DDP (its gradients synchronised); it has no buffer to sync in forward
+    (PIN's one buffer is the fixed sinusoid table, equal on every rank; validation calls it on
+    rank 0 alone)."""
+    from torch.nn.parallel import DistributedDataParallel as DDP
+
+    sync = ({"forward_sync_buffers": False}
+            if "forward_sync_buffers" in inspect.signature(DDP.__init__).parameters
+            else {"broadcast_buffers": False})
+    dev = env.device
+    return DDP(module, device_ids=[dev.index] if dev.type == "cuda" else None, **sync)
+
+
+def _build_method(cfg: TrainConfig, adapter, prev: dict | None, weights: dict | None, env: _Env):
+    """``(method, fn)``: a Table 1 method (seeded fresh, or the checkpoint's) put into the VLM, and
+    what its hooks call (itself, or its DDP wrapper); the VLM frozen but for what it trains."""
+    from synthgen.pin.models.methods import describe, make_method
+
+    torch.manual_seed(cfg.seed)
+    method = make_method(cfg.method, adapter, prev["method_options"] if prev is not None else cfg.method_options)
+    method.attach(adapter)
+    if weights is not None:
+        method.load_state_dict(weights)
+    method.train()
+    adapter.assert_frozen(method.owned())
+    env.say(describe(method))
+    if not env.ddp:
+        return method, method
+    fn = _ddp(method, env)
+    method.use(fn)
+    return method, fn
+
+
 def _build_pin(cfg: TrainConfig, adapter, prev: dict | None, weights: dict | None, env: _Env):
     """``(pin, pin_fn)``: PIN (seeded fresh, or the checkpoint's) and what the adapter calls
     (PIN itself, or its DDP wrapper)."""
     from synthgen.pin.models.module import PIN, describe
 
+    if cfg.method != "pin":
+        return _build_method(cfg, adapter, prev, weights, env)
     torch.manual_seed(cfg.seed)
     if prev is not None:
         pin = PIN.from_config(prev["pin"])
@@ -112,15 +154,7 @@ def _build_pin(cfg: TrainConfig, adapter, prev: dict | None, weights: dict | Non
     env.say(describe(pin))
     if not env.ddp:
         return pin, pin
-    from torch.nn.parallel import DistributedDataParallel as DDP
-
-    # PIN's only buffer is the fixed sinusoid table, equal on every rank: never sync it in
-    # forward (validation calls PIN on rank 0 alone)
-    sync = ({"forward_sync_buffers": False}
-            if "forward_sync_buffers" in inspect.signature(DDP.__init__).parameters
-            else {"broadcast_buffers": False})
-    dev = env.device
-    return pin, DDP(pin, device_ids=[dev.index] if dev.type == "cuda" else None, **sync)
+    return pin, _ddp(pin, env)
 
 
 class _Log:
@@ -185,6 +219,15 @@ def train(cfg: TrainConfig, echo: Callable[[str], None] = print, adapter=None) -
     # 1. settings, this process's rank and device
     raise_problems(cfg.problems())
     env = _environment(cfg, echo)
+    if env.ddp and cfg.method in ("lora-vision", "full"):
+        raise UserError(f"--method {cfg.method} trains weights inside the VLM on one GPU; run it without torchrun")
+    if cfg.method != "pin" and cfg.vlm == AUTO and cfg.model and adapter is None:  # (the family from its config)
+        from synthgen.pin.models.adapters import detect_family
+        from synthgen.pin.models.registry import method_refusal
+
+        why = method_refusal(cfg.method, detect_family(cfg.model))
+        if why:
+            raise UserError(why)
     out = storage.path(str(cfg.out))
     precision = resolve_precision(cfg.precision, env.device)
     if cfg.precision not in ("auto", precision):
@@ -228,15 +271,20 @@ def train(cfg: TrainConfig, echo: Callable[[str], None] = print, adapter=None) -
         if val_shards:
             check_canvas(read_header(val_shards), str(cfg.val), adapter.input_size, model_desc)
 
-        # 5. PIN, added to the vision features before the fusion network; the VLM stays frozen
+        # 5. PIN, added to the vision features before the fusion network (or the --method trained
+        # instead); the VLM stays frozen but for what the method trains
         pin, pin_fn = _build_pin(cfg, adapter, prev, weights, env)
-        adapter.attach_pin(pin_fn)
-        adapter.assert_frozen()
+        owned = pin.owned() if cfg.method != "pin" else ()
+        if cfg.method == "pin":
+            adapter.attach_pin(pin_fn)
+        adapter.assert_frozen(owned) if owned else adapter.assert_frozen()
         if cfg.grad_checkpointing:
             env.say(f"gradient checkpointing: {adapter.enable_grad_checkpointing()} layers recompute in backward")
 
         # 6. the optimiser (and the run's state when resuming)
-        optimizer = torch.optim.Adam(pin.parameters(), lr=cfg.lr, weight_decay=0.0)
+        params = list(pin.trainable().values()) if cfg.method != "pin" else list(pin.parameters())
+        n_trainable = sum(p.numel() for p in params)
+        optimizer = torch.optim.Adam(params, lr=cfg.lr, weight_decay=0.0)
         scaler = torch.amp.GradScaler(env.device.type) if precision in SCALED else None
         step = 0
         if state is not None:
@@ -252,8 +300,9 @@ def train(cfg: TrainConfig, echo: Callable[[str], None] = print, adapter=None) -
         meta = {"format": PIN_FORMAT, "synthgen_version": __version__, "vlm": adapter.name,  # auto resolved
                 "model": adapter.model_id, "vlm_options": vlm_options, "canvas": canvas, "grid": grid,
                 "patch_grid": adapter.patch_grid, "vision_width": adapter.vision_width,
-                "num_positions": adapter.num_positions, "pin": pin.config(),
-                "pin_parameters": pin.num_parameters(), "precision": precision, **settings,
+                "num_positions": adapter.num_positions, "trainable_parameters": n_trainable,
+                **({"pin": pin.config(), "pin_parameters": n_trainable} if cfg.method == "pin" else {}),
+                "precision": precision, **settings,
                 "steps_planned": plan.steps}
         log = _Log(out / TRAIN_LOG_FILE, step, env.main)
         if step >= plan.steps:
@@ -274,11 +323,12 @@ def train(cfg: TrainConfig, echo: Callable[[str], None] = print, adapter=None) -
         log.flush()
 
         # 8. the end: the VLM untouched, every rank done
-        adapter.assert_frozen()
+        adapter.assert_frozen(owned) if owned else adapter.assert_frozen()
         if env.ddp:
             torch.distributed.barrier()
             if own_group:
                 torch.distributed.destroy_process_group()
     env.say(f"saved {out / 'pin.safetensors'} at step {step}")
     return {"step": step, "loss": last_loss, "out": str(out), "val": val_metrics,
-            "pin_parameters": pin.num_parameters(), "main": env.main}
+            **({"pin_parameters": n_trainable} if cfg.method == "pin" else {}),
+            "trainable_parameters": n_trainable, "method": cfg.method, "main": env.main}

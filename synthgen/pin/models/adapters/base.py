@@ -195,13 +195,17 @@ class VLMAdapter:
     # adapter's insertion hook adds ``self._pin()`` while both are set ----------------------------
     _pin: PinFn | None = None
     _enabled: bool = True
+    _method = None  # a method trained instead of PIN (synthgen.pin.models.methods), set by its attach
 
     def attach_pin(self, pin: PinFn) -> None:
         self._pin = pin
         self._enabled = True
 
     def detach_pin(self) -> None:
+        """The VLM as it was: PIN (and a method trained instead of it) taken out."""
         self._pin = None
+        if self._method is not None:
+            self._method.detach()
 
     @property
     def pin_enabled(self) -> bool:
@@ -231,8 +235,10 @@ class VLMAdapter:
         """The VLM's parameters (all frozen): ``self.model``'s by default."""
         return self.model.named_parameters()
 
-    def assert_frozen(self) -> None:
-        trainable = [n for n, p in self.vlm_parameters() if p.requires_grad]
+    def assert_frozen(self, allowed: Sequence[torch.nn.Parameter] = ()) -> None:
+        """Every VLM weight frozen but ``allowed`` (those a LoRA or full method trains)."""
+        ok = {id(p) for p in allowed}
+        trainable = [n for n, p in self.vlm_parameters() if p.requires_grad and id(p) not in ok]
         if trainable:
             raise AssertionError(f"VLM weights must stay frozen; trainable: {trainable[:5]}")
 

@@ -254,6 +254,7 @@ class Flamingo(nn.Module):
         self.vis_dim, self.cross_attn_every, self.vision_tokens = int(vis_dim), int(cross_attn_every), vision_tokens
         self.decoder_layers = decoder_layers or find_decoder_layers(lang_encoder)
         self.feature_hook: Callable[[torch.Tensor], torch.Tensor] | None = None
+        self.vision_grad = False  # the encoder records gradients (a method trained inside it: LoRA, VPT)
         self._cond = _Conditioning()
         self._wrap_decoder_layers()
         lang_encoder.register_forward_pre_hook(self._locate_media, with_kwargs=True)
@@ -287,12 +288,12 @@ class Flamingo(nn.Module):
     def encode_vision(self, pixels: torch.Tensor) -> torch.Tensor:
         """``[B,3,H,W]`` (one image per sequence) or ``[B,T,3,H,W]`` -> latents ``[B,T,64,D_v]``.
 
-        The encoder runs without gradients; ``feature_hook`` (PIN) is applied after it, with
+        The encoder runs without gradients (unless ``vision_grad``); ``feature_hook`` (PIN) is applied after it, with
         gradients, and the perceiver reads its output."""
         if pixels.ndim == 4:
             pixels = pixels[:, None]
         b, t = pixels.shape[:2]
-        with torch.no_grad():
+        with torch.set_grad_enabled(self.vision_grad and torch.is_grad_enabled()):
             tokens = self.patch_tokens(pixels.flatten(0, 1))
         if self.feature_hook is not None:
             tokens = self.feature_hook(tokens)
