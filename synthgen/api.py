@@ -48,6 +48,7 @@ FUNCTIONS: dict[str, tuple[str, tuple[str, ...], dict[str, Any]]] = {
     "demo": ("demo", (), {}),
     "demo_data": ("demo-data", ("out",), {"say": print}),
     "prefetch": ("prefetch", ("what",), {"say": print}),
+    "table": ("table", ("runs",), {}),
 }
 
 

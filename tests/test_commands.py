@@ -22,7 +22,7 @@ API_NAME = {command: name for name, (command, _, _) in api.FUNCTIONS.items()}
 FIXED = {
     "eval-pin": {"coco_json": "set.json", "voc": None, "refcoco": None, "images": "images", "split": None,
                  "article": "a", "names": "raw", "crowd": "skip", "gt_boxes": "exact", "parse": "lenient",
-                 "refcoco_sentences": "all", "baseline": "uniform"},
+                 "refcoco_sentences": "all", "baseline": "in-context"},
     "render": {"area": (0.1, 0.8), "categories": "voc"},
     "train-pin": {"vlm": "openflamingo", "vlm_options": {"cross_attn_every": "2", "lm": "lm-dir"}},
     "import-pin": {"vlm": "qwen2_5_vl", "vlm_options": {"canvas": "112"}},

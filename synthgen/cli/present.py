@@ -137,6 +137,9 @@ def eval_pin(call: Call, values: dict) -> None:
               str(m["unparseable"]))
     c = _console()
     c.print(t)
+    if "miou_std" in m:  # the in-context baseline: the table is the mean over the repeats
+        c.print(f"mean over {len(m['repeats'])} repeats; std mIoU {_fmt(m['miou_std'])}, M {_fmt(m['miou_M_std'])}, "
+                f"L {_fmt(m['miou_L_std'])}", soft_wrap=True)
     c.print(f"medium {m['n_M']}, large {m['n_L']}, small {m['n_S']} queries; "
             f"preds {m['preds_file']}; metrics {m['metrics_file']}", soft_wrap=True)
     proto = m.get("protocol") or {}
@@ -181,6 +184,12 @@ def export_pin(call: Call, values: dict) -> None:
     typer.echo(f"wrote {call.execute()}")
 
 
+def table(call: Call, values: dict) -> None:
+    r = call.execute()
+    typer.echo(r["text"])
+    typer.echo(f"wrote {r['markdown']} and {r['csv']}: {r['rows']} rows x {len(r['sets'])} set(s)")
+
+
 def _exit_with(call: Call, values: dict) -> None:
     code = call.execute()
     if code:
@@ -196,4 +205,4 @@ PRINTERS: dict[str, Callable[[Call, dict[str, Any]], None]] = {
     "prepare-objects": prepare_objects, "preview": preview,
     "stats": stats, "export": export, "export-coco": export_coco, "train-pin": train_pin, "eval-pin": eval_pin, "predict": predict,
     "import-pin": import_pin, "export-pin": export_pin, "run": _exit_with, "demo": _exit_with,
-    "demo-data": _with_say, "prefetch": _with_say}
+    "demo-data": _with_say, "prefetch": _with_say, "table": table}

@@ -16,10 +16,11 @@ from synthgen.commands.core import Call, Command, Option, build, resolve
 from synthgen.commands.export import EXPORT
 from synthgen.commands.pin import EVAL, EXPORT_PIN, IMPORT_PIN, PREDICT, TRAIN
 from synthgen.commands.render import RENDER
+from synthgen.commands.table import TABLE
 from synthgen.commands.workflow import DEMO, DEMO_DATA, PREFETCH, RUN
 
 COMMANDS: dict[str, Command] = {c.name: c for c in (
     RENDER, BANK_FROM_ANNOTATIONS, COMPOSE, PREPARE, PREPARE_OBJECTS, PREVIEW, STATS, EXPORT, EXPORT_COCO, TRAIN, EVAL, PREDICT, IMPORT_PIN, EXPORT_PIN, RUN,
-    DEMO, DEMO_DATA, PREFETCH)}
+    DEMO, DEMO_DATA, PREFETCH, TABLE)}
 
 __all__ = ["COMMANDS", "Call", "Command", "Option", "build", "resolve"]

@@ -178,7 +178,13 @@ EVAL = Command(
             "the grid, 'prior' = the one grid box with the best mIoU on the other half of the set's images (where "
             "objects usually are: a method must beat it), 'raw' = the run's VLM without PIN, asked PIN's question "
             "(the paper's 'raw' row), 'native' = the run's VLM without PIN, asked with its own grounding prompt "
-            "(paligemma: 'detect NAME' -> <loc> tokens; qwen2_5_vl: bbox_2d JSON)."),
+            "(paligemma: 'detect NAME' -> <loc> tokens; qwen2_5_vl: bbox_2d JSON), 'in-context' = an openflamingo "
+            "run's VLM without PIN shown --shots images of the set with their boxes before each query, --repeats "
+            "times (the paper's 2/5/10 context rows; mean +- std)."),
+     Option("shots", 2, "--baseline in-context: context images per query (the paper: 2, 5, 10), drawn from the "
+            "set's other images, one object each.", "int"),
+     Option("repeats", 10, "--baseline in-context: draws of the contexts, repeat r seeded by (--seed, r); "
+            "metrics.json holds their mean, std and each repeat's numbers (the paper: 10).", "int"),
      Option("article", "auto", "Query article: 'auto' = a/an by the first letter (the authors' and training's), "
             "'a' = always 'a'."),
      Option("names", "strip", "COCO-format class names: 'strip' = '_' -> space and the qualifier dropped, "

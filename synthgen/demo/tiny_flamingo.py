@@ -101,7 +101,7 @@ def _fit_lm(lm, tokenizer, steps: int, seed: int) -> None:
 
 
 def _write_lm(out: Path, tokenizer, *, width: int, layers: int, heads: int, qk_ln: bool, lm_format: str,
-              seed: int, lm_steps: int) -> None:
+              seed: int, lm_steps: int, max_seq_len: int = 128) -> None:
     import torch
 
     from synthgen.pin.models.flamingo.mpt import build_mpt, hf_to_mosaic_key, mpt_config
@@ -110,7 +110,7 @@ def _write_lm(out: Path, tokenizer, *, width: int, layers: int, heads: int, qk_l
     tokenizer.save_pretrained(out)
     vocab = -(-len(tokenizer) // 64) * 64  # padded past the tokenizer, as MPT-1B's 50432 > 50277
     raw = {"model_type": "mosaic_gpt", "architectures": ["MosaicGPT"], "d_model": width, "n_heads": heads,
-           "n_layers": layers, "mlp_ratio": 4, "max_seq_len": 128, "vocab_size": vocab, "attn_impl": "torch",
+           "n_layers": layers, "mlp_ratio": 4, "max_seq_len": max_seq_len, "vocab_size": vocab, "attn_impl": "torch",
            "attn_qk_ln": qk_ln, "attn_clip_qkv": None, "softmax_scale": None, "alibi": True,
            "alibi_bias_max": 8, "no_bias": True, "logit_scale": None, "low_precision_layernorm": True,
            "emb_pdrop": 0.0, "resid_pdrop": 0.0, "attn_pdrop": 0.0, "embedding_fraction": 1.0}
@@ -156,7 +156,7 @@ def build_tiny_openflamingo(out_dir: str | Path, *, image_size: int = 224, patch
                             vision_width: int = 32, vision_layers: int = 2, lm_width: int = 64, lm_layers: int = 2,
                             lm_heads: int = 2, cross_attn_every: int = 1, qk_ln: bool = True,
                             lm_format: str = "mosaic", gate: float = 0.5, perceiver_depth: int = 6, heads: int = 8,
-                            num_latents: int = 64, seed: int = 0, lm_steps: int = 150) -> Path:
+                            num_latents: int = 64, seed: int = 0, lm_steps: int = 150, max_seq_len: int = 128) -> Path:
     """Write a random-weight OpenFlamingo to ``out_dir`` (layout in the module docstring) and
     return the path.
 
@@ -168,7 +168,8 @@ def build_tiny_openflamingo(out_dir: str | Path, *, image_size: int = 224, patch
     OpenFlamingo's sizes, the only ones open_flamingo 2.0.1 builds; smaller ones train faster
     (the loader reads them off ``checkpoint.pt``). ``gate`` sets the cross-attention gates
     (``tanh(gate)`` scales the image's contribution; OpenFlamingo starts them at 0, i.e. images
-    ignored, and training opens them).
+    ignored, and training opens them). ``max_seq_len``: the LM's context in tokens (in-context
+    prompts with many images need more than the default).
     """
     import torch
 
@@ -182,7 +183,7 @@ def build_tiny_openflamingo(out_dir: str | Path, *, image_size: int = 224, patch
     out.mkdir(parents=True, exist_ok=True)
     _write_vision(out / "vision", image_size, patch_size, vision_width, vision_layers, seed)
     _write_lm(out / "lm", build_lm_tokenizer(), width=lm_width, layers=lm_layers, heads=lm_heads, qk_ln=qk_ln,
-              lm_format=lm_format, seed=seed, lm_steps=lm_steps)
+              lm_format=lm_format, seed=seed, lm_steps=lm_steps, max_seq_len=max_seq_len)
     # the tiny stand-in names its token choice: its random ViT's raw tokens carry more of the
     # image than LayerNorm-ed ones, so a few CPU steps visibly teach PIN the answer format
     manifest = {"lm": "lm", "vision": "local-dir:vision", "cross_attn_every": cross_attn_every,

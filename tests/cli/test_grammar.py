@@ -15,7 +15,7 @@ from synthgen.cli import app
 COMMANDS = typer.main.get_command(app).commands
 # commands that write files (prefetch fills the model caches, not a path of yours)
 WRITERS = {"render", "bank-from-annotations", "compose", "prepare-backgrounds", "prepare-objects", "preview", "stats", "export-coco", "export",
-           "train-pin", "eval-pin", "predict", "import-pin", "export-pin", "run", "demo", "demo-data"}
+           "train-pin", "eval-pin", "predict", "import-pin", "export-pin", "run", "demo", "demo-data", "table"}
 
 
 def _help(name: str) -> str:

@@ -190,7 +190,7 @@ def test_protocol_defaults_are_the_authors_and_bad_values_are_named():
     probs = bad.problems()
     assert len(probs) == 9
     assert "--article must be one of auto, a (got 'an')" in probs
-    assert "--baseline must be one of random, uniform, prior, raw, native (got 'context')" in probs
+    assert "--baseline must be one of random, uniform, prior, raw, native, in-context (got 'context')" in probs
     assert "--max-objects must be an integer >= 1 (got 0)" in probs
 
 

@@ -42,18 +42,20 @@ __all__ = ["EvalProtocol", "evaluate_coco", "evaluate_refcoco", "evaluate_scenes
            "safe_load_pickle", "score_queries"]
 
 BASELINES = P.BASELINES
+_baseline = P.baseline_boxes
 
 
 # --- scoring -------------------------------------------------------------------------------
 
 def generate_boxes(adapter, images: Sequence, referrals: Sequence[str], *, canvas: int, grid: int,
                    batch_size: int = 16, num_beams: int = 3, max_new_tokens: int = 12,
-                   art: str | None = None, parse: str = "strict", native: bool = False
-                   ) -> list[tuple[str, list[float], bool]]:
+                   art: str | None = None, parse: str = "strict", native: bool = False,
+                   image_ids: Sequence | None = None) -> list[tuple[str, list[float], bool]]:
     """``(text, box, parsed)`` for each (uint8 ``[3,H,W]`` image, referral) pair: the raw
     continuation, its box by the ``parse`` rule (:func:`~synthgen.pin.evaluation.protocol.box_from_text`)
     and whether that rule accepted it. ``native``: the VLM's own grounding answer instead
-    (``adapter.native_boxes``), a box it does not give counting as the one-cell box."""
+    (``adapter.native_boxes``), a box it does not give counting as the one-cell box. ``image_ids``:
+    each query's image, for an adapter that picks its prompt by it (the in-context baseline)."""
     import torch
 
     out = []
@@ -63,8 +65,9 @@ def generate_boxes(adapter, images: Sequence, referrals: Sequence[str], *, canva
             out += [(t, b, True) if b is not None else (t, P.one_cell_box(canvas, grid, parse), False)
                     for t, b in adapter.native_boxes(px, list(referrals[i:i + batch_size]))]
             continue
+        keys = {} if image_ids is None else {"image_ids": list(image_ids[i:i + batch_size])}
         texts = adapter.generate(px, list(referrals[i:i + batch_size]), num_beams=num_beams,
-                                 max_new_tokens=max_new_tokens, art=art)
+                                 max_new_tokens=max_new_tokens, art=art, **keys)
         for t in texts:
             box, ok = box_from_text(t, canvas, grid, parse)
             out.append((t, box, ok))
@@ -93,7 +96,8 @@ def score_queries(items: Iterable[tuple[object, str, list[float], dict]], adapte
             preds = generate_boxes(adapter, [c[0] for c in chunk], [c[1] for c in chunk],
                                    canvas=canvas, grid=grid, batch_size=batch_size,
                                    num_beams=num_beams, max_new_tokens=max_new_tokens, art=art,
-                                   parse=parse, native=native)
+                                   parse=parse, native=native, image_ids=[c[3].get("image_id") for c in chunk]
+                                   if getattr(adapter, "takes_image_ids", False) else None)
         for (_, _, gt, fields), (text, box, ok) in zip(chunk, preds):
             rec = {**fields, "pred_box": [round(v, 2) for v in box],
                    "gt_box": [round(v, 2) for v in gt], "iou": iou(box, gt),
@@ -153,9 +157,9 @@ def _run_and_adapter(run_dir, baseline: str | None, model: str | None, device: s
     if baseline not in (None, *BASELINES):
         raise UserError(f"unknown --baseline {baseline!r}: random (ground-truth boxes of other "
                         "images, the paper's), uniform (uniform boxes on the grid), prior (the best constant box "
-                        "of the other half of the set), raw (the VLM without PIN) or native (the "
-                        "VLM's own grounding output, PaliGemma and Qwen2.5-VL)")
-    if baseline == "raw":  # the run's VLM without PIN, asked PIN's question (the paper's "raw" row)
+                        "of the other half of the set), raw (the VLM without PIN), native (the "
+                        "VLM's own grounding output, PaliGemma and Qwen2.5-VL) or in-context (OpenFlamingo)")
+    if baseline in ("raw", "in-context"):  # the run's VLM without PIN, PIN's question (the paper's "raw" row)
         run, adapter = load_run(run_dir, model=model, device=device, vlm_options=vlm_options)
         adapter.detach_pin()
         return run, adapter
@@ -171,31 +175,6 @@ def _run_and_adapter(run_dir, baseline: str | None, model: str | None, device: s
     if baseline is not None:
         return read_run(run_dir), None
     return load_run(run_dir, model=model, device=device, vlm_options=vlm_options)
-
-
-def _baseline(proto: EvalProtocol, pool: Iterable[tuple[object, list[float]]], canvas: int, grid: int,
-              set_name: str) -> Callable[[dict], list[float]] | None:
-    """The baseline's box for a query's fields (None: the model answers). ``random`` draws a
-    ground-truth box of another image of ``pool`` (every object of the set's kept images),
-    ``uniform`` a grid box; both from ``seed``, one draw per scored query in order (``native``:
-    None too, the VLM answers its own way)."""
-    if proto.baseline in (None, "native", "raw"):
-        return None
-    rng = np.random.default_rng(proto.seed)
-    if proto.baseline == "uniform":
-        return lambda _fields: uniform_box(rng, canvas, grid)
-    if proto.baseline == "prior":
-        try:
-            prior = P.PriorBox(pool, canvas, grid, proto.seed)
-        except ValueError:
-            raise UserError(f"{set_name}: --baseline prior fits a box on one half of the images and scores the "
-                            "other half: it needs ground-truth boxes of at least two images") from None
-        return lambda fields: prior.box(fields["image_id"])
-    boxes = P.OtherImageBoxes(pool)
-    if boxes.images < 2:
-        raise UserError(f"{set_name}: --baseline random draws ground-truth boxes of other images, "
-                        f"but only {boxes.images} image has objects; use --baseline uniform")
-    return lambda fields: boxes.draw(rng, fields["image_id"])
 
 
 def _locate(images_dir: Path, fn: str, set_name: str, skips: Skips, missing_ok: bool = False) -> Path | None:
@@ -215,34 +194,54 @@ def _locate(images_dir: Path, fn: str, set_name: str, skips: Skips, missing_ok: 
 
 def _score_set(queries: list[dict], run, adapter, proto: EvalProtocol, *, images_dir: Path, set_name: str,
                skips: Skips, gt: Callable[[dict], list[float]], text: Callable[[dict], str],
-               fields: Callable[[dict], dict], baseline, batch_size: int, missing_ok: bool = False
-               ) -> tuple[list[dict], dict]:
-    """Score ``queries`` (images read once each, unreadable ones skipped and counted); also
-    returns counts about the images (``size_mismatch_images``: the file's size is not the
-    annotated one, which the authors' loaders would scale by)."""
+               fields: Callable[[dict], dict], baseline, batch_size: int, missing_ok: bool = False,
+               limit: int | None = None) -> tuple[list[dict], dict]:
+    """Score the first ``limit`` of ``queries`` (images read once each, unreadable ones skipped and
+    counted); also returns counts about the images (``size_mismatch_images``: the file's size is not
+    the annotated one, which the authors' loaders would scale by). The in-context baseline draws
+    its contexts from every query's image, once per repeat."""
     counts: Counter = Counter()
+    pool, queries = queries, queries[:limit] if limit is not None else queries
 
-    def items() -> Iterator[tuple]:
+    def items(first: bool = True) -> Iterator[tuple]:
+        sk, n = (skips, counts) if first else (Skips(), Counter())  # (another repeat counts nothing again)
         cached: tuple[str, object] | None = None
         for q in queries:
             fn = q["file_name"]
             if cached is None or cached[0] != fn:
-                path = _locate(images_dir, fn, set_name, skips, missing_ok)
+                path = _locate(images_dir, fn, set_name, sk, missing_ok)
                 img = None
                 if path is not None:
                     try:
                         img, size = canvas_tensor(path, run.canvas)
-                        counts["size_mismatch_images"] += tuple(size) != (q["width"], q["height"])
+                        n["size_mismatch_images"] += tuple(size) != (q["width"], q["height"])
                     except UserError as exc:
-                        skips.add("unreadable_image", exc)
+                        sk.add("unreadable_image", exc)
                 cached = (fn, img)
             if cached[1] is None:
                 continue
             yield cached[1], text(q), gt(q), fields(q)
 
-    records = score_queries(items(), adapter, canvas=run.canvas, grid=run.grid, batch_size=batch_size,
-                            num_beams=proto.num_beams, max_new_tokens=proto.max_new_tokens, art=proto.art,
-                            parse=proto.parse, baseline=baseline, native=proto.baseline == "native")
+    def score(model, first: bool = True) -> list[dict]:
+        return score_queries(items(first), model, canvas=run.canvas, grid=run.grid, batch_size=batch_size,
+                             num_beams=proto.num_beams, max_new_tokens=proto.max_new_tokens, art=proto.art,
+                             parse=proto.parse, baseline=baseline, native=proto.baseline == "native")
+
+    if proto.baseline == "in-context":  # contexts: the images of every query (an unreadable one is not drawn)
+        from synthgen.pin.evaluation import incontext as ic
+
+        def load(fn: str):
+            path = _locate(images_dir, fn, set_name, Skips(), missing_ok=True)
+            try:
+                return canvas_tensor(path, run.canvas)[0] if path is not None else None
+            except UserError:
+                return None
+
+        ctx = ic.in_context(adapter, ((q["image_id"], q["file_name"], text(q), gt(q)) for q in pool), load,
+                            shots=proto.shots, seed=proto.seed, canvas=run.canvas, grid=run.grid, set_name=set_name)
+        records = ic.score_repeats(lambda r: score(ctx, r == 0), ctx, proto.repeats)
+    else:
+        records = score(adapter)
     extra = {"native": adapter.native_settings} if proto.baseline == "native" else {}
     return records, {"size_mismatch_images": counts["size_mismatch_images"], **extra}
 
@@ -274,7 +273,7 @@ def _finish(records: list[dict], extra: dict, out_path: Path, skips: Skips | Non
     if not records:
         why = "; ".join(f"{len(v)} {k}" for k, v in (skips or {}).items())
         raise UserError(f"no query could be scored ({why or 'no queries'})")
-    metrics = summarize(records)
+    metrics = P.summarize_repeats(records)  # (summarize, or mean +- std over the in-context repeats)
     metrics.update(extra)
     metrics["skipped"] = (skips or Skips()).summary()
     metrics["metrics_file"] = str(_write_outputs(records, metrics, out_path))
@@ -341,10 +340,9 @@ def evaluate_coco(run_dir, coco_json, images_dir, *, out=None, model: str | None
 
     gt = _coco_gt(proto, run.canvas)
     baseline = _baseline(proto, ((q["image_id"], gt(q)) for q in queries), run.canvas, run.grid, coco_path.name)
-    queries = queries[:limit] if limit is not None else queries
     records, counts = _score_set(
         queries, run, adapter, proto, images_dir=images_dir, set_name=coco_path.name, skips=skips, gt=gt,
-        text=lambda q: q["category"], baseline=baseline, batch_size=batch_size,
+        text=lambda q: q["category"], baseline=baseline, batch_size=batch_size, limit=limit,
         fields=lambda q: {"image_id": q["image_id"], "category": q["category"], "crowd": q["crowd"],
                           "query": query_prompt(q["category"], proto.art)})
     counts["crowd_queries"] = sum(r["crowd"] for r in records)
@@ -381,10 +379,9 @@ def evaluate_voc(run_dir, voc_dir, *, split: str = "test", out=None, model: str 
 
     set_name = f"{voc.name}/{split_file.relative_to(voc)}"
     baseline = _baseline(proto, ((q["image_id"], gt(q)) for q in queries), run.canvas, run.grid, set_name)
-    queries = queries[:limit] if limit is not None else queries
     records, counts = _score_set(
         queries, run, adapter, proto, images_dir=voc / "JPEGImages", set_name=set_name, skips=skips, gt=gt,
-        text=lambda q: q["category"], baseline=baseline, batch_size=batch_size, missing_ok=True,
+        text=lambda q: q["category"], baseline=baseline, batch_size=batch_size, limit=limit, missing_ok=True,
         fields=lambda q: {"image_id": q["image_id"], "category": q["category"], "difficult": q["difficult"],
                           "query": query_prompt(q["category"], proto.art)})
     counts["difficult_queries"] = sum(r["difficult"] for r in records)
@@ -415,10 +412,9 @@ def evaluate_refcoco(run_dir, refcoco_dir, images_dir, *, split: str = "testA", 
     gt = _coco_gt(proto, run.canvas)
     objects = {q["ann_id"]: (q["image_id"], gt(q)) for q in queries}  # one per object, not per sentence
     baseline = _baseline(proto, objects.values(), run.canvas, run.grid, refs_file.name)
-    queries = queries[:limit] if limit is not None else queries
     records, counts = _score_set(
         queries, run, adapter, proto, images_dir=images_dir, set_name=refs_file.name, skips=skips, gt=gt,
-        text=lambda q: q["sentence"], baseline=baseline, batch_size=batch_size,
+        text=lambda q: q["sentence"], baseline=baseline, batch_size=batch_size, limit=limit,
         fields=lambda q: {"image_id": q["image_id"], "ref_id": q["ref_id"], "query": q["sentence"],
                           "prompt": query_prompt(q["sentence"], proto.art)})
     return _finish(records, _extra("refcoco", f"refcoco:{split}", records, run, proto, counts), out_path, skips)

@@ -37,6 +37,8 @@ class EvalJob:
         problems = self.protocol.problems()
         if self.batch_size < 1 or (self.limit is not None and self.limit < 1):
             problems.append("--batch-size and --limit must be >= 1")
+        if self.protocol.baseline != "in-context" and (self.protocol.shots, self.protocol.repeats) != (2, 10):
+            problems.append("--shots and --repeats apply to --baseline in-context only")
         if problems:
             raise UserError("; ".join(problems))
         sets = [flag for flag, v in (("--coco-json", self.coco_json), ("--voc", self.voc),
@@ -67,6 +69,13 @@ def run_eval(job: EvalJob) -> dict[str, Any]:
     """Score the job's run on its set; writes ``preds.jsonl`` + ``metrics.json``, returns the metrics."""
     from synthgen.pin.evaluation import evaluate as ev
 
+    if job.protocol.baseline == "in-context":  # (before the set is read or the VLM loaded)
+        from synthgen.pin.training.checkpoint import read_run
+
+        vlm = read_run(job.run).meta.get("vlm")
+        if vlm != "openflamingo":
+            raise UserError(f"--baseline in-context: {job.run} is a {vlm} run; in-context learning is "
+                            "OpenFlamingo's (interleaved image-text pre-training; BLIP-2 cannot, the paper)")
     kw = dict(out=job.out, model=job.model, batch_size=job.batch_size, limit=job.limit, protocol=job.protocol,
               vlm_options=job.vlm_options or None, overwrite=job.overwrite, device=job.device)
     if job.voc is not None:

@@ -17,7 +17,9 @@ Defaults follow the PIN authors' evaluation code (QUVA-Lab/PIN ``eval_dloaders/`
   ``canvas / 224`` (medium: area in ``[(32s)^2, (96s)^2)``, large: ``>= (96s)^2``).
 * Baselines: ``random`` is the paper's (a ground-truth box of another image of the same set,
   :class:`OtherImageBoxes`); ``uniform`` draws corners uniformly on the grid lines; ``native`` asks
-  the VLM (PIN off) with its own grounding prompt (:mod:`synthgen.pin.models.native` reads the box).
+  the VLM (PIN off) with its own grounding prompt (:mod:`synthgen.pin.models.native` reads the box);
+  ``in-context`` shows OpenFlamingo (PIN off) ``shots`` context images of the set with their boxes
+  (:mod:`.incontext`), ``repeats`` times (:func:`summarize_repeats`: mean +- std).
 """
 
 from __future__ import annotations
@@ -25,10 +27,11 @@ from __future__ import annotations
 import math
 import re
 from dataclasses import asdict, dataclass
-from typing import Hashable, Iterable, Sequence
+from typing import Callable, Hashable, Iterable, Sequence
 
 import numpy as np
 
+from synthgen.errors import UserError
 from synthgen.grounding import area, parse_box
 
 BUCKETS = ("small", "medium", "large")
@@ -40,9 +43,10 @@ GT_BOXES = ("authors", "exact")
 PARSERS = ("strict", "lenient")
 # random: a GT box of another image (the paper's); uniform: a grid box; prior: the best constant box
 # of the other half of the set; raw: the run's VLM without PIN, PIN's prompt; native: the VLM's own
-# grounding output (PaliGemma, Qwen2.5-VL)
-BASELINES = ("random", "uniform", "prior", "raw", "native")
-MODEL_BASELINES = ("raw", "native")  # the VLM answers (generation settings apply)
+# grounding output (PaliGemma, Qwen2.5-VL); in-context: OpenFlamingo without PIN, shown K context images
+# of the set with their boxes before the query (:mod:`.incontext`)
+BASELINES = ("random", "uniform", "prior", "raw", "native", "in-context")
+MODEL_BASELINES = ("raw", "native", "in-context")  # the VLM answers (generation settings apply)
 REFCOCO_SENTENCES = ("last", "all")
 
 
@@ -63,6 +67,8 @@ class EvalProtocol:
     seed: int = 0                    # of the baselines
     num_beams: int = 3
     max_new_tokens: int = 12
+    shots: int = 2                   # in-context: context images per query
+    repeats: int = 10                # in-context: draws of the contexts (seeds (seed, r))
 
     def problems(self) -> list[str]:
         out = []
@@ -75,7 +81,8 @@ class EvalProtocol:
         if self.baseline is not None and self.baseline not in BASELINES:
             out.append(f"--baseline must be one of {', '.join(BASELINES)} (got {self.baseline!r})")
         for flag, value in (("--max-objects", self.max_objects), ("--num-beams", self.num_beams),
-                            ("--max-new-tokens", self.max_new_tokens)):
+                            ("--max-new-tokens", self.max_new_tokens), ("--shots", self.shots),
+                            ("--repeats", self.repeats)):
             if not isinstance(value, int) or isinstance(value, bool) or value < 1:
                 out.append(f"{flag} must be an integer >= 1 (got {value!r})")
         return out
@@ -99,13 +106,19 @@ class EvalProtocol:
         if self.baseline not in (None, *MODEL_BASELINES):  # no model: the generation settings played no part
             d.pop("num_beams")
             d.pop("max_new_tokens")
+        if self.baseline != "in-context":
+            d.pop("shots")
+            d.pop("repeats")
         return {"set_kind": kind, **d, "canvas": canvas, "grid": grid}
 
     def label(self, kind: str) -> str:
         """The name of what is scored, for the output folder: ``model`` or ``random-baseline``
-        (``uniform-baseline``, ``native-baseline``), then every choice that differs from the
-        authors' protocol and applies to ``kind``, e.g. ``model+parse-lenient+article-a``."""
+        (``uniform-baseline``, ``native-baseline``; ``in-context-baseline+shots-K`` always names K),
+        then every choice that differs from the authors' protocol and applies to ``kind``, e.g.
+        ``model+parse-lenient+article-a``."""
         who = f"{self.baseline}-baseline" if self.baseline else "model"
+        if self.baseline == "in-context":
+            who += f"+shots-{self.shots}" + (f"+repeats-{self.repeats}" if self.repeats != 10 else "")
         default = EvalProtocol()
         rec, base = self.record(kind, 0, 0), default.record(kind, 0, 0)
         changed = [f"{k.replace('_', '-')}-{v}" for k, v in rec.items()
@@ -366,4 +379,55 @@ def summarize(records: Iterable[dict], threshold: float = 0.3) -> dict:
     out["unparseable"] = sum(1 for r in recs if not r.get("parsed", True))
     out["rejected"] = {rule: sum(1 for r in recs if not r.get(f"parsed_{rule}", True)) for rule in PARSERS}
     out[f"p@{threshold}"] = float(np.mean([i >= threshold for i in ious])) if ious else float("nan")
+    return out
+
+
+def baseline_boxes(proto: EvalProtocol, pool: Iterable[tuple[object, list[float]]], canvas: int, grid: int,
+                   set_name: str) -> Callable[[dict], list[float]] | None:
+    """The baseline's box for a query's fields (None: the model answers). ``random`` draws a
+    ground-truth box of another image of ``pool`` (every object of the set's kept images),
+    ``uniform`` a grid box; both from ``seed``, one draw per scored query in order (``native``:
+    None too, the VLM answers its own way; ``raw`` and ``in-context``: the VLM answers too)."""
+    if proto.baseline in (None, *MODEL_BASELINES):
+        return None
+    rng = np.random.default_rng(proto.seed)
+    if proto.baseline == "uniform":
+        return lambda _fields: uniform_box(rng, canvas, grid)
+    if proto.baseline == "prior":
+        try:
+            prior = PriorBox(pool, canvas, grid, proto.seed)
+        except ValueError:
+            raise UserError(f"{set_name}: --baseline prior fits a box on one half of the images and scores the "
+                            "other half: it needs ground-truth boxes of at least two images") from None
+        return lambda fields: prior.box(fields["image_id"])
+    boxes = OtherImageBoxes(pool)
+    if boxes.images < 2:
+        raise UserError(f"{set_name}: --baseline random draws ground-truth boxes of other images, "
+                        f"but only {boxes.images} image has objects; use --baseline uniform")
+    return lambda fields: boxes.draw(rng, fields["image_id"])
+
+
+def summarize_repeats(records: Sequence[dict], threshold: float = 0.3) -> dict:
+    """:func:`summarize` of records that carry a ``repeat`` (the in-context baseline's draws of
+    the contexts), else of the records as they are. Over repeats: each number is the mean of the
+    repeats' (``n``: queries per repeat), the scores (``miou*``, ``p@*``) also get ``KEY_std`` (the
+    population std over the repeats), ``repeats`` holds each repeat's summary and ``query_iou_std``
+    the std of the per-query IoUs pooled over every repeat."""
+    if not records or "repeat" not in records[0]:
+        return summarize(records, threshold)
+    by: dict[int, list[dict]] = {}
+    for r in records:
+        by.setdefault(int(r["repeat"]), []).append(r)
+    per = [summarize(by[k], threshold) for k in sorted(by)]
+    out: dict = {}
+    for key, first in per[0].items():
+        if isinstance(first, dict):
+            out[key] = {k: float(np.mean([p[key][k] for p in per])) for k in first}
+            continue
+        values = np.asarray([p[key] for p in per], dtype=np.float64)
+        out[key] = int(first) if key == "n" or key.startswith("n_") else float(np.mean(values))
+        if key.startswith(("miou", "p@")):
+            out[f"{key}_std"] = float(np.std(values))
+    out["repeats"] = [{"repeat": k, **p} for k, p in zip(sorted(by), per)]
+    out["query_iou_std"] = float(np.std([r["iou"] for r in records]))
     return out
