@@ -117,10 +117,12 @@ class SceneGenerator:
     """
 
     def __init__(self, objects: str, backgrounds: str, num_samples: int | None = None, *,
-                 extra_object_roots: Sequence[str] = (), recipe: str | Path | None = None, **params: Any):
+                 extra_object_roots: Sequence[str] = (), categories_map: str | None = None,
+                 recipe: str | Path | None = None, **params: Any):
         self.objects, self.backgrounds = str(objects), str(backgrounds)
         self.num_samples = num_samples
         self.extra_object_roots = tuple(str(r) for r in extra_object_roots)
+        self.categories_map = categories_map
         self.params = scene_params(params, recipe=recipe) if recipe is not None else scene_params(params)
         raise_problems(self.params.problems())
         self._composer = None
@@ -134,7 +136,8 @@ class SceneGenerator:
             from synthgen.compose.backgrounds import list_backgrounds
             from synthgen.compose.scene import Composer
 
-            bank = ObjectBank.open(self.objects, extra_roots=self.extra_object_roots, max_side=self.params.size)
+            bank = ObjectBank.open(self.objects, extra_roots=self.extra_object_roots, max_side=self.params.size,
+                                   categories_map=self.categories_map)
             listing = list_backgrounds(self.backgrounds)
             if not listing.items:
                 raise UserError(f"no usable backgrounds in {self.backgrounds}")

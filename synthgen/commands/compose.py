@@ -76,6 +76,14 @@ EXTRA_OBJECT_ROOTS = Option(
     "X-Paste pools file's images live). Any other path outside the bank is skipped and counted.", "strs",
     flags=("--extra-object-root",), multiple=True, metavar="PATH")
 
+CATEGORIES_MAP = Option(
+    "categories_map", None, "YAML or JSON file mapping file or folder names (or the categories read from them) to "
+    "category names, e.g. 'sheep-md-v0: sheep'; or a CSV of name,category rows. Renames the categories of the "
+    "referral text and the scene records; names not in it keep theirs, a name that matches nothing is warned "
+    "about. Or lvis, coco or voc: look each category up among that dataset's names and synonyms "
+    "(teddybear_jarno_vasamaa -> teddy bear, with its LVIS id), warning about those that match nothing. Part of "
+    "the run's options.", metavar="FILE|lvis|coco|voc")
+
 COMPOSE_OPTIONS = (
     Option("objects", None, "Object bank (a folder or an s3:// / gs:// / hf:// URL): a folder with index.jsonl "
            "(from `synthgen render`), a <category>/*.png tree, a flat folder of RGBA PNGs (the category from each file "
@@ -99,12 +107,7 @@ COMPOSE_OPTIONS = (
            "cut-outs runs several times faster, with the same scene bytes. Same as running `synthgen "
            "prepare-objects --size SIZE` first.", "bool", recipe=True),
     EXTRA_OBJECT_ROOTS,
-    Option("categories_map", None, "YAML or JSON file mapping file or folder names (or the categories read from "
-           "them) to category names, e.g. 'sheep-md-v0: sheep'; or a CSV of name,category rows. Renames the "
-           "categories of the referral text and the scene records; names not in it keep theirs, a name that "
-           "matches nothing is warned about. Or lvis, coco or voc: look each category up among that dataset's names and "
-           "synonyms (teddybear_jarno_vasamaa -> teddy bear, with its LVIS id), warning about those that match "
-           "nothing. Part of the run's options.", metavar="FILE|lvis|coco|voc"),
+    CATEGORIES_MAP,
     Option("min_usable", MIN_USABLE, "Refuse a bank of which fewer than this fraction of the cut-outs are usable "
            "(no alpha, unreadable, all transparent, outside the bank, ...; a bank of over 500 is judged on an even "
            "sample of 500); 0: compose from any bank with a usable cut-out. Not part of the run's options: "

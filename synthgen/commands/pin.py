@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from synthgen.commands.compose import CATEGORIES_MAP
 from synthgen.commands.core import Command, Option
 from synthgen.commands.shared import RUN_MODEL_HELP, VLM_OPTION_HELP, csv, recipe_option
 from synthgen.pin.models import METHODS
@@ -48,7 +49,7 @@ def _train(v: dict[str, Any]):
              "shuffle_buffer", "max_bad_samples", "progress", "grad_checkpointing", "attn_implementation",
              "max_skipped_steps", "device")
     cfg = TrainConfig(micro_batch=_micro_batch(v["micro_batch"]), shards=shards if isinstance(shards, (str, type(None))) else list(shards), compose=compose,
-                      extra_object_roots=tuple(v["extra_object_roots"]),
+                      extra_object_roots=tuple(v["extra_object_roots"]), categories_map=v["categories_map"],
                       vlm_options=typed_options(v["vlm"], v["vlm_options"]), method_options=dict(v["method_options"]),
                       **{k: v[k] for k in names})
     return cfg
@@ -70,6 +71,7 @@ TRAIN = Command(
             metavar="PATH"),
      Option("extra_object_roots", (), "With --objects: a folder outside the bank that object paths may point into "
             "(repeatable).", "strs", flags=("--extra-object-root",), multiple=True, metavar="PATH"),
+     CATEGORIES_MAP,
      Option("compose", {}, "With objects=: compose's scene settings (a_max=..., o_max=..., ...) over the recipe's "
             "`compose:` section.", "pairs", cli=False),
      Option("vlm", T.vlm, VLM_HELP, recipe=True),

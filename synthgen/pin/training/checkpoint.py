@@ -210,7 +210,7 @@ RESUME_SETTINGS = {"method": "--method", "method_options": "--method-option", "s
                    "epoch_size": "--epoch-size", "warmup_epochs": "--warmup-epochs",
                    "warmup_shards_sha256": "--warmup-shards", "train_source": "the scene source",
                    "train_objects": "--objects", "train_backgrounds": "--backgrounds",
-                   "compose": "compose settings", "inputs": "the inputs"}
+                   "compose": "compose settings", "inputs": "the inputs", "categories_map": "--categories-map"}
 
 
 def shard_list_digest(shards: Sequence[str]) -> str:

@@ -19,6 +19,7 @@ class TrainConfig:
     backgrounds: str | None = None              # backgrounds (with the compose settings below)
     compose: dict = field(default_factory=dict)  # compose options (a recipe's compose: section)
     extra_object_roots: tuple[str, ...] = ()
+    categories_map: str | None = None           # with objects: names of the bank's categories (bank/names.py)
     out: str = "runs/pin"
     vlm: str = "blip2"
     model: str | None = None
@@ -118,6 +119,9 @@ class TrainConfig:
                        "--backgrounds BG to compose scenes on the fly")
         if (self.objects is None) != (self.backgrounds is None):
             out.append("--objects and --backgrounds go together (scenes composed on the fly)")
+        if self.categories_map is not None and self.objects is None:
+            out.append("--categories-map names the categories of --objects (scenes composed on the fly); scene "
+                       "shards carry their names: map them when composing them")
         if self.epochs is not None and self.epochs < 1:
             out.append(f"--epochs must be >= 1 (got {self.epochs})")
         if self.epoch_size < 1:

@@ -45,6 +45,7 @@ class ComposeSource:
     backgrounds: list[str] = field(repr=False)
     params: ComposeParams = ComposeParams()
     extra_object_roots: tuple[str, ...] = ()
+    categories_map: str | None = None   # --categories-map: applied to the bank as compose applies it
 
 
 # how long the other ranks of a DDP run wait for rank 0 to prepare the backgrounds (a large
@@ -215,7 +216,8 @@ class ComposedStream(BatchStream):
         src = self.cfg.source
         if not src.backgrounds:
             raise ValueError("the ComposeSource has no backgrounds yet (sources.stream_for makes them ready)")
-        bank = ObjectBank.open(src.objects, extra_roots=src.extra_object_roots, max_side=src.params.size)
+        bank = ObjectBank.open(src.objects, extra_roots=src.extra_object_roots, max_side=src.params.size,
+                               categories_map=src.categories_map)
         return Composer(src.params, bank, src.backgrounds)
 
     def batches(self, split: int, n_splits: int, skip_batches: int = 0) -> Iterator[dict]:

@@ -113,7 +113,8 @@ def _plan_composed(cfg, total: int, warm: int, main_span: str, settings: dict) -
     from synthgen.pin.training.scenes import Backgrounds, ComposeSource, PreparedBank, phase_seed
 
     params = scene_params(cfg.compose)
-    bank = ObjectBank.open(cfg.objects, extra_roots=tuple(cfg.extra_object_roots), max_side=params.size)
+    bank = ObjectBank.open(cfg.objects, extra_roots=tuple(cfg.extra_object_roots), max_side=params.size,
+                           categories_map=cfg.categories_map)
     if bank.first_usable(limit=min(len(bank), 2000)) is None:
         raise UserError(f"object bank {cfg.objects}: none of the first {min(len(bank), 2000)} cut-outs "
                         "is usable (RGBA PNGs with some opaque pixels are needed)")
@@ -124,7 +125,7 @@ def _plan_composed(cfg, total: int, warm: int, main_span: str, settings: dict) -
     def source(phase: int, **layout) -> ComposeSource:
         p = dataclasses.replace(params, seed=phase_seed(cfg.seed, phase),
                                 layout=dataclasses.replace(params.layout, **layout))
-        return ComposeSource(str(cfg.objects), [], p, tuple(cfg.extra_object_roots))
+        return ComposeSource(str(cfg.objects), [], p, tuple(cfg.extra_object_roots), cfg.categories_map)
 
     phases = []
     if warm:
@@ -133,13 +134,19 @@ def _plan_composed(cfg, total: int, warm: int, main_span: str, settings: dict) -
     phases.append(Phase("main", warm, total, main_span, source=source(1), backgrounds=backgrounds, bank=prepared))
     settings.update({"train_source": "composed", "compose": params.to_dict(),
                      "train_objects": str(cfg.objects), "train_backgrounds": str(cfg.backgrounds),
-                     "inputs": inputs_identity(bank, listing.items),
+                     "inputs": inputs_identity(bank, listing.items), "categories_map": _map_identity(cfg),
                      "prepared_backgrounds": None if backgrounds.job is None else {"size": backgrounds.job.size},
                      "prepared_objects": None if prepared.job is None else {"size": prepared.job.size}})
     how = ("prepared" if backgrounds.job is None
            else f"prepared once into {backgrounds.folder}")
     return DataPlan(params.size, params.layout.grid, total, phases, settings,
                     f"scenes composed from {cfg.objects} on {cfg.backgrounds} ({how})")
+
+
+def _map_identity(cfg) -> dict | None:
+    from synthgen.bank.names import map_identity
+
+    return None if cfg.categories_map is None else map_identity(cfg.categories_map)
 
 
 def stream_for(phase: Phase, cfg, *, rank: int, world: int, image_size: int):
