@@ -59,7 +59,7 @@ def test_export_coco_never_writes_outside_out(tmp_path, cli_env):
     coco = json.loads((out / "instances.json").read_text())
     assert [im["file_name"] for im in coco["images"]] == ["000000002.jpg"]
     assert coco["info"]["skipped_scenes"]["bad_key"]["count"] == 2
-    assert "skipped scenes (bad_key): 2" in r.stderr
+    assert "skipped scenes (bad key): 2" in r.stderr
     assert sorted(p.name for p in (out / "images").iterdir()) == ["000000002.jpg"]
 
 
@@ -103,7 +103,7 @@ def test_bank_paths_outside_the_bank_are_skipped_counted_and_named(tmp_path, cli
     assert not any(o["object_id"].startswith("evil/") for rec in recs for o in rec["objects"])
     skipped = json.loads((out / "manifest.json").read_text())["totals"]["skipped_objects"]
     assert set(skipped["outside_bank"]["examples"]) >= {"evil/abs", "evil/up", "evil/passwd"}
-    assert "skipped objects (outside_bank)" in r.stderr
+    assert "skipped objects (outside bank)" in r.stderr
     # the symlink is refused when drawn (it lies inside lexically): the category has nothing else
     assert "outside_bank" in skipped and skipped["outside_bank"]["count"] >= 3
     # an explicitly allowed root admits the outside folder
