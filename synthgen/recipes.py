@@ -119,6 +119,10 @@ def locate(message: str, path: str | Path, section: str, options) -> str:
     """``message`` (an error about the recipe at ``path``) with the line of the entry of
     ``section`` it is about: ``recipe r.yaml:7: unknown option(s) in `compose:`: ...``. Unchanged
     when no entry is refused (the error is about something else)."""
+    import re
+
+    if re.search(rf"recipe {re.escape(str(path))}:\d", message):
+        return message  # (already there: recipe_values names the line)
     try:
         key = culprit(load_recipe(path, section), options)
     except UserError:

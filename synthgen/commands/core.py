@@ -288,17 +288,22 @@ def resolve(cmd: Command, given: Mapping[str, Any], check_required: bool = True)
 
 def recipe_values(cmd: Command, recipe: str | Path) -> dict[str, Any]:
     """The options ``recipe``'s section of ``cmd`` sets, converted (unknown keys are an error)."""
-    from synthgen.recipes import load_recipe
+    from synthgen.recipes import key_lines, load_recipe
 
     rec = load_recipe(recipe, cmd.section)
+    lines = key_lines(recipe, cmd.section)
+
+    def at(key: str) -> str:  # ``recipe r.yaml:7`` (the key's line), for the API as for the command line
+        return f"recipe {recipe}" + (f":{lines[key]}" if key in lines else "")
+
     settable = [o for o in cmd.options if o.recipe]
     unknown = [k for k in rec if not any(k in o.keys() for o in settable)]
     if unknown:
-        raise UserError(_unknown(f"recipe {recipe}: unknown option(s) in `{cmd.section}:`:", unknown, settable,
+        raise UserError(_unknown(f"{at(unknown[0])}: unknown option(s) in `{cmd.section}:`:", unknown, settable,
                                  "settable"))
     out: dict[str, Any] = {}
     for key, value in rec.items():
-        where = f"recipe {recipe}: `{cmd.section}.{key}`"
+        where = f"{at(key)}: `{cmd.section}.{key}`"
         if value is None:
             raise UserError(f"{where} has no value")
         opt = cmd.option(key)

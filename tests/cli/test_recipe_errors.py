@@ -91,3 +91,16 @@ def test_run_section_mistakes_name_their_line_and_the_closest_word(tmp_path, bod
     last = r.stderr.strip().splitlines()[-1]
     assert r.returncode == 2 and "Traceback" not in r.stderr, r.stderr
     assert last.startswith(f"error: recipe {rec}") and needle in last, last
+
+
+def test_the_python_api_names_the_line_too(tmp_path):
+    import synthgen
+    from synthgen.errors import UserError
+
+    rec = tmp_path / "r.yaml"
+    rec.write_text("compose:\n  num_samples: 5\n  a_mx: 3\n")
+    with pytest.raises(UserError, match=rf"^recipe {rec}:3: unknown option\(s\) in `compose:`: a_mx \(did you mean a_max\?\)"):
+        synthgen.compose("bank", "bg", "out", recipe=str(rec))
+    rec.write_text("compose:\n  num_samples: 5\n  a_max: three\n")
+    with pytest.raises(UserError, match=rf"^recipe {rec}:3: `compose.a_max` must be an integer"):
+        synthgen.compose("bank", "bg", "out", recipe=str(rec))
