@@ -238,17 +238,23 @@ def test_synthgen_demo_is_the_demo_recipe(tmp_path, cli_env):
     plain-words message; a second run skips everything."""
     out = tmp_path / "demo"
     cmd = [sys.executable, "-m", "synthgen", "demo", "--out", str(out), "-n", "32", "--steps", "4",
-           "--workers", "1"]
+           "--learn-steps", "4", "--workers", "1"]
     r = subprocess.run(cmd, env=cli_env, capture_output=True, text=True, timeout=1200)
     assert r.returncode == 0, r.stderr[-4000:]
     echoed = [line.split("$ synthgen ")[1].split()[0] for line in r.stderr.splitlines() if "] $ synthgen " in line]
     assert echoed == ["demo-data", "compose", "compose", "preview", "stats", "render", "preview", "compose",
-                      "train-pin", "export-coco", "eval-pin", "eval-pin", "predict"]
+                      "train-pin", "export-coco", "eval-pin", "eval-pin", "predict",
+                      "compose", "compose", "train-pin", "export-coco", "eval-pin", "eval-pin", "eval-pin", "table"]
     for path in ("shards/manifest.json", "preview.png", "stats.png", "rendered/index.jsonl", "predict.png",
                  "runs/pin-blip2/eval/val-coco/metrics.json",
-                 "runs/pin-blip2/eval/val-coco/random-baseline/metrics.json"):
+                 "runs/pin-blip2/eval/val-coco/random-baseline/metrics.json", "learn-table.md", "learn-table.csv",
+                 "runs/full-blip2-learn/eval/learn-val-coco/prior-baseline/metrics.json"):
         assert (out / path).is_file(), path
-    assert "eval-pin metrics" in r.stderr and "baseline random" in r.stderr
+    assert "eval-pin metrics" in r.stderr and "baseline random" in r.stderr and "baseline prior" in r.stderr
+    # the learning part's table is in the summary: the whole-model row beside prior and random
+    table = (out / "learn-table.md").read_text()
+    assert table.splitlines()[0] in r.stderr and "| prior |" in table and "| random |" in table
+    assert "| full | blip2 |" in table
     assert "cannot teach it grounding" in r.stderr.replace("\n", " ")
     again = subprocess.run(cmd + ["--no-render"], env=cli_env, capture_output=True, text=True, timeout=600)
     assert again.returncode == 0, again.stderr[-3000:]

@@ -40,7 +40,8 @@ DEMO = Command(
     "demo", "Offline end-to-end demo on built-in data (no downloads): `synthgen run recipes/demo.yaml`.\n\n"
     "demo-data (objects and backgrounds from scikit-image's samples, tiny random models) -> compose -> preview and "
     "stats -> render with tiny models -> train PIN on a tiny VLM -> eval-pin (and the random baseline) -> "
-    "predict. Every command is echoed before it runs.",
+    "predict -> a wider tiny BLIP-2 trained whole on one-object scenes, scored beside the prior and random "
+    "baselines (synthgen table). Every command is echoed before it runs.",
     (Option("out", Path("demo-out"), "Folder for everything the demo makes.", "path", flags=("--out", "-o")),
      Option("num_samples", 256, "Training scenes to compose.", "int", flags=("--num-samples", "-n")),
      Option("workers", 2, "CPUs of the local Ray.", "int", flags=("--workers", "-w")),
@@ -48,7 +49,9 @@ DEMO = Command(
      Option("train", True, "Also train, evaluate and predict with PIN on a tiny VLM.", "bool", off_flag="--no-train"),
      Option("render", True, "Also run `render` with tiny random SD / CLIP / rembg models built by the demo.", "bool",
             off_flag="--no-render"),
-     Option("vlm", "blip2", "The tiny VLM PIN is trained on: blip2 or openflamingo (the paper's main VLM).")),
+     Option("vlm", "blip2", "The tiny VLM PIN is trained on: blip2 or openflamingo (the paper's main VLM)."),
+     Option("learn_steps", 800, "Steps of the demo's learning part: a wider tiny BLIP-2 trained whole "
+            "(train-pin --method full) on one-object scenes, scored beside the prior and random baselines.", "int")),
     dict, run="synthgen.demo.data:run_demo", output=None)
 
 DEMO_DATA = Command(
@@ -58,7 +61,10 @@ DEMO_DATA = Command(
     "U2NET_HOME).",
     (Option("out", None, "Folder to write objects/, backgrounds/, photos/, categories.txt, models/ and "
             "demo-data.json into.", "path", flags=("--out", "-o"), required=True),
-     Option("vlm", "blip2", "The tiny VLM to build: blip2 or openflamingo.")),
+     Option("vlm", "blip2", "The tiny VLM to build: blip2 or openflamingo."),
+     Option("learn_width", 128, "Also build models/tiny-blip2-learn, a tiny BLIP-2 this wide (vision tower, "
+            "Q-Former and language model; 112-pixel canvas, 16 query tokens) that the demo trains whole; 0 builds "
+            "none.", "int")),
     dict, run="synthgen.demo.data:make_demo_data", done="synthgen.schema:demo_data_done")
 
 

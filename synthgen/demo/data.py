@@ -142,10 +142,29 @@ def tiny_vlm(models: Path, vlm: str) -> Path:
     return model
 
 
-def make_demo_data(out: Path, vlm: str = "blip2", say=print) -> dict:
+LEARN_SIZE = 112       # canvas of the demo's learning step: the learner's input size (its compose --size)
+LEARN_QUERY_TOKENS = 16
+
+
+def learner_vlm(models: Path, width: int) -> Path:
+    """The tiny BLIP-2 the demo trains whole (``train-pin --method full``) on one-object scenes:
+    vision tower, Q-Former and language model ``width`` wide, a :data:`LEARN_SIZE` canvas in
+    14-pixel patches, :data:`LEARN_QUERY_TOKENS` query tokens (``models/tiny-blip2-learn``)."""
+    from synthgen.demo.tiny_blip2 import build_tiny_blip2
+
+    model = models / "tiny-blip2-learn"
+    config = model / "config.json"
+    if not config.exists() or json.loads(config.read_text()).get("vision_config", {}).get("hidden_size") != width:
+        build_tiny_blip2(str(model), image_size=LEARN_SIZE, vision_width=width, qformer_width=width,
+                         text_width=width, num_query_tokens=LEARN_QUERY_TOKENS)
+    return model
+
+
+def make_demo_data(out: Path, vlm: str = "blip2", learn_width: int = 128, say=print) -> dict:
     """Everything the demo recipe reads, made here offline: an object bank and backgrounds from
     scikit-image's samples, a photo, the names to render, and tiny random-weight models (SD,
-    open_clip, a u2net-style ONNX net under rembg's model root, the VLM) saved as real
+    open_clip, a u2net-style ONNX net under rembg's model root, the VLM PIN is trained on, and,
+    unless ``learn_width`` is 0, the wider tiny BLIP-2 of :func:`learner_vlm`) saved as real
     checkpoints are. Writes ``demo-data.json`` (what was made) last."""
     import os
 
@@ -155,6 +174,8 @@ def make_demo_data(out: Path, vlm: str = "blip2", say=print) -> dict:
     out = Path(out)
     if vlm not in ("blip2", "openflamingo"):
         raise UserError(f"--vlm must be blip2 or openflamingo (got {vlm!r})")
+    if learn_width < 0 or learn_width % 2:
+        raise UserError(f"--learn-width must be 0 or an even width >= 2 (got {learn_width})")
     bank = build_demo_bank(out / "objects")
     n = sum(1 for _ in open(bank / INDEX_FILE))
     say(f"object bank {bank}: {n} cut-outs from scikit-image samples")
@@ -174,6 +195,9 @@ def make_demo_data(out: Path, vlm: str = "blip2", say=print) -> dict:
     made = {"objects": str(bank), "backgrounds": str(bgs), "photo": str(photo), "categories": str(names),
             "sd_model": tiny.sd_model, "clip_model": tiny.clip_model, "cutout": tiny.cutout,
             "vlm": vlm, "model": str(model)}
+    if learn_width:
+        made["learner"] = str(learner_vlm(models, learn_width))
+        say(f"tiny random blip2 of width {learn_width} to train whole {made['learner']}")
     atomic_write_json(out / DEMO_DATA_FILE, made)
     return made
 
@@ -191,16 +215,16 @@ def demo_recipe() -> Path:
 
 
 def run_demo(out: Path = Path("demo-out"), num_samples: int = 256, workers: int = 2, steps: int = 150,
-             train: bool = True, render: bool = True, vlm: str = "blip2") -> int:
+             train: bool = True, render: bool = True, vlm: str = "blip2", learn_steps: int = 800) -> int:
     """``synthgen demo``: the demo recipe with these variables (``synthgen run recipes/demo.yaml``);
     its exit status."""
     from synthgen.workflow.report import run_recipe
 
     if vlm not in ("blip2", "openflamingo"):
         raise UserError(f"--vlm must be blip2 or openflamingo (got {vlm!r})")
-    if num_samples < 1 or steps < 1 or workers < 1:
-        raise UserError("--num-samples, --steps and --workers must be >= 1")
+    if num_samples < 1 or steps < 1 or workers < 1 or learn_steps < 1:
+        raise UserError("--num-samples, --steps, --learn-steps and --workers must be >= 1")
     sets = {"out": str(out), "samples": str(num_samples), "workers": str(workers), "steps": str(steps),
-            "eval_every": str(max(1, steps // 2)), "vlm": vlm}
+            "eval_every": str(max(1, steps // 2)), "vlm": vlm, "learn_steps": str(learn_steps)}
     skip = ",".join(w for w, keep in (("render", render), ("train", train)) if not keep)
     return run_recipe(demo_recipe(), sets, skip=skip)

@@ -77,6 +77,12 @@ def summarize(con, plan: Plan, result: RunResult) -> None:
             mt.add_row(f"{o.step.index} {o.step.name}", what, str(m.get("n", "")), num(m, "miou"),
                        num(m, "miou_M"), num(m, "miou_L"), num(m, "p@0.3"), num(m, "unparseable"))
         con.print(mt)
+    for o in result.outcomes:  # the tables the run wrote (synthgen table), as they read in the file
+        if o.step.command == "table" and o.status in ("ran", "skipped") and o.output:
+            try:
+                con.print(Path(o.output).read_text().strip(), markup=False)
+            except OSError:
+                continue
     failed = [o for o in result.outcomes if o.status in ("failed", "interrupted")]
     if failed:
         o = failed[0]
