@@ -88,5 +88,5 @@ def test_train_eval_predict_through_the_api(tmp_path, bank, backgrounds):
     image = next((tmp_path / "coco" / "images").glob("*.jpg"))
     p = synthgen.predict(str(tmp_path / "run"), str(image), "red block", out=str(tmp_path / "boxed.png"))
     assert len(p["box"]) == 4 and (tmp_path / "boxed.png").is_file()
-    with pytest.raises(UserError, match="give one of --coco-json FILE, --voc DIR or --refcoco DIR"):
+    with pytest.raises(UserError, match="give one of --coco-json FILE, --voc DIR, --refcoco DIR or --scenes SHARDS"):
         synthgen.eval_pin(str(tmp_path / "run"))

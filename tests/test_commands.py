@@ -22,9 +22,10 @@ API_NAME = {command: name for name, (command, _, _) in api.FUNCTIONS.items()}
 FIXED = {
     "eval-pin": {"coco_json": "set.json", "voc": None, "refcoco": None, "images": "images", "split": None,
                  "article": "a", "names": "raw", "crowd": "skip", "gt_boxes": "exact", "parse": "lenient",
-                 "refcoco_sentences": "all", "baseline": "in-context"},
+                 "refcoco_sentences": "all", "baseline": "in-context", "scenes": None, "tasks": "name"},
     "render": {"area": (0.1, 0.8), "categories": "voc"},
-    "train-pin": {"vlm": "openflamingo", "vlm_options": {"cross_attn_every": "2", "lm": "lm-dir"}},
+    "train-pin": {"vlm": "openflamingo", "vlm_options": {"cross_attn_every": "2", "lm": "lm-dir"},
+                  "tasks": "name=1,count=0.5"},
     "import-pin": {"vlm": "qwen2_5_vl", "vlm_options": {"canvas": "112"}},
     "prefetch": {"what": ("render", "blip2"), "model": {"blip2": "org/other"}},
 }

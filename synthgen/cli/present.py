@@ -130,6 +130,9 @@ def eval_pin(call: Call, values: dict) -> None:
     from rich.table import Table
 
     m = call.execute()
+    if "tasks" in m:  # --scenes: one row per question task
+        _eval_tasks(m, call.config.title())
+        return
     t = Table(title=call.config.title())
     for col in ("n", "mIoU", "mIoU_M", "mIoU_L", "P@0.3", "unparseable"):
         t.add_column(col, justify="right")
@@ -154,6 +157,30 @@ def eval_pin(call: Call, values: dict) -> None:
     skipped = m.get("skipped") or {}
     if skipped:
         notes.append("skipped " + ", ".join(f"{k} {v['count']}" for k, v in skipped.items()))
+    if notes:
+        c.print(escape("; ".join(notes)), soft_wrap=True)
+
+
+def _eval_tasks(m: dict, title: str) -> None:
+    from rich.markup import escape
+    from rich.table import Table
+
+    t = Table(title=title)
+    for col in ("task", "n", "metric", "value", "P@0.5", "unparsed"):
+        t.add_column(col, justify="left" if col in ("task", "metric") else "right")
+    for task, r in m["tasks"].items():
+        value = r.get("miou") if r["metric"] == "mIoU" else r.get("accuracy")
+        t.add_row(task, str(r["n"]), r["metric"], _fmt(value) if value is not None else "-",
+                  _fmt(r["p@0.5"]) if r.get("p@0.5") is not None else "", str(r["unparsed"]))
+    c = _console()
+    c.print(t)
+    c.print(escape(f"{m['matching']}; preds {m['preds_file']}; metrics {m['metrics_file']}"), soft_wrap=True)
+    notes = [f"all: {_fmt(m['tasks']['all']['exact'])} of the questions exactly right"] if m["tasks"].get(
+        "all", {}).get("exact") is not None else []
+    if "point" in m["tasks"]:
+        notes.append("point checked on " + ", ".join(f"{k} {v}" for k, v in m["tasks"]["point"]["rule"].items()))
+    if m.get("bad_scenes"):
+        notes.append("bad scenes " + ", ".join(f"{k} {v}" for k, v in m["bad_scenes"].items()))
     if notes:
         c.print(escape("; ".join(notes)), soft_wrap=True)
 

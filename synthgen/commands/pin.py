@@ -47,7 +47,7 @@ def _train(v: dict[str, Any]):
              "warmup_shards", "batch_size", "lr", "precision", "loader_workers", "val", "eval_every", "val_limit",
              "save_every", "log_every", "resume", "seed", "name_loss", "activation", "table", "hidden",
              "shuffle_buffer", "max_bad_samples", "progress", "grad_checkpointing", "attn_implementation",
-             "max_skipped_steps", "device")
+             "max_skipped_steps", "device", "tasks")
     cfg = TrainConfig(micro_batch=_micro_batch(v["micro_batch"]), shards=shards if isinstance(shards, (str, type(None))) else list(shards), compose=compose,
                       extra_object_roots=tuple(v["extra_object_roots"]), categories_map=v["categories_map"],
                       vlm_options=typed_options(v["vlm"], v["vlm_options"]), method_options=dict(v["method_options"]),
@@ -138,6 +138,12 @@ TRAIN = Command(
      Option("max_bad_samples", T.max_bad_samples, "Share of the samples read that may be bad (not a scene record, "
             "no or broken image, other canvas, damaged shard): they are skipped and counted in log.jsonl; past it "
             "(and past 10) train-pin stops, naming the shard and key.", "float", recipe=True),
+     Option("tasks", T.tasks, "Question tasks mixed by weight, TASK=WEIGHT,... (name, referral, relation, attribute, "
+            "all, absent, count, region, point; see compose --tasks): each sample asks one question of its scene, "
+            "the task drawn by weight among those the scene can ask; the loss is on the answer. name=1 = the "
+            "paper's (any object by its referral; today's stream exactly). Questions come from the shards' "
+            "'questions', else are derived from each scene record (docs/train-eval.md).", recipe=True,
+            metavar="TASK=W,..."),
      Option("progress", T.progress, "Show the progress bar.", "bool", off_flag="--no-progress"),
      recipe_option("train", "recipes/pin-paper.yaml")),
     _train, run="synthgen.pin.training.train:train", section="train", done="synthgen.schema:pin_run_done",
@@ -150,12 +156,14 @@ def _eval(v: dict[str, Any]):
 
     proto = EvalProtocol(**{k: v[k] for k in EvalProtocol.__dataclass_fields__})
     return EvalJob(run=v["run"], coco_json=v["coco_json"], voc=v["voc"], refcoco=v["refcoco"], images=v["images"],
+                   scenes=v["scenes"], tasks=v["tasks"],
                    split=v["split"], protocol=proto, out=v["out"], model=v["model"], batch_size=v["batch_size"],
                    limit=v["limit"], vlm_options=dict(v["vlm_options"]), overwrite=v["overwrite"], device=v["device"])
 
 
 EVAL = Command(
-    "eval-pin", "Evaluate a PIN run: mIoU (all/medium/large) on a COCO-format set or VOC, or RefCOCO P@0.3.\n\n"
+    "eval-pin", "Evaluate a PIN run: mIoU (all/medium/large) on a COCO-format set or VOC, RefCOCO P@0.3, or a "
+    "metric per question task on synthetic scene shards (--scenes).\n\n"
     "Defaults follow the PIN authors' evaluation code; metrics.json records every choice (protocol).",
     (Option("run", None, RUN, argument=True, required=True, metavar="RUN"),
      Option("coco_json", None, "COCO-format instances json (a path or URL) (COCO val2017, LVIS v1 val, VOC as "
@@ -165,6 +173,12 @@ EVAL = Command(
             metavar="PATH"),
      Option("refcoco", None, "RefCOCO directory (refs(unc).p + instances.json): report P@0.3 and mIoU.",
             metavar="PATH"),
+     Option("scenes", None, "Synthetic validation scene shards (a folder of .tar, a pattern or a URL): score each "
+            "question task of --tasks on them.", metavar="SHARDS"),
+     Option("tasks", "name", "With --scenes: the question tasks scored, each with its metric (name, referral, "
+            "relation, attribute, all: mIoU and P@0.5, several boxes matched one to one greedily by IoU; absent, "
+            "count, region: accuracy; point: on the target's mask, or its box without masks). With --limit N: "
+            "the first N questions of each task.", metavar="TASK,..."),
      Option("images", None, "Directory (or URL prefix) with the images of the set (LVIS: the COCO root holding "
             "val2017/, or val2017/ itself; not used with --voc).", metavar="PATH"),
      Option("split", None, "RefCOCO split \\[default: testA] or VOC image set \\[default: test]."),

@@ -125,6 +125,10 @@ def test_text_layout_is_the_authors(tiny_dir):
     assert a.tokenizer.decode([x for x in with_name if x != -100]).startswith(" teddy bear [")
     prompt, _ = codec.encode("apple")
     assert a.tokenizer.decode(prompt) == "<image>In the image is an apple located at"
+    # a question as the prompt (train-pin --tasks): an answer ending in "." gets no second one
+    q_ids, q_labels = codec.encode(None, "There is no dog in the image.", prompt="Where is the dog?")
+    assert a.tokenizer.decode(q_ids) == "<image>Where is the dog? There is no dog in the image.<|endofchunk|>"
+    assert a.tokenizer.decode([x for x in q_labels if x != -100]) == " There is no dog in the image.<|endofchunk|>"
     batch = codec.collate([codec.encode("cat"), codec.encode("teddy bear")], left_pad=True)
     assert batch["input_ids"][0, 0] == codec.pad_id == a.tokenizer.convert_tokens_to_ids("<PAD>")
     assert batch["attention_mask"][0, 0] == 0 and batch["attention_mask"][:, -1].all()

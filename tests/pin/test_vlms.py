@@ -206,6 +206,11 @@ def test_text_is_the_processors_and_the_loss_covers_the_answer(adapters, family)
     assert tok.decode(a_ids).count("is a apple") == 1
     # picklable, as DataLoader workers need
     assert pickle.loads(pickle.dumps(c)).encode("dog", box, name_loss=True) == c.encode("dog", box, name_loss=True)
+    # a question's whole text as the prompt (train-pin --tasks); PIN's prompt gives today's ids
+    assert c.encode(None, box, prompt=prompt) == (ids, labels)
+    for answer in ("3 apples", "no apples", "[14,28,56,70] [0,0,14,14]"):  # (a one-character first token too)
+        q_ids, q_labels = c.encode(None, answer, prompt="how many apples are there?")
+        assert tok.decode([t for t, y in zip(q_ids, q_labels) if y != -100], skip_special_tokens=True).strip() == answer
 
 
 @pytest.mark.slow

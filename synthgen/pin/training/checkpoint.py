@@ -210,7 +210,8 @@ RESUME_SETTINGS = {"method": "--method", "method_options": "--method-option", "s
                    "epoch_size": "--epoch-size", "warmup_epochs": "--warmup-epochs",
                    "warmup_shards_sha256": "--warmup-shards", "train_source": "the scene source",
                    "train_objects": "--objects", "train_backgrounds": "--backgrounds",
-                   "compose": "compose settings", "inputs": "the inputs", "categories_map": "--categories-map"}
+                   "compose": "compose settings", "inputs": "the inputs", "categories_map": "--categories-map",
+                   "tasks": "--tasks"}
 
 
 def shard_list_digest(shards: Sequence[str]) -> str:
@@ -232,6 +233,7 @@ def resume_conflicts(prev: dict, now: dict) -> list[str]:
         old, new = prev[k], now.get(k)
         return max(old, 1) != max(new, 1) if k == "workers" else old != new
 
+    prev = {"tasks": {"name": 1.0}, **prev}  # (a run from before --tasks trained PIN's question alone)
     now = json.loads(json.dumps({k: now.get(k) for k in set(now) | set(prev)}))  # tuples -> lists, as stored
     out = identity_diff(prev, now, RESUME_SETTINGS, [k for k in RESUME_SETTINGS if k in prev and differs(k)])
     if "train_shards_sha256" in prev and (prev["train_shards_sha256"], prev.get("train_shard_count")) != (

@@ -55,6 +55,13 @@ class TrainConfig:
     max_bad_samples: float = 0.01   # share of bad samples (skipped, counted) before a stop
     progress: bool = True
     device: str | None = None
+    tasks: str | dict = "name=1"  # question tasks by weight (synthgen.pin.training.tasks); name=1: the paper's
+
+    def task_weights(self) -> dict[str, float]:
+        """``--tasks`` as ``{task: weight}`` (UserError when malformed)."""
+        from synthgen.pin.training.tasks import parse_weights
+
+        return parse_weights(self.tasks)
 
     def problems(self) -> list[str]:
         out = []
@@ -92,6 +99,10 @@ class TrainConfig:
         if not 0 <= self.max_bad_samples <= 1:
             out.append(f"--max-bad-samples must lie in [0, 1] (got {self.max_bad_samples})")
         out += self._data_problems()
+        try:
+            self.task_weights()
+        except Exception as exc:  # (a UserError: one line)
+            out.append(str(exc))
         return out
 
     def _method_problems(self) -> list[str]:

@@ -12,6 +12,9 @@ The stream is a deterministic function of ``(seed, rank, worker, position)``:
   endless, so every DDP rank always has data and training runs by steps.
 - Each time a scene is read one of its objects is drawn as the target (seeded by
   ``(seed, epoch, split, position)``), so one scene teaches every object over epochs.
+- ``--tasks`` other than ``name`` alone (:mod:`.tasks`): each scene read asks one question of a
+  task drawn by weight, drawn by ``(seed, epoch, shard file, key)`` instead, so the same
+  whatever the number of workers and ranks; the default keeps the draw above exactly.
 - Workers batch internally and the DataLoader returns worker batches round-robin; resuming at
   step ``s`` rotates the worker roles and skips the samples already used (checked like the
   others, not tokenised), so the batches after a resume are exactly those the uninterrupted run
@@ -35,7 +38,7 @@ import torch
 from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
 from synthgen.errors import CarriedError, UserError, recover
-from synthgen.grounding import format_box
+from synthgen.pin.training import tasks as T
 from synthgen.schema import SceneRecord, SchemaError
 from synthgen.shards import iter_tar
 from synthgen.storage import StorageError
@@ -125,6 +128,7 @@ class StreamConfig:
     image_size: int | None = None
     name_loss: bool | str = False   # the loss span beyond the box: False, "name", "name_prompt"
     max_bad_samples: float = 0.01   # fraction of the samples read (beyond BAD_FLOOR)
+    tasks: dict | None = None       # --tasks weights (synthgen.pin.training.tasks); None: name=1
 
 
 def _rng(*words: int) -> np.random.Generator:
@@ -166,6 +170,7 @@ class BatchStream(IterableDataset):
         out["boxes"] = torch.tensor([s["box"] for s in chunk], dtype=torch.float32)
         out["n_objects"] = torch.tensor([s["n_objects"] for s in chunk])
         out["keys"] = [s["key"] for s in chunk]
+        out["tasks"] = [s.get("task", "name") for s in chunk]
         out["bad"] = {"counts": self.bad_since, "examples": dict(self.bad_examples)}
         self.bad_since = {}
         return out
@@ -285,12 +290,16 @@ class SceneStream(BatchStream):
             raise BadSample(f"{_where(raw)}: canvas {rec.width}x{rec.height}, the model takes "
                             f"{self.cfg.image_size}x{self.cfg.image_size}", "wrong_canvas")
         pixels = decode_image(_image_bytes(raw), self.cfg.image_size, _where(raw))
-        target = int(_rng(self.cfg.seed, epoch, split, pos, 2).integers(len(rec.objects)))
-        referral, box = rec.query(target)
-        ids, labels = (self.codec.encode(referral, format_box(box), name_loss=self.cfg.name_loss)
-                       if tokenize else ([], []))
-        return {"pixels": pixels, "ids": ids, "labels": labels, "box": box, "key": raw["__key__"],
-                "n_objects": len(rec.objects)}
+        if self.cfg.tasks is None or T.is_default(self.cfg.tasks):  # today's stream, by position
+            target = int(_rng(self.cfg.seed, epoch, split, pos, 2).integers(len(rec.objects)))
+            ask = T.name_ask(rec, target)
+        else:  # a task mix: drawn by scene (the same whatever the workers)
+            scene = f"{str(raw.get('__url__', '')).rstrip('/').rsplit('/', 1)[-1]}/{raw['__key__']}"
+            ask = T.draw(rec, self.cfg.tasks, T.mix_rng(self.cfg.seed, epoch, scene))
+        ids, labels = ask.encode(self.codec, self.cfg.name_loss) if tokenize else ([], [])
+        return {"pixels": pixels, "ids": ids, "labels": labels, "box": ask.box, "key": raw["__key__"],
+                "n_objects": len(rec.objects), "task": ask.task, "prompt": ask.prompt or ask.referral,
+                "answer": ask.answer}
 
     def batches(self, split: int, n_splits: int, skip_batches: int = 0) -> Iterator[dict]:
         bs = self.cfg.batch_size

@@ -31,7 +31,7 @@ import torch
 
 from synthgen.compose.config import ComposeParams
 from synthgen.errors import UserError
-from synthgen.grounding import format_box
+from synthgen.pin.training import tasks as T
 from synthgen.pin.training.data import BatchStream, StreamConfig
 from synthgen.schema import BACKGROUNDS_PREFIX, PREPARED_FILE
 
@@ -230,11 +230,14 @@ class ComposedStream(BatchStream):
             k += 1
             self.read += 1
             rec = scene.record
-            referral, box = rec.query(rec.target)
-            ids, labels = self.codec.encode(referral, format_box(box), name_loss=self.cfg.name_loss)
+            # the scene's own target is PIN's question; a --tasks mix draws by scene index
+            ask = (T.name_ask(rec, rec.target) if self.cfg.tasks is None or T.is_default(self.cfg.tasks) else
+                   T.draw(rec, self.cfg.tasks, T.mix_rng(self.cfg.seed, 0, str((k - 1) * n_splits + split)),
+                          name_target=rec.target))
+            ids, labels = ask.encode(self.codec, self.cfg.name_loss)
             chunk.append({"pixels": torch.from_numpy(scene.image).permute(2, 0, 1).contiguous(),
-                          "ids": ids, "labels": labels, "box": box, "key": rec.key,
-                          "n_objects": len(rec.objects)})
+                          "ids": ids, "labels": labels, "box": ask.box, "key": rec.key,
+                          "n_objects": len(rec.objects), "task": ask.task})
             if len(chunk) == bs:
                 yield self.collate(chunk)
                 chunk = []

@@ -72,7 +72,8 @@ def plan_data(cfg, world: int) -> DataPlan:
     total, warm, spe = _lengths(cfg, world)
     main_span = "name" if cfg.name_loss else "box"
     settings: dict[str, Any] = {"epochs": cfg.epochs, "epoch_size": cfg.epoch_size,
-                                "warmup_epochs": cfg.warmup_epochs, "steps_per_epoch": spe}
+                                "warmup_epochs": cfg.warmup_epochs, "steps_per_epoch": spe,
+                                "tasks": cfg.task_weights()}
     if cfg.objects is not None:
         return _plan_composed(cfg, total, warm, main_span, settings)
     return _plan_shards(cfg, total, warm, main_span, settings)
@@ -109,10 +110,14 @@ def _plan_composed(cfg, total: int, warm: int, main_span: str, settings: dict) -
     from synthgen.bank.reader import ObjectBank
     from synthgen.commands.compose import scene_params
     from synthgen.compose.backgrounds import list_backgrounds
+    from synthgen.compose.questions import TASKS
     from synthgen.compose.run import inputs_identity
     from synthgen.pin.training.scenes import Backgrounds, ComposeSource, PreparedBank, phase_seed
 
     params = scene_params(cfg.compose)
+    asked = tuple(t for t in TASKS if t in cfg.task_weights() or t in params.tasks)
+    if not set(asked) <= {"name", "referral"}:  # the records carry the fields these tasks need
+        params = dataclasses.replace(params, tasks=asked)
     bank = ObjectBank.open(cfg.objects, extra_roots=tuple(cfg.extra_object_roots), max_side=params.size,
                            categories_map=cfg.categories_map)
     if bank.first_usable(limit=min(len(bank), 2000)) is None:
@@ -159,7 +164,7 @@ def stream_for(phase: Phase, cfg, *, rank: int, world: int, image_size: int):
 
     common = dict(batch_size=cfg.batch_size, seed=cfg.seed, rank=rank, world_size=world,
                   shuffle_buffer=cfg.shuffle_buffer, image_size=image_size, name_loss=phase.loss_span,
-                  max_bad_samples=cfg.max_bad_samples)
+                  max_bad_samples=cfg.max_bad_samples, tasks=cfg.task_weights())
     if phase.source is not None:
         items = phase.backgrounds.ready(rank=rank, world=world, progress=cfg.progress and rank == 0)
         objects = (phase.source.objects if phase.bank is None

@@ -34,6 +34,13 @@ def loss_span(name_loss: bool | str) -> tuple[bool, bool]:
     return span in ("name", "name_prompt"), span == "name_prompt"
 
 
+def text_parts(referral: str | None, art: str | None = None, prompt: str | None = None) -> list[str]:
+    """PIN's prompt for ``referral`` in its three parts (:func:`~synthgen.grounding.prompt_parts`),
+    or a question's whole text ``prompt`` (``train-pin --tasks``) as the first part, the others
+    empty (no name in it: the name loss has nothing to cover)."""
+    return prompt_parts(referral, art) if prompt is None else [prompt, "", ""]
+
+
 def labelled_positions(labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """``(keep, targets)`` for a causal LM's loss: ``keep`` ``[B, T]`` marks the positions whose
     next token is labelled (the only logits the loss needs), ``targets`` ``[N]`` those tokens in
@@ -142,25 +149,26 @@ class TextCodec(Batcher):
     def _ids(self, text: str, special: bool = False) -> list[int]:
         return list(self.tokenizer(text, add_special_tokens=special)["input_ids"])
 
-    def encode(self, referral: str, answer: str | None = None, name_loss: bool | str = False,
-               art: str | None = None) -> tuple[list[int], list[int]]:
-        """``(input_ids, labels)``: image tokens + BOS + prompt (+ `` answer`` + EOS when given).
+    def encode(self, referral: str | None, answer: str | None = None, name_loss: bool | str = False,
+               art: str | None = None, prompt: str | None = None) -> tuple[list[int], list[int]]:
+        """``(input_ids, labels)``: image tokens + BOS + prompt (+ `` answer`` + EOS when given);
+        ``prompt``: a question's whole text instead of PIN's prompt for ``referral``.
 
         Labels are -100 on the image tokens and the prompt, so the loss covers only the answer
         (the box text and EOS), and also the parts of the prompt ``name_loss`` names
         (:func:`loss_span`). ``art`` forces the article (default a/an by the first letter).
         """
         on_name, on_post = loss_span(name_loss)
-        pre, name, post = prompt_parts(referral, art)
+        pre, name, post = text_parts(referral, art, prompt)
         ids = [self.image_token_id] * self.num_query_tokens
         labels = [-100] * self.num_query_tokens
         head = self._ids(pre, special=True)  # BOS + prefix (the tokenizer adds BOS if it does)
         ids += head
         labels += [-100] * len(head)
-        n = self._ids(name)
+        n = self._ids(name) if name else []
         ids += n
         labels += n if on_name else [-100] * len(n)
-        p = self._ids(post)
+        p = self._ids(post) if post else []
         ids += p
         labels += p if on_post else [-100] * len(p)
         if answer is not None:
@@ -291,10 +299,11 @@ class VLMAdapter:
         raise NotImplementedError
 
     def generate(self, pixels: torch.Tensor, referrals: Sequence[str], *, num_beams: int = 3,
-                 max_new_tokens: int = 12, art: str | None = None) -> list[str]:
+                 max_new_tokens: int = 12, art: str | None = None, prompts: bool = False) -> list[str]:
         """Answer text after ``In the image is {a|an} {referral} located at`` for each image: the
         decoded continuation as generated, not stripped (a trained answer starts with the space
-        before ``[``, which the authors' strict parser requires); special tokens left out."""
+        before ``[``, which the authors' strict parser requires); special tokens left out.
+        ``prompts``: ``referrals`` are questions' whole texts (``eval-pin --tasks``)."""
         raise NotImplementedError
 
 
@@ -322,8 +331,9 @@ class PixelsTextAdapter(VLMAdapter):
 
     @torch.no_grad()
     def generate(self, pixels: torch.Tensor, referrals: Sequence[str], *, num_beams: int = 3,
-                 max_new_tokens: int = 12, art: str | None = None) -> list[str]:
-        enc = self.codec.collate([self.codec.encode(r, art=art) for r in referrals], left_pad=True)
+                 max_new_tokens: int = 12, art: str | None = None, prompts: bool = False) -> list[str]:
+        enc = self.codec.collate([self.codec.encode(None, prompt=r) if prompts else self.codec.encode(r, art=art)
+                                  for r in referrals], left_pad=True)
         ids = enc["input_ids"].to(self.device)
         out = self.model.generate(self.preprocess(pixels), ids, attention_mask=enc["attention_mask"].to(self.device),
                                   num_beams=num_beams, max_new_tokens=max_new_tokens, do_sample=False,

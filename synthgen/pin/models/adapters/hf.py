@@ -28,7 +28,6 @@ from typing import Sequence
 import torch
 
 from synthgen.errors import UserError
-from synthgen.grounding import prompt_parts
 from synthgen.pin.models.adapters.base import (
     Batcher,
     PinFn,
@@ -37,6 +36,7 @@ from synthgen.pin.models.adapters.base import (
     labelled_positions,
     loss_span,
     pretrained_placement,
+    text_parts,
 )
 from synthgen.prefetch import check_hub
 
@@ -74,13 +74,13 @@ class ChatCodec(Batcher):
                 labels[i] = ids[i]
         return ids, labels
 
-    def encode(self, referral: str, answer: str | None = None, name_loss: bool | str = False,
-               art: str | None = None) -> tuple[list[int], list[int]]:
+    def encode(self, referral: str | None, answer: str | None = None, name_loss: bool | str = False,
+               art: str | None = None, prompt: str | None = None) -> tuple[list[int], list[int]]:
         """``(input_ids, labels)``; labels are -100 but on the answer and the end-of-turn marker
         after it, and on the name (and `` located at``) inside the user turn when ``name_loss``
         says so (:func:`~synthgen.pin.models.adapters.base.loss_span`). ``art`` forces the article."""
         on_name, on_post = loss_span(name_loss)
-        pre, name, post = prompt_parts(referral, art)
+        pre, name, post = text_parts(referral, art, prompt)
         start = len(self.head) + len(pre)
         spans = [(start, start + len(name))] if on_name else []
         if on_post:
@@ -95,7 +95,16 @@ class ChatCodec(Batcher):
             a_ids, a_labels = self._tokens(second, [(0, len(answer) + len(self.end))], False)
             return ids + a_ids, labels + a_labels
         spans.append((len(text), len(text) + len(answer) + len(self.end)))
-        return self._tokens(text + answer + self.end + self.after, spans, self.add_special_tokens)
+        ids, labels = self._tokens(text + answer + self.end + self.after, spans, self.add_special_tokens)
+        # the answer starts where the ids part from those of the text before it: offsets of some
+        # tokenizers drift (a Metaspace ``▁`` credited to the character before), and a one-character
+        # first token (``3`` of ``3 apples``) would fall outside the loss
+        before = self._tokens(text, [], self.add_special_tokens)[0]
+        first = next((k for k, (x, y) in enumerate(zip(before, ids)) if x != y), min(len(before), len(ids)))
+        last = max(k for k, y in enumerate(labels) if y != -100)
+        for k in range(first, last + 1):
+            labels[k] = ids[k]
+        return ids, labels
 
 
 def _first(exc: Exception) -> str:
@@ -289,12 +298,13 @@ class HFVisionLanguageAdapter(VLMAdapter):
 
     @torch.no_grad()
     def generate(self, pixels: torch.Tensor, referrals: Sequence[str], *, num_beams: int = 3,
-                 max_new_tokens: int = 12, art: str | None = None) -> list[str]:
+                 max_new_tokens: int = 12, art: str | None = None, prompts: bool = False) -> list[str]:
         """The assistant's answer to ``In the image is {a|an} {referral} located at``, special
         tokens left out, joined to the prompt with one space (the box follows ``located at`` in
         PIN's sentence; the authors' strict parser wants `` [``): a leading space is added when
         the answer does not start with one, nothing generated is removed."""
-        out = self._generate(pixels, [self.codec.encode(r, art=art) for r in referrals], num_beams=num_beams,
+        seqs = [self.codec.encode(None, prompt=r) if prompts else self.codec.encode(r, art=art) for r in referrals]
+        out = self._generate(pixels, seqs, num_beams=num_beams,
                              max_new_tokens=max_new_tokens, eos=self._stop_ids())
         texts = [self.codec.decode(o) for o in out]
         return [t if t.startswith(" ") else " " + t for t in texts]

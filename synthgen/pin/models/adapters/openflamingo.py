@@ -18,8 +18,14 @@ from dataclasses import dataclass
 
 import torch
 
-from synthgen.grounding import prompt_parts
-from synthgen.pin.models.adapters.base import PinFn, PixelsTextAdapter, TextCodec, loss_span, outermost_layers
+from synthgen.pin.models.adapters.base import (
+    PinFn,
+    PixelsTextAdapter,
+    TextCodec,
+    loss_span,
+    outermost_layers,
+    text_parts,
+)
 from synthgen.pin.models.registry import DEFAULT_MODELS
 
 
@@ -33,8 +39,8 @@ class FlamingoCodec(TextCodec):
 
     eoc_token_id: int = -1
 
-    def encode(self, referral: str, answer: str | None = None, name_loss: bool | str = False,
-               art: str | None = None) -> tuple[list[int], list[int]]:
+    def encode(self, referral: str | None, answer: str | None = None, name_loss: bool | str = False,
+               art: str | None = None, prompt: str | None = None) -> tuple[list[int], list[int]]:
         """``(input_ids, labels)`` of ``<image>`` + prompt (+ `` {answer}.<|endofchunk|>``).
 
         Tokenised in parts that split at word boundaries and special tokens, which byte-level BPE
@@ -42,14 +48,14 @@ class FlamingoCodec(TextCodec):
         answer, its ``.`` and ``<|endofchunk|>`` (and the name with ``name_loss``).
         """
         on_name, on_post = loss_span(name_loss)
-        pre, name, post = prompt_parts(referral, art)
+        pre, name, post = text_parts(referral, art, prompt)
         head = self._ids(self.tokenizer.convert_ids_to_tokens(self.image_token_id) + pre, special=True)
-        n, p = self._ids(name), self._ids(post)
+        n, p = (self._ids(name) if name else []), (self._ids(post) if post else [])
         ids = head + n + p
         labels = ([-100] * len(head) + (n if on_name else [-100] * len(n))
                   + (p if on_post else [-100] * len(p)))
         if answer is not None:
-            a = self._ids(f" {answer}.") + [self.eoc_token_id]
+            a = self._ids(f" {answer}" + ("" if answer.endswith(".") else ".")) + [self.eoc_token_id]
             ids, labels = ids + a, labels + a
         return ids, labels
 
