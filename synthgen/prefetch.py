@@ -192,25 +192,32 @@ def _cached(repo_id: str) -> bool:
     return os.path.isdir(snapshots) and any(os.scandir(snapshots))
 
 
-def check_hub(model: str, what: str) -> None:
-    """Before a loader reads ``model``: a :class:`ModelLoadError` at once (one line, not half a
-    minute of the hub client's retries) when it is a Hugging Face hub id that is not in the local
-    hub cache and cannot be fetched (``HF_HUB_OFFLINE`` set, or the hub unreachable: one TCP
-    connection of at most ~3 s, once per process). A local path, a cached id, a reachable hub:
-    nothing. ``what`` names it: ``cannot load {what}: ...``."""
+def hub_problem(model: str) -> str | None:
+    """Why ``model`` cannot be loaded here, at once (no half minute of the hub client's retries):
+    a Hugging Face hub id that is not in the local hub cache and cannot be fetched
+    (``HF_HUB_OFFLINE`` set, or the hub unreachable: one TCP connection of at most ~3 s, once per
+    process). None for a local path, a cached id, a reachable hub."""
     model = str(model)
     if os.path.exists(os.path.expanduser(model)) or not re.fullmatch(r"[\w.-]+(/[\w.-]+)?", model):
-        return  # a path (or no hub id): the loader's own message
+        return None  # a path (or no hub id): the loader's own message
     from huggingface_hub import constants
 
     if _cached(model):
-        return
+        return None
     where = constants.HF_HUB_CACHE.replace(os.path.expanduser("~"), "~", 1)
     if constants.HF_HUB_OFFLINE:
         why = "HF_HUB_OFFLINE is set"
     elif not _reachable(*_hub_address()):
         why = f"the hub is unreachable ({':'.join(map(str, _hub_address()))})"
     else:
-        return
-    raise ModelLoadError(f"cannot load {what}: not in the Hugging Face cache ({where}) and {why}; download it "
-                         "with `synthgen prefetch` on a machine with network, or give a local folder")
+        return None
+    return (f"not in the Hugging Face cache ({where}) and {why}; download it with `synthgen prefetch` on a "
+            "machine with network")
+
+
+def check_hub(model: str, what: str) -> None:
+    """Before a loader reads ``model``: a :class:`ModelLoadError` at once when :func:`hub_problem`
+    finds it cannot be loaded here: ``cannot load {what}: ...``."""
+    why = hub_problem(model)
+    if why is not None:
+        raise ModelLoadError(f"cannot load {what}: {why}, or give a local folder")

@@ -38,9 +38,11 @@ def fetch_sd(model: str) -> str:
         return model
     from diffusers.utils import logging as dlog
 
-    from synthgen.prefetch import check_hub
+    from synthgen.prefetch import hub_problem
 
-    check_hub(model, f"the Stable Diffusion pipeline {model!r}")  # (offline: one line at once, no retries)
+    why = hub_problem(model)  # (offline: one line at once, no retries)
+    if why is not None:
+        raise ModelLoadError(_sd_hint(model).format(err=why))
     level = dlog.get_verbosity()
     dlog.set_verbosity_error()  # the error below says it all; no "will try the cache" noise
     try:

@@ -43,7 +43,12 @@ def _clip_hint(model: str, pretrained: str | None, err: str) -> str:
 def fetch_clip(model: str, pretrained: str | None) -> None:
     """Validate the model name and make sure the weights are available (downloads them into the
     cache once). Raises :class:`ModelLoadError`."""
-    from synthgen.prefetch import check_hub
+    from synthgen.prefetch import hub_problem
+
+    def check_hub(repo: str) -> None:  # (offline: one line at once, with the way to a local copy)
+        why = hub_problem(repo)
+        if why is not None:
+            raise ModelLoadError(_clip_hint(model, pretrained, why))
 
     name, tag = resolve_clip(model, pretrained)
     try:
@@ -56,7 +61,7 @@ def fetch_clip(model: str, pretrained: str | None) -> None:
                 raise FileNotFoundError(f"no open_clip_config.json in {path}")
             return
         if name.startswith("hf-hub:"):
-            check_hub(name[len("hf-hub:"):], f"the CLIP model {model!r}")  # (offline: one line at once)
+            check_hub(name[len("hf-hub:"):])
             get_model_config(name)
             open_clip.pretrained.download_pretrained_from_hf(name[len("hf-hub:"):])
             return
@@ -69,7 +74,7 @@ def fetch_clip(model: str, pretrained: str | None) -> None:
             raise ValueError(f"unknown pretrained tag; known for {name}: "
                              f"{', '.join(open_clip.list_pretrained_tags_by_model(name))}")
         if cfg.get("hf_hub"):  # (weights on the hub: offline, one line at once; others come from a URL)
-            check_hub("/".join(cfg["hf_hub"].strip("/").split("/")[:2]), f"the CLIP weights {name} {tag!r}")
+            check_hub("/".join(cfg["hf_hub"].strip("/").split("/")[:2]))
         open_clip.download_pretrained(cfg)
     except ModelLoadError:
         raise

@@ -113,10 +113,10 @@ def test_vlm_auto_with_an_uncached_id_fails_at_once(shards, tmp_path, offline):
 
 
 @pytest.mark.parametrize("args,what", [
-    (["--sd-model", "org/not-cached-sd"], "the Stable Diffusion pipeline 'org/not-cached-sd'"),
+    (["--sd-model", "org/not-cached-sd"], "the text-to-image model 'org/not-cached-sd'"),
     (["--clip-model", "ViT-B-32", "--clip-pretrained", "laion2b_s34b_b79k"],
-     "the CLIP weights ViT-B-32 'laion2b_s34b_b79k'"),
-    (["--clip-model", "hf-hub:org/not-cached-clip"], "the CLIP model 'hf-hub:org/not-cached-clip'"),
+     "the CLIP model ViT-B-32 (pretrained 'laion2b_s34b_b79k')"),
+    (["--clip-model", "hf-hub:org/not-cached-clip"], "the CLIP model hf-hub:org/not-cached-clip"),
 ], ids=["sd", "clip-tag", "clip-hf-hub"])
 def test_render_models_not_in_the_cache_fail_at_once(tmp_path, offline, monkeypatch, args, what):
     """render checks its models before any work (its preflight): offline, an uncached one is one
@@ -135,6 +135,7 @@ def test_render_models_not_in_the_cache_fail_at_once(tmp_path, offline, monkeypa
                         str(tmp_path / "bank"), "--size", "64", "--steps", "2", *[x for kv in options.items() for x in kv]],
                        env=dict(offline, REMBG_HOME=str(tmp_path / "rembg")), capture_output=True, text=True,
                        timeout=300)
-    one_line_error(r, f"cannot load {what}", "the hub is unreachable (127.0.0.1:9)", "synthgen prefetch")
+    one_line_error(r, f"cannot load {what}", "the hub is unreachable (127.0.0.1:9)", "synthgen prefetch",
+                   "Pass a local")  # (and the way to a local copy, as when the load itself fails)
     assert "Retrying" not in r.stderr and time.monotonic() - t0 < 60
     assert not (tmp_path / "bank").exists()
