@@ -50,30 +50,19 @@ def scene_task_queries(shards: Sequence[str], tasks: Sequence[str], *, limit: in
     "text", "answer", "targets", "boxes", "referral"}`` (``referral``: PIN's prompt is built
     from it, ``name`` / ``referral`` tasks; else ``text`` is the prompt). Bad scenes are
     skipped and counted in ``bad``."""
-    import torch  # noqa: F401 - decode_image's tensors
-
-    from synthgen.pin.training.data import BadSample, _image_bytes, _record, _where, decode_image
-    from synthgen.shards import iter_tar
+    from synthgen.pin.training.data import iter_scenes
 
     counts = {t: 0 for t in tasks}
-    for url in shards:
-        for raw in iter_tar(url):
-            if limit is not None and all(n >= limit for n in counts.values()):
-                return
-            try:
-                rec = _record(raw)
-                img = decode_image(_image_bytes(raw), image_size, _where(raw))
-            except BadSample as exc:
-                if bad is not None:
-                    bad[exc.reason] = bad.get(exc.reason, 0) + 1
+    for url, raw, rec, img in iter_scenes(shards, image_size, bad):
+        mask = _mask(raw)
+        key = f"{PurePosixPath(str(url)).name}/{raw['__key__']}"
+        for q in _questions(rec, tasks, art):
+            if limit is not None and counts[q["task"]] >= limit:
                 continue
-            mask = _mask(raw)
-            key = f"{PurePosixPath(str(url)).name}/{raw['__key__']}"
-            for q in _questions(rec, tasks, art):
-                if limit is not None and counts[q["task"]] >= limit:
-                    continue
-                counts[q["task"]] += 1
-                yield img, mask, {**q, "key": key, "boxes": [list(rec.objects[i].box) for i in q["targets"]]}
+            counts[q["task"]] += 1
+            yield img, mask, {**q, "key": key, "boxes": [list(rec.objects[i].box) for i in q["targets"]]}
+        if limit is not None and all(n >= limit for n in counts.values()):
+            return
 
 
 def _questions(rec, tasks: Sequence[str], art: str | None) -> list[dict]:

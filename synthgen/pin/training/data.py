@@ -349,12 +349,10 @@ def _record(raw: dict) -> SceneRecord:
         raise BadSample(str(exc), exc.reason) from None
 
 
-def iter_scene_queries(shards: Sequence[str], limit: int | None = None, image_size: int | None = None,
-                       bad: dict[str, int] | None = None
-                       ) -> Iterator[tuple[torch.Tensor, str, list[float], str]]:
-    """``(image uint8 [3,H,W], referral, box, key)`` for every object of every scene, in order;
-    bad scenes are skipped and counted in ``bad`` (reason -> count)."""
-    n = 0
+def iter_scenes(shards: Sequence[str], image_size: int | None = None, bad: dict[str, int] | None = None
+                ) -> Iterator[tuple[str, dict, SceneRecord, torch.Tensor]]:
+    """``(shard url, raw sample, record, image uint8 [3,H,W])`` for every scene of ``shards``, in
+    order; bad scenes are skipped and counted in ``bad`` (reason -> count)."""
     for url in shards:
         for raw in iter_tar(url):
             try:
@@ -364,9 +362,19 @@ def iter_scene_queries(shards: Sequence[str], limit: int | None = None, image_si
                 if bad is not None:
                     bad[exc.reason] = bad.get(exc.reason, 0) + 1
                 continue
-            for i in range(len(rec.objects)):
-                referral, box = rec.query(i)
-                yield img, referral, box, raw["__key__"]
-                n += 1
-                if limit is not None and n >= limit:
-                    return
+            yield url, raw, rec, img
+
+
+def iter_scene_queries(shards: Sequence[str], limit: int | None = None, image_size: int | None = None,
+                       bad: dict[str, int] | None = None
+                       ) -> Iterator[tuple[torch.Tensor, str, list[float], str]]:
+    """``(image uint8 [3,H,W], referral, box, key)`` for every object of every scene, in order
+    (:func:`iter_scenes`; at most ``limit``)."""
+    n = 0
+    for _, raw, rec, img in iter_scenes(shards, image_size, bad):
+        for i in range(len(rec.objects)):
+            referral, box = rec.query(i)
+            yield img, referral, box, raw["__key__"]
+            n += 1
+            if limit is not None and n >= limit:
+                return
