@@ -91,6 +91,14 @@ def _message(exc: BaseException) -> str:
     return f"{type(cause).__name__}: {text.splitlines()[-1] if text else ''}"
 
 
+def shards_failed(failures: dict[int, str], names: Sequence[str]) -> UserError:
+    """The one-line error of a run whose shards ``failures`` (index in ``names`` -> message) failed."""
+    lines = "; ".join(f"{names[i]}: {msg}" for i, msg in sorted(failures.items()))
+    rest = "the others are complete — " if len(failures) < len(names) else ""
+    return UserError(f"{len(failures)} of {len(names)} shard(s) failed ({lines}); "
+                     f"{rest}re-run the same command to retry the failed ones")
+
+
 def run_serial(fn: Callable, jobs: Sequence[tuple], on_result: OnResult,
                shared: dict | None = None, on_progress: OnProgress | None = None) -> dict[int, str]:
     failures: dict[int, str] = {}

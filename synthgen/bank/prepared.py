@@ -166,9 +166,8 @@ def write_shard(bank, items: range, shard: int, out) -> Iterator[int]:
     """Write the cut-outs ``items`` of the source ``bank`` (an ObjectBank read at the prepared
     ``max_side``) into shard ``shard`` of the folder ``out``, whole; yields the cut-outs done
     every :data:`PROGRESS_EVERY`, returns their index rows (without ``bytes``)."""
-    staged = storage.Staged(storage.path(out) / pixels_name(shard))
     rows: list[dict[str, Any]] = []
-    try:
+    with storage.staging(storage.path(out) / pixels_name(shard)) as staged:
         with open(staged.tmp, "wb") as f:
             offset = 0
             for n, i in enumerate(items, 1):
@@ -189,13 +188,6 @@ def write_shard(bank, items: range, shard: int, out) -> Iterator[int]:
                 if n % PROGRESS_EVERY == 0:
                     yield n
         staged.commit()
-    except Exception as exc:
-        full = staged.full(exc)
-        if full is not None:
-            raise full from None
-        raise
-    finally:
-        staged.discard()
     return rows
 
 

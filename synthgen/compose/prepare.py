@@ -139,7 +139,7 @@ def prepare_backgrounds(job: PrepareJob, *, workers: int | None = None, ray_addr
     from synthgen.errors import raise_problems
 
     raise_problems(job.problems())
-    from synthgen.executors import check_executor
+    from synthgen.executors import check_executor, shards_failed
 
     check_executor(executor)  # (before any work)
     listing = list_backgrounds(job.source)
@@ -156,9 +156,7 @@ def prepare_backgrounds(job: PrepareJob, *, workers: int | None = None, ray_addr
         todo = [s for s in range(n_shards) if stats_name(s) not in done]
         failures = _run(job, todo, items, workers or os.cpu_count() or 1, ray_address, executor, progress)
         if failures:
-            lines = "; ".join(f"{shard_name(todo[i])}: {m}" for i, m in sorted(failures.items()))
-            raise UserError(f"{len(failures)} of {len(todo)} shard(s) failed ({lines}); the others are "
-                            "complete — re-run the same command to retry the failed ones")
+            raise shards_failed(failures, [shard_name(s) for s in todo])
         return _manifest(job, n_shards, listing.skipped, ident)
 
 

@@ -85,7 +85,7 @@ def prepare_objects(job: ObjectsJob, *, workers: int | None = None, ray_address:
     import os
 
     from synthgen.compose.prepare import run_shards
-    from synthgen.executors import check_executor
+    from synthgen.executors import check_executor, shards_failed
 
     raise_problems(job.problems())
     if workers is not None and workers < 1:
@@ -109,9 +109,7 @@ def prepare_objects(job: ObjectsJob, *, workers: int | None = None, ray_address:
                               label="prepare-objects", shared={"bank": bank}, workers=workers or os.cpu_count() or 1,
                               ray_address=ray_address, executor=executor, progress=progress)
         if failures:
-            lines = "; ".join(f"{pixels_name(todo[i])}: {m}" for i, m in sorted(failures.items()))
-            raise UserError(f"{len(failures)} of {len(todo)} shard(s) failed ({lines}); the others are "
-                            "complete — re-run the same command to retry the failed ones")
+            raise shards_failed(failures, [pixels_name(s) for s in todo])
         return finish(job.out, ident, n_shards, bank, listing)
 
 

@@ -390,7 +390,7 @@ def _with_prepared(job: ComposeJob, workers, ray_address, executor, progress) ->
 
 def _run(job: ComposeJob, todo: list[int], inputs: Inputs, workers: int | None,
          ray_address: str | None, executor: str, progress: bool, growth: list | None = None) -> dict[str, Any]:
-    from synthgen.executors import in_process, run_ray, run_serial
+    from synthgen.executors import in_process, run_ray, run_serial, shards_failed
 
     failures: dict[int, str] = {}
     if todo:
@@ -421,7 +421,5 @@ def _run(job: ComposeJob, todo: list[int], inputs: Inputs, workers: int | None,
             for i in failures:  # a failed shard's scenes are not done
                 on_progress(i, 0)
     if failures:
-        lines = "; ".join(f"{shard_name(todo[i])}: {msg}" for i, msg in sorted(failures.items()))
-        raise UserError(f"{len(failures)} of {len(todo)} shard(s) failed ({lines}); "
-                        "the others are complete — re-run the same command to retry the failed ones")
+        raise shards_failed(failures, [shard_name(s) for s in todo])
     return write_manifest(job, inputs, workers, ray_address, growth)

@@ -33,6 +33,7 @@ from synthgen.storage.folder import (
     is_full,
     remove_stale_temps,
     remove_stale_uploads,
+    staging,
     temp_path,
 )
 from synthgen.storage.local import LocalPath
@@ -55,7 +56,7 @@ __all__ = [
     "glob", "kinds", "locate", "sizes", "output_file", "save_or_explain",
     "StorageError", "guard", "filesystem", "check_lock", "LIST_BLOCK", "STREAM_BLOCK",
     "ObjectLock", "abort_multipart_uploads", "LOCK_TTL_ENV",
-    "RunFolder", "Staged", "atomic_write", "atomic_write_json", "atomic_write_with",
+    "RunFolder", "Staged", "atomic_write", "atomic_write_json", "atomic_write_with", "staging",
     "temp_path", "remove_stale_temps", "remove_stale_uploads", "UPLOAD_PREFIX", "TMP_SUFFIX",
     "identity_diff", "DiskFullError", "FULL_DISK", "disk_full", "is_full",
 ]

@@ -22,12 +22,13 @@ prefixes alike.
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import json
 import os
 import tempfile
 from pathlib import Path
-from typing import Any, Callable, Iterable
+from typing import Any, Callable, Iterable, Iterator
 
 from synthgen.errors import UserError
 from synthgen.schema import LOCK_FILE
@@ -168,15 +169,14 @@ class Staged:
         return None
 
 
-def atomic_write_with(path: str | os.PathLike, write: Callable[[str], None]) -> None:
-    """``write(tmp_path)`` (any writer: torch.save, safetensors, ...), then commit it as
-    ``path`` (:class:`Staged`); a full disk is a :class:`DiskFullError` and leaves the previous
-    ``path`` untouched."""
+@contextlib.contextmanager
+def staging(path: str | os.PathLike) -> Iterator[Staged]:
+    """A :class:`Staged` for ``path`` that the block writes and commits; a failure for want of
+    space is a :class:`DiskFullError`, and the temporary is removed however the block ends (the
+    previous ``path`` untouched unless committed)."""
     staged = Staged(path)
     try:
-        staged.target.parent.mkdir(parents=True, exist_ok=True)
-        write(str(staged.tmp))
-        staged.commit()
+        yield staged
     except Exception as exc:
         full = staged.full(exc)
         if full is not None:
@@ -184,6 +184,15 @@ def atomic_write_with(path: str | os.PathLike, write: Callable[[str], None]) -> 
         raise
     finally:
         staged.discard()
+
+
+def atomic_write_with(path: str | os.PathLike, write: Callable[[str], None]) -> None:
+    """``write(tmp_path)`` (any writer: torch.save, safetensors, ...), then commit it as
+    ``path`` (:func:`staging`)."""
+    with staging(path) as staged:
+        staged.target.parent.mkdir(parents=True, exist_ok=True)
+        write(str(staged.tmp))
+        staged.commit()
 
 
 def atomic_write(path: str | os.PathLike, data: bytes | str) -> None:

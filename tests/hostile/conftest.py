@@ -3,6 +3,7 @@ to run synthgen as a user would (one line on stderr, exit 2, never a traceback).
 
 from __future__ import annotations
 
+import re
 import subprocess
 import sys
 
@@ -19,8 +20,9 @@ def run_cli(args, env, timeout=300):
 
 def one_line_error(r, *needles):
     """The run failed with exit 2 and one ``error:`` line holding every needle, no traceback
-    (a progress bar's last state, drawn with ━, may stand above it)."""
-    lines = [ln for ln in r.stderr.strip().splitlines() if ln.strip() and "━" not in ln]
+    (a progress bar's last state may stand above it: drawn with ━, or at 0 a bare ``0/N unit``)."""
+    lines = [ln for ln in r.stderr.strip().splitlines()
+             if ln.strip() and "━" not in ln and not re.match(r"\S.* 0/\d+ \S", ln)]
     assert r.returncode == 2, (r.returncode, r.stderr[-2000:])
     assert "Traceback" not in r.stderr and len(lines) == 1 and lines[0].startswith("error: "), r.stderr[-2000:]
     for n in needles:

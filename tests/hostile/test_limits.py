@@ -81,6 +81,16 @@ def test_a_manifest_write_on_a_full_disk_leaves_the_previous_one(small_disk):
     assert sorted(p.name for p in small_disk.iterdir()) == ["filler", "manifest.json"]
 
 
+def test_prepare_objects_on_a_full_disk_is_one_line_and_leaves_no_temporary(small_disk, cli_env, bank):
+    # the cut-outs' raw pixels (224 px RGBA, ~200 KB each) fill the ~100 KiB left in the first shard
+    (small_disk / "filler").write_bytes(b"\0" * (1024 * 1024 - 100 * 1024))
+    out = small_disk / "prep"
+    r = run_cli(["prepare-objects", bank, "--out", out, "--executor", "serial"], cli_env)
+    line = one_line_error(r, "1 of 1 shard(s) failed", f"no space left on {small_disk}", "writing", "re-run")
+    assert "the others" not in line  # (there are none)
+    assert not [p.name for p in out.rglob("*") if "synthgen-tmp" in p.name]
+
+
 def test_a_category_name_too_long_for_a_folder_fails_before_any_model_work(tmp_path, cli_env):
     names = tmp_path / "names.txt"
     names.write_text("cat\n" + "x" * 300 + "\n")
