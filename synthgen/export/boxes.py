@@ -104,27 +104,27 @@ class Converter:
             return f"<|box_start|>({v[0]},{v[1]}),({v[2]},{v[3]})<|box_end|>"
         if c == "internvl":
             return f"<box>[[{v[0]}, {v[1]}, {v[2]}, {v[3]}]]</box>"
-        if c == "paligemma":
-            return "".join(f"<loc{n:04d}>" for n in v)
-        if c == "florence2":
-            return "".join(f"<loc_{n}>" for n in v)
-        if c == "llava":
-            return "[" + ", ".join(f"{n:.{LLAVA_DECIMALS}f}" for n in v) + "]"
-        return format_box(v)   # pin, qwen2_5_vl (in a question)
+        return self._coordinates_text(v) or format_box(v)   # (pin, qwen2_5_vl in a question: format_box)
 
     def point(self, point: Sequence[float]) -> list:
         x, y = self._xy(point[0], point[1])
         return [y, x] if self.convention == "paligemma" else [x, y]
 
     def point_text(self, point: Sequence[float]) -> str:
-        c, v = self.convention, self.point(point)
+        v = self.point(point)
+        return self._coordinates_text(v) or f"({v[0]},{v[1]})"
+
+    def _coordinates_text(self, v: Sequence) -> str | None:
+        """Coordinates (a box's or a point's, already converted) as the conventions that write
+        them alike for both do (location tokens, LLaVA's list); None for the others."""
+        c = self.convention
         if c == "paligemma":
             return "".join(f"<loc{n:04d}>" for n in v)
         if c == "florence2":
             return "".join(f"<loc_{n}>" for n in v)
         if c == "llava":
             return "[" + ", ".join(f"{n:.{LLAVA_DECIMALS}f}" for n in v) + "]"
-        return f"({v[0]},{v[1]})"
+        return None
 
     def boxes_answer(self, label: str, boxes: Sequence[Sequence[float]]) -> str:
         """The answer naming ``label`` at ``boxes`` (one or several, in order)."""

@@ -72,6 +72,58 @@ def write_shards(out: Path, n_scenes: int, *, canvas: int = 112, grid: int = 8, 
     return paths
 
 
+def coco_set(tmp_path: Path) -> tuple[Path, Path]:
+    """A two-image COCO set (``coco.json``, ``images/``): images of two sizes, a crowd box, a
+    LVIS-style category name; its json and image folder."""
+    images = tmp_path / "images"
+    images.mkdir()
+    Image.new("RGB", (224, 112), (128, 60, 60)).save(images / "1.jpg")
+    Image.new("RGB", (100, 150), (60, 128, 60)).save(images / "2.jpg")
+    coco = {"images": [{"id": 1, "file_name": "1.jpg", "width": 224, "height": 112},
+                       {"id": 2, "file_name": "2.jpg", "width": 100, "height": 150}],
+            "categories": [{"id": 1, "name": "apple"}, {"id": 2, "name": "bow_(weapon)"}],
+            "annotations": [
+                {"id": 1, "image_id": 1, "category_id": 1, "bbox": [0, 0, 60, 40], "iscrowd": 0},
+                {"id": 2, "image_id": 1, "category_id": 2, "bbox": [100, 50, 124, 62], "iscrowd": 1},
+                {"id": 3, "image_id": 2, "category_id": 2, "bbox": [10.5, 20.5, 50, 90], "iscrowd": 0}]}
+    (tmp_path / "coco.json").write_text(json.dumps(coco))
+    return tmp_path / "coco.json", images
+
+
+def one_image_coco(tmp_path: Path, size: tuple[int, int] = (224, 112), box=(0, 0, 60, 40), *,
+                   painted: bool = False, ext: str = "jpg") -> tuple[Path, Path]:
+    """A COCO set of one grey image of ``size`` with one ``cat`` at ``box`` (x, y, w, h), drawn red
+    there when ``painted``: its json and image folder."""
+    images = tmp_path / "images"
+    images.mkdir()
+    img = np.full((size[1], size[0], 3), 128, np.uint8)
+    if painted:
+        x, y, w, h = box
+        img[y:y + h, x:x + w] = COLOURS["cat"]
+    Image.fromarray(img).save(images / f"1.{ext}")
+    coco = {"images": [{"id": 1, "file_name": f"1.{ext}", "width": size[0], "height": size[1]}],
+            "categories": [{"id": 1, "name": "cat"}],
+            "annotations": [{"id": 1, "image_id": 1, "category_id": 1, "bbox": list(box)}]}
+    (tmp_path / "coco.json").write_text(json.dumps(coco))
+    return tmp_path / "coco.json", images
+
+
+def tiny_blip2_run(tmp_path: Path, runner, steps: int = 2) -> Path:
+    """A tiny random BLIP-2 (112 px) trained ``steps`` steps by ``train-pin`` (through ``runner``,
+    a typer CliRunner) on 8 drawn scenes: its run folder, ``tmp_path / "run"``."""
+    from synthgen.cli import app
+    from synthgen.demo.tiny_blip2 import build_tiny_blip2
+
+    vlm = build_tiny_blip2(tmp_path / "vlm", image_size=112, lm_steps=20)
+    write_shards(tmp_path / "shards", 8, canvas=112, grid=8, per_shard=4)
+    run = tmp_path / "run"
+    r = runner.invoke(app, ["train-pin", str(tmp_path / "shards"), "--model", str(vlm), "--out", str(run),
+                            "--steps", str(steps), "--batch-size", "4", "--loader-workers", "0", "--hidden", "16,16",
+                            "--no-progress"])
+    assert r.exit_code == 0, r.output
+    return run
+
+
 @pytest.fixture(scope="module", autouse=True)
 def one_thread():
     """Two shared cores: one intra-op thread is several times faster than two here (imported by

@@ -4,16 +4,15 @@ the authors' protocol by default, the old rules as options, both parsers' counts
 from __future__ import annotations
 
 import json
-from pathlib import Path
 
 import pytest
-from PIL import Image
 
 from synthgen.grounding import parse_box
 from synthgen.pin.evaluation import protocol as P
 from tests.pin.fixtures import (
+    coco_set,
     one_thread,  # noqa: E402, F401 (an autouse fixture: one torch thread)
-    write_shards,
+    tiny_blip2_run,
 )
 
 pytestmark = pytest.mark.slow
@@ -21,40 +20,16 @@ pytestmark = pytest.mark.slow
 CANVAS, GRID = 112, 8
 
 
-
-def _coco(tmp_path: Path) -> tuple[Path, Path]:
-    images = tmp_path / "images"
-    images.mkdir()
-    Image.new("RGB", (224, 112), (128, 60, 60)).save(images / "1.jpg")
-    Image.new("RGB", (100, 150), (60, 128, 60)).save(images / "2.jpg")
-    coco = {"images": [{"id": 1, "file_name": "1.jpg", "width": 224, "height": 112},
-                       {"id": 2, "file_name": "2.jpg", "width": 100, "height": 150}],
-            "categories": [{"id": 1, "name": "apple"}, {"id": 2, "name": "bow_(weapon)"}],
-            "annotations": [
-                {"id": 1, "image_id": 1, "category_id": 1, "bbox": [0, 0, 60, 40], "iscrowd": 0},
-                {"id": 2, "image_id": 1, "category_id": 2, "bbox": [100, 50, 124, 62], "iscrowd": 1},
-                {"id": 3, "image_id": 2, "category_id": 2, "bbox": [10.5, 20.5, 50, 90], "iscrowd": 0}]}
-    (tmp_path / "coco.json").write_text(json.dumps(coco))
-    return tmp_path / "coco.json", images
-
-
 def test_eval_pin_cli_end_to_end(tmp_path):
     from typer.testing import CliRunner
 
     from synthgen.cli import app
-    from synthgen.demo.tiny_blip2 import build_tiny_blip2
     from synthgen.pin.training.checkpoint import load_run
     from tests.pin.test_eval_sets import _voc
 
-    vlm = build_tiny_blip2(tmp_path / "vlm", image_size=CANVAS, lm_steps=20)
-    write_shards(tmp_path / "shards", 8, canvas=CANVAS, grid=GRID, per_shard=4)
     runner = CliRunner()
-    run = tmp_path / "run"
-    r = runner.invoke(app, ["train-pin", str(tmp_path / "shards"), "--model", str(vlm), "--out", str(run),
-                            "--steps", "2", "--batch-size", "4", "--loader-workers", "0", "--hidden", "16,16",
-                            "--no-progress"])
-    assert r.exit_code == 0, r.output
-    coco_json, images = _coco(tmp_path)
+    run = tiny_blip2_run(tmp_path, runner)
+    coco_json, images = coco_set(tmp_path)
 
     # defaults: the authors' protocol
     r = runner.invoke(app, ["eval-pin", str(run), "--coco-json", str(coco_json), "--images", str(images),
@@ -123,17 +98,10 @@ def test_every_result_has_its_own_name_and_none_is_replaced_silently(tmp_path):
     from typer.testing import CliRunner
 
     from synthgen.cli import app
-    from synthgen.demo.tiny_blip2 import build_tiny_blip2
 
-    vlm = build_tiny_blip2(tmp_path / "vlm", image_size=CANVAS, lm_steps=20)
-    write_shards(tmp_path / "shards", 8, canvas=CANVAS, grid=GRID, per_shard=4)
     runner = CliRunner()
-    run = tmp_path / "run"
-    r = runner.invoke(app, ["train-pin", str(tmp_path / "shards"), "--model", str(vlm), "--out", str(run),
-                            "--steps", "1", "--batch-size", "4", "--loader-workers", "0", "--hidden", "16,16",
-                            "--no-progress"])
-    assert r.exit_code == 0, r.output
-    coco, images = _coco(tmp_path)
+    run = tiny_blip2_run(tmp_path, runner, steps=1)
+    coco, images = coco_set(tmp_path)
     base = ["eval-pin", str(run), "--coco-json", str(coco), "--images", str(images)]
     for extra in ([], ["--baseline", "random"], ["--baseline", "uniform", "--seed", "3"], ["--parse", "lenient"]):
         r = runner.invoke(app, base + extra)

@@ -7,7 +7,6 @@ import json
 import pickle
 from pathlib import Path
 
-import numpy as np
 import pytest
 import torch
 
@@ -15,9 +14,9 @@ from synthgen.errors import UserError
 from synthgen.pin.models import METHOD_OPTIONS, METHODS
 from synthgen.pin.models.registry import method_options, method_refusal
 from tests.pin.fixtures import (
+    one_image_coco,
     one_thread,  # noqa: F401 (an autouse fixture: one torch thread)
-    write_shards,
-)
+    )
 
 CANVAS, GRID = 112, 8
 FAMILIES = ("blip2", "openflamingo", "llava")
@@ -113,30 +112,13 @@ def tiny(tmp_path_factory):
     return get
 
 
-@pytest.fixture(scope="module")
-def shards(tmp_path_factory):
-    d = tmp_path_factory.mktemp("shards")
-    write_shards(d, 16, canvas=CANVAS, grid=GRID, per_shard=8)
-    return d
-
-
 def _losses(run: Path) -> list[float]:
     return [r["loss"] for r in map(json.loads, (run / "log.jsonl").read_text().splitlines()) if "loss" in r]
 
 
 def _coco(tmp_path: Path) -> tuple[Path, Path]:
-    from PIL import Image
 
-    images = tmp_path / "images"
-    images.mkdir()
-    img = np.full((CANVAS, CANVAS, 3), 128, np.uint8)
-    img[0:42, 0:56] = (230, 40, 40)
-    Image.fromarray(img).save(images / "1.png")
-    coco = {"images": [{"id": 1, "file_name": "1.png", "width": CANVAS, "height": CANVAS}],
-            "categories": [{"id": 1, "name": "cat"}],
-            "annotations": [{"id": 1, "image_id": 1, "category_id": 1, "bbox": [0, 0, 56, 42]}]}
-    (tmp_path / "coco.json").write_text(json.dumps(coco))
-    return tmp_path / "coco.json", images
+    return one_image_coco(tmp_path, (CANVAS, CANVAS), (0, 0, 56, 42), painted=True, ext="png")
 
 
 def _scene_ious(adapter, shards) -> list[tuple[str, float]]:

@@ -18,9 +18,9 @@ from torch import nn
 
 from synthgen.errors import UserError
 from tests.pin.fixtures import (
+    one_image_coco,
     one_thread,  # noqa: E402, F401 (an autouse fixture: one torch thread)
-    write_shards,
-)
+    )
 
 CANVAS, GRID = 112, 8            # the tiny ViT: 112 px, 14-px patches -> 8x8 = 64 patch tokens
 VISION_WIDTH = 32
@@ -46,13 +46,6 @@ def of_dir(tmp_path_factory):
     return build_tiny_openflamingo(tmp_path_factory.mktemp("of") / "of-sizes", image_size=CANVAS,
                                    vision_width=VISION_WIDTH, lm_layers=4, cross_attn_every=2, gate=0.7,
                                    lm_steps=0, seed=3)
-
-
-@pytest.fixture(scope="module")
-def shards(tmp_path_factory):
-    d = tmp_path_factory.mktemp("shards")
-    write_shards(d, 16, canvas=CANVAS, grid=GRID, per_shard=8)
-    return d
 
 
 def _cfg(shards, out, model, **kw):
@@ -231,18 +224,8 @@ def test_train_pin_resumes_the_same_curve_and_records_the_vlm_options(tiny_dir, 
 
 
 def _coco(tmp_path: Path) -> tuple[Path, Path]:
-    from PIL import Image
 
-    images = tmp_path / "images"
-    images.mkdir()
-    img = np.full((112, 224, 3), 128, np.uint8)
-    img[0:40, 0:60] = (230, 40, 40)
-    Image.fromarray(img).save(images / "1.jpg")
-    coco = {"images": [{"id": 1, "file_name": "1.jpg", "width": 224, "height": 112}],
-            "categories": [{"id": 1, "name": "cat"}],
-            "annotations": [{"id": 1, "image_id": 1, "category_id": 1, "bbox": [0, 0, 60, 40]}]}
-    (tmp_path / "coco.json").write_text(json.dumps(coco))
-    return tmp_path / "coco.json", images
+    return one_image_coco(tmp_path, painted=True)
 
 
 @pytest.mark.slow

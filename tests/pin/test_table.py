@@ -99,19 +99,11 @@ def test_table_command_on_a_tiny_run(tmp_path):
     from typer.testing import CliRunner
 
     from synthgen.cli import app
-    from synthgen.demo.tiny_blip2 import build_tiny_blip2
-    from tests.pin.fixtures import write_shards
-    from tests.pin.test_eval_e2e import _coco
+    from tests.pin.fixtures import coco_set, tiny_blip2_run
 
-    vlm = build_tiny_blip2(tmp_path / "vlm", image_size=112, lm_steps=20)
-    write_shards(tmp_path / "shards", 8, canvas=112, grid=8, per_shard=4)
-    run = tmp_path / "run"
     runner = CliRunner()
-    r = runner.invoke(app, ["train-pin", str(tmp_path / "shards"), "--model", str(vlm), "--out", str(run),
-                            "--steps", "2", "--batch-size", "4", "--loader-workers", "0", "--hidden", "16,16",
-                            "--no-progress"])
-    assert r.exit_code == 0, r.output
-    coco, images = _coco(tmp_path)
+    run = tiny_blip2_run(tmp_path, runner)
+    coco, images = coco_set(tmp_path)
     base = ["eval-pin", str(run), "--coco-json", str(coco), "--images", str(images), "--parse", "lenient"]
     for extra in ([], ["--baseline", "random"], ["--baseline", "prior"], ["--baseline", "raw"]):
         r = runner.invoke(app, base + extra)

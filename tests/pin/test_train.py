@@ -11,6 +11,7 @@ import torch
 
 from synthgen.errors import UserError  # noqa: E402
 from tests.pin.fixtures import (
+    one_image_coco,
     one_thread,  # noqa: E402, F401 (an autouse fixture: one torch thread)
     write_shards,  # noqa: E402
 )
@@ -26,13 +27,6 @@ def vlm_dir(tmp_path_factory):
     from synthgen.demo.tiny_blip2 import build_tiny_blip2
 
     return build_tiny_blip2(tmp_path_factory.mktemp("vlm") / "tiny-blip2", image_size=CANVAS)
-
-
-@pytest.fixture(scope="module")
-def shards(tmp_path_factory):
-    d = tmp_path_factory.mktemp("shards")
-    write_shards(d, 16, canvas=CANVAS, grid=GRID, per_shard=8)
-    return d
 
 
 def _cfg(shards, out, vlm_dir, **kw):
@@ -335,14 +329,8 @@ def test_cli_train_eval_predict(vlm_dir, shards, tmp_path):
     assert all(x["samples_per_s"] > 0 for x in log if "loss" in x)
 
     # a one-image COCO-format set
-    images = tmp_path / "images"
-    images.mkdir()
-    Image.new("RGB", (224, 112), (128, 128, 128)).save(images / "1.jpg")
-    coco = {"images": [{"id": 1, "file_name": "1.jpg", "width": 224, "height": 112}],
-            "categories": [{"id": 1, "name": "cat"}],
-            "annotations": [{"id": 1, "image_id": 1, "category_id": 1, "bbox": [0, 0, 60, 40]}]}
-    (tmp_path / "coco.json").write_text(json.dumps(coco))
-    r = runner.invoke(app, ["eval-pin", str(run), "--coco-json", str(tmp_path / "coco.json"),
+    coco, images = one_image_coco(tmp_path)
+    r = runner.invoke(app, ["eval-pin", str(run), "--coco-json", str(coco),
                             "--images", str(images), "--out", str(tmp_path / "ev" / "preds.jsonl")])
     assert r.exit_code == 0, r.output
     rec = json.loads((tmp_path / "ev" / "preds.jsonl").read_text())
@@ -356,7 +344,7 @@ def test_cli_train_eval_predict(vlm_dir, shards, tmp_path):
     assert r.output.strip().splitlines()[0].startswith("[")
     assert Image.open(tmp_path / "p.png").size == (224, 112)
 
-    r = runner.invoke(app, ["eval-pin", str(tmp_path), "--coco-json", str(tmp_path / "coco.json"),
+    r = runner.invoke(app, ["eval-pin", str(tmp_path), "--coco-json", str(coco),
                             "--images", str(images)])
     assert r.exit_code == 2 and "not a PIN run" in r.output
 

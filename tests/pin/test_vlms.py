@@ -14,6 +14,7 @@ import torch
 
 from synthgen.errors import UserError
 from tests.pin.fixtures import (
+    one_image_coco,
     one_thread,  # noqa: E402, F401 (an autouse fixture: one torch thread)
     write_shards,
 )
@@ -50,13 +51,6 @@ def adapters(tiny):
             cache[family] = load_adapter(family, str(tiny(family)), **OPTIONS.get(family, {}))
         return cache[family]
     return get
-
-
-@pytest.fixture(scope="module")
-def shards(tmp_path_factory):
-    d = tmp_path_factory.mktemp("shards")
-    write_shards(d, 16, canvas=CANVAS, grid=GRID, per_shard=8)
-    return d
 
 
 def _pixels(n: int = 2, seed: int = 0) -> torch.Tensor:
@@ -367,14 +361,8 @@ def test_eval_pin_and_predict_read_the_run(trained, shards, family, tmp_path):
     run, a, _ = trained(family)
     m = evaluate_scenes(a, find_shards(str(shards)), canvas=CANVAS, grid=GRID, limit=4, batch_size=4)
     assert m["n"] == 4 and 0 <= m["unparseable"] <= 4  # random answers: the one-cell fallback, counted
-    images = tmp_path / "images"
-    images.mkdir()
-    Image.new("RGB", (224, 112), (128, 128, 128)).save(images / "1.jpg")
-    coco = {"images": [{"id": 1, "file_name": "1.jpg", "width": 224, "height": 112}],
-            "categories": [{"id": 1, "name": "cat"}],
-            "annotations": [{"id": 1, "image_id": 1, "category_id": 1, "bbox": [0, 0, 60, 40]}]}
-    (tmp_path / "coco.json").write_text(json.dumps(coco))
-    m = evaluate_coco(run, tmp_path / "coco.json", images, out=tmp_path / "ev" / "preds.jsonl", max_new_tokens=6)
+    coco, images = one_image_coco(tmp_path)
+    m = evaluate_coco(run, coco, images, out=tmp_path / "ev" / "preds.jsonl", max_new_tokens=6)
     rec = json.loads((tmp_path / "ev" / "preds.jsonl").read_text())
     assert m["n"] == 1 and rec["gt_box"] == [0, 0, 30, 40] and rec["output"].startswith(" ")
     assert rec["parsed"] == rec["parsed_strict"]

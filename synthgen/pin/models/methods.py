@@ -299,7 +299,20 @@ def _vision_grad(adapter, on: bool) -> None:
         adapter.model.vision_grad = on
 
 
-class LoRAVision(Method):
+class InVLM(Method):
+    """A method whose trainable tensors are parameters of the VLM (``_params``, by their names
+    in the VLM), set when attached."""
+
+    _params: dict[str, nn.Parameter] = {}
+
+    def owned(self) -> list[nn.Parameter]:
+        return list(self._params.values())
+
+    def trainable(self) -> dict[str, nn.Parameter]:
+        return dict(self._params)
+
+
+class LoRAVision(InVLM):
     """LoRA on the vision encoder's attention projections through ``peft`` (injected in place:
     no wrapper model; the VLM's keys gain ``lora_A``/``lora_B``)."""
 
@@ -337,12 +350,6 @@ class LoRAVision(Method):
                     setattr(self._vision.get_submodule(parent) if parent else self._vision, last, base)
             _vision_grad(self.adapter, False)
         super().detach()
-
-    def owned(self) -> list[nn.Parameter]:
-        return list(self._params.values())
-
-    def trainable(self) -> dict[str, nn.Parameter]:
-        return dict(self._params)
 
 
 def _keep_mha_weights(vision: nn.Module) -> list:
@@ -387,7 +394,7 @@ def _switch_hooks(method: LoRAVision) -> list:
     return [m.register_forward_pre_hook(pre) for m in method._vision.modules() if isinstance(m, LoraLayer)]
 
 
-class Full(Method):
+class Full(InVLM):
     """Every VLM weight trainable (fp32). Detaching restores the weights the VLM had (kept on
     the CPU when attached): meant for tiny models. PIN's switch does not turn it off."""
 
@@ -410,12 +417,6 @@ class Full(Method):
                     p.data = self._before[k].to(p.device)
             _vision_grad(self.adapter, False)
         super().detach()
-
-    def owned(self) -> list[nn.Parameter]:
-        return list(self._params.values())
-
-    def trainable(self) -> dict[str, nn.Parameter]:
-        return dict(self._params)
 
 
 CLASSES = {c.name: c for c in (CoOp, VPTFusion, VPTVision, LoRAVision, Full)}
