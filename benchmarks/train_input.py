@@ -2,7 +2,9 @@
 
 Stages timed cumulatively on one process (= one worker): read the tar (raw bytes + shuffle
 buffer), decode the JPEG to a uint8 tensor, draw the target object and tokenise prompt + answer
-with the VLM's tokenizer, collate into batches. This is what ``train-pin`` workers do; the
+with the VLM's tokenizer, collate into batches; then the same with a ``--tasks`` mix (every
+task by default: the questions drawn and tokenised, derived from the record where the scene has
+none of its own). This is what ``train-pin`` workers do; the
 normalisation (rescale, mean/std of the BLIP-2 image processor) runs on the device. For
 comparison, the last line times the stock ``Blip2Processor`` doing resize + normalise + tokenise on
 the CPU per sample.
@@ -31,12 +33,14 @@ GPT-2 BPE) because this machine has no model hub.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import io
 import json
 import sys
 import tarfile
 import tempfile
 import time
+from collections import Counter
 from pathlib import Path
 
 import numpy as np
@@ -94,6 +98,8 @@ def main(argv=None) -> None:
     ap.add_argument("--backgrounds", type=int, default=16, help="raw backgrounds generated")
     ap.add_argument("--workers", default="1,2", help="loader workers to time, comma-separated")
     ap.add_argument("--composed-batch", type=int, default=16, help="batch of the on-the-fly timings")
+    ap.add_argument("--tasks", default=None,
+                    help="the --tasks mix of the last line of the stream timings (default: every task, weight 1)")
     ap.add_argument("--warmup-scenes", type=int, default=192,
                     help="scenes each worker composes before the steady timing (its cut-out cache fills)")
     args = ap.parse_args(argv)
@@ -103,7 +109,9 @@ def main(argv=None) -> None:
     torch.set_num_threads(1)  # a DataLoader worker is one process, one thread
     from transformers import Blip2Processor
 
+    from synthgen.compose.questions import TASKS
     from synthgen.pin.models.adapters import TextCodec
+    from synthgen.pin.training import tasks as T
     from synthgen.pin.training.data import SceneStream, StreamConfig, decode_image
     from synthgen.shards import iter_tar
 
@@ -138,12 +146,19 @@ def main(argv=None) -> None:
         lambda: sum(1 for i, raw in enumerate(ds.raw_epoch(0, 1, 0)) if ds._decode(raw, 0, 0, i)))
     batches = n // args.batch_size
 
-    def full():
-        it = ds.batches(0, 1)
+    asked: Counter = Counter()
+
+    def full(stream=ds):
+        it = stream.batches(0, 1)
         for _ in range(batches):
-            next(it)
+            asked.update(next(it).get("tasks", ()))
         return batches * args.batch_size
     res["+ collate = one train-pin worker"] = rate(full)
+    mix = T.parse_weights(args.tasks or ",".join(TASKS))
+    asked.clear()
+    res["  the same with --tasks " + ",".join(f"{k}={v:g}" for k, v in mix.items())] = rate(
+        lambda: full(SceneStream(dataclasses.replace(cfg, tasks=mix), codec)))
+    asked_line = ", ".join(f"{k} {v / sum(asked.values()):.0%}" for k, v in asked.most_common())
 
     def stock():
         k = 0
@@ -157,6 +172,7 @@ def main(argv=None) -> None:
     res["stock Blip2Processor per sample (CPU resize+normalise)"] = rate(stock)
     for k, v in res.items():
         print(f"{k:58s} {v:9.1f} samples/s")
+    print(f"questions asked with the mix (the scenes' own, derived when training): {asked_line}")
     if args.composed:
         composed_rates(tmp, codec, args)
 
