@@ -8,7 +8,8 @@ from synthgen.commands.core import Command, Option
 TABLE = Command(
     "table", "Write Table 1 from eval-pin results: a row per baseline (raw, random, prior, K-context) and per "
     "train-pin run (labelled by its method, with its trainable parameter count), mIoU all / M / L per set, the "
-    "paper's figures in brackets beside ours.",
+    "paper's figures in brackets beside ours; results per question task (eval-pin --scenes --tasks) in a second "
+    "table, a column per set and task.",
     (Option("runs", (), "train-pin run folders (their eval/ results), eval folders or metrics.json files: every "
             "eval-pin metrics.json under them is read.", "strs", argument=True, required=True, multiple=True,
             metavar="RUN_OR_EVAL_DIR"),

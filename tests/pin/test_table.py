@@ -87,6 +87,32 @@ def test_rows_markdown_and_csv_from_results():
     assert got[("prior", "instances_val2017", "all")]["paper_miou"] == ""
 
 
+def test_results_per_question_task_make_their_own_table():
+    meta = {"vlm": "blip2", "pin_parameters": 100}
+    tasks = {"name": {"n": 6, "metric": "mIoU", "miou": 0.25}, "count": {"n": 4, "metric": "accuracy", "accuracy": 0.5},
+             "relation": {"n": 0, "metric": "mIoU", "miou": None}}
+    scenes = {"set": "/d/val", "n": 10, "tasks": tasks, "protocol": {"set_kind": "scenes"}, "run": "/r/one"}
+    raw = {**scenes, "baseline": "raw", "tasks": {"name": {"n": 6, "metric": "mIoU", "miou": 0.0}}}
+    rows = T.make_rows([(_metrics(1, "/d/coco.json", run="/r/one"), meta, "a"), (scenes, meta, "b"), (raw, meta, "c")])
+    by = {r.key: r for r in rows}
+    assert by["pin"].tasks == {"val": {"name": (0.25, 6), "count": (0.5, 4), "relation": (None, 0)}}
+    assert set(by["pin"].cells) == {"coco"} and not by["raw"].cells
+    assert T.table_sets(rows) == ["coco"] and T.task_columns(rows) == [("val", "name"), ("val", "count"),
+                                                                       ("val", "relation")]
+    md = T.markdown(rows)
+    first, second = md.split("## Question tasks")
+    assert "| raw |" not in first  # (no mIoU result of its own)
+    lines = [x for x in second.splitlines() if x.startswith("| ")]
+    assert lines[0] == ("| row | VLM | trainable parameters | val name (mIoU) | val count (accuracy) | "
+                        "val relation (mIoU) |")
+    assert lines[1:] == ["| raw | blip2 |  | 0.000 | - | - |", "| PIN | blip2 | 100 | 0.250 | 0.500 | - |"]
+    assert "Questions: val name 6, val count 4, val relation 0." in second
+    table = [x for x in csv.DictReader(io.StringIO(T.csv_text(rows))) if x["task"]]
+    got = {(x["row"], x["task"]): (x["miou"], x["accuracy"], x["n"]) for x in table}
+    assert got == {("raw", "name"): ("0.0", "", "6"), ("pin", "name"): ("0.25", "", "6"),
+                   ("pin", "count"): ("", "0.5", "4"), ("pin", "relation"): ("", "", "0")}
+
+
 def test_method_defaults_to_pin_and_same_method_runs_are_told_apart():
     meta = {"vlm": "blip2"}
     rows = T.make_rows([(_metrics(1, "/d/coco.json", run="/r/one"), meta, "x"),

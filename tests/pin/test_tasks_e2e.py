@@ -94,7 +94,18 @@ def test_train_with_a_task_mix_and_evaluate_each_task(vlm_dir, composed, tmp_pat
             assert rec["ious"] == M.score(rec["task"], rec["answer"], rec["output"])["ious"]
         elif rec["task"] != "point":
             assert rec["correct"] == M.score(rec["task"], rec["answer"], rec["output"])["correct"]
-    print(json.dumps(m["tasks"], indent=1))
+
+    # `synthgen table` puts them in its "Question tasks" table, each score as metrics.json has it
+    r = CliRunner().invoke(app, ["table", str(run), "--out", str(tmp_path / "t" / "table.md")])
+    assert r.exit_code == 0, r.output
+    md = (tmp_path / "t" / "table.md").read_text()
+    table = [x for x in md.split("## Question tasks")[1].splitlines() if x.startswith("| ")]
+    head, line = table[0], next(x for x in table if x.startswith("| PIN |"))
+    assert "val relation (mIoU)" in head and "val count (accuracy)" in head
+    cells = dict(zip(head.strip("| ").split(" | "), line.strip("| ").split(" | ")))
+    for t in TASKS.split(","):
+        value = m["tasks"][t]["miou" if t in M.BOX_TASKS else "accuracy"]
+        assert cells[f"val {t} ({'mIoU' if t in M.BOX_TASKS else 'accuracy'})"] == f"{value:.3f}"
 
 
 @pytest.mark.parametrize("method", ["pin", "coop"])

@@ -171,7 +171,7 @@ def evaluate_scene_tasks(run_dir, scenes, *, tasks: str | Sequence[str] = "name"
     for k in ("max_objects", "article" if "name" not in chosen and "referral" not in chosen else ""):
         rec.pop(k, None)
     rec["parse"] = PARSE
-    # (no top-level "miou": a per-task result is not a row of `synthgen table`)
+    # (no top-level "miou": `synthgen table` puts a per-task result in its "Question tasks" table)
     metrics = {"set": str(scenes), "n": len(records), "tasks": table, "protocol": rec, "matching": "greedy by IoU, one to one; unmatched boxes count as IoU 0",
                "canvas": run.canvas, "grid": run.grid, "baseline": proto.baseline, "run": str(run.dir),
                "bad_scenes": bad, "skipped": Skips().summary()}

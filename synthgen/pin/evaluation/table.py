@@ -7,7 +7,10 @@ Rows: the baselines (raw, random, prior, uniform, native, K-context) then each t
 labelled by its ``method`` (``pin`` where ``pin.json`` names none) with its trainable parameter
 count; columns: each set's mIoU all / M / L (medium and large: COCO's size buckets on the canvas),
 mean +- std for the in-context rows. The paper's figures (:mod:`.paper`) are given where the set's
-name says which of its sets it is (``voc``, ``coco``/``instances_val``, ``lvis``).
+name says which of its sets it is (``voc``, ``coco``/``instances_val``, ``lvis``). Results per
+question task (``eval-pin --scenes SHARDS --tasks ...``) make a second table, "Question tasks", of
+the same rows: a column per set and task, mIoU for the tasks answered with boxes, accuracy for the
+others.
 """
 
 from __future__ import annotations
@@ -21,6 +24,7 @@ from typing import Iterable, Sequence
 
 from synthgen.errors import UserError
 from synthgen.pin.evaluation.paper import ROW_NAMES, figure, paper_set
+from synthgen.pin.evaluation.taskmetrics import BOX_TASKS
 
 BUCKETS = (("all", "miou", "n"), ("M", "miou_M", "n_M"), ("L", "miou_L", "n_L"))
 BASELINE_ORDER = ("raw", "random", "prior", "uniform", "native")
@@ -30,13 +34,16 @@ METHOD_ORDER = ("coop", "vpt-fusion", "vpt-vision", "lora-vision", "pin", "full"
 @dataclass
 class Row:
     """One row: ``key`` (``random``, ``5-context``, a method), the VLM, the trainable parameters
-    (methods), and per set ``cells[set][bucket] = (mean, std or None, n)`` and its source file."""
+    (methods), and per set ``cells[set][bucket] = (mean, std or None, n)`` or, for the results per
+    question task, ``tasks[set][task] = (score, n)`` (mIoU or accuracy: :func:`task_metric`), and
+    its source file."""
 
     key: str
     label: str
     vlm: str | None = None
     params: int | None = None
     cells: dict[str, dict[str, tuple[float, float | None, int]]] = field(default_factory=dict)
+    tasks: dict[str, dict[str, tuple[float | None, int]]] = field(default_factory=dict)
     sources: dict[str, str] = field(default_factory=dict)
 
 
@@ -94,16 +101,35 @@ def make_rows(results: Iterable[tuple[dict, dict | None, str]]) -> list[Row]:
             row = rows[ident] = Row(key, f"{label} ({run_name})" if same else label,
                                     ident[1], _params(meta) if metrics.get("baseline") is None else None)
         name = set_name(metrics)
-        if name in row.cells:
+        if name in row.cells or name in row.tasks:
             continue
-        row.cells[name] = {b: (float(metrics[m]), metrics.get(f"{m}_std"), int(metrics.get(n, 0)))
-                           for b, m, n in BUCKETS if m in metrics}
+        if "tasks" in metrics:
+            row.tasks[name] = {t: (m.get("miou" if task_metric(t) == "mIoU" else "accuracy"), int(m.get("n", 0)))
+                               for t, m in metrics["tasks"].items()}
+        else:
+            row.cells[name] = {b: (float(metrics[m]), metrics.get(f"{m}_std"), int(metrics.get(n, 0)))
+                               for b, m, n in BUCKETS if m in metrics}
         row.sources[name] = source
     return sorted(rows.values(), key=lambda r: (_order(r.key), r.vlm or "", r.label))
 
 
+def task_metric(task: str) -> str:
+    """What a question task is scored by: ``mIoU`` (answered with boxes) or ``accuracy``."""
+    return "mIoU" if task in BOX_TASKS else "accuracy"
+
+
+def task_columns(rows: Sequence[Row]) -> list[tuple[str, str]]:
+    """``(set, task)`` of the results per question task, sets by name, tasks in the order scored."""
+    cols: dict[tuple[str, str], None] = {}
+    for name in sorted({s for r in rows for s in r.tasks}):
+        for r in rows:
+            cols.update(dict.fromkeys((name, t) for t in r.tasks.get(name, {})))
+    return list(cols)
+
+
 def table_sets(rows: Sequence[Row]) -> list[str]:
-    """The sets of the rows: the paper's (PVOC, COCO, LVIS) first, in its order, then the others."""
+    """The sets of the rows' mIoU cells: the paper's (PVOC, COCO, LVIS) first, in its order, then
+    the others."""
     names = {s for r in rows for s in r.cells}
     rank = {"PVOC": 0, "COCO": 1, "LVIS": 2}
     return sorted(names, key=lambda s: (rank.get(paper_set(s) or "", 3), s))
@@ -124,21 +150,44 @@ def _cell(row: Row, name: str, bucket: str) -> str:
 
 def markdown(rows: Sequence[Row], title: str = "Table 1") -> str:
     """The table as markdown: a row per :class:`Row`, mIoU all / M / L per set, the paper's figure
-    in brackets where there is one."""
+    in brackets where there is one; then the results per question task, if any."""
     sets = table_sets(rows)
-    head = ["row", "VLM", "trainable parameters"] + [
-        f"{s}{f' ({paper_set(s)})' if paper_set(s) else ''} {b}" for s in sets for b, _, _ in BUCKETS]
-    lines = [f"# {title}", "",
-             "mIoU over all / medium (M) / large (L) objects of each set's images with up to the eval's "
-             "--max-objects objects; in-context rows: mean ± std over the repeats. In brackets: the paper's figure "
-             "(PIN, CVPR 2024, Table 1; this VLM's rows; random: the baselines block).", "",
-             "| " + " | ".join(head) + " |", "|" + "|".join(["---"] * 3 + ["---:"] * (len(head) - 3)) + "|"]
-    for r in rows:
-        params = f"{r.params:,}" if r.params is not None else ""
-        lines.append("| " + " | ".join([r.label, r.vlm or "", params]
-                                       + [_cell(r, s, b) for s in sets for b, _, _ in BUCKETS]) + " |")
-    queries = ", ".join(f"{s}: {_queries(rows, s)}" for s in sets)
-    return "\n".join(lines + ["", f"Queries (all / M / L): {queries}.", ""])
+    lines = [f"# {title}", ""]
+    if sets:
+        head = ["row", "VLM", "trainable parameters"] + [
+            f"{s}{f' ({paper_set(s)})' if paper_set(s) else ''} {b}" for s in sets for b, _, _ in BUCKETS]
+        lines += ["mIoU over all / medium (M) / large (L) objects of each set's images with up to the eval's "
+                  "--max-objects objects; in-context rows: mean ± std over the repeats. In brackets: the paper's "
+                  "figure (PIN, CVPR 2024, Table 1; this VLM's rows; random: the baselines block).", "",
+                  "| " + " | ".join(head) + " |", "|" + "|".join(["---"] * 3 + ["---:"] * (len(head) - 3)) + "|"]
+        for r in rows:
+            if r.cells:
+                lines.append("| " + " | ".join(_lead(r) + [_cell(r, s, b) for s in sets for b, _, _ in BUCKETS]) + " |")
+        queries = ", ".join(f"{s}: {_queries(rows, s)}" for s in sets)
+        lines += ["", f"Queries (all / M / L): {queries}.", ""]
+    cols = task_columns(rows)
+    if cols:
+        head = ["row", "VLM", "trainable parameters"] + [f"{s} {t} ({task_metric(t)})" for s, t in cols]
+        lines += ["## Question tasks", "",
+                  "Each question task on scene shards (eval-pin --scenes SHARDS --tasks): mIoU over the boxes "
+                  "asked for (one to one, an unmatched box counts 0) for the tasks answered with boxes, accuracy "
+                  "for the others.", "",
+                  "| " + " | ".join(head) + " |", "|" + "|".join(["---"] * 3 + ["---:"] * len(cols)) + "|"]
+        for r in rows:
+            if r.tasks:
+                lines.append("| " + " | ".join(_lead(r) + [_num(r.tasks.get(s, {}).get(t, (None, 0))[0])
+                                                           for s, t in cols]) + " |")
+        counts = ", ".join(f"{s} {t} {_task_n(rows, s, t)}" for s, t in cols)
+        lines += ["", f"Questions: {counts}.", ""]
+    return "\n".join(lines)
+
+
+def _lead(r: Row) -> list[str]:
+    return [r.label, r.vlm or "", f"{r.params:,}" if r.params is not None else ""]
+
+
+def _task_n(rows: Sequence[Row], name: str, task: str) -> int:
+    return next((r.tasks[name][task][1] for r in rows if task in r.tasks.get(name, {})), 0)
 
 
 def _queries(rows: Sequence[Row], name: str) -> str:
@@ -149,11 +198,12 @@ def _queries(rows: Sequence[Row], name: str) -> str:
 
 
 def csv_text(rows: Sequence[Row]) -> str:
-    """One line per row x set x bucket: ours (mean, std, queries), the paper's (mean, std), the source."""
+    """One line per row x set x bucket: ours (mean, std, queries), the paper's (mean, std), the source;
+    then one per row x set x question task (``task``; its mIoU or ``accuracy``, the questions ``n``)."""
     buf = io.StringIO()
     w = csv.writer(buf, lineterminator="\n")
     w.writerow(["row", "label", "vlm", "trainable_parameters", "set", "paper_set", "bucket", "miou", "miou_std",
-                "n", "paper_miou", "paper_std", "source"])
+                "n", "paper_miou", "paper_std", "source", "task", "accuracy"])
     for r in rows:
         for s in table_sets(rows):
             if s not in r.cells:
@@ -165,7 +215,16 @@ def csv_text(rows: Sequence[Row]) -> str:
                 fig = figure(r.vlm, r.key, paper_set(s), b) or (None, None)
                 w.writerow([r.key, r.label, r.vlm or "", "" if r.params is None else r.params, s,
                             paper_set(s) or "", b, mean, "" if std is None else std, n,
-                            "" if fig[0] is None else fig[0], "" if fig[1] is None else fig[1], r.sources[s]])
+                            "" if fig[0] is None else fig[0], "" if fig[1] is None else fig[1], r.sources[s], "", ""])
+    for s, t in task_columns(rows):
+        for r in rows:
+            if t not in r.tasks.get(s, {}):
+                continue
+            score, n = r.tasks[s][t]
+            value = "" if score is None else score
+            box = task_metric(t) == "mIoU"
+            w.writerow([r.key, r.label, r.vlm or "", "" if r.params is None else r.params, s, "", "",
+                        value if box else "", "", n, "", "", r.sources[s], t, "" if box else value])
     return buf.getvalue()
 
 
@@ -203,7 +262,7 @@ def collect(paths: Sequence[str | Path]) -> list[tuple[dict, dict | None, str]]:
                 metrics = json.loads(f.read_text())
             except (OSError, ValueError) as exc:
                 raise UserError(f"{f} is not readable JSON ({exc})") from None
-            if isinstance(metrics, dict) and "miou" in metrics and "protocol" in metrics:
+            if isinstance(metrics, dict) and ("miou" in metrics or "tasks" in metrics) and "protocol" in metrics:
                 out.append((metrics, _run_meta(metrics, cache), str(f)))
     if not out:
         raise UserError(f"no eval-pin results (metrics.json) under {', '.join(map(str, paths))}")
