@@ -120,9 +120,11 @@ TRAIN = Command(
      _device("training"),
      Option("loader_workers", T.loader_workers, "DataLoader worker processes per GPU that read (or compose) the "
             "scenes (0 = in the main process). Not Ray CPUs: train-pin does not use Ray.", "int", recipe=True),
-     Option("val", None, "Validation scene shards: mIoU every --eval-every steps.", "names"),
+     Option("val", None, "Validation scene shards: mIoU every --eval-every steps (with a --tasks mix, each of "
+            "its tasks' score too).", "names"),
      Option("eval_every", T.eval_every, "Steps between validations.", "int", recipe=True),
-     Option("val_limit", T.val_limit, "Queries (objects) per validation.", "int", recipe=True),
+     Option("val_limit", T.val_limit, "Queries (objects) per validation (and questions per task of a --tasks "
+            "mix).", "int", recipe=True),
      Option("save_every", T.save_every, "Steps between checkpoints.", "int", recipe=True),
      Option("log_every", T.log_every, "Steps between log.jsonl lines.", "int", recipe=True),
      Option("resume", False, "Continue the run in --out (PIN, optimiser, step, RNG) along the same curve.", "bool"),

@@ -17,6 +17,7 @@ pytestmark = pytest.mark.slow
 CANVAS, GRID = 112, 8
 TASKS = "name,referral,relation,attribute,all,absent,count,region,point"
 MIX = "name=1,relation=0.5,attribute=0.5,all=1,absent=0.5,count=1,region=1,point=1"
+MIX_TASKS = [t.split("=")[0] for t in MIX.split(",")]
 
 
 @pytest.fixture(scope="module")
@@ -65,8 +66,14 @@ def test_train_with_a_task_mix_and_evaluate_each_task(vlm_dir, composed, tmp_pat
     from synthgen.cli import app
 
     run = tmp_path / "run"
-    r = _train([str(composed / "train"), "--model", str(vlm_dir), "--out", str(run), "--steps", "4", "--tasks", MIX])
+    r = _train([str(composed / "train"), "--model", str(vlm_dir), "--out", str(run), "--steps", "4", "--tasks", MIX,
+                "--val", str(composed / "val"), "--eval-every", "4", "--val-limit", "3"])
     assert r.exit_code == 0, r.output
+    # validation scores PIN's question and each other task of the mix (weight > 0), logged and printed
+    val = [x for x in map(json.loads, (run / "log.jsonl").read_text().splitlines()) if "val_miou" in x]
+    assert [x["step"] for x in val] == [4] and list(val[0]["val_tasks"]) == [t for t in MIX_TASKS if t != "name"]
+    assert all(v is None or 0 <= v <= 1 for v in val[0]["val_tasks"].values())
+    assert "; tasks (mIoU or accuracy) relation " in r.output
     meta = json.loads((run / "pin.json").read_text())
     assert meta["tasks"] == {"name": 1.0, "relation": 0.5, "attribute": 0.5, "all": 1.0, "absent": 0.5,
                              "count": 1.0, "region": 1.0, "point": 1.0}

@@ -108,9 +108,20 @@ class Loop:
         with self._autocast():
             m = evaluate_scenes(self.adapter, self.val_shards, canvas=self.canvas, grid=self.grid,
                                 limit=self.cfg.val_limit, batch_size=min(self.cfg.batch_size, 32))
+            others = [t for t, w in self.cfg.task_weights().items() if w > 0 and t != "name"]
+            if others:  # a --tasks mix: each of its other tasks too, on up to --val-limit questions each
+                m["tasks"] = self._validate_tasks(others)
         self.pin.train()
         use(self.pin_fn)
         return m
+
+    def _validate_tasks(self, tasks: list[str]) -> dict[str, dict]:
+        from synthgen.pin.evaluation.scenetasks import score_scene_tasks
+        from synthgen.pin.evaluation.taskmetrics import summarize_tasks
+
+        records = score_scene_tasks(self.adapter, self.val_shards, tasks, canvas=self.canvas,
+                                    limit=self.cfg.val_limit, batch_size=min(self.cfg.batch_size, 32))
+        return summarize_tasks(records, tasks)
 
     def _accumulate(self, batch: dict) -> float:
         """Forward and backward over ``batch`` in micro-batches; the gradients add up to the
@@ -258,10 +269,14 @@ class Loop:
     def _validate(self, step: int) -> None:
         self.val = val = self.validate()
         if val is not None:
+            tasks = {t: (m.get("miou") if m["metric"] == "mIoU" else m.get("accuracy"))
+                     for t, m in val.get("tasks", {}).items()}
             self.log({"step": step, "val_miou": val["miou"], "val_n": val["n"],
-                      "val_unparseable": val["unparseable"]})
+                      "val_unparseable": val["unparseable"], **({"val_tasks": tasks} if tasks else {})})
+            words = "".join(f", {t} {'-' if v is None else f'{v:.3f}'}" for t, v in tasks.items())
             self.progress.console.print(f"step {step}: val mIoU {val['miou']:.4f} "
-                                        f"({val['n']} queries, {val['unparseable']} unparseable)")
+                                        f"({val['n']} queries, {val['unparseable']} unparseable)"
+                                        + (f"; tasks (mIoU or accuracy){words[1:]}" if tasks else ""))
 
     def _log_train(self, step: int, phase, losses: list[float], objects: list[float], n: int,
                    dt: float) -> tuple[float, float]:
