@@ -23,6 +23,15 @@ loss path before this issue with its defaults: the model's own full-logits loss
 (``adapter.model(**adapter.inputs(...)).loss``; BLIP-2 / OpenFlamingo
 ``adapter._forward(..., labels=).loss``) with fp32 weights under fp16 autocast (``fp16-mixed``).
 
+``--method NAME`` (default ``pin``; the names of ``train-pin --method``, ``synthgen.pin.models.METHODS``)
+trains the paper's Table 1 method instead of PIN, put in as training puts it
+(:func:`synthgen.pin.models.methods.make_method` with the paper's options, ``attach``; taken out
+after): ``coop`` (16 tokens before the text), ``vpt-fusion`` / ``vpt-vision`` (100 tokens appended
+to the features the fusion network reads / to the vision encoder's input), ``lora-vision`` (LoRA r 16
+in the vision encoder's attention, fp32) and ``full`` (every weight, turned to fp32 by the method, as
+in ``train-pin``: the frozen weights load in ``WEIGHTS[precision]`` and only ``full`` changes them).
+The gradients of the trained tensors are zeroed before each step.
+
 Measured, per family and setting:
 
 - **kept for backward**: the bytes of the tensors autograd saves during the forward
@@ -33,10 +42,21 @@ Measured, per family and setting:
   fp16 copies of the weights that the matmuls keep), outside the layers per sample (logits, loss,
   embeddings, projector / Q-Former / perceiver, ...) and outside the layers whatever the batch.
   They are extrapolated to the real depth: **per sample at full depth** and **of which outside
-  the layers**. The vision tower runs with ``--vision-layers`` layers (default 1; all with
-  ``--layers 0``): it runs before PIN with frozen weights and so keeps nothing for backward, which
-  every measurement verifies (saved-tensor hooks around the tower count what it keeps: 0 bytes in
-  every family) - its depth changes the time and the weights, not what is kept;
+  the layers**. The vision tower runs with ``--vision-layers`` layers (default 1 with PIN, 2 with
+  the other methods; all with ``--layers 0``). With PIN it runs before PIN with frozen weights and
+  so keeps nothing for backward, which every measurement verifies (saved-tensor hooks around the
+  tower count what it keeps: 0 bytes in every family) - its depth changes the time and the weights,
+  not what is kept. With a method trained inside the tower or before it (``vpt-vision``,
+  ``lora-vision``, ``full``) the tower keeps activations in each of its blocks: the same hooks count
+  apart what is kept while each of its repeated blocks runs (:func:`tower_blocks`: the tower's
+  ``ModuleList`` with the most parameters, e.g. open_clip's ``transformer.resblocks``), per sample
+  and whatever the batch (from the 1- and m-sample points, the mean of both language-model depths);
+  the blocks that did not run (real vision depth - ``--vision-layers``) are added to the full-depth
+  figures at the rate of the last block that ran. (The first block is not typical: under LoRA its
+  input needs no gradient and it keeps less; hence 2 vision layers by default for the methods, and
+  a run at 3 gives the same full-depth figures.) What the tower keeps outside its blocks (patch
+  embedding, appended VPT tokens, final norm) and in the blocks that ran is in **outside the
+  layers**. Trained parameters inside the blocks (LoRA's) are scaled to the real vision depth;
 - the **step time** (median of ``--steps`` steps of ``--batch`` samples in micro-batches of
   ``--micro-batch``), the **peak RSS** on the CPU (the process's high-water mark, reset before
   each setting where Linux allows, else ``resource.getrusage``), ``torch.cuda.max_memory_allocated``
@@ -44,9 +64,12 @@ Measured, per family and setting:
   up to 64, catching ``torch.cuda.OutOfMemoryError``);
 - from the full-depth figures, the **micro-batch that fits** a 24 GB and an 80 GB GPU:
   (GiB - the full model's weights in the setting's dtype (parameters counted from the real config
-  on the meta device) - 2 GiB overhead - what is kept whatever the batch) / per sample, rounded
-  down to a power of two, at most 64; and whether a global batch of 64 trains with micro-batches
-  (it does when micro-batch 1 fits).
+  on the meta device; ``full``: fp32) - the training state (per trained parameter an fp32 gradient
+  and Adam's two fp32 moments, and its fp32 copy unless it is a VLM weight: PIN, tokens, LoRA) -
+  2 GiB overhead - what is kept whatever the batch) / per sample, rounded down to a power of two,
+  at most 64; and whether a global batch of 64 trains with micro-batches (it does when
+  micro-batch 1 fits). Weights + training state is ``memory_full`` in the JSON (``weights_full``,
+  ``train_state_full``); for ``full`` it is 16 bytes a parameter, the dominant term.
 
 ``--table`` runs every family after the issue (``--precision``), after with
 ``--grad-checkpointing`` and ``--before``, each family in a process of its own (its peak RSS is its
@@ -54,6 +77,15 @@ own and its memory is returned), and prints a Markdown table for the README and 
 
     .venv/bin/python benchmarks/real_size.py --table              # CPU: layers 1 and 2, batch 2 (~17 min on 2 busy cores)
     .venv/bin/python benchmarks/real_size.py --vlm paligemma --before --json out.json
+    .venv/bin/python benchmarks/real_size.py --vlm openflamingo --method lora-vision --json lora.json
+
+``--methods-table`` runs every method that fits each ``--vlm`` family (``vpt-fusion`` needs a
+Q-Former or perceiver, ``vpt-vision`` a growable vision sequence), each in a process of its own, in
+the setting its flags name, and prints a table per family (trained parameters, kept per sample and
+whatever the batch at full depth, weights + gradients + Adam, the step time at the measured depth,
+the micro-batch that fits)::
+
+    .venv/bin/python benchmarks/real_size.py --vlm openflamingo blip2 --methods-table --json methods.json
 
 On a GPU, at full depth (all decoder and vision layers: the measured bytes are then the real
 ones, the extrapolation is exact by construction, and the step time and the largest micro-batch
@@ -91,6 +123,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from functools import partial
 from pathlib import Path
 
 import torch
@@ -404,24 +437,44 @@ def loss_fn(adapter, before: bool):
     return full_logits_loss
 
 
-def tower_modules(adapter) -> list[torch.nn.Module]:
-    """Every module of the frozen vision tower (before PIN), but the fusion module where it sits
-    inside the tower (Qwen2.5-VL's merger) and the modules that hold it: what runs before PIN.
-    (All of them, not only the tower's root: OpenFlamingo calls its ViT's blocks one by one.)"""
-    name = "vision_encoder" if adapter.name == "openflamingo" else adapter.frozen_towers()[0]
+def _tower_name(adapter) -> str:
+    return "vision_encoder" if adapter.name == "openflamingo" else adapter.frozen_towers()[0]
+
+
+def _tower_named_modules(adapter) -> list[tuple[str, torch.nn.Module]]:
+    name = _tower_name(adapter)
     fusion = getattr(adapter, "fusion_module", "")
     out = []
     for sub, module in adapter.model.get_submodule(name).named_modules():
         full = f"{name}.{sub}" if sub else name
         if fusion and (full == fusion or full.startswith(fusion + ".") or fusion.startswith(full + ".")):
             continue
-        out.append(module)
+        out.append((full, module))
     return out
+
+
+def tower_modules(adapter) -> list[torch.nn.Module]:
+    """Every module of the frozen vision tower (before PIN), but the fusion module where it sits
+    inside the tower (Qwen2.5-VL's merger) and the modules that hold it: what runs before PIN.
+    (All of them, not only the tower's root: OpenFlamingo calls its ViT's blocks one by one.)"""
+    return [module for _, module in _tower_named_modules(adapter)]
+
+
+def tower_blocks(adapter) -> tuple[str, torch.nn.ModuleList]:
+    """``(name in adapter.model, blocks)``: the vision tower's repeated blocks, the ``ModuleList``
+    of the tower with the most parameters (open_clip's ``transformer.resblocks``, transformers'
+    ``encoder.layers``): the ``--vision-layers`` that run of its real depth."""
+    lists = [(n, m) for n, m in _tower_named_modules(adapter) if isinstance(m, torch.nn.ModuleList)]
+    if not lists:
+        raise RuntimeError(f"{adapter.name}: no ModuleList of blocks in the vision tower")
+    return max(lists, key=lambda nm: sum(p.numel() for p in nm[1].parameters()))
 
 
 class TowerProbe:
     """What the vision tower keeps for backward: saved-tensor hooks pushed while its modules run
-    (innermost hooks win, so these see exactly the tower's saved tensors)."""
+    (innermost hooks win, so these see exactly the tower's saved tensors); ``per_block`` the part
+    kept while each of its repeated blocks (:func:`tower_blocks`) runs, the part that grows with the
+    tower's depth when a method trains inside it or before it."""
 
     def __init__(self, adapter, exclude) -> None:
         self.skip = {p.untyped_storage().data_ptr() for p in exclude}
@@ -429,9 +482,13 @@ class TowerProbe:
         self._seen: set[int] = set()
         self._open: list = []
         self._handles = []
+        blocks = {id(b): i for i, b in enumerate(tower_blocks(adapter)[1])}
+        self.per_block = [0] * len(blocks)
+        self._blocks_open: list[int] = []
         for m in tower_modules(adapter):
-            self._handles.append(m.register_forward_pre_hook(self._enter))
-            self._handles.append(m.register_forward_hook(self._exit, prepend=True))
+            block = blocks.get(id(m))
+            self._handles.append(m.register_forward_pre_hook(partial(self._enter, block=block)))
+            self._handles.append(m.register_forward_hook(partial(self._exit, block=block), prepend=True))
 
     def _pack(self, t):
         ptr = t.untyped_storage().data_ptr()
@@ -440,14 +497,20 @@ class TowerProbe:
             if ptr not in self._seen:
                 self._seen.add(ptr)
                 self.bytes += t.untyped_storage().nbytes()
+                if self._blocks_open:
+                    self.per_block[self._blocks_open[-1]] += t.untyped_storage().nbytes()
         return t
 
-    def _enter(self, module, args):
+    def _enter(self, module, args, block: int | None = None):
         ctx = torch.autograd.graph.saved_tensors_hooks(self._pack, lambda t: t)
         ctx.__enter__()
         self._open.append(ctx)
+        if block is not None:
+            self._blocks_open.append(block)
 
-    def _exit(self, module, args, output):
+    def _exit(self, module, args, output, block: int | None = None):
+        if block is not None and self._blocks_open:
+            self._blocks_open.pop()
         if self._open:
             self._open.pop().__exit__(None, None, None)
 
@@ -459,16 +522,24 @@ class TowerProbe:
 
 
 class Runner:
-    """Steps of one loaded adapter: ``fn`` the loss, under autocast (and the CPU's fp32 products)."""
+    """Steps of one loaded adapter: ``fn`` the loss, under autocast (and the CPU's fp32 products);
+    ``params`` the trained tensors (PIN's, or the method's), their gradients zeroed before each step."""
 
-    def __init__(self, adapter, pin, precision: str, before: bool, exact_cpu: bool) -> None:
+    def __init__(self, adapter, params: list, precision: str, before: bool, exact_cpu: bool) -> None:
         from synthgen.pin.runtime import AUTOCAST
 
-        self.adapter, self.pin, self.fn = adapter, pin, loss_fn(adapter, before)
+        self.adapter, self.params, self.fn = adapter, list(params), loss_fn(adapter, before)
         self.device = adapter.device
         self.amp_dtype, self.amp = AUTOCAST[precision], precision != "fp32"
         self.cpu_products = self.device.type == "cpu" and not exact_cpu
-        self.exclude = [p for _, p in adapter.vlm_parameters()]
+        # (parameters are weights, counted apart: the VLM's, and a method's own tokens)
+        vlm = [p for _, p in adapter.vlm_parameters()]
+        ids = {id(p) for p in vlm}
+        self.exclude = vlm + [p for p in self.params if id(p) not in ids]
+
+    def zero_grad(self) -> None:
+        for p in self.params:
+            p.grad = None
 
     @contextlib.contextmanager
     def context(self):
@@ -483,7 +554,7 @@ class Runner:
         from synthgen.pin.training.memory import saved_for_backward
 
         batch = make_batch(self.adapter, n)
-        self.pin.zero_grad(set_to_none=True)
+        self.zero_grad()
         probe = TowerProbe(self.adapter, self.exclude)
         try:
             with self.context():
@@ -494,10 +565,10 @@ class Runner:
             probe.close()
         largest = [[list(s), str(d).removeprefix("torch.")] for s, d in saved.largest(3)]
         # (the probe's hooks are the innermost while the tower runs: what it counts, the outer hooks
-        # do not see; it is 0 in every family, the tower being frozen and before PIN)
+        # do not see; with PIN it is 0 in every family, the tower being frozen and before PIN)
         out = {"samples": n, "bytes": saved.bytes + probe.bytes, "tensors": len(saved.shapes) + probe.tensors,
                "largest": largest, "vision_bytes": probe.bytes, "vision_tensors": probe.tensors,
-               "loss": float(loss.detach())}
+               "vision_block_bytes": probe.per_block, "loss": float(loss.detach())}
         del loss, saved
         return out
 
@@ -506,7 +577,7 @@ class Runner:
         from synthgen.pin.models.adapters.base import loss_tokens
         from synthgen.pin.training.loop import micro_batches
 
-        self.pin.zero_grad(set_to_none=True)
+        self.zero_grad()
         pieces = micro_batches(batch, micro)
         total = sum(loss_tokens(p["labels"]) for p in pieces) or 1
         value = 0.0
@@ -541,7 +612,7 @@ class Runner:
             except torch.cuda.OutOfMemoryError:
                 return False
             finally:
-                self.pin.zero_grad(set_to_none=True)
+                self.zero_grad()
                 gc.collect()
                 torch.cuda.empty_cache()
 
@@ -594,10 +665,39 @@ def _precision(name: str, args) -> str:
     return "fp16-mixed" if name.startswith("before") else args.precision
 
 
+def attach_trained(adapter, method: str, device: torch.device):
+    """Put what ``train-pin --method`` trains into ``adapter`` as training does
+    (:mod:`synthgen.pin.training.train`): ``(trained tensors, their names, a function that takes it
+    out again)``. PIN: ``PIN(num_positions, vision_width)`` + ``attach_pin``; a Table 1 method:
+    ``make_method`` (the paper's options) + ``attach`` (``full`` turns every weight to fp32)."""
+    torch.manual_seed(0)
+    if method == "pin":
+        from synthgen.pin.models.module import PIN
+
+        pin = PIN(adapter.num_positions, adapter.vision_width).to(device)
+        adapter.attach_pin(pin)
+        named = dict(pin.named_parameters())
+        return list(named.values()), list(named), adapter.detach_pin
+    from synthgen.pin.models.methods import make_method
+
+    trained = make_method(method, adapter)
+    trained.attach(adapter)
+    trained.train()
+    adapter.assert_frozen(trained.owned())
+    named = trained.trainable()
+    return list(named.values()), list(named), trained.detach
+
+
+def default_vision_layers(method: str) -> int:
+    """Vision layers run below the real depth: 1 for PIN (its tower keeps nothing); 2 for the other
+    methods, so that the last block's rate, used for the blocks not run, is not the first block's
+    (whose input needs no gradient under LoRA: it keeps less)."""
+    return 1 if method == "pin" else 2
+
+
 def run_family(family: str, args, say) -> dict:
     """Build, load and measure ``family`` in every setting; the results (see :func:`derive`)."""
     from synthgen.pin.models.adapters import load_adapter
-    from synthgen.pin.models.module import PIN
     from synthgen.pin.runtime import WEIGHTS
 
     rc = _real()
@@ -606,13 +706,14 @@ def run_family(family: str, args, say) -> dict:
     real_depth, real_vision = full_depth(family)
     hi = real_depth if args.layers == 0 else max(args.layers, 2)
     lo = hi - 1
-    vision_depth = args.vision_layers or (real_vision if args.layers == 0 else 1)
+    vision_depth = args.vision_layers or (real_vision if args.layers == 0 else default_vision_layers(args.method))
     names = settings_of(args)
     micro = args.micro_batch or args.batch
     m = max(2, micro)
     work = Path(tempfile.mkdtemp(prefix=f"real-size-{family}-", dir=args.work_dir))
-    result: dict = {"family": family, "model": entry["model"], "depth": real_depth, "vision_depth": real_vision,
-                    "measured_depths": [lo, hi], "vision_layers_run": vision_depth, "settings": {}}
+    result: dict = {"family": family, "model": entry["model"], "method": args.method, "depth": real_depth,
+                    "vision_depth": real_vision, "measured_depths": [lo, hi], "vision_layers_run": vision_depth,
+                    "settings": {}}
     t0 = time.perf_counter()
     try:
         folder = {hi: work / f"L{hi}"}
@@ -636,9 +737,10 @@ def run_family(family: str, args, say) -> dict:
                 adapter = load_adapter(family, str(folder[depth]), device=device, dtype=dtype,
                                        attn_implementation=args.attn_implementation, **options)
                 load_s = time.perf_counter() - t
-                torch.manual_seed(0)
-                pin = PIN(adapter.num_positions, adapter.vision_width).to(device)
-                adapter.attach_pin(pin)
+                params, names_trained, take_out = attach_trained(adapter, args.method, device)
+                if depth == hi:
+                    result["trainable"] = trainable_count(adapter, params, names_trained, vision_depth, real_vision,
+                                                          result["params"], args.method)
                 result.setdefault("num_positions", adapter.num_positions)
                 result.setdefault("vision_width", adapter.vision_width)
                 probe_batch = make_batch(adapter, 1)
@@ -651,7 +753,7 @@ def run_family(family: str, args, say) -> dict:
                     before, ckpt = SETTINGS[name]
                     if ckpt:
                         s["checkpointed_layers"] = adapter.enable_grad_checkpointing()
-                    runner = Runner(adapter, pin, s["precision"], before, args.exact_cpu_kernels)
+                    runner = Runner(adapter, params, s["precision"], before, args.exact_cpu_kernels)
                     reset = _reset_peak_rss() if device.type == "cpu" else False
                     if device.type == "cuda":
                         torch.cuda.reset_peak_memory_stats(device)
@@ -673,14 +775,15 @@ def run_family(family: str, args, say) -> dict:
                         + (f"; GPU peak {point['gpu_peak'] / GiB:.1f} GiB, micro-batch up to "
                            f"{point['largest_micro_batch']}" if "gpu_peak" in point else ""))
                     del runner
-                adapter.detach_pin()
-                del adapter, pin, probe_batch
+                take_out()
+                del adapter, params, probe_batch
                 gc.collect()
                 if device.type == "cuda":
                     torch.cuda.empty_cache()
         for s in result["settings"].values():
             if "error" not in s:
-                s.update(derive(s, lo, hi, m, real_depth, result["params"]))
+                s.update(derive(s, lo, hi, m, real_depth, result["params"],
+                                (vision_depth, real_vision, result["trainable"]["full_depth"], args.method)))
     finally:
         shutil.rmtree(work, ignore_errors=True)
     result["wall_s"] = time.perf_counter() - t0
@@ -713,6 +816,34 @@ def measure(runner: Runner, timed: bool, m: int, micro: int, args, reset: bool) 
     return point
 
 
+def trainable_count(adapter, params: list, names: list[str], vision_run: int, vision_real: int,
+                    params_full: int, method: str) -> dict:
+    """Trained parameters as run and at full depth: ``full`` trains every weight (the real model's
+    count); the others' tensors inside the vision tower's blocks (LoRA's) scale with its depth."""
+    measured = sum(p.numel() for p in params)
+    block_name, blocks = tower_blocks(adapter)
+    inside = {id(p) for p in blocks.parameters()}
+    in_blocks = sum(p.numel() for p in params if id(p) in inside)
+    full = params_full if method == "full" else measured + in_blocks * (vision_real - vision_run) // vision_run
+    return {"measured": measured, "in_vision_blocks": in_blocks, "vision_blocks": block_name,
+            "full_depth": full, "tensors": len(names)}
+
+
+def training_state(method: str, params: int, trainable: int, precision: str) -> dict:
+    """Bytes of the weights (the frozen ones in the precision's dtype; ``full`` turns them all to
+    fp32) and of what training adds per trained parameter: its fp32 copy when it is not a VLM weight
+    (PIN, tokens, LoRA), its fp32 gradient and Adam's two fp32 moments."""
+    from synthgen.pin.runtime import WEIGHTS
+
+    if method == "full":
+        weights = params * 4
+        extra = trainable * (4 + 8)
+    else:
+        weights = params * torch.empty((), dtype=WEIGHTS[precision]).element_size()
+        extra = trainable * (4 + 4 + 8)
+    return {"weights_full": weights, "train_state_full": extra, "memory_full": weights + extra}
+
+
 def fit(free: float, per_sample: float) -> int:
     """The largest power-of-two micro-batch (at most 64) whose ``per_sample`` bytes fit in ``free``."""
     if per_sample <= 0:
@@ -723,11 +854,19 @@ def fit(free: float, per_sample: float) -> int:
     return min(MAX_MICRO, 2 ** int(math.log2(n)))
 
 
-def derive(s: dict, lo: int, hi: int, m: int, depth: int, params: int) -> dict:
+def derive(s: dict, lo: int, hi: int, m: int, depth: int, params: int, trained: tuple) -> dict:
     """Per-layer / outside-the-layers bytes, per sample and whatever the batch, from the four points
-    (bytes are linear in depth and in samples), at the real ``depth``; the micro-batches that fit."""
-    from synthgen.pin.runtime import WEIGHTS
-
+    (bytes are linear in depth and in samples), at the real ``depth``; the vision tower's blocks from
+    the ``vision_run`` that ran to its real depth at the rate of the last block that ran (what it
+    keeps, linear in the samples, at both depths alike: their mean; the first block keeps less when
+    its input needs no gradient, LoRA's); the micro-batches that fit beside the weights and training
+    state. ``trained``: ``(vision_run, vision_real, trained parameters at full depth, method)``."""
+    vision_run, vision_real, trainable, method = trained
+    vb = [(p["many"]["vision_block_bytes"][-1], p["one"]["vision_block_bytes"][-1]) for p in
+          (s["points"][str(d)] for d in (lo, hi))]
+    block_sample = statistics.mean((many - one) / (m - 1) for many, one in vb)
+    block_fixed = statistics.mean(one - (many - one) / (m - 1) for many, one in vb)
+    more_blocks = vision_real - vision_run
     b = {(d, k): s["points"][str(d)][k]["bytes"] for d in (lo, hi) for k in ("one", "many")}
     per_sample = {d: (b[d, "many"] - b[d, "one"]) / (m - 1) for d in (lo, hi)}
     fixed = {d: b[d, "one"] - per_sample[d] for d in (lo, hi)}
@@ -735,17 +874,18 @@ def derive(s: dict, lo: int, hi: int, m: int, depth: int, params: int) -> dict:
     layer_fixed = (fixed[hi] - fixed[lo]) / (hi - lo)
     outside_sample = per_sample[lo] - lo * layer_sample
     outside_fixed = fixed[lo] - lo * layer_fixed
-    full_sample = outside_sample + depth * layer_sample
-    full_fixed = outside_fixed + depth * layer_fixed
-    weights = params * torch.empty((), dtype=WEIGHTS[s["precision"]]).element_size()
+    full_sample = outside_sample + depth * layer_sample + more_blocks * block_sample
+    full_fixed = outside_fixed + depth * layer_fixed + more_blocks * block_fixed
+    memory = training_state(method, params, trainable, s["precision"])
     fits = {}
     for gib in GPUS_GIB:
-        free = gib * GiB - weights - OVERHEAD_GIB * GiB - full_fixed
+        free = gib * GiB - memory["memory_full"] - OVERHEAD_GIB * GiB - full_fixed
         fits[str(gib)] = fit(free, full_sample)
     vision = max(p[k]["vision_bytes"] for p in s["points"].values() for k in ("one", "many"))
     return {"per_layer_per_sample": layer_sample, "per_layer_fixed": layer_fixed,
             "outside_per_sample": outside_sample, "outside_fixed": outside_fixed,
-            "per_sample_full": full_sample, "fixed_full": full_fixed, "weights_full": weights,
+            "vision_block_per_sample": block_sample, "vision_block_fixed": block_fixed,
+            "per_sample_full": full_sample, "fixed_full": full_fixed, **memory,
             "fits": fits, "batch64": {g: n >= 1 for g, n in fits.items()}, "vision_kept_max": vision}
 
 
@@ -841,10 +981,59 @@ def summary_lines(results: dict[str, dict]) -> list[str]:
     return out
 
 
+def methods_table(family: str, runs: dict[str, dict]) -> str:
+    """One family's Markdown table, a row per method (``runs``: method -> its ``results[family]``)."""
+    head = ("| method | trainable params (full depth) | kept per sample, full depth (MiB) | kept whatever the batch, "
+            "full depth (GiB) | weights + grads + Adam (GiB) | step (s) at the measured depth | micro-batch that fits "
+            f"24 / 80 GB | batch {GLOBAL_BATCH} (micro-batches) on 24 / 80 GB |")
+    lines = [head, "|" + "---|" * 8]
+    for method, r in runs.items():
+        s = next(iter(r.get("settings", {}).values()), None)
+        if "error" in r or s is None or "error" in s:
+            lines.append(f"| {method} | {(r if 'error' in r else s or {}).get('error', 'not run')} |" + " |" * 6)
+            continue
+        top = s["points"][str(r["measured_depths"][1])]
+        lines.append(f"| {method} | {r['trainable']['full_depth']:,} | {_mib(s['per_sample_full'])} | "
+                     f"{s['fixed_full'] / GiB:.2f} | {s['memory_full'] / GiB:.1f} | "
+                     f"{top['step_s']:.1f} (L{r['measured_depths'][1]}, batch {top['batch']}) | "
+                     f"{_fits(s)} | {_batch64(s)} |")
+    return "\n".join(lines)
+
+
+def run_child(args, family: str, out: Path, method: str | None = None) -> dict:
+    """``family`` measured in a process of its own (its own peak RSS; all its memory back after)."""
+    rc = subprocess.run(_child_argv(args, family, out, method), check=False).returncode
+    if rc == 0 and out.is_file():
+        return json.loads(out.read_text())["results"][family]
+    return {"model": _real().REAL[family]["model"], "error": f"exit status {rc}"}
+
+
+def run_methods(args, say) -> dict[str, dict[str, dict]]:
+    """``--methods-table``: every method that fits each family, each in a process of its own."""
+    from synthgen.pin.models import METHODS
+    from synthgen.pin.models.registry import method_refusal
+
+    out: dict[str, dict[str, dict]] = {}
+    if not args.vision_layers and args.layers:  # (every method at the same vision depth: comparable step times)
+        args.vision_layers = max(default_vision_layers(m) for m in METHODS)
+    with tempfile.TemporaryDirectory(prefix="real-size-json-") as tmp:
+        for family in args.vlm:
+            out[family] = {}
+            for method in METHODS:
+                if method_refusal(method, family):
+                    say(f"{family} {method}: skipped (no place for it in this family)")
+                    continue
+                t = time.perf_counter()
+                out[family][method] = run_child(args, family, Path(tmp) / f"{family}-{method}.json", method)
+                say(f"{family} {method}: done in {time.perf_counter() - t:.0f}s")
+    return out
+
+
 # --- main -----------------------------------------------------------------------------------------
 
-def _child_argv(args, family: str, out: Path) -> list[str]:
+def _child_argv(args, family: str, out: Path, method: str | None = None) -> list[str]:
     argv = [sys.executable, str(Path(__file__).resolve()), "--vlm", family, "--json", str(out),
+            "--method", method or args.method,
             "--layers", str(args.layers), "--batch", str(args.batch), "--precision", args.precision,
             "--device", args.device, "--steps", str(args.steps), "--attn-implementation", args.attn_implementation,
             "--quiet"]
@@ -862,13 +1051,16 @@ def _child_argv(args, family: str, out: Path) -> list[str]:
 
 def main(argv: list[str] | None = None) -> int:
     families = _real().FAMILIES
+    if str(HERE.parent) not in sys.path:
+        sys.path.insert(0, str(HERE.parent))
+    from synthgen.pin.models import METHODS
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--vlm", nargs="+", default=list(families), choices=families)
     ap.add_argument("--layers", type=int, default=2,
                     help="language-model layers: measured at N-1 and N (N >= 2); 0: the real depth")
     ap.add_argument("--vision-layers", type=int, default=None,
-                    help="vision-tower layers (default 1; the real depth with --layers 0)")
+                    help="vision-tower layers (default 1 for pin, 2 for the other methods; the real depth with --layers 0)")
     ap.add_argument("--batch", type=int, default=None,
                     help="samples of a timed step (default 2 on the CPU, 4 on a GPU)")
     ap.add_argument("--micro-batch", type=int, default=None, help="samples a forward takes (default: the batch)")
@@ -877,6 +1069,10 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--before", action="store_true",
                     help="the loss path before issue 18: full-logits model loss, fp16-mixed (fp32 weights)")
     ap.add_argument("--table", action="store_true", help="after, after with checkpointing and before, every family")
+    ap.add_argument("--method", default="pin", choices=METHODS,
+                    help="what is trained, as train-pin --method (its weights' dtype and trained tensors)")
+    ap.add_argument("--methods-table", action="store_true",
+                    help="every method that fits each --vlm family, each in a process of its own")
     ap.add_argument("--device", default="cpu")
     ap.add_argument("--steps", type=int, default=None, help="timed steps, median (default 2 on the CPU, 5 on a GPU)")
     ap.add_argument("--attn-implementation", default="auto")
@@ -886,6 +1082,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--json", default=None, help="write every measurement here")
     ap.add_argument("--quiet", action="store_true", help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
+    if args.methods_table and args.table:
+        ap.error("--methods-table measures one setting per method (its flags): leave out --table")
     if args.layers < 0 or args.layers == 1:
         ap.error("--layers must be 0 (the real depth) or at least 2 (two depths are measured: N-1 and N)")
     gpu = args.device.startswith("cuda")
@@ -897,8 +1095,6 @@ def main(argv: list[str] | None = None) -> int:
         ap.error("--micro-batch must be between 1 and --batch")
     if args.device.startswith("cuda") and not torch.cuda.is_available():
         ap.error(f"--device {args.device}: torch sees no CUDA GPU here")
-    if str(HERE.parent) not in sys.path:
-        sys.path.insert(0, str(HERE.parent))
     from transformers.utils import logging as hf_logging
 
     hf_logging.set_verbosity_error()  # (the shallower folders leave the deeper layers' weights unread)
@@ -909,18 +1105,24 @@ def main(argv: list[str] | None = None) -> int:
 
     results: dict[str, dict] = {}
     t0 = time.perf_counter()
+    if args.methods_table:
+        runs = run_methods(args, say)
+        payload = {"settings": {k: v for k, v in vars(args).items() if k not in ("json", "quiet")},
+                   "torch": torch.__version__, "wall_s": time.perf_counter() - t0, "methods": runs}
+        if args.json:
+            Path(args.json).write_text(json.dumps(payload, indent=2))
+        for family, by_method in runs.items():
+            print(f"\n{family} ({_real().REAL[family]['model']}), {args.device}, {args.precision}:\n")
+            print(methods_table(family, by_method))
+        print(f"\ntotal {payload['wall_s']:.0f}s on {args.device}")
+        return 0 if all("error" not in r for m in runs.values() for r in m.values()) else 1
     if len(args.vlm) == 1:
         results[args.vlm[0]] = run_family(args.vlm[0], args, say)
     else:  # one process a family: its own peak RSS, and all its memory back before the next
         with tempfile.TemporaryDirectory(prefix="real-size-json-") as tmp:
             for family in args.vlm:
-                out = Path(tmp) / f"{family}.json"
                 t = time.perf_counter()
-                rc = subprocess.run(_child_argv(args, family, out), check=False).returncode
-                if rc == 0 and out.is_file():
-                    results[family] = json.loads(out.read_text())["results"][family]
-                else:
-                    results[family] = {"model": _real().REAL[family]["model"], "error": f"exit status {rc}"}
+                results[family] = run_child(args, family, Path(tmp) / f"{family}.json")
                 say(f"{family}: done in {time.perf_counter() - t:.0f}s")
     payload = {"settings": {k: v for k, v in vars(args).items() if k not in ("json", "quiet")},
                "torch": torch.__version__, "wall_s": time.perf_counter() - t0, "results": results}
@@ -934,6 +1136,9 @@ def main(argv: list[str] | None = None) -> int:
         print()
         for line in summary_lines(results):
             print(line)
+        if args.method != "pin":
+            for family, r in results.items():
+                print(f"\n{methods_table(family, {args.method: r})}")
         print(f"total {payload['wall_s']:.0f}s on {args.device}; batch {args.batch}, language-model layers "
               f"{'all' if args.layers == 0 else f'{max(args.layers, 2) - 1} and {max(args.layers, 2)}'}")
     return 0 if all("error" not in r for r in results.values()) else 1
