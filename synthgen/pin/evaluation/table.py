@@ -24,7 +24,7 @@ from typing import Iterable, Sequence
 
 from synthgen.errors import UserError
 from synthgen.pin.evaluation.paper import ROW_NAMES, figure, paper_set
-from synthgen.pin.evaluation.taskmetrics import BOX_TASKS
+from synthgen.pin.evaluation.taskmetrics import BOX_TASKS, task_score
 
 BUCKETS = (("all", "miou", "n"), ("M", "miou_M", "n_M"), ("L", "miou_L", "n_L"))
 BASELINE_ORDER = ("raw", "random", "prior", "uniform", "native")
@@ -104,8 +104,7 @@ def make_rows(results: Iterable[tuple[dict, dict | None, str]]) -> list[Row]:
         if name in row.cells or name in row.tasks:
             continue
         if "tasks" in metrics:
-            row.tasks[name] = {t: (m.get("miou" if task_metric(t) == "mIoU" else "accuracy"), int(m.get("n", 0)))
-                               for t, m in metrics["tasks"].items()}
+            row.tasks[name] = {t: (task_score(m), int(m.get("n", 0))) for t, m in metrics["tasks"].items()}
         else:
             row.cells[name] = {b: (float(metrics[m]), metrics.get(f"{m}_std"), int(metrics.get(n, 0)))
                                for b, m, n in BUCKETS if m in metrics}

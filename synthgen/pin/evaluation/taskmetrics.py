@@ -117,3 +117,8 @@ def summarize_tasks(records: Iterable[dict], tasks: Sequence[str]) -> dict[str, 
                 m["rule"] = {k: sum(r.get("rule") == k for r in rs) for k in ("mask", "box")}
         out[task] = m
     return out
+
+
+def task_score(metrics: dict) -> float | None:
+    """A task's score in :func:`summarize_tasks`' table: its mIoU or its accuracy (by ``metric``)."""
+    return metrics.get("miou") if metrics["metric"] == "mIoU" else metrics.get("accuracy")

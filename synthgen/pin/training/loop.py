@@ -269,14 +269,15 @@ class Loop:
     def _validate(self, step: int) -> None:
         self.val = val = self.validate()
         if val is not None:
-            tasks = {t: (m.get("miou") if m["metric"] == "mIoU" else m.get("accuracy"))
-                     for t, m in val.get("tasks", {}).items()}
+            from synthgen.pin.evaluation.taskmetrics import task_score
+
+            tasks = {t: task_score(m) for t, m in val.get("tasks", {}).items()}
             self.log({"step": step, "val_miou": val["miou"], "val_n": val["n"],
                       "val_unparseable": val["unparseable"], **({"val_tasks": tasks} if tasks else {})})
-            words = "".join(f", {t} {'-' if v is None else f'{v:.3f}'}" for t, v in tasks.items())
+            words = ", ".join(f"{t} {'-' if v is None else f'{v:.3f}'}" for t, v in tasks.items())
             self.progress.console.print(f"step {step}: val mIoU {val['miou']:.4f} "
                                         f"({val['n']} queries, {val['unparseable']} unparseable)"
-                                        + (f"; tasks (mIoU or accuracy){words[1:]}" if tasks else ""))
+                                        + (f"; tasks (mIoU or accuracy) {words}" if tasks else ""))
 
     def _log_train(self, step: int, phase, losses: list[float], objects: list[float], n: int,
                    dt: float) -> tuple[float, float]:
